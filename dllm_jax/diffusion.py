@@ -1,0 +1,147 @@
+"""The forward (masking) process and the LLaDA training losses.
+
+Every loss here is `sum(CE * weight over selected positions) / denom`; the
+objectives differ only in which positions are selected and how they are weighted:
+
+  pretraining  t ~ U(0,1), p = (1-eps) t + eps, mask each token w.p. p,
+               weight 1/p, denom = B * L  (1% of batches: random length in [1, L])
+  SFT          as pretraining, but prompt tokens are never masked,
+               weight 1/(p * answer_length_i), denom = B
+  next-token   (the autoregressive twin) predict token i+1 at i within a document,
+               weight 1, denom = number of predicted tokens
+
+`make_*` build a `LossBatch` from a data batch and a key; `loss_from_logits`
+finishes the job once the model has run on `LossBatch.inputs`.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+EPS = 1e-3
+RANDOM_LENGTH_PROB = 0.01
+
+
+@flax.struct.dataclass
+class MaskNoise:
+  """The random draws of the forward process for one batch."""
+
+  t: jax.Array  # [B] float, U(0, 1).
+  u: jax.Array  # [B, L] float, U(0, 1); token masked iff u < p.
+  length: jax.Array  # [] int, the (possibly random) sequence length kept.
+
+
+@flax.struct.dataclass
+class LossBatch:
+  """Model inputs plus what the loss needs; every field has leading dim B."""
+
+  inputs: jax.Array  # [B, L] int, tokens with masks applied.
+  segment_ids: jax.Array  # [B, L] int.
+  positions: jax.Array  # [B, L] int.
+  targets: jax.Array  # [B, L] int.
+  weights: jax.Array  # [B, L] float; 0 where no loss is taken.
+  denom: jax.Array  # [] float, shared by the whole batch.
+
+
+def sample_noise(key: jax.Array, shape: tuple[int, int],
+                 random_length_prob: float = RANDOM_LENGTH_PROB) -> MaskNoise:
+  """Draws t [B], u [B, L] and the kept length for a batch of `shape` = (B, L)."""
+  b, l = shape
+  kt, ku, kr, kl = jax.random.split(key, 4)
+  use_random = jax.random.uniform(kr) < random_length_prob
+  random_len = jax.random.randint(kl, (), 1, l + 1)
+  return MaskNoise(t=jax.random.uniform(kt, (b,)),
+                   u=jax.random.uniform(ku, (b, l)),
+                   length=jnp.where(use_random, random_len, l).astype(jnp.int32))
+
+
+def mask_probability(t: jax.Array, eps: float = EPS) -> jax.Array:
+  """p = (1 - eps) t + eps."""
+  return (1.0 - eps) * t + eps
+
+
+def _defaults(batch: Mapping[str, jax.Array]):
+  tokens = batch['tokens']
+  b, l = tokens.shape
+  seg = batch.get('segment_ids')
+  seg = jnp.ones((b, l), jnp.int32) if seg is None else seg
+  pos = batch.get('positions')
+  pos = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l)) if pos is None else pos
+  return tokens, seg, pos
+
+
+def pretrain_batch(batch: Mapping[str, jax.Array], noise: MaskNoise, *,
+                   mask_id: int, eps: float = EPS) -> LossBatch:
+  """LLaDA pretraining: mask w.p. p, weight 1/p, divide by B * length.
+
+  `batch` has `tokens` [B, L] and optionally `segment_ids` (0 = padding, never
+  masked) and `positions`. Positions at or beyond `noise.length` are cut off: they
+  get their own segment (no kept token attends to them) and no loss, which equals
+  truncating the batch to `noise.length` tokens.
+  """
+  tokens, seg, pos = _defaults(batch)
+  b, l = tokens.shape
+  kept = jnp.arange(l) < noise.length
+  seg = jnp.where(kept, seg, -1)
+  p = mask_probability(noise.t, eps)[:, None]
+  masked = (noise.u < p) & kept & (seg != 0)
+  return LossBatch(
+      inputs=jnp.where(masked, mask_id, tokens), segment_ids=seg, positions=pos,
+      targets=tokens, weights=jnp.where(masked, 1.0 / p, 0.0),
+      denom=(b * noise.length).astype(jnp.float32))
+
+
+def sft_batch(batch: Mapping[str, jax.Array], noise: MaskNoise, *, mask_id: int,
+              eps: float = EPS) -> LossBatch:
+  """LLaDA SFT: the prompt (`prompt_lengths` [B]) is never masked; the answer,
+  EOS padding included, is masked w.p. p and weighted 1/(p * answer_length)."""
+  tokens, seg, pos = _defaults(batch)
+  b, l = tokens.shape
+  prompt_len = batch['prompt_lengths'][:, None]
+  is_answer = jnp.arange(l)[None, :] >= prompt_len
+  answer_len = jnp.maximum(l - prompt_len, 1).astype(jnp.float32)
+  p = mask_probability(noise.t, eps)[:, None]
+  masked = (noise.u < p) & is_answer
+  return LossBatch(
+      inputs=jnp.where(masked, mask_id, tokens), segment_ids=seg, positions=pos,
+      targets=tokens, weights=jnp.where(masked, 1.0 / (p * answer_len), 0.0),
+      denom=jnp.asarray(b, jnp.float32))
+
+
+def next_token_batch(batch: Mapping[str, jax.Array]) -> LossBatch:
+  """Autoregressive twin: predict tokens[i+1] at i when both are in one document."""
+  tokens, seg, pos = _defaults(batch)
+  targets = jnp.concatenate([tokens[:, 1:], tokens[:, -1:]], axis=1)
+  next_seg = jnp.concatenate([seg[:, 1:], jnp.zeros_like(seg[:, -1:])], axis=1)
+  valid = (next_seg == seg) & (seg != 0)
+  return LossBatch(inputs=tokens, segment_ids=seg, positions=pos, targets=targets,
+                   weights=valid.astype(jnp.float32),
+                   denom=jnp.maximum(valid.sum(), 1).astype(jnp.float32))
+
+
+def loss_from_logits(logits: jax.Array, lb: LossBatch) -> jax.Array:
+  """sum(CE(logits, targets) * weights) / denom, CE in float32. logits [B, L, V]."""
+  ce = optax.softmax_cross_entropy_with_integer_labels(
+      logits.astype(jnp.float32), lb.targets)
+  return jnp.sum(ce * lb.weights) / lb.denom
+
+
+def make_loss_batch(objective: str, batch: Mapping[str, jax.Array], key: jax.Array,
+                    *, mask_id: int, random_length_prob: float = RANDOM_LENGTH_PROB,
+                    eps: float = EPS) -> LossBatch:
+  """Dispatch on the objective name: 'pretrain' | 'sft' | 'next_token'."""
+  shape = batch['tokens'].shape
+  if objective == 'pretrain':
+    return pretrain_batch(batch, sample_noise(key, shape, random_length_prob),
+                          mask_id=mask_id, eps=eps)
+  if objective == 'sft':
+    return sft_batch(batch, sample_noise(key, shape, 0.0), mask_id=mask_id, eps=eps)
+  if objective == 'next_token':
+    return next_token_batch(batch)
+  raise ValueError(f'unknown objective {objective!r}; known: pretrain, sft, '
+                   'next_token.')

@@ -1,0 +1,166 @@
+"""The LLaDA mask predictor (Flax NNX) and its pure forward function.
+
+Pre-norm Transformer: RMSNorm, SwiGLU feed-forward, rotary position embedding,
+bidirectional attention (`causal=True` gives the autoregressive twin), no biases,
+untied input embedding and output head. Parameter names follow the LLaDA Hugging
+Face layout (`wte`, `blocks.N.{q_proj,...}`, `ln_f`, `ff_out`).
+
+The public entry points are pure:
+  params = init_params(config, key)                  # nested dict of arrays
+  logits = forward(params, tokens, segment_ids, positions, config=config)
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from dllm_jax.presets import ModelConfig
+
+Params = dict  # Nested dict of arrays, as `nnx.to_pure_dict` returns.
+
+
+def _linear(cfg: ModelConfig, d_in: int, d_out: int, rngs: nnx.Rngs) -> nnx.Linear:
+  return nnx.Linear(
+      d_in, d_out, use_bias=False, dtype=jnp.dtype(cfg.dtype),
+      param_dtype=jnp.dtype(cfg.param_dtype),
+      kernel_init=nnx.initializers.normal(cfg.init_std), rngs=rngs)
+
+
+class RMSNorm(nnx.Module):
+  """RMSNorm computed in float32, output in the compute dtype."""
+
+  def __init__(self, cfg: ModelConfig):
+    self.eps = cfg.norm_eps
+    self.dtype = jnp.dtype(cfg.dtype)
+    self.weight = nnx.Param(jnp.ones((cfg.d_model,), jnp.dtype(cfg.param_dtype)))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (x32 * self.weight[...].astype(jnp.float32)).astype(self.dtype)
+
+
+def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+  """Rotary embedding (rotate-half convention). x: [B, L, H, D], positions: [B, L]."""
+  d = x.shape[-1]
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, L, D/2]
+  angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
+  x32 = x.astype(jnp.float32)
+  x1, x2 = jnp.split(x32, 2, axis=-1)
+  rotated = jnp.concatenate([-x2, x1], axis=-1)
+  return (x32 * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
+
+
+def attention_mask(segment_ids: jax.Array | None, causal: bool,
+                   length: int) -> jax.Array | None:
+  """Boolean mask [B|1, 1, L, L]: a query attends to keys of its own segment
+  (and, if causal, at or before it). None when nothing is masked."""
+  mask = None
+  if segment_ids is not None:
+    mask = (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
+  if causal:
+    tril = jnp.tril(jnp.ones((length, length), bool))[None, None]
+    mask = tril if mask is None else mask & tril
+  return mask
+
+
+class Block(nnx.Module):
+  """One pre-norm Transformer block."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.cfg = cfg
+    d, f = cfg.d_model, cfg.d_ff
+    self.attn_norm = RMSNorm(cfg)
+    self.q_proj = _linear(cfg, d, d, rngs)
+    self.k_proj = _linear(cfg, d, d, rngs)
+    self.v_proj = _linear(cfg, d, d, rngs)
+    self.attn_out = _linear(cfg, d, d, rngs)
+    self.ff_norm = RMSNorm(cfg)
+    self.ff_proj = _linear(cfg, d, f, rngs)  # Gated branch.
+    self.up_proj = _linear(cfg, d, f, rngs)
+    self.ff_out = _linear(cfg, f, d, rngs)
+
+  def __call__(self, x: jax.Array, mask: jax.Array | None,
+               positions: jax.Array) -> jax.Array:
+    cfg = self.cfg
+    b, l, _ = x.shape
+    h = self.attn_norm(x)
+    split = lambda t: t.reshape(b, l, cfg.n_heads, cfg.head_dim)
+    q = rope(split(self.q_proj(h)), positions, cfg.rope_theta)
+    k = rope(split(self.k_proj(h)), positions, cfg.rope_theta)
+    v = split(self.v_proj(h))
+    o = jax.nn.dot_product_attention(q, k, v, mask=mask,
+                                     implementation=cfg.attention_impl)
+    x = x + self.attn_out(o.reshape(b, l, cfg.d_model))
+    h = self.ff_norm(x)
+    return x + self.ff_out(jax.nn.silu(self.ff_proj(h)) * self.up_proj(h))
+
+
+class Transformer(nnx.Module):
+  """The mask predictor: tokens [B, L] -> logits [B, L, V]."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.wte = nnx.Embed(cfg.vocab_size, cfg.d_model, dtype=jnp.dtype(cfg.dtype),
+                         param_dtype=jnp.dtype(cfg.param_dtype),
+                         embedding_init=nnx.initializers.normal(cfg.init_std),
+                         rngs=rngs)
+    self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
+    self.ln_f = RMSNorm(cfg)
+    self.ff_out = _linear(cfg, cfg.d_model, cfg.vocab_size, rngs)  # Output head.
+
+  def hidden(self, tokens: jax.Array, segment_ids: jax.Array | None = None,
+             positions: jax.Array | None = None) -> jax.Array:
+    """Final normalised hidden states [B, L, D] (before the output head)."""
+    b, l = tokens.shape
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
+    mask = attention_mask(segment_ids, self.cfg.causal, l)
+    x = self.wte(tokens)
+    for block in self.blocks:
+      x = block(x, mask, positions)
+    return self.ln_f(x)
+
+  def __call__(self, tokens: jax.Array, segment_ids: jax.Array | None = None,
+               positions: jax.Array | None = None) -> jax.Array:
+    return self.ff_out(self.hidden(tokens, segment_ids, positions))
+
+
+@functools.lru_cache(maxsize=None)
+def graphdef(cfg: ModelConfig) -> nnx.GraphDef:
+  """The (static) NNX graph definition of a config, built without allocating."""
+  return nnx.split(nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0))))[0]
+
+
+def init_params(cfg: ModelConfig, key: jax.Array) -> Params:
+  """Random parameters as a nested dict of arrays (jit it to init in place)."""
+  model = Transformer(cfg, nnx.Rngs(params=key))
+  return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+
+def abstract_params(cfg: ModelConfig) -> Params:
+  """`jax.ShapeDtypeStruct` tree of the parameters (no allocation)."""
+  return jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
+
+
+def forward(params: Params, tokens: jax.Array, segment_ids: jax.Array | None = None,
+            positions: jax.Array | None = None, *, config: ModelConfig) -> jax.Array:
+  """Pure forward pass.
+
+  Args:
+    params: parameters from `init_params` (or a checkpoint).
+    tokens: int [B, L].
+    segment_ids: optional int [B, L]; a position attends only to positions with the
+      same id (packed documents; 0 is used for padding).
+    positions: optional int [B, L] RoPE positions (default 0..L-1).
+    config: the model config (static).
+
+  Returns:
+    logits [B, L, V] in the compute dtype.
+  """
+  return nnx.merge(graphdef(config), params)(tokens, segment_ids, positions)

@@ -1,0 +1,252 @@
+"""The LLaDA denoising sampler: one jitted function, nested `lax.scan`s.
+
+canvas = [prompt | MASK * gen_length], split into gen_length / block_length
+blocks, steps split evenly over blocks. Each step: logits (optionally with
+classifier-free guidance) -> candidates and confidences -> commit the most
+confident masked positions of the current block -> next step.
+
+  generate(params, prompt, key, config=..., sampling=SamplingConfig(...))
+  infill(params, canvas, key, config=..., sampling=...)   # masks anywhere
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Callable, Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dllm_jax import model as model_lib
+from dllm_jax.presets import ModelConfig
+from dllm_jax.sampling import remasking
+from dllm_jax.sampling.schedule import tokens_per_step
+
+# (tokens [B, T], segment_ids [B, T] | None, positions [B, T] | None) -> logits [B, T, V]
+LogitsFn = Callable[[jax.Array, jax.Array | None, jax.Array | None], jax.Array]
+# (confidence [B, T], eligible [B, T], k [B]) -> commit [B, T] bool
+SelectFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  """Every knob of the LLaDA reference `generate` (hashable: static under jit)."""
+
+  steps: int = 128
+  gen_length: int = 128
+  block_length: int = 128
+  temperature: float = 0.0
+  cfg_scale: float = 0.0
+  remasking: str = 'low_confidence'
+  logits_eos_inf: bool = False
+  confidence_eos_eot_inf: bool = False
+  mask_id: int | None = None  # None: the model config's mask id.
+
+  def validate(self, prompt_length: int = 0, max_len: int | None = None) -> None:
+    """Raises ValueError with a one-line message on a bad combination."""
+    for name in ('steps', 'gen_length', 'block_length'):
+      if getattr(self, name) <= 0:
+        raise ValueError(f'{name} must be positive, got {getattr(self, name)}.')
+    if self.gen_length % self.block_length:
+      raise ValueError(f'gen_length={self.gen_length} is not divisible by '
+                       f'block_length={self.block_length}.')
+    num_blocks = self.gen_length // self.block_length
+    if self.steps % num_blocks:
+      raise ValueError(f'steps={self.steps} is not divisible by the number of '
+                       f'blocks gen_length/block_length={num_blocks}.')
+    if self.remasking not in remasking.REMASKING:
+      raise ValueError(f'unknown remasking {self.remasking!r}; known: '
+                       f'{", ".join(remasking.REMASKING)}.')
+    if self.temperature < 0:
+      raise ValueError(f'temperature must be >= 0, got {self.temperature}.')
+    if self.cfg_scale < 0:
+      raise ValueError(f'cfg_scale must be >= 0, got {self.cfg_scale}.')
+    if max_len is not None and prompt_length + self.gen_length > max_len:
+      raise ValueError(
+          f'prompt length {prompt_length} + gen_length {self.gen_length} = '
+          f'{prompt_length + self.gen_length} exceeds the model max_len {max_len}.')
+
+
+@flax.struct.dataclass
+class SamplerState:
+  """The loop carry: the canvas and, per position, the step that committed it."""
+
+  tokens: jax.Array  # [B, T] int32.
+  commit_step: jax.Array  # [B, T] int32; -1 where the position was never masked.
+
+
+def denoise(logits_fn: LogitsFn, canvas: jax.Array, segment_ids: jax.Array | None,
+            positions: jax.Array | None, key: jax.Array, *, sampling: SamplingConfig,
+            start: int, eos_id: int, eot_id: int,
+            select_fn: SelectFn = remasking.select_top_k) -> SamplerState:
+  """The sampling loop (pure, traceable; callers jit it).
+
+  Args:
+    logits_fn: the mask predictor.
+    canvas: int [B, T]; positions equal to `sampling.mask_id` are generated.
+    segment_ids, positions: passed to `logits_fn` (left padding), or None.
+    key: PRNG key; step i uses `fold_in(key, i)`.
+    sampling: the knobs; `mask_id` must be set.
+    start: first position of the first block; blocks cover [start, T).
+    eos_id, eot_id: for the EOS options.
+    select_fn: which positions to commit given confidences.
+
+  Returns:
+    the final `SamplerState`.
+  """
+  sc = sampling
+  mask_id = sc.mask_id
+  b, t = canvas.shape
+  num_blocks = (t - start) // sc.block_length
+  steps_per_block = sc.steps // num_blocks
+  idx = jnp.arange(t)
+  prompt_index = canvas != mask_id
+
+  def model_logits(x):
+    if sc.cfg_scale == 0:
+      return logits_fn(x, segment_ids, positions)
+    dup = lambda a: None if a is None else jnp.concatenate([a, a])
+    un_x = jnp.where(prompt_index, mask_id, x)
+    both = logits_fn(jnp.concatenate([x, un_x]), dup(segment_ids),
+                     dup(positions)).astype(jnp.float32)
+    cond, un = both[:b], both[b:]
+    return un + (sc.cfg_scale + 1.0) * (cond - un)
+
+  def block_body(state: SamplerState, block: jax.Array):
+    block_end = start + (block + 1) * sc.block_length
+    in_block = (idx >= block_end - sc.block_length) & (idx < block_end)
+    num_masked = jnp.sum((state.tokens == mask_id) & in_block, axis=1)
+
+    def step_body(state: SamplerState, step: jax.Array):
+      x = state.tokens
+      global_step = block * steps_per_block + step
+      candidates, confidence = remasking.candidates_and_confidence(
+          model_logits(x), jax.random.fold_in(key, global_step),
+          temperature=sc.temperature, remasking=sc.remasking, mask_id=mask_id,
+          eos_id=eos_id,
+          eot_id=eot_id, logits_eos_inf=sc.logits_eos_inf,
+          confidence_eos_eot_inf=sc.confidence_eos_eot_inf)
+      # As the reference: masked positions after the current block are never
+      # committed; everything not masked stays as it is.
+      eligible = (x == mask_id) & (idx < block_end)
+      k = tokens_per_step(num_masked, steps_per_block, step)
+      commit = select_fn(confidence, eligible, k)
+      return SamplerState(
+          tokens=jnp.where(commit, candidates, x),
+          commit_step=jnp.where(commit, global_step, state.commit_step)), None
+
+    state, _ = jax.lax.scan(step_body, state, jnp.arange(steps_per_block))
+    return state, None
+
+  init = SamplerState(tokens=canvas.astype(jnp.int32),
+                      commit_step=jnp.full((b, t), -1, jnp.int32))
+  state, _ = jax.lax.scan(block_body, init, jnp.arange(num_blocks))
+  return state
+
+
+@functools.partial(jax.jit, static_argnames=('config', 'sampling', 'start'))
+def _sample_model(params, canvas, segment_ids, positions, key, *, config: ModelConfig,
+                  sampling: SamplingConfig, start: int) -> SamplerState:
+  logits_fn = functools.partial(model_lib.forward, params, config=config)
+  return denoise(logits_fn, canvas, segment_ids, positions, key, sampling=sampling,
+                 start=start, eos_id=config.eos_id, eot_id=config.eot_id)
+
+
+def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+  """Left-pads prompts of different lengths: (tokens [B, P], mask [B, P] bool)."""
+  if not prompts:
+    raise ValueError('no prompts given.')
+  p = max(len(x) for x in prompts)
+  tokens = np.full((len(prompts), p), pad_id, np.int32)
+  mask = np.zeros((len(prompts), p), bool)
+  for i, x in enumerate(prompts):
+    if len(x):
+      tokens[i, p - len(x):] = np.asarray(x, np.int32)
+      mask[i, p - len(x):] = True
+  return tokens, mask
+
+
+def _layout(canvas_mask: jax.Array | None):
+  """segment ids (1 real, 0 padding) and positions counted over real tokens."""
+  if canvas_mask is None:
+    return None, None
+  m = jnp.asarray(canvas_mask, jnp.int32)
+  return m, jnp.maximum(jnp.cumsum(m, axis=1) - 1, 0)
+
+
+def _resolve(sampling: SamplingConfig, config: ModelConfig) -> SamplingConfig:
+  if sampling.mask_id is None:
+    sampling = dataclasses.replace(sampling, mask_id=config.mask_id)
+  if not 0 <= sampling.mask_id < config.vocab_size:
+    raise ValueError(f'mask_id={sampling.mask_id} is outside the vocabulary '
+                     f'[0, {config.vocab_size}).')
+  return sampling
+
+
+def sample(params: model_lib.Params, prompt: jax.Array | np.ndarray, key: jax.Array, *,
+           config: ModelConfig, sampling: SamplingConfig,
+           prompt_mask: jax.Array | np.ndarray | None = None) -> SamplerState:
+  """Like `generate`, returning the `SamplerState` (tokens and commit steps)."""
+  sampling = _resolve(sampling, config)
+  prompt = prompt if isinstance(prompt, jax.Array) else np.asarray(prompt, np.int32)
+  if prompt.ndim != 2:
+    raise ValueError(f'prompt must be [batch, length], got shape {prompt.shape}.')
+  sampling.validate(prompt.shape[1], config.max_len)
+  try:
+    concrete = np.asarray(prompt)
+  except jax.errors.TracerArrayConversionError:  # Traced by an outer jit.
+    concrete = None
+  if concrete is not None and np.any(concrete == sampling.mask_id):
+    raise ValueError(f'the prompt contains the mask token (id {sampling.mask_id}); '
+                     'use infill() to fill masked positions of a given canvas.')
+  b, p = prompt.shape
+  canvas = jnp.concatenate(
+      [jnp.asarray(prompt, jnp.int32),
+       jnp.full((b, sampling.gen_length), sampling.mask_id, jnp.int32)], axis=1)
+  canvas_mask = None if prompt_mask is None else jnp.concatenate(
+      [jnp.asarray(prompt_mask, bool), jnp.ones((b, sampling.gen_length), bool)], 1)
+  seg, pos = _layout(canvas_mask)
+  return _sample_model(params, canvas, seg, pos, key, config=config,
+                       sampling=sampling, start=p)
+
+
+def generate(params: model_lib.Params, prompt: jax.Array | np.ndarray, key: jax.Array,
+             *, config: ModelConfig, sampling: SamplingConfig,
+             prompt_mask: jax.Array | np.ndarray | None = None) -> jax.Array:
+  """Samples `sampling.gen_length` tokens after each prompt.
+
+  Args:
+    params: model parameters.
+    prompt: int [B, P]; with prompts of different lengths, left-padded
+      (`pad_prompts`) and `prompt_mask` [B, P] True on real tokens.
+    key: PRNG key (Gumbel noise, random remasking).
+    config: the model config.
+    sampling: the sampler knobs.
+
+  Returns:
+    int [B, P + gen_length]: prompt and completion.
+  """
+  return sample(params, prompt, key, config=config, sampling=sampling,
+                prompt_mask=prompt_mask).tokens
+
+
+def infill(params: model_lib.Params, canvas: jax.Array | np.ndarray, key: jax.Array, *,
+           config: ModelConfig, sampling: SamplingConfig,
+           canvas_mask: jax.Array | np.ndarray | None = None) -> jax.Array:
+  """Fills every mask token of `canvas` [B, T]; all other tokens stay fixed.
+
+  Templates and fill-in-the-middle: blocks of `sampling.block_length` cover the
+  whole canvas (`gen_length` is taken to be T), `sampling.steps` split over them;
+  each step commits tokens in proportion to the masks of the current block.
+  """
+  canvas = jnp.asarray(canvas, jnp.int32)
+  if canvas.ndim != 2:
+    raise ValueError(f'canvas must be [batch, length], got shape {canvas.shape}.')
+  sampling = _resolve(dataclasses.replace(sampling, gen_length=canvas.shape[1]), config)
+  sampling.validate(0, config.max_len)
+  seg, pos = _layout(canvas_mask)
+  return _sample_model(params, canvas, seg, pos, key, config=config,
+                       sampling=sampling, start=0).tokens

@@ -1,0 +1,91 @@
+"""One denoising step's decisions: candidates, confidences and which to commit.
+
+`candidates_and_confidence` is the pure-jnp reference of the per-step hot path
+(a fused kernel may replace it; it must agree with this function). Selection
+functions take confidences and an eligibility mask and return the positions to
+commit; `select_top_k` is the LLaDA rule, others (threshold, factor) plug in the
+same way.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+REMASKING = ('low_confidence', 'random')
+
+
+def step_uniforms(key: jax.Array, shape: tuple[int, ...],
+                  remasking: str, temperature: float):
+  """The uniforms one step consumes: (Gumbel u [B, T, V] or None,
+  random-remasking u [B, T] or None). Exposed so references can replay them."""
+  kg, kr = jax.random.split(key)
+  tiny = jnp.finfo(jnp.float32).tiny
+  u_gumbel = (jax.random.uniform(kg, shape, jnp.float32, minval=tiny)
+              if temperature > 0 else None)
+  u_random = (jax.random.uniform(kr, shape[:-1], jnp.float32)
+              if remasking == 'random' else None)
+  return u_gumbel, u_random
+
+
+def candidates_and_confidence(
+    logits: jax.Array, key: jax.Array, *, temperature: float, remasking: str,
+    mask_id: int, eos_id: int, eot_id: int, logits_eos_inf: bool = False,
+    confidence_eos_eot_inf: bool = False) -> tuple[jax.Array, jax.Array]:
+  """Candidate token and its confidence at every position.
+
+  Args:
+    logits: [B, T, V] (any float dtype; computed in float32).
+    key: randomness for Gumbel noise and random remasking.
+    temperature: 0 takes the plain argmax; > 0 the argmax of Gumbel-perturbed
+      logits, equal to the reference's `argmax(exp(l) / (-log u) ** temperature)`,
+      computed in log space as `l - temperature * log(-log u)`.
+    remasking: 'low_confidence' (softmax probability of the candidate under the
+      un-noised logits) or 'random' (uniform).
+    mask_id: never a candidate (its logit is set to -inf first; the reference
+      relies on a trained model never predicting it, an untrained one may).
+    logits_eos_inf: EOS logit set to -inf before anything else.
+    confidence_eos_eot_inf: a candidate that is EOS or end-of-turn gets confidence
+      -inf, so it is committed only once nothing else in the block is left.
+
+  Returns:
+    (candidates int32 [B, T], confidence float32 [B, T]).
+  """
+  logits = logits.astype(jnp.float32).at[..., mask_id].set(-jnp.inf)
+  if logits_eos_inf:
+    logits = logits.at[..., eos_id].set(-jnp.inf)
+  u_gumbel, u_random = step_uniforms(key, logits.shape, remasking, temperature)
+  noisy = logits if u_gumbel is None else (
+      logits - temperature * jnp.log(-jnp.log(u_gumbel)))
+  candidates = jnp.argmax(noisy, axis=-1).astype(jnp.int32)
+  if remasking == 'low_confidence':
+    chosen = jnp.take_along_axis(logits, candidates[..., None], axis=-1)[..., 0]
+    confidence = jnp.exp(chosen - jax.nn.logsumexp(logits, axis=-1))
+  elif remasking == 'random':
+    confidence = u_random
+  else:
+    raise ValueError(f'unknown remasking {remasking!r}; known: {REMASKING}.')
+  if confidence_eos_eot_inf:
+    special = (candidates == eos_id) | (candidates == eot_id)
+    confidence = jnp.where(special, -jnp.inf, confidence)
+  return candidates, confidence
+
+
+def rank_by_confidence(confidence: jax.Array, eligible: jax.Array) -> jax.Array:
+  """Rank [B, T] of every position: eligible ones first, by confidence
+  descending, ties by lower position; ineligible ones after all eligible."""
+  b, t = confidence.shape
+  idx = jnp.broadcast_to(jnp.arange(t), (b, t))
+  # lexsort: last key is primary.
+  order = jnp.lexsort((idx, -confidence, ~eligible), axis=-1)
+  return jnp.zeros_like(order).at[jnp.arange(b)[:, None], order].set(idx)
+
+
+def select_top_k(confidence: jax.Array, eligible: jax.Array,
+                 k: jax.Array) -> jax.Array:
+  """LLaDA's rule: commit the k[b] most confident eligible positions of row b.
+
+  confidence [B, T] float, eligible [B, T] bool, k [B] int -> bool [B, T].
+  """
+  rank = rank_by_confidence(confidence, eligible)
+  return (rank < k[:, None]) & eligible
