@@ -1,0 +1,92 @@
+"""Train state and the jitted train step (pure: `(state, batch, key) -> (state, metrics)`)."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Mapping
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from dllm_jax import diffusion
+from dllm_jax import model as model_lib
+from dllm_jax.presets import ModelConfig
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # [] int32.
+  params: model_lib.Params
+  opt_state: optax.OptState
+
+
+def init_train_state(model_cfg: ModelConfig, optimizer: optax.GradientTransformation,
+                     key: jax.Array) -> TrainState:
+  """Fresh state (jit it so parameters are created on device)."""
+  params = model_lib.init_params(model_cfg, key)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=optimizer.init(params))
+
+
+def _split_microbatches(lb: diffusion.LossBatch, n: int) -> diffusion.LossBatch:
+  def split(x):
+    if x.ndim == 0:  # The shared denominator.
+      return jnp.broadcast_to(x, (n,))
+    if x.shape[0] % n:
+      raise ValueError(f'batch size {x.shape[0]} is not divisible by '
+                       f'grad_accum_steps={n}.')
+    return x.reshape(n, x.shape[0] // n, *x.shape[1:])
+  return jax.tree.map(split, lb)
+
+
+def make_train_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformation,
+                    schedule: optax.Schedule, *, objective: str = 'pretrain',
+                    grad_accum_steps: int = 1,
+                    random_length_prob: float = diffusion.RANDOM_LENGTH_PROB):
+  """Builds the jitted step.
+
+  The step draws its masking noise from `fold_in(key, state.step)`, so a resumed
+  run sees the same noise as an uninterrupted one. With `grad_accum_steps` > 1 the
+  batch is split into microbatches whose gradients are summed; every microbatch
+  uses the full batch's loss denominator, so the update equals the one-shot one.
+
+  Returns:
+    `train_step(state, batch, key) -> (state, metrics)`; `batch` holds `tokens`
+    [B, L] and optionally `segment_ids`, `positions`, `prompt_lengths`.
+  """
+
+  def loss_fn(params, lb: diffusion.LossBatch):
+    logits = model_lib.forward(params, lb.inputs, lb.segment_ids, lb.positions,
+                               config=model_cfg)
+    return diffusion.loss_from_logits(logits, lb)
+
+  grad_fn = jax.value_and_grad(loss_fn)
+
+  @functools.partial(jax.jit, donate_argnums=0)
+  def train_step(state: TrainState, batch: Mapping[str, jax.Array],
+                 key: jax.Array) -> tuple[TrainState, dict[str, Any]]:
+    lb = diffusion.make_loss_batch(objective, batch, jax.random.fold_in(key, state.step),
+                                   mask_id=model_cfg.mask_id,
+                                   random_length_prob=random_length_prob)
+    if grad_accum_steps == 1:
+      loss, grads = grad_fn(state.params, lb)
+    else:
+      def micro(carry, mb):
+        loss, grads = grad_fn(state.params, mb)
+        return jax.tree.map(jnp.add, carry, (loss, grads)), None
+      zeros = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, state.params))
+      (loss, grads), _ = jax.lax.scan(micro, zeros,
+                                      _split_microbatches(lb, grad_accum_steps))
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {
+        'loss': loss,
+        'grad_norm': optax.tree.norm(grads),
+        'learning_rate': schedule(state.step),
+        'masked_tokens': jnp.sum(lb.weights > 0),
+    }
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return train_step

@@ -1,0 +1,177 @@
+"""The training loop: config -> model, data, optimizer -> steps -> checkpoints.
+
+Run it again with the same workdir and it resumes from the latest checkpoint,
+with the data iterator where it stopped and the same masking noise per step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from dllm_jax import presets
+from dllm_jax.data import stdlib_corpus
+from dllm_jax.data.tokenizer import ByteTokenizer
+from dllm_jax.sampling import generate as gen
+from dllm_jax.training import checkpoint, optimizer as optimizer_lib, train_step as ts
+
+_SHAPE_KEYS = ('d_model', 'n_layers', 'n_heads', 'd_ff', 'max_len')
+OBJECTIVES = ('pretrain', 'sft', 'next_token')
+
+
+def model_config(config: ml_collections.ConfigDict) -> presets.ModelConfig:
+  """The model config a training config asks for (`causal` follows the objective)."""
+  m = config.model
+  overrides = {k: m[k] for k in _SHAPE_KEYS + ('attention_impl',) if m[k] is not None}
+  return presets.get_preset(m.preset, dtype=m.dtype, param_dtype=m.param_dtype,
+                            causal=config.train.objective == 'next_token',
+                            **overrides)
+
+
+def validate(config: ml_collections.ConfigDict, model_cfg: presets.ModelConfig,
+             tokenizer: ByteTokenizer) -> None:
+  """One-line ValueErrors for settings that cannot work together."""
+  t = config.train
+  if t.objective not in OBJECTIVES:
+    raise ValueError(f'unknown train.objective {t.objective!r}; known: {OBJECTIVES}.')
+  if t.objective == 'sft':
+    raise ValueError("train.objective='sft' needs an SFT data source; the built-in "
+                     "corpus is pretraining text.")
+  if config.data.source != 'stdlib':
+    raise ValueError(f'unknown data.source {config.data.source!r}; known: stdlib.')
+  for name in ('steps', 'batch_size', 'grad_accum_steps', 'log_every',
+               'checkpoint_every'):
+    if t[name] <= 0:
+      raise ValueError(f'train.{name} must be positive, got {t[name]}.')
+  if t.batch_size % t.grad_accum_steps:
+    raise ValueError(f'train.batch_size={t.batch_size} is not divisible by '
+                     f'train.grad_accum_steps={t.grad_accum_steps}.')
+  if config.data.seq_len > model_cfg.max_len:
+    raise ValueError(f'data.seq_len={config.data.seq_len} exceeds the model max_len '
+                     f'{model_cfg.max_len}.')
+  ids = ('mask_id', 'bos_id', 'eos_id', 'eot_id', 'pad_id')
+  if tokenizer.vocab_size > model_cfg.vocab_size or any(
+      getattr(tokenizer, i) != getattr(model_cfg, i) for i in ids):
+    raise ValueError(f'model preset {config.model.preset!r} does not match the '
+                     f'{tokenizer.name} tokenizer (vocab {tokenizer.vocab_size}, '
+                     f'mask id {tokenizer.mask_id}); use a byte-vocabulary preset '
+                     '(tiny, small).')
+
+
+def _log(msg: str) -> None:
+  print(msg, flush=True)
+
+
+def _summary_writer(workdir: str):
+  if jax.process_index() != 0:
+    return None
+  from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  return SummaryWriter(os.path.join(workdir, 'tensorboard'))
+
+
+def _fmt_time(seconds: float) -> str:
+  m, s = divmod(int(seconds), 60)
+  h, m = divmod(m, 60)
+  return f'{h}h{m:02d}m{s:02d}s' if h else f'{m}m{s:02d}s'
+
+
+def sample_text(params, model_cfg: presets.ModelConfig, tokenizer: ByteTokenizer,
+                prompt: str, sampling: gen.SamplingConfig, key: jax.Array,
+                num_samples: int = 1) -> list[str]:
+  """Prompt text -> completions (the prompt is encoded after a BOS token)."""
+  ids = tokenizer.encode(prompt, add_bos=True)
+  tokens = gen.generate(params, np.tile(ids, (num_samples, 1)), key, config=model_cfg,
+                        sampling=sampling)
+  return [tokenizer.decode(row[len(ids):]) for row in np.asarray(tokens)]
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *,
+          stop_after: int | None = None) -> ts.TrainState:
+  """Trains (or resumes) and returns the final state.
+
+  `stop_after`: end (with a checkpoint) once this step is done, as if the job
+  were interrupted there; the schedule still spans `train.steps`.
+  """
+  model_cfg = model_config(config)
+  tokenizer = ByteTokenizer()
+  validate(config, model_cfg, tokenizer)
+  t, o = config.train, config.optimizer
+  os.makedirs(workdir, exist_ok=True)
+  _log('config:\n' + json.dumps(config.to_dict(), indent=1, sort_keys=True))
+  _log(f'model: {model_cfg.num_params() / 1e6:.2f}M parameters, '
+       f'{dataclasses.asdict(model_cfg)}')
+
+  optimizer, schedule = optimizer_lib.make_optimizer(
+      lr=o.lr, total_steps=t.steps, warmup_steps=o.warmup_steps,
+      decay_fraction=o.decay_fraction, final_lr_ratio=o.final_lr_ratio, b1=o.b1,
+      b2=o.b2, weight_decay=o.weight_decay, clip_norm=o.clip_norm)
+  data_iter = iter(stdlib_corpus.pretrain_dataset(
+      seq_len=config.data.seq_len, batch_size=t.batch_size, seed=config.seed,
+      tokenizer=tokenizer, shard_index=jax.process_index(),
+      shard_count=jax.process_count(), num_workers=config.data.num_workers))
+
+  key = jax.random.key(config.seed)
+  init_key, step_key, sample_key = jax.random.split(key, 3)
+  init = jax.jit(lambda k: ts.init_train_state(model_cfg, optimizer, k))
+  mngr = checkpoint.make_manager(workdir, max_to_keep=t.max_to_keep)
+  latest = mngr.latest_step()
+  if latest is None:
+    state = init(init_key)
+    _log(f'starting from scratch in {workdir}')
+  else:
+    abstract = jax.eval_shape(init, init_key)
+    params, opt_state, _ = checkpoint.restore_train_state(mngr, latest, abstract,
+                                                          data_iter)
+    state = ts.TrainState(step=jnp.asarray(latest, jnp.int32), params=params,
+                          opt_state=opt_state)
+    _log(f'resumed from step {latest} of {checkpoint.checkpoint_dir(workdir)}')
+
+  train_step = ts.make_train_step(
+      model_cfg, optimizer, schedule, objective=t.objective,
+      grad_accum_steps=t.grad_accum_steps, random_length_prob=t.random_length_prob)
+  meta = lambda step: checkpoint.make_meta(step, config.to_dict(), model_cfg, tokenizer)
+  writer = _summary_writer(workdir)
+  tokens_per_step = t.batch_size * config.data.seq_len
+  start = int(state.step)
+  window_start, window_step, run_start = time.time(), start, time.time()
+
+  end = t.steps if stop_after is None else min(stop_after, t.steps)
+  for step in range(start, end):
+    batch = next(data_iter)
+    state, metrics = train_step(state, batch, step_key)
+    done = step + 1
+    if done % t.log_every == 0 or done == end:
+      metrics = jax.device_get(metrics)  # The only host sync in the loop.
+      now = time.time()
+      tok_s = tokens_per_step * (done - window_step) / (now - window_start)
+      eta = (now - run_start) / (done - start) * (t.steps - done)
+      _log(f'step {done}/{t.steps}  loss {metrics["loss"]:.4f}  '
+           f'grad_norm {metrics["grad_norm"]:.3f}  lr {metrics["learning_rate"]:.2e}  '
+           f'{tok_s:,.0f} tokens/s  left {_fmt_time(eta)}')
+      if writer is not None:
+        for name, value in metrics.items():
+          writer.add_scalar(f'train/{name}', float(value), done)
+        writer.add_scalar('train/tokens_per_second', tok_s, done)
+        writer.flush()
+      window_start, window_step = time.time(), done
+    if done % t.checkpoint_every == 0 or done == end:
+      checkpoint.save(mngr, done, state, data_iter, meta(done))
+  mngr.wait_until_finished()
+  if writer is not None:
+    writer.close()
+
+  s = config.sample
+  sampling = gen.SamplingConfig(steps=s.steps, gen_length=s.gen_length,
+                                block_length=s.block_length, temperature=s.temperature)
+  if end == t.steps and len(s.prompt.encode()) + 1 + s.gen_length <= model_cfg.max_len:
+    text = sample_text(state.params, model_cfg, tokenizer, s.prompt, sampling,
+                       sample_key)[0]
+    _log(f'sample ({sampling}):\n{s.prompt}{text}')
+  return state
+

@@ -1,0 +1,55 @@
+"""Shared launcher plumbing: config flags and flag errors in one line."""
+
+import re
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+
+
+def _override_error(e: Exception, argv: list[str]) -> str:
+  text = ' '.join(str(e).replace('\\n', ' ').split())
+  keys = [a[len('--config.'):].split('=')[0] for a in argv[1:]
+          if a.startswith('--config.')]
+  hint = re.search(r'Did you mean "([^"]+)"', text)
+  hint = f' (did you mean {hint.group(1)!r}?)' if hint else ''
+  bad = next((k for k in keys if k.split('.')[-1] in text), None)
+  if bad is not None and isinstance(e, (AttributeError, KeyError)):
+    return f'error: unknown config key {bad!r}{hint}.'
+  return f'error: bad config override ({", ".join(keys)}): {text}'
+
+
+def define_config(default_path: str):
+  """`--config` (an ml_collections file, locked) with `--config.KEY=VALUE`.
+
+  ml_collections checks overrides in `sys.argv` when the flag is defined; an
+  unknown key or a badly typed value ends the program there with one line.
+  """
+  try:
+    return config_flags.DEFINE_config_file(
+        'config', default_path,
+        'Config file (ml_collections); override keys with --config.KEY=VALUE.',
+        lock_config=True)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    sys.exit(_override_error(e, sys.argv))
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """Flag parser for `app.run(main, flags_parser=parse_flags)`: one-line errors."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f'error: {e}')
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    sys.exit(_override_error(e, argv))
+
+
+def config_value(config_flag):
+  """The parsed config; a config file that failed to load ends in one line."""
+  try:
+    value = config_flag.value
+    value.to_dict()  # A failed load surfaces on first access.
+    return value
+  except OSError as e:
+    detail = ' '.join(str(e).split())
+    sys.exit(f'error: cannot load --config: {detail}')

@@ -1,0 +1,63 @@
+r"""Samples completions from the latest checkpoint of a workdir.
+
+  python -m launch.sample --workdir=/tmp/dllm --prompt='def ' --steps=64 \
+      --gen_length=128 --block_length=32 --num_samples=2 --temperature=0.5
+"""
+
+import sys
+
+from absl import app, flags, logging
+
+from launch import cli
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir written by launch.train.',
+                               required=True)
+_PROMPT = flags.DEFINE_string('prompt', None, 'Prompt text (default: the training '
+                              "config's sample.prompt).")
+_STEPS = flags.DEFINE_integer('steps', None, 'Denoising steps (all blocks together).')
+_GEN_LENGTH = flags.DEFINE_integer('gen_length', None, 'Tokens to generate.')
+_BLOCK_LENGTH = flags.DEFINE_integer(
+    'block_length', None, 'Semi-autoregressive block length (divides gen_length).')
+_TEMPERATURE = flags.DEFINE_float('temperature', None,
+                                  'Gumbel-noise temperature; 0 is greedy.')
+_CFG_SCALE = flags.DEFINE_float('cfg_scale', 0.0, 'Classifier-free guidance scale.')
+_REMASKING = flags.DEFINE_string('remasking', 'low_confidence',
+                                 'low_confidence | random.')
+_LOGITS_EOS_INF = flags.DEFINE_bool('logits_eos_inf', False,
+                                    'Never generate EOS (its logit is -inf).')
+_CONF_EOS_EOT_INF = flags.DEFINE_bool(
+    'confidence_eos_eot_inf', False,
+    'Commit EOS / end-of-turn candidates last in their block.')
+_NUM_SAMPLES = flags.DEFINE_integer('num_samples', 1, 'Completions to draw.')
+_SEED = flags.DEFINE_integer('seed', 0, 'PRNG seed.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not flags.FLAGS['verbosity'].present:  # Orbax logs every save at INFO.
+    logging.set_verbosity(logging.WARNING)
+  import jax  # pylint: disable=g-import-not-at-top
+  from dllm_jax.sampling import generate as gen  # pylint: disable=g-import-not-at-top
+  from dllm_jax.training import checkpoint, trainer  # pylint: disable=g-import-not-at-top
+  try:
+    model_cfg, params, tokenizer = checkpoint.restore_for_inference(_WORKDIR.value)
+    defaults = checkpoint.read_meta(_WORKDIR.value)['config']['sample']
+    pick = lambda flag, name: defaults[name] if flag.value is None else flag.value
+    sampling = gen.SamplingConfig(
+        steps=pick(_STEPS, 'steps'), gen_length=pick(_GEN_LENGTH, 'gen_length'),
+        block_length=pick(_BLOCK_LENGTH, 'block_length'),
+        temperature=pick(_TEMPERATURE, 'temperature'), cfg_scale=_CFG_SCALE.value,
+        remasking=_REMASKING.value, logits_eos_inf=_LOGITS_EOS_INF.value,
+        confidence_eos_eot_inf=_CONF_EOS_EOT_INF.value)
+    prompt = pick(_PROMPT, 'prompt')
+    texts = trainer.sample_text(params, model_cfg, tokenizer, prompt, sampling,
+                                jax.random.key(_SEED.value), _NUM_SAMPLES.value)
+  except (ValueError, FileNotFoundError) as e:
+    sys.exit(f'error: {e}')
+  for i, text in enumerate(texts):
+    print(f'--- sample {i} ---\n{prompt}{text}', flush=True)
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=cli.parse_flags)

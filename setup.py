@@ -1,0 +1,33 @@
+"""dllm_jax: masked diffusion language models (the LLaDA family) in JAX/Flax."""
+
+import re
+
+from setuptools import find_packages, setup
+
+with open('dllm_jax/__init__.py') as f:
+  VERSION = re.search(r"__version__ = '([^']+)'", f.read()).group(1)
+
+setup(
+    name='dllm_jax',
+    version=VERSION,
+    description='Masked diffusion language models (LLaDA) in JAX: train, sample, evaluate.',
+    long_description=open('README.md').read(),
+    long_description_content_type='text/markdown',
+    packages=find_packages(include=['dllm_jax', 'dllm_jax.*', 'launch', 'launch.*']),
+    python_requires='>=3.11',
+    install_requires=[
+        'jax>=0.10.2',
+        'flax>=0.12.8',
+        'optax>=0.2.8',
+        'orbax-checkpoint>=0.12.4',
+        'grain>=0.2.18',
+        'tensorflow-datasets>=4.9.10',
+        'importlib_resources',  # tfds without TensorFlow.
+        'chex>=0.1.92',
+        'absl-py>=2.0',
+        'ml-collections>=1.1.0',
+        'tensorboardX>=2.6',
+        'numpy>=1.26',
+    ],
+    extras_require={'test': ['pytest>=8']},
+)
