@@ -1,3 +1,19 @@
-"""dllm_jax: masked diffusion language models (the LLaDA family) in JAX."""
+"""dllm_jax: masked diffusion language models (the LLaDA family) in JAX.
+
+The public API:
+
+  config = get_preset('tiny')                       # ModelConfig
+  params = init_params(config, key)                 # nested dict of arrays
+  logits = forward(params, tokens, config=config)   # [B, L, V]
+  tokens = generate(params, prompt, key, config=config, sampling=SamplingConfig())
+  config, params, tokenizer = restore_for_inference(workdir)
+"""
 
 __version__ = '0.1.0'
+
+# pylint: disable=g-import-not-at-top,g-bad-import-order
+from dllm_jax.data.tokenizer import ByteTokenizer
+from dllm_jax.model import abstract_params, forward, init_params
+from dllm_jax.presets import ModelConfig, PRESETS, get_preset
+from dllm_jax.sampling.generate import SamplingConfig, generate, infill, pad_prompts, sample
+from dllm_jax.training.checkpoint import restore_for_inference

@@ -49,13 +49,23 @@ class LossBatch:
 
 
 def sample_noise(key: jax.Array, shape: tuple[int, int],
-                 random_length_prob: float = RANDOM_LENGTH_PROB) -> MaskNoise:
-  """Draws t [B], u [B, L] and the kept length for a batch of `shape` = (B, L)."""
+                 random_length_prob: float = RANDOM_LENGTH_PROB,
+                 stratified_t: bool = False) -> MaskNoise:
+  """Draws t [B], u [B, L] and the kept length for a batch of `shape` = (B, L).
+
+  `stratified_t`: t_i = (s + i / B) mod 1 with one s ~ U(0, 1). Every t_i is still
+  U(0, 1), so the loss keeps its expectation; the batch covers the mask ratios
+  evenly, which lowers the variance of the 1/p-weighted loss (as in MDLM/VDM).
+  """
   b, l = shape
   kt, ku, kr, kl = jax.random.split(key, 4)
   use_random = jax.random.uniform(kr) < random_length_prob
   random_len = jax.random.randint(kl, (), 1, l + 1)
-  return MaskNoise(t=jax.random.uniform(kt, (b,)),
+  if stratified_t:
+    t = jnp.mod(jax.random.uniform(kt) + jnp.arange(b) / b, 1.0)
+  else:
+    t = jax.random.uniform(kt, (b,))
+  return MaskNoise(t=t,
                    u=jax.random.uniform(ku, (b, l)),
                    length=jnp.where(use_random, random_len, l).astype(jnp.int32))
 
@@ -133,14 +143,15 @@ def loss_from_logits(logits: jax.Array, lb: LossBatch) -> jax.Array:
 
 def make_loss_batch(objective: str, batch: Mapping[str, jax.Array], key: jax.Array,
                     *, mask_id: int, random_length_prob: float = RANDOM_LENGTH_PROB,
-                    eps: float = EPS) -> LossBatch:
+                    stratified_t: bool = False, eps: float = EPS) -> LossBatch:
   """Dispatch on the objective name: 'pretrain' | 'sft' | 'next_token'."""
   shape = batch['tokens'].shape
   if objective == 'pretrain':
-    return pretrain_batch(batch, sample_noise(key, shape, random_length_prob),
-                          mask_id=mask_id, eps=eps)
+    noise = sample_noise(key, shape, random_length_prob, stratified_t)
+    return pretrain_batch(batch, noise, mask_id=mask_id, eps=eps)
   if objective == 'sft':
-    return sft_batch(batch, sample_noise(key, shape, 0.0), mask_id=mask_id, eps=eps)
+    return sft_batch(batch, sample_noise(key, shape, 0.0, stratified_t),
+                     mask_id=mask_id, eps=eps)
   if objective == 'next_token':
     return next_token_batch(batch)
   raise ValueError(f'unknown objective {objective!r}; known: pretrain, sft, '

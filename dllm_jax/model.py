@@ -127,8 +127,13 @@ class Transformer(nnx.Module):
     return self.ln_f(x)
 
   def __call__(self, tokens: jax.Array, segment_ids: jax.Array | None = None,
-               positions: jax.Array | None = None) -> jax.Array:
-    return self.ff_out(self.hidden(tokens, segment_ids, positions))
+               positions: jax.Array | None = None,
+               output_window: tuple[jax.Array, int] | None = None) -> jax.Array:
+    h = self.hidden(tokens, segment_ids, positions)
+    if output_window is not None:  # Logits for positions [start, start + length).
+      start, length = output_window
+      h = jax.lax.dynamic_slice_in_dim(h, start, length, axis=1)
+    return self.ff_out(h)
 
 
 @functools.lru_cache(maxsize=None)
@@ -149,7 +154,8 @@ def abstract_params(cfg: ModelConfig) -> Params:
 
 
 def forward(params: Params, tokens: jax.Array, segment_ids: jax.Array | None = None,
-            positions: jax.Array | None = None, *, config: ModelConfig) -> jax.Array:
+            positions: jax.Array | None = None, *, config: ModelConfig,
+            output_window: tuple[jax.Array, int] | None = None) -> jax.Array:
   """Pure forward pass.
 
   Args:
@@ -159,8 +165,11 @@ def forward(params: Params, tokens: jax.Array, segment_ids: jax.Array | None = N
       same id (packed documents; 0 is used for padding).
     positions: optional int [B, L] RoPE positions (default 0..L-1).
     config: the model config (static).
+    output_window: optional (start, length), length static: the output head runs
+      only on positions [start, start + length) (all positions are still attended).
 
   Returns:
-    logits [B, L, V] in the compute dtype.
+    logits [B, L, V] (or [B, length, V]) in the compute dtype.
   """
-  return nnx.merge(graphdef(config), params)(tokens, segment_ids, positions)
+  return nnx.merge(graphdef(config), params)(tokens, segment_ids, positions,
+                                             output_window)

@@ -46,8 +46,9 @@ def reference_generate(logits_fn, prompt, *, steps, gen_length, block_length,
                        start=None):
   """Returns (x [B, T], commit_step [B, T]).
 
-  `logits_fn(x [B, T]) -> float64 [B, T, V]`; `uniforms(step) -> (u_gumbel, u_random)`
-  replays the JAX sampler's random draws. `canvas`/`start` allow infilling.
+  `logits_fn(x [B, T]) -> float64 [B, T, V]`; `uniforms(step, lo, hi) ->
+  (u_gumbel [B, T, V], u_random [B, T])` replays the JAX sampler's random draws
+  (it draws them for the current block [lo, hi) only). `canvas`/`start` allow infilling.
   """
   if canvas is None:
     x = np.full((prompt.shape[0], prompt.shape[1] + gen_length), mask_id, np.int64)
@@ -80,7 +81,8 @@ def reference_generate(logits_fn, prompt, *, steps, gen_length, block_length,
       logits = np.array(logits, np.float64)
       if logits_eos_inf:
         logits[:, :, eos_id] = -np.inf
-      u_gumbel, u_random = uniforms(global_step) if uniforms else (None, None)
+      u_gumbel, u_random = (uniforms(global_step, lo, hi) if uniforms
+                            else (None, None))
       if temperature == 0:
         logits_with_noise = logits
       else:

@@ -120,3 +120,13 @@ def test_unknown_objective_is_rejected():
   with pytest.raises(ValueError, match="unknown objective 'mlm'"):
     diffusion.make_loss_batch('mlm', {'tokens': jnp.zeros((1, 4), jnp.int32)},
                               jax.random.key(0), mask_id=MASK)
+
+
+def test_stratified_t_covers_ratios_evenly_and_stays_uniform():
+  noise = diffusion.sample_noise(jax.random.key(0), (8, 4), stratified_t=True)
+  t = np.sort(np.asarray(noise.t))
+  np.testing.assert_allclose(np.diff(t), 1 / 8, atol=1e-6)
+  # Marginally U(0, 1): the mean over many draws of one row's t is 1/2.
+  ts = jax.vmap(lambda k: diffusion.sample_noise(k, (8, 4), stratified_t=True).t[3])(
+      jax.random.split(jax.random.key(1), 4000))
+  assert abs(float(ts.mean()) - 0.5) < 0.02

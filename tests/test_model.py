@@ -101,3 +101,13 @@ def test_bad_model_config_is_rejected(kw, match):
 def test_unknown_preset_is_rejected():
   with pytest.raises(ValueError, match="unknown model preset 'huge'"):
     presets.get_preset('huge')
+
+
+def test_output_window_equals_slice_of_full_logits():
+  cfg = _small()
+  params = model.init_params(cfg, jax.random.key(5))
+  tokens = jax.random.randint(jax.random.key(6), (2, 12), 0, 256)
+  full = model.forward(params, tokens, config=cfg)
+  win = jax.jit(lambda s: model.forward(params, tokens, config=cfg,
+                                        output_window=(s, 4)))(jnp.asarray(5))
+  np.testing.assert_allclose(win, full[:, 5:9], atol=1e-5)

@@ -36,11 +36,18 @@ def toy_logits_np(x):
   return logits
 
 
-def toy_logits_jnp(x, segment_ids=None, positions=None):
+def _window(logits, output_window):
+  if output_window is None:
+    return logits
+  start, length = output_window
+  return jax.lax.dynamic_slice_in_dim(logits, start, length, axis=1)
+
+
+def toy_logits_jnp(x, segment_ids=None, positions=None, output_window=None):
   c = _peak(x.astype(jnp.int32), jnp)[..., None].astype(jnp.float32)
   v = jnp.arange(V, dtype=jnp.float32)
   logits = -(v - c) ** 2 * (1 + 0.1 * v) / 8.0
-  return logits.at[..., MASK].set(-100.0)
+  return _window(logits.at[..., MASK].set(-100.0), output_window)
 
 
 def tied_logits_np(x):
@@ -51,10 +58,10 @@ def tied_logits_np(x):
   return logits
 
 
-def tied_logits_jnp(x, segment_ids=None, positions=None):
+def tied_logits_jnp(x, segment_ids=None, positions=None, output_window=None):
   c = (x.astype(jnp.int32) * 3 % 7)[..., None].astype(jnp.float32)
   logits = -(jnp.arange(V, dtype=jnp.float32) - c) ** 2 / 4.0
-  return logits.at[..., MASK].set(-100.0)
+  return _window(logits.at[..., MASK].set(-100.0), output_window)
 
 
 def _run_jax(logits_fn, prompt, key, sc, canvas=None, start=None):
@@ -70,12 +77,18 @@ def _run_jax(logits_fn, prompt, key, sc, canvas=None, start=None):
 
 
 def _replay(key, sc, shape):
-  """The uniforms the JAX sampler drew at each step, for the reference."""
-  def uniforms(step):
-    ug, ur = remasking.step_uniforms(jax.random.fold_in(key, step), shape,
+  """The uniforms the JAX sampler drew at each step (for the current block
+  [lo, hi) only), placed into full-canvas arrays for the reference."""
+  b, t, v = shape
+  def uniforms(step, lo, hi):
+    ug, ur = remasking.step_uniforms(jax.random.fold_in(key, step), (b, hi - lo, v),
                                      sc.remasking, sc.temperature)
-    return (None if ug is None else np.asarray(ug, np.float64),
-            None if ur is None else np.asarray(ur, np.float64))
+    full_g, full_r = np.full((b, t, v), 0.5), np.full((b, t), 0.5)
+    if ug is not None:
+      full_g[:, lo:hi] = np.asarray(ug, np.float64)
+    if ur is not None:
+      full_r[:, lo:hi] = np.asarray(ur, np.float64)
+    return full_g, full_r
   return uniforms
 
 

@@ -25,8 +25,10 @@ from dllm_jax.presets import ModelConfig
 from dllm_jax.sampling import remasking
 from dllm_jax.sampling.schedule import tokens_per_step
 
-# (tokens [B, T], segment_ids [B, T] | None, positions [B, T] | None) -> logits [B, T, V]
-LogitsFn = Callable[[jax.Array, jax.Array | None, jax.Array | None], jax.Array]
+# (tokens [B, T], segment_ids [B, T] | None, positions [B, T] | None,
+#  output_window=(start, length)) -> logits [B, length, V] of positions
+#  [start, start + length) (every position of the canvas is attended).
+LogitsFn = Callable[..., jax.Array]
 # (confidence [B, T], eligible [B, T], k [B]) -> commit [B, T] bool
 SelectFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
@@ -84,8 +86,13 @@ def denoise(logits_fn: LogitsFn, canvas: jax.Array, segment_ids: jax.Array | Non
             select_fn: SelectFn = remasking.select_top_k) -> SamplerState:
   """The sampling loop (pure, traceable; callers jit it).
 
+  Only the current block's positions can be committed (earlier blocks are fully
+  committed by construction, later ones are excluded as in the reference), so
+  logits, candidates and confidences are computed for the block alone: the model
+  attends over the whole canvas but runs its output head on `block_length` rows.
+
   Args:
-    logits_fn: the mask predictor.
+    logits_fn: the mask predictor (see `LogitsFn`).
     canvas: int [B, T]; positions equal to `sampling.mask_id` are generated.
     segment_ids, positions: passed to `logits_fn` (left padding), or None.
     key: PRNG key; step i uses `fold_in(key, i)`.
@@ -100,43 +107,45 @@ def denoise(logits_fn: LogitsFn, canvas: jax.Array, segment_ids: jax.Array | Non
   sc = sampling
   mask_id = sc.mask_id
   b, t = canvas.shape
-  num_blocks = (t - start) // sc.block_length
+  bl = sc.block_length
+  num_blocks = (t - start) // bl
   steps_per_block = sc.steps // num_blocks
-  idx = jnp.arange(t)
   prompt_index = canvas != mask_id
 
-  def model_logits(x):
+  def block_logits(x, block_start):
+    window = (block_start, bl)
     if sc.cfg_scale == 0:
-      return logits_fn(x, segment_ids, positions)
+      return logits_fn(x, segment_ids, positions, output_window=window)
     dup = lambda a: None if a is None else jnp.concatenate([a, a])
     un_x = jnp.where(prompt_index, mask_id, x)
-    both = logits_fn(jnp.concatenate([x, un_x]), dup(segment_ids),
-                     dup(positions)).astype(jnp.float32)
+    both = logits_fn(jnp.concatenate([x, un_x]), dup(segment_ids), dup(positions),
+                     output_window=window).astype(jnp.float32)
     cond, un = both[:b], both[b:]
     return un + (sc.cfg_scale + 1.0) * (cond - un)
 
   def block_body(state: SamplerState, block: jax.Array):
-    block_end = start + (block + 1) * sc.block_length
-    in_block = (idx >= block_end - sc.block_length) & (idx < block_end)
-    num_masked = jnp.sum((state.tokens == mask_id) & in_block, axis=1)
+    block_start = start + block * bl
+    window = lambda a: jax.lax.dynamic_slice_in_dim(a, block_start, bl, axis=1)
+    num_masked = jnp.sum(window(state.tokens) == mask_id, axis=1)
 
     def step_body(state: SamplerState, step: jax.Array):
-      x = state.tokens
+      x = window(state.tokens)
       global_step = block * steps_per_block + step
       candidates, confidence = remasking.candidates_and_confidence(
-          model_logits(x), jax.random.fold_in(key, global_step),
+          block_logits(state.tokens, block_start), jax.random.fold_in(key, global_step),
           temperature=sc.temperature, remasking=sc.remasking, mask_id=mask_id,
-          eos_id=eos_id,
-          eot_id=eot_id, logits_eos_inf=sc.logits_eos_inf,
+          eos_id=eos_id, eot_id=eot_id, logits_eos_inf=sc.logits_eos_inf,
           confidence_eos_eot_inf=sc.confidence_eos_eot_inf)
-      # As the reference: masked positions after the current block are never
-      # committed; everything not masked stays as it is.
-      eligible = (x == mask_id) & (idx < block_end)
+      eligible = x == mask_id
       k = tokens_per_step(num_masked, steps_per_block, step)
       commit = select_fn(confidence, eligible, k)
+      put = lambda full, blk: jax.lax.dynamic_update_slice_in_dim(
+          full, blk, block_start, axis=1)
       return SamplerState(
-          tokens=jnp.where(commit, candidates, x),
-          commit_step=jnp.where(commit, global_step, state.commit_step)), None
+          tokens=put(state.tokens, jnp.where(commit, candidates, x)),
+          commit_step=put(state.commit_step,
+                          jnp.where(commit, global_step, window(state.commit_step)))
+      ), None
 
     state, _ = jax.lax.scan(step_body, state, jnp.arange(steps_per_block))
     return state, None

@@ -44,7 +44,8 @@ def _split_microbatches(lb: diffusion.LossBatch, n: int) -> diffusion.LossBatch:
 def make_train_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformation,
                     schedule: optax.Schedule, *, objective: str = 'pretrain',
                     grad_accum_steps: int = 1,
-                    random_length_prob: float = diffusion.RANDOM_LENGTH_PROB):
+                    random_length_prob: float = diffusion.RANDOM_LENGTH_PROB,
+                    stratified_t: bool = False):
   """Builds the jitted step.
 
   The step draws its masking noise from `fold_in(key, state.step)`, so a resumed
@@ -69,7 +70,8 @@ def make_train_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformat
                  key: jax.Array) -> tuple[TrainState, dict[str, Any]]:
     lb = diffusion.make_loss_batch(objective, batch, jax.random.fold_in(key, state.step),
                                    mask_id=model_cfg.mask_id,
-                                   random_length_prob=random_length_prob)
+                                   random_length_prob=random_length_prob,
+                                   stratified_t=stratified_t)
     if grad_accum_steps == 1:
       loss, grads = grad_fn(state.params, lb)
     else:

@@ -125,7 +125,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     state = init(init_key)
     _log(f'starting from scratch in {workdir}')
   else:
-    abstract = jax.eval_shape(init, init_key)
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+        jax.eval_shape(init, init_key))
     params, opt_state, _ = checkpoint.restore_train_state(mngr, latest, abstract,
                                                           data_iter)
     state = ts.TrainState(step=jnp.asarray(latest, jnp.int32), params=params,
@@ -134,7 +137,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
 
   train_step = ts.make_train_step(
       model_cfg, optimizer, schedule, objective=t.objective,
-      grad_accum_steps=t.grad_accum_steps, random_length_prob=t.random_length_prob)
+      grad_accum_steps=t.grad_accum_steps, random_length_prob=t.random_length_prob,
+      stratified_t=t.stratified_t)
   meta = lambda step: checkpoint.make_meta(step, config.to_dict(), model_cfg, tokenizer)
   writer = _summary_writer(workdir)
   tokens_per_step = t.batch_size * config.data.seq_len
