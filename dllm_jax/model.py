@@ -56,17 +56,24 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
   return (x32 * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
 
 
-def attention_mask(segment_ids: jax.Array | None, causal: bool,
-                   length: int) -> jax.Array | None:
-  """Boolean mask [B|1, 1, L, L]: a query attends to keys of its own segment
-  (and, if causal, at or before it). None when nothing is masked."""
-  mask = None
-  if segment_ids is not None:
-    mask = (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
-  if causal:
-    tril = jnp.tril(jnp.ones((length, length), bool))[None, None]
-    mask = tril if mask is None else mask & tril
-  return mask
+def segment_mask(segment_ids: jax.Array | None) -> jax.Array | None:
+  """Boolean mask [B, 1, L, L]: a query attends to keys of its own segment.
+  None when there are no segments (the causal part is `is_causal`)."""
+  if segment_ids is None:
+    return None
+  return (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
+
+
+def attention_impl(cfg: ModelConfig) -> str:
+  """The `jax.nn.dot_product_attention` implementation to use: the config's, or
+  cuDNN on a GPU with 16-bit compute and a head dim it supports, else XLA.
+  (JAX's own default, None, always means XLA.)"""
+  if cfg.attention_impl is not None:
+    return cfg.attention_impl
+  if (jax.default_backend() == 'gpu' and cfg.dtype == 'bfloat16'
+      and cfg.head_dim % 8 == 0 and cfg.head_dim <= 128):
+    return 'cudnn'
+  return 'xla'
 
 
 class Block(nnx.Module):
@@ -94,8 +101,8 @@ class Block(nnx.Module):
     q = rope(split(self.q_proj(h)), positions, cfg.rope_theta)
     k = rope(split(self.k_proj(h)), positions, cfg.rope_theta)
     v = split(self.v_proj(h))
-    o = jax.nn.dot_product_attention(q, k, v, mask=mask,
-                                     implementation=cfg.attention_impl)
+    o = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=cfg.causal,
+                                     implementation=attention_impl(cfg))
     x = x + self.attn_out(o.reshape(b, l, cfg.d_model))
     h = self.ff_norm(x)
     return x + self.ff_out(jax.nn.silu(self.ff_proj(h)) * self.up_proj(h))
@@ -120,7 +127,7 @@ class Transformer(nnx.Module):
     b, l = tokens.shape
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
-    mask = attention_mask(segment_ids, self.cfg.causal, l)
+    mask = segment_mask(segment_ids)
     x = self.wte(tokens)
     for block in self.blocks:
       x = block(x, mask, positions)

@@ -32,7 +32,7 @@ class ModelConfig:
   causal: bool = False  # True: the autoregressive twin.
   dtype: str = 'float32'  # Compute dtype; parameters are always `param_dtype`.
   param_dtype: str = 'float32'
-  attention_impl: str | None = None  # None lets JAX pick (cuDNN where present).
+  attention_impl: str | None = None  # None: cuDNN on GPU with bf16, else XLA.
   # Special token ids of the tokenizer this shape is meant for.
   mask_id: int = tokenizer_lib.BYTE_MASK_ID
   bos_id: int = tokenizer_lib.BYTE_BOS_ID
@@ -78,7 +78,8 @@ _LLADA_IDS = dict(
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Trains on 2 CPU cores in minutes.
-    'tiny': dict(vocab_size=_BYTE_VOCAB, d_model=128, n_layers=4, n_heads=4,
+    # (At a fixed CPU budget two layers beat four: twice the tokens per second.)
+    'tiny': dict(vocab_size=_BYTE_VOCAB, d_model=128, n_layers=2, n_heads=4,
                  d_ff=384, max_len=512),
     # ~25M parameters: a step up for a single accelerator.
     'small': dict(vocab_size=_BYTE_VOCAB, d_model=512, n_layers=8, n_heads=8,

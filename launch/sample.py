@@ -28,7 +28,7 @@ _LOGITS_EOS_INF = flags.DEFINE_bool('logits_eos_inf', False,
 _CONF_EOS_EOT_INF = flags.DEFINE_bool(
     'confidence_eos_eot_inf', False,
     'Commit EOS / end-of-turn candidates last in their block.')
-_NUM_SAMPLES = flags.DEFINE_integer('num_samples', 1, 'Completions to draw.')
+_NUM_SAMPLES = flags.DEFINE_integer('num_samples', None, 'Completions to draw.')
 _SEED = flags.DEFINE_integer('seed', 0, 'PRNG seed.')
 
 
@@ -38,6 +38,7 @@ def main(argv):
   if not flags.FLAGS['verbosity'].present:  # Orbax logs every save at INFO.
     logging.set_verbosity(logging.WARNING)
   import jax  # pylint: disable=g-import-not-at-top
+  from dllm_jax import errors  # pylint: disable=g-import-not-at-top
   from dllm_jax.sampling import generate as gen  # pylint: disable=g-import-not-at-top
   from dllm_jax.training import checkpoint, trainer  # pylint: disable=g-import-not-at-top
   try:
@@ -52,8 +53,9 @@ def main(argv):
         confidence_eos_eot_inf=_CONF_EOS_EOT_INF.value)
     prompt = pick(_PROMPT, 'prompt')
     texts = trainer.sample_text(params, model_cfg, tokenizer, prompt, sampling,
-                                jax.random.key(_SEED.value), _NUM_SAMPLES.value)
-  except (ValueError, FileNotFoundError) as e:
+                                jax.random.key(_SEED.value),
+                                pick(_NUM_SAMPLES, 'num_samples'))
+  except (ValueError, FileNotFoundError, errors.DllmError) as e:
     sys.exit(f'error: {e}')
   for i, text in enumerate(texts):
     print(f'--- sample {i} ---\n{prompt}{text}', flush=True)

@@ -24,10 +24,11 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:  # Orbax logs every save at INFO.
     logging.set_verbosity(logging.WARNING)
+  from dllm_jax import errors  # pylint: disable=g-import-not-at-top
   from dllm_jax.training import trainer  # pylint: disable=g-import-not-at-top
   try:
     trainer.train(cli.config_value(_CONFIG), _WORKDIR.value)
-  except (ValueError, FileNotFoundError) as e:
+  except (ValueError, FileNotFoundError, errors.DllmError) as e:
     sys.exit(f'error: {e}')
 
 

@@ -15,15 +15,23 @@ pytestmark = [
 
 
 def _cfg(**kw):
-  return presets.get_preset('small', n_layers=2, max_len=512, dtype='bfloat16', **kw)
+  return presets.get_preset('small', **{'n_layers': 2, 'max_len': 512,
+                                        'dtype': 'bfloat16', **kw})
 
 
+def test_bf16_on_gpu_picks_cudnn_attention():
+  assert model.attention_impl(_cfg()) == 'cudnn'
+  assert model.attention_impl(_cfg(dtype='float32')) == 'xla'
+
+
+@pytest.mark.parametrize('causal', [False, True])
 @pytest.mark.parametrize('packed', [False, True])
-def test_cudnn_attention_matches_xla(packed):
+def test_cudnn_attention_matches_xla(packed, causal):
   params = model.init_params(_cfg(), jax.random.key(0))
   tokens = jax.random.randint(jax.random.key(1), (2, 256), 0, 256)
   seg = jnp.where(jnp.arange(256) < 100, 1, 2)[None].repeat(2, 0) if packed else None
-  out = {impl: model.forward(params, tokens, seg, config=_cfg(attention_impl=impl))
+  out = {impl: model.forward(params, tokens, seg,
+                             config=_cfg(attention_impl=impl, causal=causal))
          for impl in ('xla', 'cudnn')}
   np.testing.assert_allclose(np.asarray(out['cudnn'], np.float32),
                              np.asarray(out['xla'], np.float32), atol=0.1)

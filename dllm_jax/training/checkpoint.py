@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
+import warnings
 from typing import Any, NamedTuple
 
 import grain
 import jax
 import orbax.checkpoint as ocp
 
-import dllm_jax
 from dllm_jax import model as model_lib
+from dllm_jax.errors import CheckpointError
 from dllm_jax.data import tokenizer as tokenizer_lib
 from dllm_jax.presets import ModelConfig
 
@@ -36,12 +38,9 @@ def make_manager(workdir: str, *, max_to_keep: int = 3,
           create=True))
 
 
-def make_meta(step: int, config: dict, model_cfg: ModelConfig,
-              tokenizer: tokenizer_lib.ByteTokenizer) -> dict[str, Any]:
-  return {'step': int(step), 'config': config,
-          'model_config': dataclasses.asdict(model_cfg),
-          'tokenizer': tokenizer.to_dict(),
-          'dllm_jax_version': dllm_jax.__version__, 'jax_version': jax.__version__}
+def make_meta(step: int, record: dict[str, Any]) -> dict[str, Any]:
+  """The JSON meta of a checkpoint: its step plus the run's provenance record."""
+  return {'step': int(step), **record}
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, data_iter, meta: dict) -> None:
@@ -59,34 +58,100 @@ def restore_train_state(mngr: ocp.CheckpointManager, step: int, abstract_state,
   """Restores params, optimizer state and (into `data_iter`) the data position.
 
   `abstract_state` is a TrainState of `jax.ShapeDtypeStruct` with shardings.
-  Returns (params, opt_state, meta).
+  Returns (params, opt_state).
   """
   items = dict(params=ocp.args.StandardRestore(abstract_state.params),
-               opt_state=ocp.args.StandardRestore(abstract_state.opt_state),
-               meta=ocp.args.JsonRestore())
+               opt_state=ocp.args.StandardRestore(abstract_state.opt_state))
   if data_iter is not None:
     items['data'] = grain.checkpoint.CheckpointRestore(data_iter)
   r = mngr.restore(step, args=ocp.args.Composite(**items))
-  return r['params'], r['opt_state'], r['meta']
+  return r['params'], r['opt_state']
 
 
-def _latest_step(workdir: str) -> tuple[ocp.CheckpointManager, int]:
+def restore_meta(mngr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+  return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+
+
+def _describe(e: Exception) -> str:
+  lines = str(e).strip().splitlines()
+  return f'{type(e).__name__}: {lines[0][:300] if lines else ""}'
+
+
+def restore_latest_good(mngr: ocp.CheckpointManager, workdir: str, abstract_state,
+                        data_iter, check_meta=None):
+  """Restores the newest checkpoint that can be read, newest first.
+
+  Each checkpoint's JSON meta is read first and passed to `check_meta`, which may
+  raise (e.g. ValueError: written by an incompatible run); that error propagates
+  and nothing is touched. A checkpoint that fails to restore (truncated or
+  missing files) is moved to `WORKDIR/corrupt_checkpoints/STEP-TIME` (so its step
+  can be saved again) with a warning naming what was wrong.
+
+  Returns (step, params, opt_state, meta), or None when there is no checkpoint;
+  raises CheckpointError when none can be restored.
+  """
+  steps = sorted(mngr.all_steps(), reverse=True)
+  failures = []
+  for step in steps:
+    try:
+      meta = restore_meta(mngr, step)
+    except Exception as e:  # pylint: disable=broad-except
+      meta, error = None, e
+    if meta is not None:
+      if check_meta is not None:
+        check_meta(meta)
+      try:
+        params, opt_state = restore_train_state(mngr, step, abstract_state, data_iter)
+        mngr.reload()
+        return step, params, opt_state, meta
+      except Exception as e:  # pylint: disable=broad-except
+        error = e
+    failures.append(f'step {step} ({_describe(error)})')
+    quarantine = os.path.join(os.path.abspath(workdir), 'corrupt_checkpoints')
+    if jax.process_index() == 0:
+      os.makedirs(quarantine, exist_ok=True)
+      os.replace(os.path.join(checkpoint_dir(workdir), str(step)),
+                 os.path.join(quarantine, f'{step}-{int(time.time())}'))
+    warnings.warn(f'checkpoint at step {step} cannot be restored ({_describe(error)}); '
+                  f'moved it to {quarantine} and trying the previous one.')
+  if failures:
+    mngr.reload()
+    raise CheckpointError(f'no checkpoint in {checkpoint_dir(workdir)} can be '
+                          'restored: ' + '; '.join(failures))
+  return None
+
+
+def _manager_with_steps(workdir: str) -> ocp.CheckpointManager:
   path = checkpoint_dir(workdir)
   if not os.path.isdir(path):
     raise FileNotFoundError(f'no checkpoint in {workdir!r} (no {path}); train one '
                             f'with: python -m launch.train --workdir={workdir}')
   mngr = ocp.CheckpointManager(path)
-  step = mngr.latest_step()
-  if step is None:
+  if mngr.latest_step() is None:
     raise FileNotFoundError(f'no checkpoint in {path}.')
-  return mngr, step
+  return mngr
+
+
+def _restore_items(mngr: ocp.CheckpointManager, step: int | None, make_items):
+  """Restores `make_items(meta)` from `step`, or from the newest readable step."""
+  steps = [step] if step is not None else sorted(mngr.all_steps(), reverse=True)
+  failures = []
+  for s in steps:
+    try:
+      meta = restore_meta(mngr, s)
+      items = make_items(meta)
+      restored = mngr.restore(s, args=ocp.args.Composite(**items)) if items else {}
+      return s, meta, restored
+    except Exception as e:  # pylint: disable=broad-except
+      failures.append(f'step {s} ({_describe(e)})')
+      warnings.warn(f'checkpoint at step {s} cannot be restored ({_describe(e)}).')
+  raise CheckpointError(f'no checkpoint in {mngr.directory} can be restored: '
+                     + '; '.join(failures))
 
 
 def read_meta(workdir: str, step: int | None = None) -> dict[str, Any]:
-  """The JSON meta (config, model config, tokenizer, versions) of a checkpoint."""
-  mngr, latest = _latest_step(workdir)
-  step = latest if step is None else step
-  return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+  """The JSON meta (step, config, model config, tokenizer, versions, mesh)."""
+  return _restore_items(_manager_with_steps(workdir), step, lambda meta: {})[1]
 
 
 class Restored(NamedTuple):
@@ -101,21 +166,24 @@ def restore_for_inference(workdir: str, *, step: int | None = None,
   """Restores the latest (or given) checkpoint of `workdir` on one device.
 
   Works whatever mesh wrote it. Only the parameters are read, not the optimizer
-  state. `dtype` overrides the compute dtype (e.g. 'bfloat16').
+  state. Without `step`, an unreadable newest checkpoint is skipped (with a
+  warning) for the previous one. `dtype` overrides the compute dtype.
 
   Returns:
     (model config, params, tokenizer).
   """
-  mngr, latest = _latest_step(workdir)
-  step = latest if step is None else step
-  meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
-  model_cfg = ModelConfig(**meta['model_config'])
-  if dtype is not None:
-    model_cfg = dataclasses.replace(model_cfg, dtype=dtype)
   sharding = jax.sharding.SingleDeviceSharding(device or jax.devices()[0])
-  abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-      model_lib.abstract_params(model_cfg))
-  params = mngr.restore(step, args=ocp.args.Composite(
-      params=ocp.args.StandardRestore(abstract)))['params']
-  return Restored(model_cfg, params, tokenizer_lib.from_dict(meta['tokenizer']))
+
+  def model_config(meta):
+    model_cfg = ModelConfig(**meta['model_config'])
+    return model_cfg if dtype is None else dataclasses.replace(model_cfg, dtype=dtype)
+
+  def items(meta):
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+        model_lib.abstract_params(model_config(meta)))
+    return {'params': ocp.args.StandardRestore(abstract)}
+
+  _, meta, restored = _restore_items(_manager_with_steps(workdir), step, items)
+  return Restored(model_config(meta), restored['params'],
+                  tokenizer_lib.from_dict(meta['tokenizer']))

@@ -7,6 +7,7 @@ with the data iterator where it stopped and the same masking noise per step.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -19,7 +20,9 @@ from dllm_jax import presets
 from dllm_jax.data import stdlib_corpus
 from dllm_jax.data.tokenizer import ByteTokenizer
 from dllm_jax.sampling import generate as gen
-from dllm_jax.training import checkpoint, optimizer as optimizer_lib, train_step as ts
+from dllm_jax.errors import NonFiniteError
+from dllm_jax.training import checkpoint, optimizer as optimizer_lib, preemption
+from dllm_jax.training import provenance, train_step as ts
 
 _SHAPE_KEYS = ('d_model', 'n_layers', 'n_heads', 'd_ff', 'max_len')
 OBJECTIVES = ('pretrain', 'sft', 'next_token')
@@ -49,6 +52,9 @@ def validate(config: ml_collections.ConfigDict, model_cfg: presets.ModelConfig,
                'checkpoint_every'):
     if t[name] <= 0:
       raise ValueError(f'train.{name} must be positive, got {t[name]}.')
+  if t.nonfinite not in ts.NONFINITE_POLICIES:
+    raise ValueError(f'unknown train.nonfinite {t.nonfinite!r}; known: '
+                     f'{ts.NONFINITE_POLICIES}.')
   if t.batch_size % t.grad_accum_steps:
     raise ValueError(f'train.batch_size={t.batch_size} is not divisible by '
                      f'train.grad_accum_steps={t.grad_accum_steps}.')
@@ -91,12 +97,32 @@ def sample_text(params, model_cfg: presets.ModelConfig, tokenizer: ByteTokenizer
   return [tokenizer.decode(row[len(ids):]) for row in np.asarray(tokens)]
 
 
+def _check_finite(state: ts.TrainState, last_saved: int | None) -> None:
+  """Raises NonFiniteError if the guard recorded a non-finite step (host sync)."""
+  g = jax.device_get(state.guard)
+  if g['first_bad_step'] < 0:
+    return
+  metric = 'loss' if not np.isfinite(g['bad_loss']) else 'grad_norm'
+  kept = ('no checkpoint was written' if last_saved is None else
+          f'the last good checkpoint (step {last_saved}) is kept')
+  raise NonFiniteError(
+      f'non-finite {metric} at step {int(g["first_bad_step"]) + 1} (loss '
+      f'{g["bad_loss"]}, grad_norm {g["bad_grad_norm"]}); stopped without saving, '
+      f'{kept}. Set train.nonfinite=skip to skip such updates instead.')
+
+
+def _batch_fingerprint(batch: dict[str, np.ndarray]) -> str:
+  return hashlib.sha1(np.ascontiguousarray(batch['tokens']).tobytes()).hexdigest()[:16]
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, *,
           stop_after: int | None = None) -> ts.TrainState:
   """Trains (or resumes) and returns the final state.
 
   `stop_after`: end (with a checkpoint) once this step is done, as if the job
-  were interrupted there; the schedule still spans `train.steps`.
+  were interrupted there; the schedule still spans `train.steps`. On SIGTERM
+  (JAX's preemption sync point on several hosts) the current step finishes, a
+  checkpoint is written and waited for, and the function returns.
   """
   model_cfg = model_config(config)
   tokenizer = ByteTokenizer()
@@ -106,6 +132,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   _log('config:\n' + json.dumps(config.to_dict(), indent=1, sort_keys=True))
   _log(f'model: {model_cfg.num_params() / 1e6:.2f}M parameters, '
        f'{dataclasses.asdict(model_cfg)}')
+  record = provenance.run_record(config.to_dict(), model_cfg, tokenizer)
 
   optimizer, schedule = optimizer_lib.make_optimizer(
       lr=o.lr, total_steps=t.steps, warmup_steps=o.warmup_steps,
@@ -120,62 +147,94 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   init_key, step_key, sample_key = jax.random.split(key, 3)
   init = jax.jit(lambda k: ts.init_train_state(model_cfg, optimizer, k))
   mngr = checkpoint.make_manager(workdir, max_to_keep=t.max_to_keep)
-  latest = mngr.latest_step()
-  if latest is None:
-    state = init(init_key)
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+      jax.eval_shape(init, init_key))
+  restored = checkpoint.restore_latest_good(
+      mngr, workdir, abstract, data_iter,
+      check_meta=lambda meta: provenance.check_resume(meta, record))
+  if restored is None:
+    state, last_saved = init(init_key), None
     _log(f'starting from scratch in {workdir}')
   else:
-    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-        jax.eval_shape(init, init_key))
-    params, opt_state, _ = checkpoint.restore_train_state(mngr, latest, abstract,
-                                                          data_iter)
-    state = ts.TrainState(step=jnp.asarray(latest, jnp.int32), params=params,
-                          opt_state=opt_state)
-    _log(f'resumed from step {latest} of {checkpoint.checkpoint_dir(workdir)}')
+    last_saved, params, opt_state, saved = restored
+    for change in provenance.check_resume(saved, record):
+      _log(f'config change since the checkpoint (allowed): {change}')
+    state = ts.TrainState(step=jnp.asarray(last_saved, jnp.int32), params=params,
+                          opt_state=opt_state,
+                          guard=ts.fresh_guard(saved.get('skipped_updates', 0)))
+    _log(f'resumed from step {last_saved} of {checkpoint.checkpoint_dir(workdir)}')
 
   train_step = ts.make_train_step(
       model_cfg, optimizer, schedule, objective=t.objective,
       grad_accum_steps=t.grad_accum_steps, random_length_prob=t.random_length_prob,
-      stratified_t=t.stratified_t)
-  meta = lambda step: checkpoint.make_meta(step, config.to_dict(), model_cfg, tokenizer)
+      stratified_t=t.stratified_t, nonfinite=t.nonfinite,
+      debug_nan_step=t.debug_nan_step)
   writer = _summary_writer(workdir)
+  batch_log = (open(os.path.join(workdir, 'batches.txt'), 'a')
+               if t.record_batches and jax.process_index() == 0 else None)
+  watcher = preemption.PreemptionWatcher()
   tokens_per_step = t.batch_size * config.data.seq_len
   start = int(state.step)
   window_start, window_step, run_start = time.time(), start, time.time()
 
+  def save(step):
+    nonlocal last_saved
+    _check_finite(state, last_saved)  # Never save a state past a bad step.
+    skipped = int(jax.device_get(state.guard['skipped']))
+    checkpoint.save(mngr, step, state, data_iter,
+                    checkpoint.make_meta(step, {**record, 'skipped_updates': skipped}))
+    last_saved = step
+
   end = t.steps if stop_after is None else min(stop_after, t.steps)
-  for step in range(start, end):
-    batch = next(data_iter)
-    state, metrics = train_step(state, batch, step_key)
-    done = step + 1
-    if done % t.log_every == 0 or done == end:
-      metrics = jax.device_get(metrics)  # The only host sync in the loop.
-      now = time.time()
-      tok_s = tokens_per_step * (done - window_step) / (now - window_start)
-      eta = (now - run_start) / (done - start) * (t.steps - done)
-      _log(f'step {done}/{t.steps}  loss {metrics["loss"]:.4f}  '
-           f'grad_norm {metrics["grad_norm"]:.3f}  lr {metrics["learning_rate"]:.2e}  '
-           f'{tok_s:,.0f} tokens/s  left {_fmt_time(eta)}')
-      if writer is not None:
-        for name, value in metrics.items():
-          writer.add_scalar(f'train/{name}', float(value), done)
-        writer.add_scalar('train/tokens_per_second', tok_s, done)
-        writer.flush()
-      window_start, window_step = time.time(), done
-    if done % t.checkpoint_every == 0 or done == end:
-      checkpoint.save(mngr, done, state, data_iter, meta(done))
-  mngr.wait_until_finished()
-  if writer is not None:
-    writer.close()
+  try:
+    for step in range(start, end):
+      batch = next(data_iter)
+      state, metrics = train_step(state, batch, step_key)
+      done = step + 1
+      if batch_log is not None:
+        batch_log.write(f'{done} {_batch_fingerprint(batch)}\n')
+        batch_log.flush()
+      if done % t.log_every == 0 or done == end:
+        _check_finite(state, last_saved)
+        metrics = jax.device_get(metrics)  # Host syncs only here and at saves.
+        now = time.time()
+        tok_s = tokens_per_step * (done - window_step) / (now - window_start)
+        eta = (now - run_start) / (done - start) * (t.steps - done)
+        _log(f'step {done}/{t.steps}  loss {metrics["loss"]:.4f}  '
+             f'grad_norm {metrics["grad_norm"]:.3f}  lr {metrics["learning_rate"]:.2e}  '
+             f'{tok_s:,.0f} tokens/s  left {_fmt_time(eta)}')
+        if writer is not None:
+          for name, value in metrics.items():
+            writer.add_scalar(f'train/{name}', float(value), done)
+          writer.add_scalar('train/tokens_per_second', tok_s, done)
+          writer.flush()
+        window_start, window_step = time.time(), done
+      if done % t.checkpoint_every == 0 or done == end:
+        save(done)
+      if watcher.should_stop(done):
+        if last_saved != done:
+          save(done)
+        mngr.wait_until_finished()  # Before the message: the save is complete.
+        _log(f'stopped by {watcher.signal_name} after step {done}: checkpoint saved '
+             f'in {checkpoint.checkpoint_dir(workdir)}; rerun the same command to '
+             'resume.')
+        return state
+  finally:
+    mngr.wait_until_finished()  # On every exit, errors included: finish saves.
+    watcher.restore()
+    if writer is not None:
+      writer.close()
+    if batch_log is not None:
+      batch_log.close()
 
   s = config.sample
   sampling = gen.SamplingConfig(steps=s.steps, gen_length=s.gen_length,
                                 block_length=s.block_length, temperature=s.temperature)
   if end == t.steps and len(s.prompt.encode()) + 1 + s.gen_length <= model_cfg.max_len:
-    text = sample_text(state.params, model_cfg, tokenizer, s.prompt, sampling,
-                       sample_key)[0]
-    _log(f'sample ({sampling}):\n{s.prompt}{text}')
+    texts = sample_text(state.params, model_cfg, tokenizer, s.prompt, sampling,
+                        sample_key, s.num_samples)
+    for i, text in enumerate(texts):
+      _log(f'--- sample {i} ({sampling}) ---\n{s.prompt}{text}')
   return state
-

@@ -1,6 +1,7 @@
 """Default run: the tiny diffusion LM on the built-in corpus (stdlib sources).
 
-On a 2-core CPU it trains in about 8 minutes and its samples look like Python.
+On a 2-core CPU it trains in about 8.5 minutes (2,500 steps of 64 x 64 tokens,
+~10M tokens) and its samples show Python's shape (indentation, keywords).
 Override any key: --config.train.steps=200 --config.model.preset=small
 """
 
@@ -26,25 +27,32 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.data = ml_collections.ConfigDict()
   config.data.source = 'stdlib'  # The built-in corpus.
-  config.data.seq_len = 128
+  config.data.seq_len = 64
   config.data.num_workers = 0  # Grain worker processes (0: read in the trainer).
 
   config.train = ml_collections.ConfigDict()
   config.train.objective = 'pretrain'  # pretrain | sft | next_token (AR twin)
-  config.train.steps = 1500
-  config.train.batch_size = 32
+  config.train.steps = 2500
+  config.train.batch_size = 64
   config.train.grad_accum_steps = 1
   config.train.random_length_prob = 0.01
   # Stratified mask ratios across the batch (same expected loss, lower variance).
-  config.train.stratified_t = False
-  config.train.log_every = 50
+  config.train.stratified_t = True
+  config.train.log_every = 250
   config.train.checkpoint_every = 500
   config.train.max_to_keep = 3
+  # A non-finite loss or gradient norm: 'stop' (the last good checkpoint stays)
+  # or 'skip' (drop that update, count it).
+  config.train.nonfinite = 'stop'
+  # Testing aids: append 'step batch-hash' lines to WORKDIR/batches.txt; make the
+  # loss NaN at one step (-1: never).
+  config.train.record_batches = False
+  config.train.debug_nan_step = -1
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.lr = 2e-3
   config.optimizer.warmup_steps = 100
-  config.optimizer.decay_fraction = 0.2
+  config.optimizer.decay_fraction = 0.3
   config.optimizer.final_lr_ratio = 0.1
   config.optimizer.b1 = 0.9
   config.optimizer.b2 = 0.95
@@ -55,7 +63,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.sample = ml_collections.ConfigDict()
   config.sample.prompt = 'def '
   config.sample.steps = 64
-  config.sample.gen_length = 128
-  config.sample.block_length = 32
-  config.sample.temperature = 0.0
+  config.sample.gen_length = 64
+  config.sample.block_length = 8
+  # Greedy decoding of a model this small collapses into whitespace.
+  config.sample.temperature = 1.0
+  config.sample.num_samples = 3
   return config

@@ -1,0 +1,72 @@
+"""What a checkpoint records about the run that wrote it, and resume checks.
+
+Resuming with a config that changes the model's shape or the tokenizer is
+refused (the parameters would not fit, or would mean something else); other
+changes (steps, logging, learning rate) are allowed and listed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+
+import dllm_jax
+from dllm_jax.presets import ModelConfig
+
+# Changes that would make the resumed run silently different: the parameters'
+# meaning (model shape, token ids, parameter dtype, objective, tokenizer) or the
+# data order (source, row length, batch size, seed).
+INCOMPATIBLE_CONFIG_KEYS = ('train.objective', 'data.source', 'data.seq_len',
+                            'train.batch_size', 'seed')
+HARMLESS_MODEL_FIELDS = ('dtype', 'attention_impl')  # Compute only.
+
+def run_record(config: dict, model_cfg: ModelConfig, tokenizer) -> dict[str, Any]:
+  """The provenance stored with every checkpoint (JSON-serialisable)."""
+  devices = jax.devices()
+  return {'config': config, 'model_config': dataclasses.asdict(model_cfg),
+          'tokenizer': tokenizer.to_dict(),
+          'dllm_jax_version': dllm_jax.__version__, 'jax_version': jax.__version__,
+          'mesh': {'process_count': jax.process_count(),
+                   'device_count': jax.device_count(),
+                   'device_kind': devices[0].device_kind,
+                   'platform': devices[0].platform}}
+
+
+def flatten(d: dict, prefix: str = '') -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(flatten(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
+
+def config_changes(old: dict, new: dict) -> list[tuple[str, Any, Any]]:
+  """(key, old value, new value) for every differing flattened key."""
+  a, b = flatten(old), flatten(new)
+  return [(k, a.get(k, '<absent>'), b.get(k, '<absent>'))
+          for k in sorted(set(a) | set(b)) if a.get(k, '<absent>') != b.get(k, '<absent>')]
+
+
+def check_resume(saved: dict, current: dict) -> list[str]:
+  """Raises ValueError listing incompatible changes; returns the harmless ones.
+
+  `saved` and `current` are `run_record`s.
+  """
+  bad, ok = [], []
+  for field in ('model_config', 'tokenizer', 'config'):
+    for key, was, now in config_changes(saved.get(field, {}), current[field]):
+      line = f'{field}.{key}: {was!r} -> {now!r}'
+      harmless = (key in HARMLESS_MODEL_FIELDS if field == 'model_config' else
+                  field == 'config' and key not in INCOMPATIBLE_CONFIG_KEYS and
+                  not (key.startswith('model.') and
+                       key.split('.', 1)[1] not in HARMLESS_MODEL_FIELDS))
+      (ok if harmless else bad).append(line)
+  if bad:
+    raise ValueError('the checkpoint was written by a different run (model, tokenizer '
+                     'or data order); refusing to resume. Differences: '
+                     + '; '.join(bad))
+  return ok
