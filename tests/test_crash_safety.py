@@ -6,6 +6,7 @@ import os
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -194,3 +195,31 @@ def test_no_load_path_uses_pickle():
       text = f.read()
     assert not re.search(r'\bimport (c?pickle|dill|cloudpickle)\b', text), path
     assert 'allow_pickle=True' not in text, path
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def test_sigterm_on_one_host_stops_every_host_at_the_same_step():
+  """Two JAX processes on loopback: SIGTERM to one reaches JAX's preemption sync
+  point, and both stop after the same step."""
+  port = _free_port()
+  procs = [subprocess.Popen([sys.executable, '-m', 'tests.preemption_worker', str(i),
+                             str(port)], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True) for i in range(2)]
+  try:
+    for p in procs:
+      assert p.stdout.readline().startswith('ready'), 'worker did not start'
+    time.sleep(1.0)
+    procs[1].send_signal(signal.SIGTERM)
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  steps = [re.search(r'stopped at step (\d+) by preemption notice', o) for o in outs]
+  assert all(steps), outs
+  assert steps[0].group(1) == steps[1].group(1), outs

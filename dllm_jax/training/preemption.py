@@ -19,6 +19,8 @@ class PreemptionWatcher:
   def __init__(self, catch_interrupt: bool = False):
     self.signal_name: str | None = None
     self._previous = {}
+    if jax.process_count() > 1:
+      return  # JAX's preemption notifier owns SIGTERM; a Python handler would hide it.
     for sig in (signal.SIGTERM,) + ((signal.SIGINT,) if catch_interrupt else ()):
       try:
         self._previous[sig] = signal.signal(sig, self._handle)
