@@ -28,7 +28,7 @@ _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed runs per variant.')
 
 
 def main(argv):
-  del argv
+  cli.start(argv)
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from dllm_jax import model, presets  # pylint: disable=g-import-not-at-top

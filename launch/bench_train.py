@@ -25,7 +25,7 @@ _WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps after compiling.')
 
 
 def main(argv):
-  del argv
+  cli.start(argv)
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from dllm_jax import flops, presets  # pylint: disable=g-import-not-at-top

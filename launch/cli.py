@@ -1,9 +1,10 @@
 """Shared launcher plumbing: config flags and flag errors in one line."""
 
+import contextlib
 import re
 import sys
 
-from absl import flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 
@@ -53,3 +54,23 @@ def config_value(config_flag):
   except OSError as e:
     detail = ' '.join(str(e).split())
     sys.exit(f'error: cannot load --config: {detail}')
+
+
+def start(argv: list[str]) -> None:
+  """The common start of a launcher's main: no stray arguments, and absl logging
+  at WARNING unless --verbosity is given (Orbax logs every save at INFO)."""
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+
+
+@contextlib.contextmanager
+def one_line_errors():
+  """Bad input (ValueError, a missing file, dllm_jax's own errors) ends the
+  program with `error: ...` instead of a traceback."""
+  from dllm_jax import errors  # pylint: disable=g-import-not-at-top
+  try:
+    yield
+  except (ValueError, FileNotFoundError, errors.DllmError) as e:
+    sys.exit(f'error: {e}')

@@ -4,9 +4,7 @@ r"""Samples completions from the latest checkpoint of a workdir.
       --gen_length=128 --block_length=32 --num_samples=2 --temperature=0.5
 """
 
-import sys
-
-from absl import app, flags, logging
+from absl import app, flags
 
 from launch import cli
 
@@ -33,15 +31,11 @@ _SEED = flags.DEFINE_integer('seed', 0, 'PRNG seed.')
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if not flags.FLAGS['verbosity'].present:  # Orbax logs every save at INFO.
-    logging.set_verbosity(logging.WARNING)
+  cli.start(argv)
   import jax  # pylint: disable=g-import-not-at-top
-  from dllm_jax import errors  # pylint: disable=g-import-not-at-top
   from dllm_jax.sampling import generate as gen  # pylint: disable=g-import-not-at-top
   from dllm_jax.training import checkpoint, trainer  # pylint: disable=g-import-not-at-top
-  try:
+  with cli.one_line_errors():
     model_cfg, params, tokenizer = checkpoint.restore_for_inference(_WORKDIR.value)
     defaults = checkpoint.read_meta(_WORKDIR.value)['config']['sample']
     pick = lambda flag, name: defaults[name] if flag.value is None else flag.value
@@ -55,8 +49,6 @@ def main(argv):
     texts = trainer.sample_text(params, model_cfg, tokenizer, prompt, sampling,
                                 jax.random.key(_SEED.value),
                                 pick(_NUM_SAMPLES, 'num_samples'))
-  except (ValueError, FileNotFoundError, errors.DllmError) as e:
-    sys.exit(f'error: {e}')
   for i, text in enumerate(texts):
     print(f'--- sample {i} ---\n{prompt}{text}', flush=True)
 

@@ -6,9 +6,8 @@ r"""Trains a diffusion LM (or its autoregressive twin); resumes from WORKDIR.
 """
 
 import os
-import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from launch import cli
 
@@ -20,16 +19,10 @@ _WORKDIR = flags.DEFINE_string(
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if not flags.FLAGS['verbosity'].present:  # Orbax logs every save at INFO.
-    logging.set_verbosity(logging.WARNING)
-  from dllm_jax import errors  # pylint: disable=g-import-not-at-top
+  cli.start(argv)
   from dllm_jax.training import trainer  # pylint: disable=g-import-not-at-top
-  try:
+  with cli.one_line_errors():
     trainer.train(cli.config_value(_CONFIG), _WORKDIR.value)
-  except (ValueError, FileNotFoundError, errors.DllmError) as e:
-    sys.exit(f'error: {e}')
 
 
 if __name__ == '__main__':
