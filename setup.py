@@ -27,7 +27,12 @@ setup(
         'absl-py>=2.0',
         'ml-collections>=1.1.0',
         'tensorboardX>=2.6',
+        'safetensors>=0.4',  # LLaDA Hugging Face weights.
         'numpy>=1.26',
     ],
-    extras_require={'test': ['pytest>=8']},
+    extras_require={
+        'test': ['pytest>=8'],
+        # The independent PyTorch LLaDA forward of tests/test_interop.py (CPU build).
+        'torch': ['torch==2.13.0'],
+    },
 )

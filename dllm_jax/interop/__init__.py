@@ -1,0 +1,1 @@
+"""Interoperability with other formats (LLaDA Hugging Face safetensors)."""
