@@ -28,6 +28,8 @@ setup(
         'ml-collections>=1.1.0',
         'tensorboardX>=2.6',
         'safetensors>=0.4',  # LLaDA Hugging Face weights.
+        'tokenizers>=0.20',  # A local tokenizer.json (LLaDA's).
+        'jinja2>=3.1',  # Chat templates, rendered in Jinja's sandbox.
         'numpy>=1.26',
     ],
     extras_require={

@@ -137,3 +137,66 @@ def test_wrong_shapes_or_missing_tensors_are_clear_errors(tmp_path):
         'tiny', d_model=32, n_layers=2, n_heads=4, d_ff=64, max_len=64))
   with pytest.raises(FileNotFoundError, match='no model.safetensors.index.json'):
     llada_hf.load_params(str(tmp_path / 'nothing'), CFG)
+
+
+# --- tokenizer.json ----------------------------------------------------------------
+
+LLADA_TEMPLATE = (
+    "{% for m in messages %}{% if loop.first %}{{ bos_token }}{% endif %}"
+    "<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] }}<|eot_id|>"
+    "{% endfor %}{% if add_generation_prompt %}"
+    "<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+
+
+def _write_llada_like_tokenizer(path):
+  """A small word-level tokenizer.json with LLaDA's special tokens at LLaDA's ids."""
+  from tokenizers import Tokenizer, models, pre_tokenizers
+  words = ['hello', 'world', 'the', 'cat', '<unk>']
+  vocab = {w: i for i, w in enumerate(words)}
+  specials = {'<|startoftext|>': 126080, '<|endoftext|>': 126081,
+              '<|mdm_mask|>': 126336, '<|eot_id|>': 126348,
+              '<|start_header_id|>': 126346, '<|end_header_id|>': 126347}
+  vocab.update(specials)
+  tok = Tokenizer(models.WordLevel(vocab, unk_token='<unk>'))
+  tok.pre_tokenizer = pre_tokenizers.Whitespace()
+  tok.add_special_tokens(list(specials))
+  os.makedirs(path, exist_ok=True)
+  tok.save(os.path.join(path, 'tokenizer.json'))
+  with open(os.path.join(path, 'tokenizer_config.json'), 'w') as f:
+    json.dump({'chat_template': LLADA_TEMPLATE}, f)
+
+
+def test_hf_tokenizer_json_has_llada_special_ids_and_chat_template(tmp_path):
+  from dllm_jax.data import tokenizer as tokenizer_lib
+  from dllm_jax.data.hf_tokenizer import HFTokenizer
+  _write_llada_like_tokenizer(tmp_path)
+  tok = HFTokenizer(str(tmp_path))
+  llada = presets.get_preset('llada_8b')
+  assert (tok.mask_id, tok.bos_id, tok.eos_id, tok.eot_id) == (
+      llada.mask_id, llada.bos_id, llada.eos_id, llada.eot_id)
+  ids = tok.encode('hello the cat', add_bos=True, add_eos=True)
+  assert ids[0] == llada.bos_id and ids[-1] == llada.eos_id
+  assert tok.decode(ids) == 'hello the cat'
+  chat = tok.apply_chat_template([{'role': 'user', 'content': 'hello world'}])
+  assert chat == ('<|startoftext|><|start_header_id|>user<|end_header_id|>\n\nhello world'
+                  '<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n')
+  assert tokenizer_lib.from_dict(json.loads(json.dumps(tok.to_dict()))).mask_id == tok.mask_id
+
+
+def test_hf_tokenizer_without_mask_token_is_a_clear_error(tmp_path):
+  from tokenizers import Tokenizer, models
+  from dllm_jax.data.hf_tokenizer import HFTokenizer
+  Tokenizer(models.WordLevel({'a': 0, '<unk>': 1}, unk_token='<unk>')).save(
+      str(tmp_path / 'tokenizer.json'))
+  with pytest.raises(ValueError, match="no mask token '<\\|mdm_mask\\|>'"):
+    HFTokenizer(str(tmp_path))
+
+
+def test_chat_template_cannot_reach_python(tmp_path):
+  """The template is rendered in Jinja's sandbox: no attribute escapes."""
+  from dllm_jax.data.hf_tokenizer import HFTokenizer
+  _write_llada_like_tokenizer(tmp_path)
+  tok = HFTokenizer(str(tmp_path))
+  tok.chat_template = "{{ ''.__class__.__mro__[1].__subclasses__() }}"
+  with pytest.raises(Exception, match='unsafe|access'):
+    tok.apply_chat_template([{'role': 'user', 'content': 'x'}])

@@ -58,8 +58,15 @@ class ByteTokenizer:
     return dataclasses.asdict(self)
 
 
-def from_dict(d: dict) -> ByteTokenizer:
-  """Rebuilds a tokenizer from `to_dict()` (stored in checkpoints)."""
-  if d.get('name') != 'byte':
-    raise ValueError(f'unknown tokenizer {d.get("name")!r}; known: byte.')
-  return ByteTokenizer(**d)
+def from_dict(d: dict):
+  """Rebuilds a tokenizer from `to_dict()` (stored in checkpoints as JSON)."""
+  if d.get('name') == 'byte':
+    return ByteTokenizer(**d)
+  if d.get('name') == 'hf':
+    from dllm_jax.data.hf_tokenizer import HFTokenizer  # pylint: disable=g-import-not-at-top
+    tok = HFTokenizer(d['path'], d.get('special_tokens'))
+    if tok.vocab_size != d.get('vocab_size', tok.vocab_size):
+      raise ValueError(f'tokenizer at {d["path"]} has {tok.vocab_size} tokens; the '
+                       f'checkpoint was written with {d["vocab_size"]}.')
+    return tok
+  raise ValueError(f'unknown tokenizer {d.get("name")!r}; known: byte, hf.')
