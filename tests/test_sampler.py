@@ -274,3 +274,21 @@ def test_generate_rejects_prompt_with_mask_token(tiny):
     gen.generate(params, np.array([[1, cfg.mask_id, 3]]), jax.random.key(0),
                  config=cfg, sampling=gen.SamplingConfig(steps=4, gen_length=8,
                                                         block_length=8))
+
+
+def test_autoregressive_greedy_matches_step_by_step_argmax():
+  from dllm_jax.sampling import autoregressive
+  cfg = presets.get_preset('tiny', n_layers=2, d_model=32, n_heads=4, d_ff=64,
+                           max_len=32, causal=True)
+  params = model.init_params(cfg, jax.random.key(0))
+  prompt = np.array([[1, 2, 3], [4, 5, 6]])
+  got = np.asarray(autoregressive.greedy(params, prompt, config=cfg, gen_length=5))
+  seq = prompt.copy()
+  for _ in range(5):  # Reference: grow the sequence one argmax at a time.
+    logits = np.array(model.forward(params, jnp.asarray(seq), config=cfg))[:, -1]
+    logits[:, cfg.mask_id] = -np.inf
+    seq = np.concatenate([seq, logits.argmax(-1)[:, None]], 1)
+  np.testing.assert_array_equal(got, seq)
+  with pytest.raises(ValueError, match='needs a causal model'):
+    autoregressive.greedy(params, prompt, config=presets.get_preset(
+        'tiny', n_layers=2, d_model=32, n_heads=4, d_ff=64, max_len=32), gen_length=5)

@@ -1,0 +1,62 @@
+"""Shared by the experiments: short texts as padded rows, and a small training loop
+on the library's train step (diffusion or the autoregressive twin)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)
+
+from dllm_jax import presets  # pylint: disable=g-import-not-at-top,wrong-import-position
+from dllm_jax.data.tokenizer import ByteTokenizer  # pylint: disable=g-import-not-at-top,wrong-import-position
+from dllm_jax.training import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from dllm_jax.training import train_step as ts  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+TOKENIZER = ByteTokenizer()
+
+
+def padded_rows(texts: list[str], length: int) -> dict[str, np.ndarray]:
+  """Each text as one row: BOS text EOS, then padding (segment 0, never masked)."""
+  tokens = np.full((len(texts), length), TOKENIZER.pad_id, np.int32)
+  seg = np.zeros((len(texts), length), np.int32)
+  for i, text in enumerate(texts):
+    ids = TOKENIZER.encode(text, add_bos=True, add_eos=True)
+    if len(ids) > length:
+      raise ValueError(f'{text!r} is {len(ids)} tokens, longer than a row ({length}).')
+    tokens[i, :len(ids)] = ids
+    seg[i, :len(ids)] = 1
+  return {'tokens': tokens, 'segment_ids': seg}
+
+
+def model_config(causal: bool, **shape) -> presets.ModelConfig:
+  return presets.get_preset('tiny', causal=causal, **shape)
+
+
+def train(rows: dict[str, np.ndarray], cfg: presets.ModelConfig, *, steps: int,
+          batch_size: int = 64, lr: float = 3e-3, seed: int = 0, log=print):
+  """Trains on random batches of `rows`; the objective follows `cfg.causal`."""
+  opt, sched = optimizer_lib.make_optimizer(
+      lr=lr, total_steps=steps, warmup_steps=min(100, steps // 10),
+      decay_fraction=0.3, final_lr_ratio=0.1, b1=0.9, b2=0.95, weight_decay=0.1,
+      clip_norm=1.0)
+  state = jax.jit(lambda k: ts.init_train_state(cfg, opt, k))(jax.random.key(seed))
+  step = ts.make_train_step(cfg, opt, sched,
+                            objective='next_token' if cfg.causal else 'pretrain',
+                            random_length_prob=0.0, stratified_t=True)
+  rng = np.random.default_rng(seed)
+  key = jax.random.key(seed + 1)
+  t0 = time.time()
+  for i in range(steps):
+    idx = rng.integers(0, len(rows['tokens']), batch_size)
+    state, metrics = step(state, {k: v[idx] for k, v in rows.items()}, key)
+    if (i + 1) % max(steps // 5, 1) == 0:
+      log(f'  {"AR" if cfg.causal else "diffusion"} step {i + 1}/{steps}  loss '
+          f'{float(metrics["loss"]):.3f}  {time.time() - t0:.0f} s')
+  return state.params
