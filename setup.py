@@ -33,7 +33,8 @@ setup(
         'numpy>=1.26',
     ],
     extras_require={
-        'test': ['pytest>=8'],
+        # matplotlib: the experiments' plots and the notebook test.
+        'test': ['pytest>=8', 'matplotlib>=3.8'],
         # The independent PyTorch LLaDA forward of tests/test_interop.py (CPU build).
         'torch': ['torch==2.13.0'],
     },
