@@ -200,3 +200,40 @@ def test_chat_template_cannot_reach_python(tmp_path):
   tok.chat_template = "{{ ''.__class__.__mro__[1].__subclasses__() }}"
   with pytest.raises(Exception, match='unsafe|access'):
     tok.apply_chat_template([{'role': 'user', 'content': 'x'}])
+
+
+MESH_SCRIPT = r'''
+import sys
+import jax, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from dllm_jax import model, presets
+from dllm_jax.interop import llada_hf
+cfg = presets.get_preset('tiny', d_model=32, n_layers=2, n_heads=4, d_ff=48, max_len=64)
+mesh = Mesh(np.array(jax.devices()).reshape(2, 4), ('data', 'model'))
+def sharding_for(path, shape):  # Columns over 'model' where they divide.
+  if len(shape) == 2 and shape[1] % 4 == 0:
+    return NamedSharding(mesh, P(None, 'model'))
+  return NamedSharding(mesh, P())
+params = llada_hf.load_params(sys.argv[1], cfg, sharding_for=sharding_for)
+q = params['blocks'][0]['q_proj']['kernel']
+assert q.sharding.spec == P(None, 'model'), q.sharding
+assert len(q.addressable_shards) == 8 and q.addressable_shards[0].data.shape == (32, 8)
+tokens = np.arange(12)[None] % 256
+sharded = np.asarray(model.forward(params, tokens, config=cfg))
+local = jax.tree.map(lambda x: jax.device_put(x, jax.devices()[0]), params)
+np.testing.assert_allclose(sharded, np.asarray(model.forward(local, tokens, config=cfg)),
+                           atol=1e-5)
+print('ok', len(jax.devices()))
+'''
+
+
+def test_load_places_each_tensor_on_a_mesh_as_it_loads(tmp_path):
+  import subprocess
+  import sys
+  from tests.test_training import REPO
+  write_sharded(random_llada_state_dict(CFG), tmp_path)
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8',
+         'JAX_PLATFORMS': 'cpu'}
+  r = subprocess.run([sys.executable, '-c', MESH_SCRIPT, str(tmp_path)], cwd=REPO,
+                     env=env, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0 and 'ok 8' in r.stdout, r.stderr[-3000:]
