@@ -35,6 +35,33 @@ def padded_rows(texts: list[str], length: int) -> dict[str, np.ndarray]:
   return {'tokens': tokens, 'segment_ids': seg}
 
 
+def packed_rows(texts: list[str], length: int, seed: int = 0) -> dict[str, np.ndarray]:
+  """Texts (BOS text EOS each) packed first-fit into rows of `length`, each its own
+  segment with positions from 0; the rest of a row is padding (segment 0)."""
+  order = np.random.default_rng(seed).permutation(len(texts))
+  rows = []  # Each: list of id arrays.
+  for i in order:
+    ids = TOKENIZER.encode(texts[i], add_bos=True, add_eos=True)
+    if len(ids) > length:
+      raise ValueError(f'{texts[i]!r} is {len(ids)} tokens, longer than a row ({length}).')
+    for row in rows:
+      if sum(map(len, row)) + len(ids) <= length:
+        row.append(ids)
+        break
+    else:
+      rows.append([ids])
+  tokens = np.full((len(rows), length), TOKENIZER.pad_id, np.int32)
+  seg = np.zeros((len(rows), length), np.int32)
+  pos = np.zeros((len(rows), length), np.int32)
+  for r, row in enumerate(rows):
+    at = 0
+    for s, ids in enumerate(row, 1):
+      tokens[r, at:at + len(ids)], seg[r, at:at + len(ids)] = ids, s
+      pos[r, at:at + len(ids)] = np.arange(len(ids))
+      at += len(ids)
+  return {'tokens': tokens, 'segment_ids': seg, 'positions': pos}
+
+
 def model_config(causal: bool, **shape) -> presets.ModelConfig:
   return presets.get_preset('tiny', causal=causal, **shape)
 

@@ -136,6 +136,10 @@ def main():
   parser.add_argument('--steps', type=int, default=1500)
   parser.add_argument('--num_facts', type=int, default=200)
   parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--lr', type=float, default=3e-3)
+  parser.add_argument('--batch_rows', type=int, default=32)
+  parser.add_argument('--only_diffusion', action='store_true',
+                      help='skip the autoregressive twin (quick probes)')
   parser.add_argument('--out', default=HERE)
   args = parser.parse_args()
   t0 = time.time()
@@ -143,13 +147,14 @@ def main():
     poems = [(p['first'], p['second']) for p in json.load(f)]
   facts = synthetic_facts(args.num_facts, args.seed)
   texts = [f'{a}，{b}。' for a, b in poems] + [f'{n} is {d}.' for n, d in facts]
-  row = -(-max(len(enc(t)) + 2 for t in texts) // 16) * 16  # BOS, EOS.
-  rows = common.padded_rows(texts, row)
+  rows = common.packed_rows(texts, 128, args.seed)
   print(f'{len(poems)} couplets + {len(facts)} facts, forward only; '
         f'{args.steps} steps per model', flush=True)
   cfg_d, cfg_ar = common.model_config(False), common.model_config(True)
-  params_d = common.train(rows, cfg_d, steps=args.steps, seed=args.seed)
-  params_ar = common.train(rows, cfg_ar, steps=args.steps, seed=args.seed)
+  train = lambda cfg: common.train(rows, cfg, steps=args.steps, seed=args.seed,
+                                  lr=args.lr, batch_size=args.batch_rows)
+  params_d = train(cfg_d)
+  params_ar = params_d if args.only_diffusion else train(cfg_ar)
   results = {'couplets': evaluate(params_d, cfg_d, params_ar, cfg_ar, poems, '，', '。'),
              'facts': evaluate(params_d, cfg_d, params_ar, cfg_ar, facts, ' is ', '.')}
   write_report(results, args, len(poems), len(facts), time.time() - t0)
@@ -165,10 +170,12 @@ def write_report(results, args, n_poems, n_facts, seconds):
   lines = [
       '# Reversal curse: exact-match accuracy', '',
       f'Command: `python experiments/reversal_curse/run.py --steps={args.steps} '
-      f'--num_facts={args.num_facts} --seed={args.seed}` ({seconds / 60:.1f} min on '
+      f'--num_facts={args.num_facts} --seed={args.seed} --lr={args.lr}` '
+      f'({seconds / 60:.1f} min on '
       'this machine). Both models: the `tiny` preset (0.49M parameters), the same '
       f'{n_poems} couplets + {n_facts} synthetic facts written forward only, '
-      f'{args.steps} steps of 64 padded rows, greedy decoding.', '',
+      f'{args.steps} steps of {args.batch_rows} packed rows of 128 tokens, learning rate '
+      f'{args.lr}, greedy decoding.', '',
       '| model | query | couplets | facts |', '|---|---|---|---|']
   for model_name, query in rows:
     lines.append(f'| {model_name} | {query} | '

@@ -1,7 +1,7 @@
 r"""The steps dial: accuracy and wall time as denoising steps go from gen_length
 down to gen_length / 8.
 
-  python experiments/steps_dial/run.py        # ~2 min on 2 CPU cores
+  python experiments/steps_dial/run.py        # ~4 min on 2 CPU cores
 
 Task with checkable answers and mutually dependent tokens: "CATEGORY: WORD." where
 WORD is any of eight 8-letter words of the category. One token per step lets each
@@ -45,7 +45,7 @@ GEN = 8
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--train_steps', type=int, default=600)
+  parser.add_argument('--train_steps', type=int, default=4000)
   parser.add_argument('--samples', type=int, default=256)
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--out', default=HERE)
