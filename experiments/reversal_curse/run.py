@@ -117,6 +117,8 @@ def evaluate(params_d, cfg_d, params_ar, cfg_ar, pairs, sep, end):
                                          for g, (a, b) in zip(got[k:2 * k], pairs)])
   res['diffusion', 'reverse (reversed prompt)'] = np.mean(
       [TOK.decode(g) == b + sep + a + end for g, (a, b) in zip(got[2 * k:], pairs)])
+  if params_ar is None:  # --only_diffusion
+    return res
   # Autoregressive twin: continue a prefix.
   fwd = ar_continue(params_ar, cfg_ar, [[bos] + enc(a + sep) for a, _ in pairs],
                     [len(enc(b + end)) for _, b in pairs])
@@ -154,7 +156,7 @@ def main():
   train = lambda cfg: common.train(rows, cfg, steps=args.steps, seed=args.seed,
                                   lr=args.lr, batch_size=args.batch_rows)
   params_d = train(cfg_d)
-  params_ar = params_d if args.only_diffusion else train(cfg_ar)
+  params_ar = None if args.only_diffusion else train(cfg_ar)
   results = {'couplets': evaluate(params_d, cfg_d, params_ar, cfg_ar, poems, '，', '。'),
              'facts': evaluate(params_d, cfg_d, params_ar, cfg_ar, facts, ' is ', '.')}
   write_report(results, args, len(poems), len(facts), time.time() - t0)
@@ -177,6 +179,7 @@ def write_report(results, args, n_poems, n_facts, seconds):
       f'{args.steps} steps of {args.batch_rows} packed rows of 128 tokens, learning rate '
       f'{args.lr}, greedy decoding.', '',
       '| model | query | couplets | facts |', '|---|---|---|---|']
+  rows = [r for r in rows if r in results['couplets']]
   for model_name, query in rows:
     lines.append(f'| {model_name} | {query} | '
                  f'{results["couplets"][model_name, query]:.3f} | '
@@ -192,7 +195,7 @@ def write_report(results, args, n_poems, n_facts, seconds):
   for ax, task in zip(axes, ('couplets', 'facts')):
     labels = [f'{m[:4]}.\n{q.replace(" (reversed prompt)", "*")}' for m, q in rows]
     ax.bar(labels, [results[task][r] for r in rows],
-           color=['C0', 'C0', 'C0', 'C1', 'C1'])
+           color=['C0' if m == 'diffusion' else 'C1' for m, _ in rows])
     ax.set_title(task)
     ax.set_ylim(0, 1)
     ax.tick_params(axis='x', labelsize=7)
