@@ -38,6 +38,13 @@ def make_manager(workdir: str, *, max_to_keep: int = 3,
           create=True))
 
 
+def on_device(abstract, device: jax.Device | None = None):
+  """`jax.ShapeDtypeStruct` tree placed on one device: a restore target."""
+  sharding = jax.sharding.SingleDeviceSharding(device or jax.devices()[0])
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract)
+
+
 def make_meta(step: int, record: dict[str, Any]) -> dict[str, Any]:
   """The JSON meta of a checkpoint: its step plus the run's provenance record."""
   return {'step': int(step), **record}
@@ -172,16 +179,12 @@ def restore_for_inference(workdir: str, *, step: int | None = None,
   Returns:
     (model config, params, tokenizer).
   """
-  sharding = jax.sharding.SingleDeviceSharding(device or jax.devices()[0])
-
   def model_config(meta):
     model_cfg = ModelConfig(**meta['model_config'])
     return model_cfg if dtype is None else dataclasses.replace(model_cfg, dtype=dtype)
 
   def items(meta):
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-        model_lib.abstract_params(model_config(meta)))
+    abstract = on_device(model_lib.abstract_params(model_config(meta)), device)
     return {'params': ocp.args.StandardRestore(abstract)}
 
   _, meta, restored = _restore_items(_manager_with_steps(workdir), step, items)

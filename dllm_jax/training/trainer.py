@@ -147,10 +147,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   init_key, step_key, sample_key = jax.random.split(key, 3)
   init = jax.jit(lambda k: ts.init_train_state(model_cfg, optimizer, k))
   mngr = checkpoint.make_manager(workdir, max_to_keep=t.max_to_keep)
-  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-      jax.eval_shape(init, init_key))
+  abstract = checkpoint.on_device(jax.eval_shape(init, init_key))
   restored = checkpoint.restore_latest_good(
       mngr, workdir, abstract, data_iter,
       check_meta=lambda meta: provenance.check_resume(meta, record))
