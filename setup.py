@@ -29,6 +29,7 @@ setup(
         'tensorboardX>=2.6',
         'safetensors>=0.4',  # LLaDA Hugging Face weights.
         'tokenizers>=0.20',  # A local tokenizer.json (LLaDA's).
+        'sentencepiece>=0.2',  # SentencePiece tokenizers (and training them).
         'jinja2>=3.1',  # Chat templates, rendered in Jinja's sandbox.
         'numpy>=1.26',
     ],

@@ -70,7 +70,7 @@ class ModelConfig:
             self.d_model)
 
 
-_BYTE_VOCAB = 264  # 261 byte-tokenizer ids, padded to a multiple of 8.
+BYTE_VOCAB = 264  # 261 byte-tokenizer ids, padded to a multiple of 8.
 
 _LLADA_IDS = dict(
     vocab_size=126_464, mask_id=126_336, bos_id=126_080, eos_id=126_081,
@@ -79,10 +79,10 @@ _LLADA_IDS = dict(
 PRESETS: dict[str, dict[str, Any]] = {
     # Trains on 2 CPU cores in minutes.
     # (At a fixed CPU budget two layers beat four: twice the tokens per second.)
-    'tiny': dict(vocab_size=_BYTE_VOCAB, d_model=128, n_layers=2, n_heads=4,
+    'tiny': dict(vocab_size=BYTE_VOCAB, d_model=128, n_layers=2, n_heads=4,
                  d_ff=384, max_len=512),
     # ~25M parameters: a step up for a single accelerator.
-    'small': dict(vocab_size=_BYTE_VOCAB, d_model=512, n_layers=8, n_heads=8,
+    'small': dict(vocab_size=BYTE_VOCAB, d_model=512, n_layers=8, n_heads=8,
                   d_ff=1536, max_len=1024),
     # ~1.5B parameters with the LLaDA vocabulary (MFU benchmarks, scaling).
     'llada_1b': dict(d_model=2048, n_layers=22, n_heads=16, d_ff=5632,

@@ -56,23 +56,27 @@ def main(argv):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from dllm_jax import likelihood  # pylint: disable=g-import-not-at-top
-  from dllm_jax.data import stdlib_corpus  # pylint: disable=g-import-not-at-top
+  from dllm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from dllm_jax.training import checkpoint  # pylint: disable=g-import-not-at-top
 
   with cli.one_line_errors():
     if _MODE.value != 'heldout' and not _DATA.value:
       raise ValueError(f'--mode={_MODE.value} needs --data=FILE.jsonl.')
     cfg, params, tok = checkpoint.restore_for_inference(_WORKDIR.value)
-    seq_len = checkpoint.read_meta(_WORKDIR.value)['config']['data']['seq_len']
+    data_cfg = checkpoint.read_meta(_WORKDIR.value)['config']['data']
+    seq_len = data_cfg['seq_len']
     opts = dict(config=cfg, mc_num=_MC_NUM.value, batch_size=_BATCH_SIZE.value,
                 cfg_scale=_CFG_SCALE.value)
     key = jax.random.key(_SEED.value)
     t0 = time.time()
 
     if _MODE.value == 'heldout':
-      it = iter(stdlib_corpus.pretrain_dataset(
-          seq_len=seq_len, batch_size=1, seed=_SEED.value, tokenizer=tok,
-          split='validation', num_epochs=1))
+      it = iter(pipeline.pretrain_dataset(
+          data_cfg['source'], tok, seq_len=seq_len, batch_size=1, seed=_SEED.value,
+          split='validation', num_epochs=1, data_dir=data_cfg.get('data_dir'),
+          packing=data_cfg.get('packing', 'concat'),
+          text_field=data_cfg.get('text_field', 'text'),
+          record_format=data_cfg.get('record_format', 'json')))
       total, count = 0.0, 0
       for i in range(_NUM_ROWS.value):
         row = {k: v[0] for k, v in next(it).items()}
@@ -83,9 +87,10 @@ def main(argv):
             positions=jnp.asarray(row['positions']), **opts)
         total, count = total + float(nelbo), count + n
       per_token = total / count
-      print(f'\n{_NUM_ROWS.value} held-out rows of {seq_len} tokens (stdlib validation '
-            f'split), mc_num {_MC_NUM.value}, {time.time() - t0:.1f} s\n')
-      print('| tokens | -ELBO nats/token | bits/byte | perplexity bound |')
+      print(f'\n{_NUM_ROWS.value} held-out rows of {seq_len} tokens ('
+            f'{data_cfg["source"]} validation split), mc_num {_MC_NUM.value}, '
+            f'{time.time() - t0:.1f} s\n')
+      print('| tokens | -ELBO nats/token | bits/token | perplexity bound |')
       print('|---|---|---|---|')
       print(f'| {count} | {per_token:.4f} | {per_token / math.log(2):.4f} | '
             f'{math.exp(per_token):.3f} |')

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from dllm_jax import presets
-from dllm_jax.data import stdlib_corpus
+from dllm_jax.data import pipeline
 from dllm_jax.data.tokenizer import ByteTokenizer
 from dllm_jax.training import checkpoint, optimizer as optimizer_lib, trainer
 from dllm_jax.training import train_step as ts
@@ -56,8 +56,8 @@ def _step_setup(grad_accum_steps):
 
 
 def _batch():
-  it = iter(stdlib_corpus.pretrain_dataset(seq_len=32, batch_size=4, seed=0,
-                                           tokenizer=ByteTokenizer()))
+  it = iter(pipeline.pretrain_dataset('stdlib', ByteTokenizer(), seq_len=32,
+                                      batch_size=4, seed=0))
   return next(it)
 
 

@@ -39,8 +39,9 @@ class HFTokenizer:
     for role, text in self.special_tokens.items():
       token_id = self._tok.token_to_id(text)
       if token_id is None:
-        raise ValueError(f'{file}: no {role} token {text!r}; pass special_tokens='
-                         f'{{{role!r}: "..."}} naming the token this tokenizer uses.')
+        raise ValueError(f'{file}: no {role} token {text!r}; a diffusion LM needs '
+                         f'one. Pass special_tokens={{{role!r}: "..."}} naming the '
+                         'token this tokenizer uses (or add it to the tokenizer).')
       setattr(self, f'{role}_id', token_id)
     self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
     self.chat_template = None
@@ -76,4 +77,5 @@ class HFTokenizer:
 
   def to_dict(self) -> dict:
     return {'name': self.name, 'path': self.path, 'special_tokens': self.special_tokens,
-            'vocab_size': self.vocab_size}
+            'vocab_size': self.vocab_size,
+            **{f'{r}_id': getattr(self, f'{r}_id') for r in self.special_tokens}}

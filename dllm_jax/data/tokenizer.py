@@ -1,15 +1,45 @@
-"""Tokenizers. The byte-level tokenizer is the default and needs no files.
+"""Tokenizers behind one interface. The byte-level tokenizer is the default.
 
 Every tokenizer declares `vocab_size` and the special ids `mask_id`, `bos_id`,
-`eos_id`, `eot_id` (end of turn) and `pad_id`.
+`eos_id`, `eot_id` (end of turn) and `pad_id`; `to_dict()` is stored in every
+checkpoint and `from_dict` rebuilds it, checking that the vocabulary still
+matches. Kinds (the `data.tokenizer` config string):
+
+  byte                  UTF-8 bytes + specials (no files)
+  sentencepiece:MODEL   a SentencePiece model (train one: `python -m launch.train_tokenizer`)
+  hf:DIR                a Hugging Face tokenizer.json directory (LLaDA's)
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
+
+SPECIAL_ROLES = ('mask', 'bos', 'eos', 'eot', 'pad')
+KINDS = ('byte', 'sentencepiece', 'hf')
+
+
+class Tokenizer(Protocol):
+  """What the data pipeline, trainer and sampler need from a tokenizer."""
+
+  name: str
+  vocab_size: int
+  mask_id: int
+  bos_id: int
+  eos_id: int
+  eot_id: int
+  pad_id: int
+
+  def encode(self, text: str, *, add_bos: bool = False,
+             add_eos: bool = False) -> np.ndarray: ...
+
+  def decode(self, ids: Sequence[int] | np.ndarray, *,
+             stop_at_eos: bool = True) -> str: ...
+
+  def to_dict(self) -> dict: ...
+
 
 # Byte tokenizer ids: 0..255 are the bytes themselves, then the specials.
 BYTE_PAD_ID = 256
@@ -58,15 +88,51 @@ class ByteTokenizer:
     return dataclasses.asdict(self)
 
 
-def from_dict(d: dict):
-  """Rebuilds a tokenizer from `to_dict()` (stored in checkpoints as JSON)."""
-  if d.get('name') == 'byte':
-    return ByteTokenizer(**d)
-  if d.get('name') == 'hf':
+def make_tokenizer(spec: str) -> Tokenizer:
+  """`byte`, `sentencepiece:MODEL_FILE` or `hf:DIR` -> a tokenizer."""
+  kind, _, path = spec.partition(':')
+  if kind == 'byte' and not path:
+    return ByteTokenizer()
+  if kind not in KINDS or not path:
+    raise ValueError(f'unknown tokenizer {spec!r}; use byte, sentencepiece:MODEL_FILE '
+                     'or hf:DIR.')
+  if kind == 'sentencepiece':
+    from dllm_jax.data.sp_tokenizer import SentencePieceTokenizer  # pylint: disable=g-import-not-at-top
+    return SentencePieceTokenizer(path)
+  from dllm_jax.data.hf_tokenizer import HFTokenizer  # pylint: disable=g-import-not-at-top
+  return HFTokenizer(path)
+
+
+def vocab_differences(saved: dict, current: dict) -> str:
+  """'vocab_size 512 -> 1024, ...' for every differing vocabulary size / special
+  id between two `to_dict()` records ('' when they agree)."""
+  keys = ('name', 'vocab_size') + tuple(f'{r}_id' for r in SPECIAL_ROLES)
+  return ', '.join(f'{k} {saved[k]!r} -> {current.get(k)!r}' for k in keys
+                   if k in saved and saved[k] != current.get(k))
+
+
+def check_matches(saved: dict, tok: Tokenizer) -> None:
+  """Raises ValueError if `tok` differs from a checkpoint's tokenizer record in
+  vocabulary size or special ids (the embedding rows would mean other tokens)."""
+  diffs = vocab_differences(saved, tok.to_dict())
+  if diffs:
+    raise ValueError(f'the {tok.name} tokenizer does not match the checkpoint\'s '
+                     f'({diffs}); use the tokenizer the checkpoint was trained with.')
+
+
+def from_dict(d: dict) -> Tokenizer:
+  """Rebuilds a tokenizer from `to_dict()` (stored in checkpoints as JSON) and
+  checks its vocabulary against the record."""
+  name = d.get('name')
+  if name == 'byte':
+    tok = ByteTokenizer()
+  elif name == 'hf':
     from dllm_jax.data.hf_tokenizer import HFTokenizer  # pylint: disable=g-import-not-at-top
     tok = HFTokenizer(d['path'], d.get('special_tokens'))
-    if tok.vocab_size != d.get('vocab_size', tok.vocab_size):
-      raise ValueError(f'tokenizer at {d["path"]} has {tok.vocab_size} tokens; the '
-                       f'checkpoint was written with {d["vocab_size"]}.')
-    return tok
-  raise ValueError(f'unknown tokenizer {d.get("name")!r}; known: byte, hf.')
+  elif name == 'sentencepiece':
+    from dllm_jax.data.sp_tokenizer import SentencePieceTokenizer  # pylint: disable=g-import-not-at-top
+    tok = SentencePieceTokenizer(d['path'], d.get('special_tokens'))
+  else:
+    raise ValueError(f'unknown tokenizer {name!r}; known: {KINDS}.')
+  check_matches(d, tok)
+  return tok

@@ -13,12 +13,16 @@ from typing import Any
 import jax
 
 import dllm_jax
+from dllm_jax.data import tokenizer as tokenizer_lib
 from dllm_jax.presets import ModelConfig
 
 # Changes that would make the resumed run silently different: the parameters'
 # meaning (model shape, token ids, parameter dtype, objective, tokenizer) or the
 # data order (source, row length, batch size, seed).
 INCOMPATIBLE_CONFIG_KEYS = ('train.objective', 'data.source', 'data.seq_len',
+                            'data.tokenizer', 'data.packing', 'data.record_format',
+                            'data.text_field', 'data.prompt_field',
+                            'data.response_field', 'data.num_workers',
                             'train.batch_size', 'seed')
 HARMLESS_MODEL_FIELDS = ('dtype', 'attention_impl')  # Compute only.
 
@@ -56,6 +60,11 @@ def check_resume(saved: dict, current: dict) -> list[str]:
 
   `saved` and `current` are `run_record`s.
   """
+  diffs = tokenizer_lib.vocab_differences(saved.get('tokenizer', {}),
+                                          current['tokenizer'])
+  if diffs:
+    raise ValueError(f'the tokenizer does not match the checkpoint\'s ({diffs}); '
+                     'use the tokenizer the checkpoint was trained with.')
   bad, ok = [], []
   for field in ('model_config', 'tokenizer', 'config'):
     for key, was, now in config_changes(saved.get(field, {}), current[field]):

@@ -17,8 +17,8 @@ import ml_collections
 import numpy as np
 
 from dllm_jax import presets
-from dllm_jax.data import stdlib_corpus
-from dllm_jax.data.tokenizer import ByteTokenizer
+from dllm_jax.data import pipeline, sft as sft_lib, sources
+from dllm_jax.data import tokenizer as tokenizer_lib
 from dllm_jax.sampling import generate as gen
 from dllm_jax.errors import NonFiniteError
 from dllm_jax.training import checkpoint, optimizer as optimizer_lib, preemption
@@ -28,26 +28,43 @@ _SHAPE_KEYS = ('d_model', 'n_layers', 'n_heads', 'd_ff', 'max_len')
 OBJECTIVES = ('pretrain', 'sft', 'next_token')
 
 
-def model_config(config: ml_collections.ConfigDict) -> presets.ModelConfig:
-  """The model config a training config asks for (`causal` follows the objective)."""
+def model_config(config: ml_collections.ConfigDict,
+                 tokenizer: tokenizer_lib.Tokenizer | None = None,
+                 ) -> presets.ModelConfig:
+  """The model config a training config asks for (`causal` follows the objective).
+
+  A byte-vocabulary preset (tiny, small) used with another tokenizer takes that
+  tokenizer's special ids and its vocabulary size rounded up to a multiple of 128.
+  """
   m = config.model
   overrides = {k: m[k] for k in _SHAPE_KEYS + ('attention_impl',) if m[k] is not None}
+  if (tokenizer is not None and tokenizer.name != 'byte' and
+      presets.PRESETS[m.preset]['vocab_size'] == presets.BYTE_VOCAB):
+    overrides.update(vocab_size=-(-tokenizer.vocab_size // 128) * 128,
+                     **{f'{r}_id': getattr(tokenizer, f'{r}_id')
+                        for r in tokenizer_lib.SPECIAL_ROLES})
   return presets.get_preset(m.preset, dtype=m.dtype, param_dtype=m.param_dtype,
                             causal=config.train.objective == 'next_token',
                             **overrides)
 
 
 def validate(config: ml_collections.ConfigDict, model_cfg: presets.ModelConfig,
-             tokenizer: ByteTokenizer) -> None:
+             tokenizer: tokenizer_lib.Tokenizer) -> None:
   """One-line ValueErrors for settings that cannot work together."""
   t = config.train
   if t.objective not in OBJECTIVES:
     raise ValueError(f'unknown train.objective {t.objective!r}; known: {OBJECTIVES}.')
-  if t.objective == 'sft':
-    raise ValueError("train.objective='sft' needs an SFT data source; the built-in "
-                     "corpus is pretraining text.")
-  if config.data.source != 'stdlib':
-    raise ValueError(f'unknown data.source {config.data.source!r}; known: stdlib.')
+  sources.parse_spec(config.data.source)
+  if config.data.source == 'stdlib' and t.objective == 'sft':
+    raise ValueError("train.objective='sft' needs chat examples (prompt/response "
+                     "records); the built-in corpus is pretraining text. See "
+                     "launch/configs/sft.py.")
+  if config.data.packing not in pipeline.PACKINGS:
+    raise ValueError(f'unknown data.packing {config.data.packing!r}; known: '
+                     f'{pipeline.PACKINGS}.')
+  if t.batch_size % jax.process_count():
+    raise ValueError(f'train.batch_size={t.batch_size} is not divisible by the '
+                     f'{jax.process_count()} processes.')
   for name in ('steps', 'batch_size', 'grad_accum_steps', 'log_every',
                'checkpoint_every'):
     if t[name] <= 0:
@@ -67,7 +84,27 @@ def validate(config: ml_collections.ConfigDict, model_cfg: presets.ModelConfig,
     raise ValueError(f'model preset {config.model.preset!r} does not match the '
                      f'{tokenizer.name} tokenizer (vocab {tokenizer.vocab_size}, '
                      f'mask id {tokenizer.mask_id}); use a byte-vocabulary preset '
-                     '(tiny, small).')
+                     '(tiny, small), which adapts to any tokenizer.')
+
+
+def make_dataset(config: ml_collections.ConfigDict, tokenizer, *,
+                 split: str = 'train', num_epochs: int | None = None,
+                 batch_size: int | None = None):
+  """The Grain dataset the config asks for, this process's shard of it.
+
+  `batch_size` is per process (default: train.batch_size / process count).
+  """
+  d = config.data
+  common = dict(seq_len=d.seq_len, seed=config.seed, split=split,
+                data_dir=d.data_dir, num_epochs=num_epochs,
+                batch_size=batch_size or config.train.batch_size // jax.process_count(),
+                shard_index=jax.process_index(), shard_count=jax.process_count(),
+                num_workers=d.num_workers, record_format=d.record_format)
+  if config.train.objective == 'sft':
+    return pipeline.sft_dataset(d.source, tokenizer, prompt_field=d.prompt_field,
+                                response_field=d.response_field, **common)
+  return pipeline.pretrain_dataset(d.source, tokenizer, packing=d.packing,
+                                   text_field=d.text_field, **common)
 
 
 def _log(msg: str) -> None:
@@ -87,11 +124,13 @@ def _fmt_time(seconds: float) -> str:
   return f'{h}h{m:02d}m{s:02d}s' if h else f'{m}m{s:02d}s'
 
 
-def sample_text(params, model_cfg: presets.ModelConfig, tokenizer: ByteTokenizer,
+def sample_text(params, model_cfg: presets.ModelConfig, tokenizer,
                 prompt: str, sampling: gen.SamplingConfig, key: jax.Array,
-                num_samples: int = 1) -> list[str]:
-  """Prompt text -> completions (the prompt is encoded after a BOS token)."""
-  ids = tokenizer.encode(prompt, add_bos=True)
+                num_samples: int = 1, chat: bool = False) -> list[str]:
+  """Prompt text -> completions. The prompt is encoded after a BOS token, or as
+  a user turn of the SFT chat format when `chat`."""
+  ids = (sft_lib.prompt_ids(tokenizer, [{'role': 'user', 'content': prompt}])
+         if chat else tokenizer.encode(prompt, add_bos=True))
   tokens = gen.generate(params, np.tile(ids, (num_samples, 1)), key, config=model_cfg,
                         sampling=sampling)
   return [tokenizer.decode(row[len(ids):]) for row in np.asarray(tokens)]
@@ -115,6 +154,22 @@ def _batch_fingerprint(batch: dict[str, np.ndarray]) -> str:
   return hashlib.sha1(np.ascontiguousarray(batch['tokens']).tobytes()).hexdigest()[:16]
 
 
+def _init_params_from(init_from: str, model_cfg: presets.ModelConfig, tokenizer):
+  """Parameters of another run's latest checkpoint, checked against this run."""
+  meta = checkpoint.read_meta(init_from)
+  diffs = tokenizer_lib.vocab_differences(meta['tokenizer'], tokenizer.to_dict())
+  if diffs:
+    raise ValueError(f'train.init_from={init_from!r} used another tokenizer ({diffs}).')
+  theirs = presets.ModelConfig(**meta['model_config'])
+  shape = ('vocab_size', 'd_model', 'n_layers', 'n_heads', 'd_ff', 'max_len')
+  bad = [f'{k} {getattr(theirs, k)} -> {getattr(model_cfg, k)}' for k in shape
+         if getattr(theirs, k) != getattr(model_cfg, k)]
+  if bad:
+    raise ValueError(f'train.init_from={init_from!r} has another model shape '
+                     f'({", ".join(bad)}).')
+  return checkpoint.restore_for_inference(init_from).params
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, *,
           stop_after: int | None = None) -> ts.TrainState:
   """Trains (or resumes) and returns the final state.
@@ -124,8 +179,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   (JAX's preemption sync point on several hosts) the current step finishes, a
   checkpoint is written and waited for, and the function returns.
   """
-  model_cfg = model_config(config)
-  tokenizer = ByteTokenizer()
+  tokenizer = tokenizer_lib.make_tokenizer(config.data.tokenizer)
+  model_cfg = model_config(config, tokenizer)
   validate(config, model_cfg, tokenizer)
   t, o = config.train, config.optimizer
   os.makedirs(workdir, exist_ok=True)
@@ -138,10 +193,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
       lr=o.lr, total_steps=t.steps, warmup_steps=o.warmup_steps,
       decay_fraction=o.decay_fraction, final_lr_ratio=o.final_lr_ratio, b1=o.b1,
       b2=o.b2, weight_decay=o.weight_decay, clip_norm=o.clip_norm)
-  data_iter = iter(stdlib_corpus.pretrain_dataset(
-      seq_len=config.data.seq_len, batch_size=t.batch_size, seed=config.seed,
-      tokenizer=tokenizer, shard_index=jax.process_index(),
-      shard_count=jax.process_count(), num_workers=config.data.num_workers))
+  data_iter = iter(make_dataset(config, tokenizer))
 
   key = jax.random.key(config.seed)
   init_key, step_key, sample_key = jax.random.split(key, 3)
@@ -153,7 +205,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
       check_meta=lambda meta: provenance.check_resume(meta, record))
   if restored is None:
     state, last_saved = init(init_key), None
-    _log(f'starting from scratch in {workdir}')
+    if t.init_from:
+      state = state.replace(params=_init_params_from(t.init_from, model_cfg, tokenizer))
+      _log(f'starting in {workdir} from the parameters of {t.init_from}')
+    else:
+      _log(f'starting from scratch in {workdir}')
   else:
     last_saved, params, opt_state, saved = restored
     for change in provenance.check_resume(saved, record):
@@ -229,9 +285,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   s = config.sample
   sampling = gen.SamplingConfig(steps=s.steps, gen_length=s.gen_length,
                                 block_length=s.block_length, temperature=s.temperature)
-  if end == t.steps and len(s.prompt.encode()) + 1 + s.gen_length <= model_cfg.max_len:
-    texts = sample_text(state.params, model_cfg, tokenizer, s.prompt, sampling,
-                        sample_key, s.num_samples)
+  if end == t.steps and s.num_samples > 0:
+    try:
+      texts = sample_text(state.params, model_cfg, tokenizer, s.prompt, sampling,
+                          sample_key, s.num_samples, chat=t.objective == 'sft')
+    except ValueError as e:  # E.g. prompt + gen_length longer than the model.
+      _log(f'no sample: {e}')
+      texts = []
     for i, text in enumerate(texts):
       _log(f'--- sample {i} ({sampling}) ---\n{s.prompt}{text}')
   return state

@@ -26,7 +26,20 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.max_len = config_dict.placeholder(int)
 
   config.data = ml_collections.ConfigDict()
-  config.data.source = 'stdlib'  # The built-in corpus.
+  # stdlib (the built-in corpus, via TFDS) | tfds:NAME | array_record:GLOB |
+  # text:GLOB | jsonl:GLOB; '{split}' in a glob becomes train / validation.
+  config.data.source = 'stdlib'
+  # TFDS data dir (the built-in corpus is prepared here on first use);
+  # None: $TFDS_DATA_DIR or ~/tensorflow_datasets.
+  config.data.data_dir = config_dict.placeholder(str)
+  config.data.tokenizer = 'byte'  # byte | sentencepiece:MODEL_FILE | hf:DIR
+  # concat: documents span rows; first_fit: whole documents per row (padded),
+  # longer ones split.
+  config.data.packing = 'concat'
+  config.data.record_format = 'json'  # Byte records: json objects | text.
+  config.data.text_field = 'text'  # Pretraining records.
+  config.data.prompt_field = 'prompt'  # SFT records (or a 'messages' list).
+  config.data.response_field = 'response'
   config.data.seq_len = 64
   config.data.num_workers = 0  # Grain worker processes (0: read in the trainer).
 
@@ -35,6 +48,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.steps = 2500
   config.train.batch_size = 64
   config.train.grad_accum_steps = 1
+  # Start from the parameters of another run's latest checkpoint (its workdir),
+  # with a fresh optimizer: e.g. SFT of a pretrained model.
+  config.train.init_from = config_dict.placeholder(str)
   config.train.random_length_prob = 0.01
   # Stratified mask ratios across the batch (same expected loss, lower variance).
   config.train.stratified_t = True
