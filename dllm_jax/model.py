@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from dllm_jax.parallel.sharding import constrain
 from dllm_jax.presets import ModelConfig
 
 Params = dict  # Nested dict of arrays, as `nnx.to_pure_dict` returns.
@@ -76,6 +77,14 @@ def attention_impl(cfg: ModelConfig) -> str:
   return 'xla'
 
 
+# Logical axes of the main activations (parallel/sharding.py maps them to a mesh).
+_ACT = ('batch', 'length', 'act_embed')
+_HEADS = ('batch', 'length', 'heads', 'head_dim')
+_MLP = ('batch', 'length', 'mlp')
+_LOGITS = ('batch', 'length', 'vocab')
+_REMAT = {'full': None, 'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
 class Block(nnx.Module):
   """One pre-norm Transformer block."""
 
@@ -97,15 +106,16 @@ class Block(nnx.Module):
     cfg = self.cfg
     b, l, _ = x.shape
     h = self.attn_norm(x)
-    split = lambda t: t.reshape(b, l, cfg.n_heads, cfg.head_dim)
+    split = lambda t: constrain(t.reshape(b, l, cfg.n_heads, cfg.head_dim), _HEADS)
     q = rope(split(self.q_proj(h)), positions, cfg.rope_theta)
     k = rope(split(self.k_proj(h)), positions, cfg.rope_theta)
     v = split(self.v_proj(h))
     o = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=cfg.causal,
                                      implementation=attention_impl(cfg))
-    x = x + self.attn_out(o.reshape(b, l, cfg.d_model))
+    x = constrain(x + self.attn_out(o.reshape(b, l, cfg.d_model)), _ACT)
     h = self.ff_norm(x)
-    return x + self.ff_out(jax.nn.silu(self.ff_proj(h)) * self.up_proj(h))
+    g = constrain(jax.nn.silu(self.ff_proj(h)) * self.up_proj(h), _MLP)
+    return constrain(x + self.ff_out(g), _ACT)
 
 
 class Transformer(nnx.Module):
@@ -128,9 +138,26 @@ class Transformer(nnx.Module):
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
     mask = segment_mask(segment_ids)
-    x = self.wte(tokens)
-    for block in self.blocks:
-      x = block(x, mask, positions)
+    x = constrain(self.wte(tokens), _ACT)
+    cfg = self.cfg
+    if not cfg.scan_layers and cfg.remat == 'none':
+      for block in self.blocks:
+        x = block(x, mask, positions)
+      return self.ln_f(x)
+    block_def = nnx.graphdef(self.blocks[0])  # Every block has the same structure.
+
+    def body(x, block_state):
+      return nnx.merge(block_def, block_state)(x, mask, positions), None
+    if cfg.remat != 'none':
+      body = jax.checkpoint(body, policy=_REMAT[cfg.remat],
+                            prevent_cse=not cfg.scan_layers)
+    states = [nnx.state(block) for block in self.blocks]
+    if cfg.scan_layers:
+      stacked = jax.tree.map(lambda *w: jnp.stack(w), *states)
+      x, _ = jax.lax.scan(body, x, stacked)
+    else:
+      for state in states:
+        x, _ = body(x, state)
     return self.ln_f(x)
 
   def __call__(self, tokens: jax.Array, segment_ids: jax.Array | None = None,
@@ -140,7 +167,7 @@ class Transformer(nnx.Module):
     if output_window is not None:  # Logits for positions [start, start + length).
       start, length = output_window
       h = jax.lax.dynamic_slice_in_dim(h, start, length, axis=1)
-    return self.ff_out(h)
+    return constrain(self.ff_out(h), _LOGITS)
 
 
 @functools.lru_cache(maxsize=None)

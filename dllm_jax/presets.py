@@ -14,6 +14,7 @@ from dllm_jax.data import tokenizer as tokenizer_lib
 
 DTYPES = ('float32', 'bfloat16')
 ATTENTION_IMPLS = (None, 'xla', 'cudnn')
+REMAT_POLICIES = ('none', 'full', 'dots')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +34,12 @@ class ModelConfig:
   dtype: str = 'float32'  # Compute dtype; parameters are always `param_dtype`.
   param_dtype: str = 'float32'
   attention_impl: str | None = None  # None: cuDNN on GPU with bf16, else XLA.
+  # Training memory/compile options (the function computed is the same):
+  # rematerialise each block in the backward pass: none | full | dots (keep the
+  # matmul outputs, recompute the rest); scan over layers: compile time flat in
+  # depth (the blocks' weights are stacked inside the step).
+  remat: str = 'none'
+  scan_layers: bool = False
   # Special token ids of the tokenizer this shape is meant for.
   mask_id: int = tokenizer_lib.BYTE_MASK_ID
   bos_id: int = tokenizer_lib.BYTE_BOS_ID
@@ -51,6 +58,8 @@ class ModelConfig:
       if getattr(self, name) not in DTYPES:
         raise ValueError(
             f'{name}={getattr(self, name)!r} is not one of {DTYPES}.')
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f'remat={self.remat!r} is not one of {REMAT_POLICIES}.')
     if self.attention_impl not in ATTENTION_IMPLS:
       raise ValueError(f'attention_impl={self.attention_impl!r} is not one of '
                        f'{ATTENTION_IMPLS}.')

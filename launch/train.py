@@ -3,6 +3,10 @@ r"""Trains a diffusion LM (or its autoregressive twin); resumes from WORKDIR.
   python -m launch.train --workdir=/tmp/dllm
   python -m launch.train --workdir=/tmp/dllm --config=launch/configs/default.py \
       --config.train.steps=200 --config.model.preset=small
+  # One of several processes (launch/slurm_gpu.sh and launch/tpu_pod.sh set this
+  # up; SLURM and TPU pods are detected, or set JAX_COORDINATOR_ADDRESS,
+  # JAX_NUM_PROCESSES, JAX_PROCESS_ID):
+  python -m launch.train --workdir=/shared/dllm --config.mesh.fsdp=-1 --config.mesh.data=1
 """
 
 import os
@@ -20,6 +24,8 @@ _WORKDIR = flags.DEFINE_string(
 
 def main(argv):
   cli.start(argv)
+  from dllm_jax.parallel import multihost  # pylint: disable=g-import-not-at-top
+  multihost.maybe_initialize()  # Several processes (SLURM, TPU pod, JAX_* env).
   from dllm_jax.training import trainer  # pylint: disable=g-import-not-at-top
   with cli.one_line_errors():
     trainer.train(cli.config_value(_CONFIG), _WORKDIR.value)

@@ -38,3 +38,41 @@ def test_each_process_reads_a_disjoint_shard_into_one_global_batch(tmp_path):
   for step in range(3):  # ... assembled in process order into the global batch.
     want = outs[0]['local'][step] + outs[1]['local'][step]
     assert outs[0]['global'][step] == outs[1]['global'][step] == want
+
+
+def test_launch_train_on_two_processes_restores_on_one_device(tmp_path):
+  """`launch.train` across 2 processes x 4 CPU devices (mesh data 2 x fsdp 2 x
+  tensor 2), one checkpoint; a single-device restore has identical parameters
+  (the exact fingerprint both training processes print)."""
+  import os
+  import re
+  from dllm_jax.training import checkpoint
+  from tests.test_crash_safety import SMALL_CLI
+  port = _free_port()
+  cmd = [sys.executable, '-m', 'launch.train', f'--workdir={tmp_path}', *SMALL_CLI,
+         '--config.train.steps=4', '--config.train.batch_size=8',
+         '--config.train.log_every=2', '--config.train.checkpoint_every=4',
+         '--config.mesh.data=2', '--config.mesh.fsdp=2', '--config.mesh.tensor=2']
+  procs = []
+  for i in range(2):
+    env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'JAX_NUM_CPU_DEVICES': '4',
+           'JAX_COORDINATOR_ADDRESS': f'127.0.0.1:{port}', 'JAX_NUM_PROCESSES': '2',
+           'JAX_PROCESS_ID': str(i)}
+    procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True))
+  try:
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-3000:]
+  assert "mesh: {'data': 2, 'fsdp': 2, 'tensor': 2} over 8 cpu device(s) in 2 " \
+         'process(es)' in outs[0], outs[0][-3000:]
+  prints = [re.search(r'final parameters: fingerprint (\w+)', o).group(1) for o in outs]
+  assert prints[0] == prints[1]
+  meta = checkpoint.read_meta(str(tmp_path))
+  assert meta['step'] == 4 and meta['mesh']['process_count'] == 2
+  restored = checkpoint.restore_for_inference(str(tmp_path))  # One device, here.
+  assert checkpoint.fingerprint(restored.params) == prints[0]

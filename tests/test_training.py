@@ -144,3 +144,14 @@ def test_sample_launcher_without_checkpoint_is_one_line(tmp_path):
   assert r.returncode != 0
   assert 'Traceback' not in r.stderr, r.stderr
   assert r.stderr.strip().splitlines()[-1].startswith('error: no checkpoint in')
+
+
+def test_parameter_fingerprint_is_exact_and_layout_free():
+  params = {'a': jnp.arange(12, dtype=jnp.float32).reshape(3, 4),
+            'b': jnp.ones((5,), jnp.bfloat16)}
+  fp = checkpoint.fingerprint(params)
+  assert fp == checkpoint.fingerprint(jax.tree.map(np.asarray, params))
+  nudged = dict(params, a=params['a'].at[2, 3].set(np.nextafter(11.0, 12.0)))
+  assert checkpoint.fingerprint(nudged) != fp
+  swapped = dict(params, a=params['a'][::-1])  # Same values, other places.
+  assert checkpoint.fingerprint(swapped) != fp

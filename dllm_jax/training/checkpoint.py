@@ -45,6 +45,26 @@ def on_device(abstract, device: jax.Device | None = None):
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract)
 
 
+def fingerprint(params) -> str:
+  """An exact, layout-independent digest of a parameter tree: per leaf, the
+  wrapping uint32 sum of its bit patterns times (position + 1), computed where the
+  arrays live (sharded or not) and combined into 16 hex digits. Equal parameters
+  give equal fingerprints on any mesh; a flipped bit changes it."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  def leaf(x):
+    bits = jax.lax.bitcast_convert_type(
+        x.astype(jnp.float32) if x.dtype != jnp.float32 else x, jnp.uint32).reshape(-1)
+    weights = jnp.arange(1, bits.size + 1, dtype=jnp.uint32)
+    return jnp.sum(bits * weights, dtype=jnp.uint32)
+
+  sums = jax.device_get(jax.jit(lambda t: [leaf(x) for x in jax.tree.leaves(t)])(params))
+  total = 0
+  for i, v in enumerate(sums):
+    total = (total * 1_000_003 + int(v) + i) % (1 << 64)
+  return f'{total:016x}'
+
+
 def make_meta(step: int, record: dict[str, Any]) -> dict[str, Any]:
   """The JSON meta of a checkpoint: its step plus the run's provenance record."""
   return {'step': int(step), **record}
@@ -169,12 +189,14 @@ class Restored(NamedTuple):
 
 def restore_for_inference(workdir: str, *, step: int | None = None,
                           device: jax.Device | None = None,
-                          dtype: str | None = None) -> Restored:
+                          dtype: str | None = None, shardings=None) -> Restored:
   """Restores the latest (or given) checkpoint of `workdir` on one device.
 
   Works whatever mesh wrote it. Only the parameters are read, not the optimizer
   state. Without `step`, an unreadable newest checkpoint is skipped (with a
   warning) for the previous one. `dtype` overrides the compute dtype.
+  `shardings` (a tree like the parameters, e.g. from
+  `parallel.sharding.param_shardings`) restores onto a mesh instead.
 
   Returns:
     (model config, params, tokenizer).
@@ -184,7 +206,13 @@ def restore_for_inference(workdir: str, *, step: int | None = None,
     return model_cfg if dtype is None else dataclasses.replace(model_cfg, dtype=dtype)
 
   def items(meta):
-    abstract = on_device(model_lib.abstract_params(model_config(meta)), device)
+    abstract = model_lib.abstract_params(model_config(meta))
+    if shardings is None:
+      abstract = on_device(abstract, device)
+    else:
+      abstract = jax.tree.map(
+          lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+          abstract, shardings)
     return {'params': ocp.args.StandardRestore(abstract)}
 
   _, meta, restored = _restore_items(_manager_with_steps(workdir), step, items)

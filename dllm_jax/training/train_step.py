@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Mapping
 
 import flax.struct
@@ -59,7 +58,8 @@ def make_train_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformat
                     grad_accum_steps: int = 1,
                     random_length_prob: float = diffusion.RANDOM_LENGTH_PROB,
                     stratified_t: bool = False, nonfinite: str = 'stop',
-                    debug_nan_step: int = -1):
+                    debug_nan_step: int = -1, state_shardings=None,
+                    batch_sharding=None):
   """Builds the jitted step.
 
   The step draws its masking noise from `fold_in(key, state.step)`, so a resumed
@@ -71,6 +71,10 @@ def make_train_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformat
   'stop': the state halts at the first bad step (no later update applies) and
   `state.guard` records it for the host to report; 'skip': the update is skipped
   and counted. `debug_nan_step` >= 0 makes the loss NaN at that step (tests).
+
+  With `state_shardings` (a TrainState of shardings, `parallel.sharding`) and
+  `batch_sharding`, the step is jitted with those in/out shardings (metrics and
+  key replicated); the state is donated either way.
 
   Returns:
     `train_step(state, batch, key) -> (state, metrics)`; `batch` holds `tokens`
@@ -91,7 +95,6 @@ def make_train_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformat
 
   grad_fn = jax.value_and_grad(loss_fn)
 
-  @functools.partial(jax.jit, donate_argnums=0)
   def train_step(state: TrainState, batch: Mapping[str, jax.Array],
                  key: jax.Array) -> tuple[TrainState, dict[str, Any]]:
     lb = diffusion.make_loss_batch(objective, batch, jax.random.fold_in(key, state.step),
@@ -132,4 +135,9 @@ def make_train_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformat
     return TrainState(step=state.step + 1, params=keep(params, state.params),
                       opt_state=keep(opt_state, state.opt_state), guard=guard), metrics
 
-  return train_step
+  if state_shardings is None:
+    return jax.jit(train_step, donate_argnums=0)
+  replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.P())
+  return jax.jit(train_step, donate_argnums=0,
+                 in_shardings=(state_shardings, batch_sharding, replicated),
+                 out_shardings=(state_shardings, replicated))

@@ -16,15 +16,17 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dllm_jax import presets
+from dllm_jax import flops, presets
 from dllm_jax.data import pipeline, sft as sft_lib, sources
 from dllm_jax.data import tokenizer as tokenizer_lib
 from dllm_jax.sampling import generate as gen
 from dllm_jax.errors import NonFiniteError
 from dllm_jax.training import checkpoint, optimizer as optimizer_lib, preemption
+from dllm_jax.parallel import mesh as mesh_lib, multihost, sharding
 from dllm_jax.training import provenance, train_step as ts
 
 _SHAPE_KEYS = ('d_model', 'n_layers', 'n_heads', 'd_ff', 'max_len')
+_COMPUTE_KEYS = ('attention_impl', 'remat', 'scan_layers')
 OBJECTIVES = ('pretrain', 'sft', 'next_token')
 
 
@@ -37,7 +39,7 @@ def model_config(config: ml_collections.ConfigDict,
   tokenizer's special ids and its vocabulary size rounded up to a multiple of 128.
   """
   m = config.model
-  overrides = {k: m[k] for k in _SHAPE_KEYS + ('attention_impl',) if m[k] is not None}
+  overrides = {k: m[k] for k in _SHAPE_KEYS + _COMPUTE_KEYS if m[k] is not None}
   if (tokenizer is not None and tokenizer.name != 'byte' and
       presets.PRESETS[m.preset]['vocab_size'] == presets.BYTE_VOCAB):
     overrides.update(vocab_size=-(-tokenizer.vocab_size // 128) * 128,
@@ -87,6 +89,37 @@ def validate(config: ml_collections.ConfigDict, model_cfg: presets.ModelConfig,
                      '(tiny, small), which adapts to any tokenizer.')
 
 
+def check_parallel(config: ml_collections.ConfigDict, model_cfg: presets.ModelConfig,
+                   mesh: jax.sharding.Mesh) -> None:
+  """One-line ValueErrors for a batch or model that does not fit the mesh."""
+  t = config.train
+  dp = mesh_lib.data_parallel_size(mesh)
+  micro = t.batch_size // t.grad_accum_steps
+  if micro % dp:
+    raise ValueError(
+        f'train.batch_size={t.batch_size} (microbatches of {micro} with '
+        f'grad_accum_steps={t.grad_accum_steps}) is not divisible by the data-parallel '
+        f'size mesh.data x mesh.fsdp = {mesh.shape["data"]} x {mesh.shape["fsdp"]} '
+        f'= {dp}.')
+  tp = mesh.shape['tensor']
+  for name in ('n_heads', 'd_ff'):
+    if getattr(model_cfg, name) % tp:
+      raise ValueError(f'model {name}={getattr(model_cfg, name)} is not divisible by '
+                       f'the tensor-parallel size mesh.tensor={tp}.')
+
+
+def _abstract_batch(config: ml_collections.ConfigDict, batch_sharding) -> dict:
+  b, l = config.train.batch_size, config.data.seq_len
+  spec = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=batch_sharding)
+  if config.train.objective == 'sft':
+    return {'tokens': spec(b, l), 'prompt_lengths': spec(b)}
+  return {'tokens': spec(b, l), 'segment_ids': spec(b, l), 'positions': spec(b, l)}
+
+
+def _gib(n: int) -> str:
+  return f'{n / 2**30:.3f} GiB'
+
+
 def make_dataset(config: ml_collections.ConfigDict, tokenizer, *,
                  split: str = 'train', num_epochs: int | None = None,
                  batch_size: int | None = None):
@@ -133,6 +166,9 @@ def sample_text(params, model_cfg: presets.ModelConfig, tokenizer,
          if chat else tokenizer.encode(prompt, add_bos=True))
   tokens = gen.generate(params, np.tile(ids, (num_samples, 1)), key, config=model_cfg,
                         sampling=sampling)
+  if jax.process_count() > 1:  # A global array: every host gets all rows.
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    tokens = multihost_utils.process_allgather(tokens, tiled=True)
   return [tokenizer.decode(row[len(ids):]) for row in np.asarray(tokens)]
 
 
@@ -154,7 +190,8 @@ def _batch_fingerprint(batch: dict[str, np.ndarray]) -> str:
   return hashlib.sha1(np.ascontiguousarray(batch['tokens']).tobytes()).hexdigest()[:16]
 
 
-def _init_params_from(init_from: str, model_cfg: presets.ModelConfig, tokenizer):
+def _init_params_from(init_from: str, model_cfg: presets.ModelConfig, tokenizer,
+                      params_shardings):
   """Parameters of another run's latest checkpoint, checked against this run."""
   meta = checkpoint.read_meta(init_from)
   diffs = tokenizer_lib.vocab_differences(meta['tokenizer'], tokenizer.to_dict())
@@ -167,26 +204,38 @@ def _init_params_from(init_from: str, model_cfg: presets.ModelConfig, tokenizer)
   if bad:
     raise ValueError(f'train.init_from={init_from!r} has another model shape '
                      f'({", ".join(bad)}).')
-  return checkpoint.restore_for_inference(init_from).params
+  return checkpoint.restore_for_inference(init_from, shardings=params_shardings).params
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *,
           stop_after: int | None = None) -> ts.TrainState:
   """Trains (or resumes) and returns the final state.
 
-  `stop_after`: end (with a checkpoint) once this step is done, as if the job
-  were interrupted there; the schedule still spans `train.steps`. On SIGTERM
-  (JAX's preemption sync point on several hosts) the current step finishes, a
-  checkpoint is written and waited for, and the function returns.
+  The state lives on the mesh of `config.mesh` (sharded by the logical-axis
+  rules of `parallel/sharding.py`, initialised in place); each process feeds its
+  shard of the data into the global batch. `stop_after`: end (with a checkpoint)
+  once this step is done, as if the job were interrupted there; the schedule
+  still spans `train.steps`. On SIGTERM (JAX's preemption sync point on several
+  hosts) the current step finishes, a checkpoint is written and waited for, and
+  the function returns.
   """
   tokenizer = tokenizer_lib.make_tokenizer(config.data.tokenizer)
   model_cfg = model_config(config, tokenizer)
   validate(config, model_cfg, tokenizer)
+  mesh = mesh_lib.from_config(config.mesh)
+  check_parallel(config, model_cfg, mesh)
+  with jax.set_mesh(mesh):
+    return _train(config, workdir, stop_after, tokenizer, model_cfg, mesh)
+
+
+def _train(config, workdir, stop_after, tokenizer, model_cfg, mesh) -> ts.TrainState:
   t, o = config.train, config.optimizer
   os.makedirs(workdir, exist_ok=True)
   _log('config:\n' + json.dumps(config.to_dict(), indent=1, sort_keys=True))
   _log(f'model: {model_cfg.num_params() / 1e6:.2f}M parameters, '
        f'{dataclasses.asdict(model_cfg)}')
+  _log(f'mesh: {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].device_kind} '
+       f'device(s) in {jax.process_count()} process(es)')
   record = provenance.run_record(config.to_dict(), model_cfg, tokenizer)
 
   optimizer, schedule = optimizer_lib.make_optimizer(
@@ -197,16 +246,20 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
 
   key = jax.random.key(config.seed)
   init_key, step_key, sample_key = jax.random.split(key, 3)
-  init = jax.jit(lambda k: ts.init_train_state(model_cfg, optimizer, k))
+  init_fn = lambda k: ts.init_train_state(model_cfg, optimizer, k)
+  state_abstract = jax.eval_shape(init_fn, init_key)
+  state_sh = sharding.state_shardings(state_abstract, mesh)
+  init = jax.jit(init_fn, out_shardings=state_sh)  # Each shard made in place.
   mngr = checkpoint.make_manager(workdir, max_to_keep=t.max_to_keep)
-  abstract = checkpoint.on_device(jax.eval_shape(init, init_key))
+  abstract = sharding.with_shardings(state_abstract, state_sh)
   restored = checkpoint.restore_latest_good(
       mngr, workdir, abstract, data_iter,
       check_meta=lambda meta: provenance.check_resume(meta, record))
   if restored is None:
     state, last_saved = init(init_key), None
     if t.init_from:
-      state = state.replace(params=_init_params_from(t.init_from, model_cfg, tokenizer))
+      state = state.replace(params=_init_params_from(t.init_from, model_cfg, tokenizer,
+                                                     state_sh.params))
       _log(f'starting in {workdir} from the parameters of {t.init_from}')
     else:
       _log(f'starting from scratch in {workdir}')
@@ -214,16 +267,31 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     last_saved, params, opt_state, saved = restored
     for change in provenance.check_resume(saved, record):
       _log(f'config change since the checkpoint (allowed): {change}')
-    state = ts.TrainState(step=jnp.asarray(last_saved, jnp.int32), params=params,
-                          opt_state=opt_state,
-                          guard=ts.fresh_guard(saved.get('skipped_updates', 0)))
+    state = ts.TrainState(
+        step=jax.device_put(jnp.asarray(last_saved, jnp.int32), state_sh.step),
+        params=params, opt_state=opt_state,
+        guard=jax.device_put(ts.fresh_guard(saved.get('skipped_updates', 0)),
+                             state_sh.guard))
     _log(f'resumed from step {last_saved} of {checkpoint.checkpoint_dir(workdir)}')
 
+  batch_sh = sharding.batch_sharding(mesh)
+  step_key = jax.device_put(step_key, sharding.replicated(mesh))
+  t0 = time.time()
   train_step = ts.make_train_step(
       model_cfg, optimizer, schedule, objective=t.objective,
       grad_accum_steps=t.grad_accum_steps, random_length_prob=t.random_length_prob,
       stratified_t=t.stratified_t, nonfinite=t.nonfinite,
-      debug_nan_step=t.debug_nan_step)
+      debug_nan_step=t.debug_nan_step, state_shardings=state_sh,
+      batch_sharding=batch_sh).lower(abstract, _abstract_batch(config, batch_sh),
+                                     step_key).compile()
+  mem = train_step.memory_analysis()
+  _log(f'train step compiled in {time.time() - t0:.1f} s' + (
+      '' if mem is None else
+      f'; per device: arguments {_gib(mem.argument_size_in_bytes)}, outputs '
+      f'{_gib(mem.output_size_in_bytes)}, temporaries {_gib(mem.temp_size_in_bytes)}'))
+  flops_per_step = (flops.train_flops_per_token(model_cfg, config.data.seq_len) *
+                    t.batch_size * config.data.seq_len)
+  peak = flops.peak_flops(jax.devices()[0].device_kind)
   writer = _summary_writer(workdir)
   batch_log = (open(os.path.join(workdir, 'batches.txt'), 'a')
                if t.record_batches and jax.process_index() == 0 else None)
@@ -244,7 +312,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   try:
     for step in range(start, end):
       batch = next(data_iter)
-      state, metrics = train_step(state, batch, step_key)
+      state, metrics = train_step(state, multihost.global_batch(batch, batch_sh),
+                                  step_key)
       done = step + 1
       if batch_log is not None:
         batch_log.write(f'{done} {_batch_fingerprint(batch)}\n')
@@ -253,15 +322,24 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
         _check_finite(state, last_saved)
         metrics = jax.device_get(metrics)  # Host syncs only here and at saves.
         now = time.time()
-        tok_s = tokens_per_step * (done - window_step) / (now - window_start)
+        steps_s = (done - window_step) / (now - window_start)
+        tok_s = tokens_per_step * steps_s
+        perf = {'tokens_per_second': tok_s,
+                'tokens_per_second_per_device': tok_s / jax.device_count(),
+                'tflops_per_device': flops_per_step * steps_s / jax.device_count() / 1e12}
+        mfu = ''
+        if peak is not None:
+          perf['mfu'] = perf['tflops_per_device'] * 1e12 / peak
+          mfu = f', MFU {100 * perf["mfu"]:.1f}%'
         eta = (now - run_start) / (done - start) * (t.steps - done)
         _log(f'step {done}/{t.steps}  loss {metrics["loss"]:.4f}  '
              f'grad_norm {metrics["grad_norm"]:.3f}  lr {metrics["learning_rate"]:.2e}  '
-             f'{tok_s:,.0f} tokens/s  left {_fmt_time(eta)}')
+             f'{tok_s:,.0f} tokens/s ({perf["tokens_per_second_per_device"]:,.0f}/device, '
+             f'{perf["tflops_per_device"]:.3g} TFLOP/s/device{mfu})  '
+             f'left {_fmt_time(eta)}')
         if writer is not None:
-          for name, value in metrics.items():
+          for name, value in {**metrics, **perf}.items():
             writer.add_scalar(f'train/{name}', float(value), done)
-          writer.add_scalar('train/tokens_per_second', tok_s, done)
           writer.flush()
         window_start, window_step = time.time(), done
       if done % t.checkpoint_every == 0 or done == end:
@@ -294,4 +372,5 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
       texts = []
     for i, text in enumerate(texts):
       _log(f'--- sample {i} ({sampling}) ---\n{s.prompt}{text}')
+  _log(f'final parameters: fingerprint {checkpoint.fingerprint(state.params)}')
   return state

@@ -24,6 +24,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.n_heads = config_dict.placeholder(int)
   config.model.d_ff = config_dict.placeholder(int)
   config.model.max_len = config_dict.placeholder(int)
+  config.model.remat = 'none'  # none | full | dots (keep matmul outputs).
+  config.model.scan_layers = False  # lax.scan over layers: compile time flat in depth.
+
+  # Device mesh (dllm_jax/parallel/mesh.py): sizes of the data, fsdp and tensor
+  # axes, -1 takes the remaining devices; dcn_data > 1 splits the data axis
+  # across that many slices / nodes (a hybrid mesh).
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.data = -1
+  config.mesh.fsdp = 1
+  config.mesh.tensor = 1
+  config.mesh.dcn_data = 1
 
   config.data = ml_collections.ConfigDict()
   # stdlib (the built-in corpus, via TFDS) | tfds:NAME | array_record:GLOB |

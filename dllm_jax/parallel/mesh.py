@@ -1,0 +1,73 @@
+"""Device meshes from config: axes `data`, `fsdp`, `tensor`.
+
+  data    pure data parallelism (parameters replicated)
+  fsdp    data parallelism with parameters and optimizer state sharded (ZeRO-3)
+  tensor  Megatron-style tensor parallelism (heads, FFN width, vocabulary)
+
+One size may be -1: it takes the devices that are left. `dcn_data` > 1 builds a
+hybrid mesh for several slices / nodes: the data axis is split across them (over
+the data-centre network) and everything else stays within a slice (ICI / NVLink).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import numpy as np
+from jax.experimental import mesh_utils
+
+AXES = ('data', 'fsdp', 'tensor')
+
+
+def resolve_shape(data: int = -1, fsdp: int = 1, tensor: int = 1,
+                  num_devices: int | None = None) -> tuple[int, int, int]:
+  """The (data, fsdp, tensor) sizes, with a -1 filled in; clear errors."""
+  n = jax.device_count() if num_devices is None else num_devices
+  sizes = [data, fsdp, tensor]
+  if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
+    raise ValueError(f'mesh sizes data={data}, fsdp={fsdp}, tensor={tensor}: each '
+                     'must be positive, and at most one may be -1.')
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if n % known:
+      raise ValueError(f'mesh data={data} x fsdp={fsdp} x tensor={tensor}: {n} '
+                       f'devices are not divisible by {known}.')
+    sizes[sizes.index(-1)] = n // known
+  if math.prod(sizes) != n:
+    raise ValueError(f'mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} = '
+                     f'{math.prod(sizes)} devices, but {n} are available; use -1 for '
+                     'one axis to take the rest.')
+  return tuple(sizes)
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, dcn_data: int = 1,
+              devices=None) -> jax.sharding.Mesh:
+  """A mesh over all (or the given) devices, axis types Auto (GSPMD)."""
+  devices = jax.devices() if devices is None else list(devices)
+  shape = resolve_shape(data, fsdp, tensor, len(devices))
+  auto = (jax.sharding.AxisType.Auto,) * 3
+  if dcn_data == 1:
+    grid = mesh_utils.create_device_mesh(shape, devices=devices,
+                                         allow_split_physical_axes=True)
+  else:
+    if shape[0] % dcn_data:
+      raise ValueError(f'mesh data={shape[0]} is not divisible by dcn_data='
+                       f'{dcn_data} (the number of slices / nodes).')
+    per_slice = (shape[0] // dcn_data,) + shape[1:]
+    # Slices are TPU slices where devices say so, else processes (GPU nodes).
+    grid = mesh_utils.create_hybrid_device_mesh(
+        per_slice, (dcn_data, 1, 1), devices=devices,
+        process_is_granule=not hasattr(devices[0], 'slice_index'))
+  return jax.sharding.Mesh(np.asarray(grid), AXES, axis_types=auto)
+
+
+def from_config(mesh_config) -> jax.sharding.Mesh:
+  """`config.mesh` (data, fsdp, tensor, dcn_data) -> mesh."""
+  return make_mesh(mesh_config.data, mesh_config.fsdp, mesh_config.tensor,
+                   mesh_config.dcn_data)
+
+
+def data_parallel_size(mesh: jax.sharding.Mesh) -> int:
+  """Devices the batch is split over (data x fsdp)."""
+  return mesh.shape['data'] * mesh.shape['fsdp']

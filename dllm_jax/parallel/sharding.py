@@ -1,0 +1,121 @@
+"""The one table of logical axis names -> mesh axes, and what is derived from it.
+
+Parameters, optimizer state and the main activations are named with logical
+axes (`batch`, `embed`, `heads`, `mlp`, `vocab`, ...); `LOGICAL_RULES` maps them
+to the mesh axes of `parallel/mesh.py`. Nothing else names a mesh axis. A
+logical axis whose mesh axes do not divide the array's dimension is left
+unsharded (e.g. a batch of 1 in the sampler).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import jax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+# logical axis -> mesh axis (or axes, or None: replicated).
+LOGICAL_RULES: dict[str, str | tuple[str, ...] | None] = {
+    'batch': ('data', 'fsdp'),  # Activations' batch: every data-parallel device.
+    'length': None,
+    'act_embed': None,  # Activations' model dimension.
+    'embed': 'fsdp',  # Parameters' model dimension: sharded by FSDP.
+    'heads': 'tensor',  # Attention heads x head dim (q/k/v out, attn_out in).
+    'head_dim': None,
+    'mlp': 'tensor',  # FFN width.
+    'vocab': 'tensor',  # Embedding rows, output-head columns, logits.
+    'norm': None,  # RMSNorm weights.
+}
+
+# Parameter name (a key on its path) -> logical axes of its array.
+_PARAM_AXES = {
+    'embedding': ('vocab', 'embed'),  # wte [V, D]
+    'q_proj': ('embed', 'heads'), 'k_proj': ('embed', 'heads'),
+    'v_proj': ('embed', 'heads'), 'attn_out': ('heads', 'embed'),
+    'ff_proj': ('embed', 'mlp'), 'up_proj': ('embed', 'mlp'),
+    'ff_out': ('mlp', 'embed'),  # In a block; the output head is [D, V]:
+    'head': ('embed', 'vocab'),
+    'weight': ('norm',),
+}
+
+
+def spec(logical: Sequence[str | None], shape: Sequence[int] | None = None,
+         mesh: Any = None, rules: dict | None = None) -> P:
+  """Logical axes -> PartitionSpec; with `shape` and `mesh`, axes that do not
+  divide their dimension are dropped."""
+  rules = LOGICAL_RULES if rules is None else rules
+  out = []
+  for i, name in enumerate(logical):
+    axes = rules[name] if name is not None else None
+    if axes is not None and shape is not None and mesh is not None:
+      size = math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
+      if shape[i] % size:
+        axes = None
+    out.append(axes)
+  return P(*out)
+
+
+def _key_name(k) -> Any:
+  return getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))
+
+
+def param_logical_axes(path: Sequence[Any], ndim: int) -> tuple[str | None, ...]:
+  """Logical axes of the parameter at `path` (keys of the params dict)."""
+  names = [_key_name(k) for k in path]
+  for name in reversed(names):
+    if name == 'ff_out' and 'blocks' not in names:
+      name = 'head'
+    if name in _PARAM_AXES and len(_PARAM_AXES[name]) == ndim:
+      return _PARAM_AXES[name]
+  return (None,) * ndim
+
+
+def param_shardings(abstract_params, mesh) -> Any:
+  """NamedSharding per parameter (tree like `abstract_params`)."""
+  def one(path, x):
+    return NamedSharding(mesh, spec(param_logical_axes(path, x.ndim), x.shape, mesh))
+  return jax.tree_util.tree_map_with_path(one, abstract_params)
+
+
+def state_shardings(abstract_state, mesh) -> Any:
+  """Shardings for a train state: parameters by the rules; optimizer moments
+  like the parameter whose path they end with; everything else replicated."""
+  params = getattr(abstract_state, 'params', abstract_state)
+  by_path = {}
+  for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+    by_path[tuple(_key_name(k) for k in path)] = (
+        x.shape, param_logical_axes(path, x.ndim))
+
+  def one(path, x):
+    names = tuple(_key_name(k) for k in path)
+    for start in range(len(names)):
+      hit = by_path.get(names[start:])
+      if hit is not None and hit[0] == x.shape:
+        return NamedSharding(mesh, spec(hit[1], x.shape, mesh))
+    return NamedSharding(mesh, P())
+  return jax.tree_util.tree_map_with_path(one, abstract_state)
+
+
+def with_shardings(abstract, shardings) -> Any:
+  """ShapeDtypeStruct tree carrying `shardings` (restore / compile targets)."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      abstract, shardings)
+
+
+def batch_sharding(mesh) -> NamedSharding:
+  """Leading (batch) axis over every data-parallel device."""
+  return NamedSharding(mesh, spec(('batch',)))
+
+
+def replicated(mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def constrain(x: jax.Array, logical: Sequence[str | None]) -> jax.Array:
+  """Sharding constraint on an activation, by logical axes; a no-op unless a
+  mesh is set (`jax.set_mesh`) while tracing."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return x
+  return jax.lax.with_sharding_constraint(x, spec(logical, x.shape, mesh))
