@@ -151,7 +151,7 @@ def test_parameter_fingerprint_is_exact_and_layout_free():
             'b': jnp.ones((5,), jnp.bfloat16)}
   fp = checkpoint.fingerprint(params)
   assert fp == checkpoint.fingerprint(jax.tree.map(np.asarray, params))
-  nudged = dict(params, a=params['a'].at[2, 3].set(np.nextafter(11.0, 12.0)))
+  nudged = dict(params, a=params['a'].at[2, 3].set(np.nextafter(np.float32(11), np.float32(12))))
   assert checkpoint.fingerprint(nudged) != fp
   swapped = dict(params, a=params['a'][::-1])  # Same values, other places.
   assert checkpoint.fingerprint(swapped) != fp
