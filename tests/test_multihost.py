@@ -43,7 +43,8 @@ def test_each_process_reads_a_disjoint_shard_into_one_global_batch(tmp_path):
 def test_launch_train_on_two_processes_restores_on_one_device(tmp_path):
   """`launch.train` across 2 processes x 4 CPU devices (mesh data 2 x fsdp 2 x
   tensor 2), one checkpoint; a single-device restore has identical parameters
-  (the exact fingerprint both training processes print)."""
+  (the exact fingerprint both training processes print). The mesh is hybrid:
+  its data axis spans the processes, as across the nodes of a SLURM job."""
   import os
   import re
   from dllm_jax.training import checkpoint
@@ -52,7 +53,8 @@ def test_launch_train_on_two_processes_restores_on_one_device(tmp_path):
   cmd = [sys.executable, '-m', 'launch.train', f'--workdir={tmp_path}', *SMALL_CLI,
          '--config.train.steps=4', '--config.train.batch_size=8',
          '--config.train.log_every=2', '--config.train.checkpoint_every=4',
-         '--config.mesh.data=2', '--config.mesh.fsdp=2', '--config.mesh.tensor=2']
+         '--config.mesh.data=2', '--config.mesh.fsdp=2', '--config.mesh.tensor=2',
+         '--config.mesh.dcn_data=2']  # Hybrid: data across the 2 processes.
   procs = []
   for i in range(2):
     env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'JAX_NUM_CPU_DEVICES': '4',
@@ -76,3 +78,39 @@ def test_launch_train_on_two_processes_restores_on_one_device(tmp_path):
   assert meta['step'] == 4 and meta['mesh']['process_count'] == 2
   restored = checkpoint.restore_for_inference(str(tmp_path))  # One device, here.
   assert checkpoint.fingerprint(restored.params) == prints[0]
+
+
+def test_cluster_launch_scripts_dry_run_print_per_host_commands():
+  import os
+  env = {**os.environ, 'DRY_RUN': '1', 'NODES': '3', 'GPUS_PER_NODE': '8'}
+  env.pop('SLURM_JOB_NUM_NODES', None)
+  r = subprocess.run(['bash', 'launch/slurm_gpu.sh', '--workdir=/shared/run',
+                      '--config.model.preset=llada_1b'], cwd=REPO, env=env,
+                     capture_output=True, text=True, timeout=60)
+  assert r.returncode == 0, r.stderr
+  lines = r.stdout.strip().splitlines()
+  assert lines[0] == 'dry run: 3 node(s) x 8 GPU(s), 24 devices'
+  assert len(lines) == 4
+  for i, line in enumerate(lines[1:]):
+    assert line.startswith(f'[node{i}] SLURM_PROCID={i} SLURM_NTASKS=3'), line
+    assert line.endswith('python -m launch.train --config.mesh.dcn_data=3 '
+                         '--config.mesh.data=3 --config.mesh.fsdp=-1 '
+                         '--config.mesh.tensor=1 --workdir=/shared/run '
+                         '--config.model.preset=llada_1b'), line
+  env = {**os.environ, 'DRY_RUN': '1', 'TPU_NAME': 'pod', 'NUM_WORKERS': '4'}
+  r = subprocess.run(['bash', 'launch/tpu_pod.sh', '--workdir=gs://b/run',
+                      '--config.sample.prompt=def f'], cwd=REPO, env=env,
+                     capture_output=True, text=True, timeout=60)
+  assert r.returncode == 0, r.stderr
+  lines = r.stdout.strip().splitlines()
+  assert lines[0].startswith('dry run: gcloud compute tpus tpu-vm ssh pod ')
+  assert '--worker=all' in lines[0] and len(lines) == 5
+  for i, line in enumerate(lines[1:]):
+    assert line.startswith(f'[pod worker {i}] TPU_WORKER_ID={i}: cd ~/dllm_jax && '
+                           'python3 -m launch.train --config.mesh.data=1 '
+                           '--config.mesh.fsdp=-1'), line
+    assert line.endswith(r'--workdir=gs://b/run --config.sample.prompt=def\ f'), line
+  r = subprocess.run(['bash', 'launch/tpu_pod.sh'], cwd=REPO, capture_output=True,
+                     text=True, timeout=60, env={k: v for k, v in os.environ.items()
+                                                 if k != 'TPU_NAME'})
+  assert r.returncode != 0 and 'TPU_NAME' in r.stderr

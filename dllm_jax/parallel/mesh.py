@@ -55,10 +55,12 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, dcn_data: int = 1,
       raise ValueError(f'mesh data={shape[0]} is not divisible by dcn_data='
                        f'{dcn_data} (the number of slices / nodes).')
     per_slice = (shape[0] // dcn_data,) + shape[1:]
-    # Slices are TPU slices where devices say so, else processes (GPU nodes).
+    # Granules are TPU slices where the devices span several, else processes
+    # (the nodes of a GPU cluster).
+    slices = {getattr(d, 'slice_index', 0) for d in devices}
     grid = mesh_utils.create_hybrid_device_mesh(
         per_slice, (dcn_data, 1, 1), devices=devices,
-        process_is_granule=not hasattr(devices[0], 'slice_index'))
+        process_is_granule=len(slices) != dcn_data)
   return jax.sharding.Mesh(np.asarray(grid), AXES, axis_types=auto)
 
 
