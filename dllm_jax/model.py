@@ -103,19 +103,49 @@ class Block(nnx.Module):
 
   def __call__(self, x: jax.Array, mask: jax.Array | None,
                positions: jax.Array) -> jax.Array:
+    return self.with_kv(x, mask, positions)[0]
+
+  def _qkv(self, x: jax.Array, positions: jax.Array):
     cfg = self.cfg
     b, l, _ = x.shape
     h = self.attn_norm(x)
     split = lambda t: constrain(t.reshape(b, l, cfg.n_heads, cfg.head_dim), _HEADS)
     q = rope(split(self.q_proj(h)), positions, cfg.rope_theta)
     k = rope(split(self.k_proj(h)), positions, cfg.rope_theta)
-    v = split(self.v_proj(h))
-    o = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=cfg.causal,
+    return q, k, split(self.v_proj(h))
+
+  def _finish(self, x, q, k, v, mask, is_causal):
+    cfg = self.cfg
+    b, l, _ = x.shape
+    o = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
                                      implementation=attention_impl(cfg))
     x = constrain(x + self.attn_out(o.reshape(b, l, cfg.d_model)), _ACT)
     h = self.ff_norm(x)
     g = constrain(jax.nn.silu(self.ff_proj(h)) * self.up_proj(h), _MLP)
     return constrain(x + self.ff_out(g), _ACT)
+
+  def with_kv(self, x: jax.Array, mask: jax.Array | None, positions: jax.Array):
+    """(output [B, L, D], keys [B, L, H, Dh] (after RoPE), values)."""
+    q, k, v = self._qkv(x, positions)
+    return self._finish(x, q, k, v, mask, self.cfg.causal), k, v
+
+  def cached(self, x: jax.Array, mask: jax.Array | None, positions: jax.Array,
+             k_cache: jax.Array, v_cache: jax.Array, start: jax.Array | int):
+    """A window of W positions starting at `start` attending over a cache of all
+    T positions, with the window's fresh keys/values written into it.
+    x [B, W, D], caches [B, T, H, Dh] -> (output, new caches)."""
+    q, k, v = self._qkv(x, positions)
+    k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype),
+                                                  start, axis=1)
+    v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype),
+                                                  start, axis=1)
+    return self._finish(x, q, k_cache, v_cache, mask, False), k_cache, v_cache
+
+
+def _default_positions(positions, b, l):
+  if positions is None:
+    return jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
+  return positions
 
 
 class Transformer(nnx.Module):
@@ -135,8 +165,7 @@ class Transformer(nnx.Module):
              positions: jax.Array | None = None) -> jax.Array:
     """Final normalised hidden states [B, L, D] (before the output head)."""
     b, l = tokens.shape
-    if positions is None:
-      positions = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
+    positions = _default_positions(positions, b, l)
     mask = segment_mask(segment_ids)
     x = constrain(self.wte(tokens), _ACT)
     cfg = self.cfg
@@ -163,11 +192,49 @@ class Transformer(nnx.Module):
   def __call__(self, tokens: jax.Array, segment_ids: jax.Array | None = None,
                positions: jax.Array | None = None,
                output_window: tuple[jax.Array, int] | None = None) -> jax.Array:
-    h = self.hidden(tokens, segment_ids, positions)
-    if output_window is not None:  # Logits for positions [start, start + length).
+    return self.head(self.hidden(tokens, segment_ids, positions), output_window)
+
+  def head(self, h: jax.Array, output_window=None) -> jax.Array:
+    """Logits of hidden states h [B, L, D], or of rows [start, start + length)."""
+    if output_window is not None:
       start, length = output_window
       h = jax.lax.dynamic_slice_in_dim(h, start, length, axis=1)
     return constrain(self.ff_out(h), _LOGITS)
+
+  def hidden_with_kv(self, tokens, segment_ids, positions):
+    """Final hidden states [B, T, D] and every layer's keys and values, stacked
+    [n_layers, B, T, H, Dh] (a KV cache of the whole canvas; unrolled layers)."""
+    b, l = tokens.shape
+    positions = _default_positions(positions, b, l)
+    mask = segment_mask(segment_ids)
+    x = constrain(self.wte(tokens), _ACT)
+    ks, vs = [], []
+    for block in self.blocks:
+      x, k, v = block.with_kv(x, mask, positions)
+      ks.append(k)
+      vs.append(v)
+    return self.ln_f(x), jnp.stack(ks), jnp.stack(vs)
+
+  def hidden_window(self, tokens, start, segment_ids, positions, ks, vs):
+    """Hidden states of the W positions [start, start + W) of a T-position canvas
+    (`tokens` [B, W]), attending over cached keys/values [n_layers, B, T, H, Dh]
+    in which the window's fresh ones replace the cached ones. `segment_ids` and
+    `positions` are the whole canvas's [B, T] (or None). Returns (h, ks, vs)."""
+    b, w = tokens.shape
+    t = ks.shape[2]
+    positions = jax.lax.dynamic_slice_in_dim(_default_positions(positions, b, t),
+                                             start, w, axis=1)
+    mask = None
+    if segment_ids is not None:
+      q_seg = jax.lax.dynamic_slice_in_dim(segment_ids, start, w, axis=1)
+      mask = (q_seg[:, :, None] == segment_ids[:, None, :])[:, None]
+    x = constrain(self.wte(tokens), _ACT)
+    new_k, new_v = [], []
+    for i, block in enumerate(self.blocks):
+      x, k, v = block.cached(x, mask, positions, ks[i], vs[i], start)
+      new_k.append(k)
+      new_v.append(v)
+    return self.ln_f(x), jnp.stack(new_k), jnp.stack(new_v)
 
 
 @functools.lru_cache(maxsize=None)
@@ -207,3 +274,39 @@ def forward(params: Params, tokens: jax.Array, segment_ids: jax.Array | None = N
   """
   return nnx.merge(graphdef(config), params)(tokens, segment_ids, positions,
                                              output_window)
+
+
+def forward_with_cache(params: Params, tokens: jax.Array,
+                       segment_ids: jax.Array | None = None,
+                       positions: jax.Array | None = None, *, config: ModelConfig,
+                       output_window: tuple[jax.Array, int]):
+  """Full forward that also returns the KV cache of the canvas.
+
+  Returns (logits [B, length, V] of `output_window`, (keys, values) each
+  [n_layers, B, T, H, Dh])."""
+  m = nnx.merge(graphdef(config), params)
+  h, ks, vs = m.hidden_with_kv(tokens, segment_ids, positions)
+  return m.head(h, output_window), (ks, vs)
+
+
+def forward_window(params: Params, tokens: jax.Array, start: jax.Array | int,
+                   cache: tuple[jax.Array, jax.Array],
+                   segment_ids: jax.Array | None = None,
+                   positions: jax.Array | None = None, *, config: ModelConfig,
+                   output_length: int):
+  """Forward of a window of the canvas against a KV cache (block KV caching).
+
+  Args:
+    tokens: int [B, W], the canvas positions [start, start + W).
+    start: where the window starts.
+    cache: (keys, values) [n_layers, B, T, H, Dh] of the whole canvas, e.g. from
+      `forward_with_cache`; the window's fresh keys/values replace its part.
+    segment_ids, positions: of the whole canvas [B, T], or None.
+    output_length: the head runs on the window's first `output_length` rows.
+
+  Returns:
+    (logits [B, output_length, V], updated cache).
+  """
+  m = nnx.merge(graphdef(config), params)
+  h, ks, vs = m.hidden_window(tokens, start, segment_ids, positions, *cache)
+  return m.head(h, (0, output_length)), (ks, vs)

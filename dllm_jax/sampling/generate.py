@@ -31,6 +31,20 @@ from dllm_jax.sampling.schedule import tokens_per_step
 LogitsFn = Callable[..., jax.Array]
 # (confidence [B, T], eligible [B, T], k [B]) -> commit [B, T] bool
 SelectFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+PARALLEL = ('fixed', 'threshold', 'factor')
+CACHES = ('none', 'prefix', 'dual')
+
+
+@dataclasses.dataclass(frozen=True)
+class CachedModel:
+  """The two model calls block KV caching needs (see `model.forward_with_cache`
+  and `model.forward_window`):
+
+    full(tokens [B, T], seg, pos, output_window) -> (logits, cache)
+    window(tokens [B, W], start, cache, seg, pos, output_length) -> (logits, cache)
+  """
+  full: Callable[..., tuple[jax.Array, object]]
+  window: Callable[..., tuple[jax.Array, object]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +60,21 @@ class SamplingConfig:
   logits_eos_inf: bool = False
   confidence_eos_eot_inf: bool = False
   mask_id: int | None = None  # None: the model config's mask id.
+  # Parallel decoding (Fast-dLLM): 'fixed' commits the LLaDA schedule's k tokens
+  # per step (`steps`); 'threshold' every masked position with confidence >=
+  # `threshold` (at least one); 'factor' the largest n whose n-th confidence is
+  # >= 1 - factor / (n + 1). The adaptive rules end a block as soon as it has no
+  # masks (`steps` is then unused); `SamplerState.nfe` counts the steps taken.
+  parallel: str = 'fixed'
+  threshold: float = 0.9
+  factor: float = 1.0
+  # Block KV cache: 'none' recomputes the canvas every step; 'prefix' reuses
+  # the keys/values before the current block (recomputing the block and what
+  # follows); 'dual' also reuses those after it, computing the block alone.
+  # The cache is refreshed by a full forward at every block start and, with
+  # `cache_refresh` = n > 0, every n steps within a block.
+  cache: str = 'none'
+  cache_refresh: int = 0
 
   def validate(self, prompt_length: int = 0, max_len: int | None = None) -> None:
     """Raises ValueError with a one-line message on a bad combination."""
@@ -59,6 +88,17 @@ class SamplingConfig:
     if self.steps % num_blocks:
       raise ValueError(f'steps={self.steps} is not divisible by the number of '
                        f'blocks gen_length/block_length={num_blocks}.')
+    if self.parallel not in PARALLEL:
+      raise ValueError(f'unknown parallel decoding {self.parallel!r}; known: '
+                       f'{", ".join(PARALLEL)}.')
+    if self.cache not in CACHES:
+      raise ValueError(f'unknown cache {self.cache!r}; known: {", ".join(CACHES)}.')
+    if not 0.0 < self.threshold <= 1.0:
+      raise ValueError(f'threshold must be in (0, 1], got {self.threshold}.')
+    if self.factor <= 0:
+      raise ValueError(f'factor must be positive, got {self.factor}.')
+    if self.cache_refresh < 0:
+      raise ValueError(f'cache_refresh must be >= 0, got {self.cache_refresh}.')
     if self.remasking not in remasking.REMASKING:
       raise ValueError(f'unknown remasking {self.remasking!r}; known: '
                        f'{", ".join(remasking.REMASKING)}.')
@@ -78,28 +118,58 @@ class SamplerState:
 
   tokens: jax.Array  # [B, T] int32.
   commit_step: jax.Array  # [B, T] int32; -1 where the position was never masked.
+  nfe: jax.Array  # [] int32: denoising steps taken (model evaluations).
+
+
+def select_threshold(confidence: jax.Array, eligible: jax.Array,
+                     threshold: float) -> jax.Array:
+  """Fast-dLLM's threshold rule: every eligible position with confidence >=
+  `threshold`, and always the most confident one. [B, T] -> bool [B, T]."""
+  top = (remasking.rank_by_confidence(confidence, eligible) == 0) & eligible
+  return eligible & ((confidence >= threshold) | top)
+
+
+def select_factor(confidence: jax.Array, eligible: jax.Array,
+                  factor: float) -> jax.Array:
+  """Fast-dLLM's factor rule: with eligible confidences sorted descending
+  c_1 >= c_2 >= ..., commit the n most confident for the largest n with
+  c_n >= 1 - factor / (n + 1) (at least one). [B, T] -> bool [B, T]."""
+  rank = remasking.rank_by_confidence(confidence, eligible)
+  t = confidence.shape[1]
+  ordered = jnp.sort(jnp.where(eligible, confidence, -jnp.inf), axis=1)[:, ::-1]
+  n = jnp.arange(1, t + 1, dtype=jnp.float32)
+  passes = ordered >= 1.0 - factor / (n + 1.0)
+  # The thresholds rise with n while the sorted confidences fall: the passing
+  # ranks are a prefix, and their count is the largest n.
+  count = jnp.maximum(jnp.sum(passes, axis=1), 1)
+  return (rank < count[:, None]) & eligible
 
 
 def denoise(logits_fn: LogitsFn, canvas: jax.Array, segment_ids: jax.Array | None,
             positions: jax.Array | None, key: jax.Array, *, sampling: SamplingConfig,
             start: int, eos_id: int, eot_id: int,
-            select_fn: SelectFn = remasking.select_top_k) -> SamplerState:
+            select_fn: SelectFn = remasking.select_top_k,
+            cached: CachedModel | None = None) -> SamplerState:
   """The sampling loop (pure, traceable; callers jit it).
 
   Only the current block's positions can be committed (earlier blocks are fully
   committed by construction, later ones are excluded as in the reference), so
   logits, candidates and confidences are computed for the block alone: the model
   attends over the whole canvas but runs its output head on `block_length` rows.
+  Steps within a block are a `lax.scan` ('fixed') or a `lax.while_loop` that ends
+  when the block has no masks (adaptive rules); blocks are a `lax.scan` (Python
+  loop with the prefix cache, whose window shrinks block by block).
 
   Args:
     logits_fn: the mask predictor (see `LogitsFn`).
     canvas: int [B, T]; positions equal to `sampling.mask_id` are generated.
     segment_ids, positions: passed to `logits_fn` (left padding), or None.
-    key: PRNG key; step i uses `fold_in(key, i)`.
+    key: PRNG key; the i-th step overall uses `fold_in(key, i)`.
     sampling: the knobs; `mask_id` must be set.
     start: first position of the first block; blocks cover [start, T).
     eos_id, eot_id: for the EOS options.
-    select_fn: which positions to commit given confidences.
+    select_fn: which positions to commit given confidences ('fixed' rule).
+    cached: the model's cached calls; needed when `sampling.cache` != 'none'.
 
   Returns:
     the final `SamplerState`.
@@ -111,48 +181,115 @@ def denoise(logits_fn: LogitsFn, canvas: jax.Array, segment_ids: jax.Array | Non
   num_blocks = (t - start) // bl
   steps_per_block = sc.steps // num_blocks
   prompt_index = canvas != mask_id
+  use_cfg = sc.cfg_scale > 0
+  if sc.cache != 'none' and cached is None:
+    raise ValueError(f'cache={sc.cache!r} needs the model\'s cached calls.')
 
-  def block_logits(x, block_start):
-    window = (block_start, bl)
-    if sc.cfg_scale == 0:
-      return logits_fn(x, segment_ids, positions, output_window=window)
-    dup = lambda a: None if a is None else jnp.concatenate([a, a])
-    un_x = jnp.where(prompt_index, mask_id, x)
-    both = logits_fn(jnp.concatenate([x, un_x]), dup(segment_ids), dup(positions),
-                     output_window=window).astype(jnp.float32)
-    cond, un = both[:b], both[b:]
+  def dup(a):
+    return None if a is None else jnp.concatenate([a, a])
+
+  def model_input(x):  # With CFG: the batch and its prompt-masked copy.
+    return jnp.concatenate([x, jnp.where(prompt_index, mask_id, x)]) if use_cfg else x
+
+  def guide(logits):
+    if not use_cfg:
+      return logits
+    logits = logits.astype(jnp.float32)
+    cond, un = logits[:b], logits[b:]
     return un + (sc.cfg_scale + 1.0) * (cond - un)
 
-  def block_body(state: SamplerState, block: jax.Array):
-    block_start = start + block * bl
+  seg2, pos2 = (dup(segment_ids), dup(positions)) if use_cfg else (segment_ids,
+                                                                    positions)
+
+  def full_logits(x, block_start):
+    """Recomputes the canvas: (block logits, fresh cache or None)."""
+    window = (block_start, bl)
+    if cached is None:
+      return guide(logits_fn(model_input(x), seg2, pos2, output_window=window)), None
+    logits, cache = cached.full(model_input(x), seg2, pos2, output_window=window)
+    return guide(logits), cache
+
+  def window_logits(x, block_start, cache):
+    """Recomputes the block (dual) or the block and after (prefix) only."""
+    width = bl if sc.cache == 'dual' else t - block_start
+    xw = jax.lax.dynamic_slice_in_dim(model_input(x), block_start, width, axis=1)
+    logits, cache = cached.window(xw, block_start, cache, seg2, pos2,
+                                  output_length=bl)
+    return guide(logits), cache
+
+  def step(state: SamplerState, cache, block_start, num_masked, i):
+    """One denoising step on the block at `block_start` (its i-th step)."""
     window = lambda a: jax.lax.dynamic_slice_in_dim(a, block_start, bl, axis=1)
-    num_masked = jnp.sum(window(state.tokens) == mask_id, axis=1)
+    if sc.cache == 'none':
+      logits, _ = full_logits(state.tokens, block_start)
+    else:
+      refresh = i == 0
+      if sc.cache_refresh > 0:
+        refresh = refresh | (i % sc.cache_refresh == 0)
+      logits, cache = jax.lax.cond(
+          refresh, lambda: full_logits(state.tokens, block_start),
+          lambda: window_logits(state.tokens, block_start, cache))
+    x = window(state.tokens)
+    candidates, confidence = remasking.candidates_and_confidence(
+        logits, jax.random.fold_in(key, state.nfe), temperature=sc.temperature,
+        remasking=sc.remasking, mask_id=mask_id, eos_id=eos_id, eot_id=eot_id,
+        logits_eos_inf=sc.logits_eos_inf,
+        confidence_eos_eot_inf=sc.confidence_eos_eot_inf)
+    eligible = x == mask_id
+    if sc.parallel == 'threshold':
+      commit = select_threshold(confidence, eligible, sc.threshold)
+    elif sc.parallel == 'factor':
+      commit = select_factor(confidence, eligible, sc.factor)
+    else:
+      commit = select_fn(confidence, eligible,
+                         tokens_per_step(num_masked, steps_per_block, i))
+    put = lambda full, blk: jax.lax.dynamic_update_slice_in_dim(
+        full, blk, block_start, axis=1)
+    return SamplerState(
+        tokens=put(state.tokens, jnp.where(commit, candidates, x)),
+        commit_step=put(state.commit_step,
+                        jnp.where(commit, state.nfe, window(state.commit_step))),
+        nfe=state.nfe + 1), cache
 
-    def step_body(state: SamplerState, step: jax.Array):
-      x = window(state.tokens)
-      global_step = block * steps_per_block + step
-      candidates, confidence = remasking.candidates_and_confidence(
-          block_logits(state.tokens, block_start), jax.random.fold_in(key, global_step),
-          temperature=sc.temperature, remasking=sc.remasking, mask_id=mask_id,
-          eos_id=eos_id, eot_id=eot_id, logits_eos_inf=sc.logits_eos_inf,
-          confidence_eos_eot_inf=sc.confidence_eos_eot_inf)
-      eligible = x == mask_id
-      k = tokens_per_step(num_masked, steps_per_block, step)
-      commit = select_fn(confidence, eligible, k)
-      put = lambda full, blk: jax.lax.dynamic_update_slice_in_dim(
-          full, blk, block_start, axis=1)
-      return SamplerState(
-          tokens=put(state.tokens, jnp.where(commit, candidates, x)),
-          commit_step=put(state.commit_step,
-                          jnp.where(commit, global_step, window(state.commit_step)))
-      ), None
+  def empty_cache():
+    if sc.cache == 'none':
+      return None
+    shapes = jax.eval_shape(lambda x: cached.full(x, seg2, pos2, output_window=(0, bl)),
+                            model_input(canvas))[1]
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
-    state, _ = jax.lax.scan(step_body, state, jnp.arange(steps_per_block))
-    return state, None
+  def run_block(state: SamplerState, block_start):
+    masked = lambda st: jax.lax.dynamic_slice_in_dim(st.tokens, block_start, bl,
+                                                     axis=1) == mask_id
+    num_masked = jnp.sum(masked(state), axis=1)
+    cache = empty_cache()
+    if sc.parallel == 'fixed':
+      def body(carry, i):
+        st, c = carry
+        return step(st, c, block_start, num_masked, i), None
+      (state, _), _ = jax.lax.scan(body, (state, cache), jnp.arange(steps_per_block))
+      return state
 
-  init = SamplerState(tokens=canvas.astype(jnp.int32),
-                      commit_step=jnp.full((b, t), -1, jnp.int32))
-  state, _ = jax.lax.scan(block_body, init, jnp.arange(num_blocks))
+    def cond(carry):
+      st, _, i = carry
+      return jnp.any(masked(st)) & (i < bl)  # Each step commits >= 1 per row.
+
+    def body(carry):
+      st, c, i = carry
+      st, c = step(st, c, block_start, num_masked, i)
+      return st, c, i + 1
+    state, _, _ = jax.lax.while_loop(cond, body, (state, cache, jnp.int32(0)))
+    return state
+
+  state = SamplerState(tokens=canvas.astype(jnp.int32),
+                       commit_step=jnp.full((b, t), -1, jnp.int32),
+                       nfe=jnp.zeros((), jnp.int32))
+  if sc.cache == 'prefix':  # Static window widths: one traced copy per block.
+    for block in range(num_blocks):
+      state = run_block(state, start + block * bl)
+    return state
+  state, _ = jax.lax.scan(lambda st, blk: (run_block(st, start + blk * bl), None),
+                          state, jnp.arange(num_blocks))
   return state
 
 
@@ -160,8 +297,12 @@ def denoise(logits_fn: LogitsFn, canvas: jax.Array, segment_ids: jax.Array | Non
 def _sample_model(params, canvas, segment_ids, positions, key, *, config: ModelConfig,
                   sampling: SamplingConfig, start: int) -> SamplerState:
   logits_fn = functools.partial(model_lib.forward, params, config=config)
+  cached = CachedModel(
+      full=functools.partial(model_lib.forward_with_cache, params, config=config),
+      window=functools.partial(model_lib.forward_window, params, config=config))
   return denoise(logits_fn, canvas, segment_ids, positions, key, sampling=sampling,
-                 start=start, eos_id=config.eos_id, eot_id=config.eot_id)
+                 start=start, eos_id=config.eos_id, eot_id=config.eot_id,
+                 cached=cached)
 
 
 def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
