@@ -1,13 +1,20 @@
-r"""Sampling speed of the denoising sampler, variants side by side; prints a table.
+r"""Sampling speed, every variant side by side in one run; prints a table.
 
   python -m launch.bench_sampler                       # tiny preset, CPU-sized
   python -m launch.bench_sampler --preset=llada_8b --dtype=bfloat16 \
-      --prompt_len=128 --gen_length=256 --block_length=32 --tokens_per_step=1,8
+      --prompt_len=128 --gen_length=256 --block_length=32 --tokens_per_step=8
+  python -m launch.bench_sampler --workdir=/tmp/dllm   # a trained checkpoint
 
-Random weights (speed does not depend on them). Each variant commits a fixed
-number of tokens per step (steps = gen_length / tokens_per_step) with full
-recompute of the canvas every step; compile time is excluded; the time is the
-median of --repeats runs.
+Variants: (a) uncached, 1 token/step (the LLaDA reference loop); (b) uncached,
+fixed k tokens/step; prefix and dual block KV caches at k tokens/step; (c)
+threshold decoding (Fast-dLLM, --threshold) with the dual cache; (d) the
+autoregressive twin (same shape, causal) decoding greedily with a KV cache,
+the same number of new tokens. Random weights unless --workdir (speed does not
+depend on them, but the adaptive rule's tokens/step does: random weights are
+never confident, so threshold decoding commits ~1 token/step there). Compile
+time is excluded; times are the median of --repeats runs; tokens/step is
+new tokens / denoising steps taken; "agree" is the fraction of generated tokens
+equal to variant (a)'s.
 """
 
 import time
@@ -16,60 +23,109 @@ from absl import app, flags
 
 from launch import cli
 
-_PRESET = flags.DEFINE_string('preset', 'tiny', 'Model preset.')
+_PRESET = flags.DEFINE_string('preset', 'tiny', 'Model preset (random weights).')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Use this checkpoint instead.')
 _DTYPE = flags.DEFINE_string('dtype', 'float32', 'Compute and parameter dtype.')
 _BATCH = flags.DEFINE_list('batch', ['1'], 'Batch sizes.')
 _PROMPT_LEN = flags.DEFINE_integer('prompt_len', 32, 'Prompt tokens.')
 _GEN_LENGTH = flags.DEFINE_integer('gen_length', 64, 'Generated tokens.')
 _BLOCK_LENGTH = flags.DEFINE_integer('block_length', 16, 'Block length.')
-_TOKENS_PER_STEP = flags.DEFINE_list('tokens_per_step', ['1', '4'],
-                                     'Fixed tokens committed per step.')
+_TOKENS_PER_STEP = flags.DEFINE_list('tokens_per_step', ['4'],
+                                     'Fixed tokens per step of variant (b) and caches.')
+_THRESHOLD = flags.DEFINE_float('threshold', 0.9, 'Threshold of variant (c).')
+_VARIANTS = flags.DEFINE_list(
+    'variants', ['uncached_1', 'uncached_k', 'prefix_k', 'dual_k', 'dual_threshold',
+                 'ar_cached'], 'Variants to run.')
+_NOISE = flags.DEFINE_enum('noise', 'counter', ['jax', 'counter'],
+                           "Sampler noise ('counter': the fused kernel on GPU).")
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed runs per variant.')
 
 
 def main(argv):
   cli.start(argv)
+  import dataclasses  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from dllm_jax import model, presets  # pylint: disable=g-import-not-at-top
+  from dllm_jax.sampling import autoregressive as ar  # pylint: disable=g-import-not-at-top
   from dllm_jax.sampling import generate as gen  # pylint: disable=g-import-not-at-top
+  from dllm_jax.training import checkpoint  # pylint: disable=g-import-not-at-top
 
-  cfg = presets.get_preset(_PRESET.value, dtype=_DTYPE.value, param_dtype=_DTYPE.value)
-  params = jax.jit(model.init_params, static_argnums=0)(cfg, jax.random.key(0))
+  if _WORKDIR.value:
+    cfg, params, _ = checkpoint.restore_for_inference(_WORKDIR.value)
+    name = _WORKDIR.value
+  else:
+    cfg = presets.get_preset(_PRESET.value, dtype=_DTYPE.value,
+                             param_dtype=_DTYPE.value)
+    params = jax.jit(model.init_params, static_argnums=0)(cfg, jax.random.key(0))
+    name = f'{_PRESET.value} (random weights)'
+  ar_cfg = dataclasses.replace(cfg, causal=True)
   dev = jax.devices()[0]
-  print(f'device: {dev.device_kind} ({dev.platform}); preset {cfg} ', flush=True)
+  print(f'device: {dev.device_kind} ({dev.platform}); {name}; '
+        f'{cfg.num_params() / 1e9:.3f}B params', flush=True)
+  g, bl = _GEN_LENGTH.value, _BLOCK_LENGTH.value
+  base = gen.SamplingConfig(steps=g, gen_length=g, block_length=bl, noise=_NOISE.value)
+  k = int(_TOKENS_PER_STEP.value[0])
+  variants = {
+      'uncached_1': ('(a) uncached, 1/step', base),
+      'uncached_k': (f'(b) uncached, {k}/step', dataclasses.replace(base, steps=g // k)),
+      'prefix_k': (f'prefix cache, {k}/step',
+                   dataclasses.replace(base, steps=g // k, cache='prefix')),
+      'dual_k': (f'dual cache, {k}/step',
+                 dataclasses.replace(base, steps=g // k, cache='dual')),
+      'dual_threshold': (f'(c) dual cache, threshold {_THRESHOLD.value}',
+                         dataclasses.replace(base, cache='dual', parallel='threshold',
+                                             threshold=_THRESHOLD.value)),
+      'ar_cached': ('(d) AR twin, KV cache, greedy', None),
+  }
+  unknown = set(_VARIANTS.value) - set(variants)
+  if unknown:
+    raise app.UsageError(f'unknown variants {sorted(unknown)}; known: {list(variants)}')
+
+  def timed(run):
+    t0 = time.perf_counter()
+    out = run()
+    compile_s = time.perf_counter() - t0
+    times = []
+    for _ in range(_REPEATS.value):
+      t0 = time.perf_counter()
+      out = run()
+      times.append(time.perf_counter() - t0)
+    return out, float(np.median(times)), compile_s
+
   rows = []
   for b in map(int, _BATCH.value):
     prompt = np.random.default_rng(0).integers(0, 200, (b, _PROMPT_LEN.value))
-    for k in map(int, _TOKENS_PER_STEP.value):
-      steps = _GEN_LENGTH.value // k
-      sc = gen.SamplingConfig(steps=steps, gen_length=_GEN_LENGTH.value,
-                              block_length=_BLOCK_LENGTH.value)
-      run = lambda: gen.generate(params, prompt, jax.random.key(1), config=cfg,
-                                 sampling=sc).block_until_ready()
-      t0 = time.perf_counter()
-      run()
-      compile_s = time.perf_counter() - t0
-      times = []
-      for _ in range(_REPEATS.value):
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
-      t = float(np.median(times))
+    reference = None
+    for v in _VARIANTS.value:
+      label, sc = variants[v]
+      if sc is None:
+        run = lambda: ar.greedy(params, prompt, config=ar_cfg,
+                                gen_length=g).block_until_ready()
+        tokens, t, compile_s = timed(run)
+        steps, agree = g, '-'
+      else:
+        run = lambda sc=sc: jax.block_until_ready(gen.sample(
+            params, prompt, jax.random.key(1), config=cfg, sampling=sc))
+        state, t, compile_s = timed(run)
+        tokens, steps = np.asarray(state.tokens), int(state.nfe)
+        if reference is None and v == 'uncached_1':
+          reference = tokens
+        agree = ('-' if reference is None else
+                 f'{np.mean(tokens[:, -g:] == reference[:, -g:]):.3f}')
       stats = dev.memory_stats() or {}
       peak = stats.get('peak_bytes_in_use')
-      rows.append((b, f'fixed {k}/step', steps, b * _GEN_LENGTH.value / t,
-                   1e3 * t / steps, k, compile_s,
-                   '-' if peak is None else f'{peak / 2**30:.1f}'))
-      print(f'  batch {b}, {k} tokens/step: {rows[-1][3]:.1f} tokens/s', flush=True)
-  print(f'\n{_PRESET.value}, {_DTYPE.value}, prompt {_PROMPT_LEN.value}, gen_length '
-        f'{_GEN_LENGTH.value}, block {_BLOCK_LENGTH.value}, on {dev.device_kind}\n')
-  print('| batch | variant | steps | tokens/s | ms/step | tokens/step | '
+      rows.append((b, label, steps, b * g / t, 1e3 * t / steps, g / steps, agree,
+                   compile_s, '-' if peak is None else f'{peak / 2**30:.1f}'))
+      print(f'  batch {b}, {label}: {rows[-1][3]:,.1f} tokens/s', flush=True)
+  print(f'\n{name}, {cfg.dtype}, prompt {_PROMPT_LEN.value}, gen_length {g}, block '
+        f'{bl}, noise {_NOISE.value}, on {dev.device_kind}\n')
+  print('| batch | variant | steps | tokens/s | ms/step | tokens/step | agree | '
         'compile s | peak GiB |')
-  print('|---|---|---|---|---|---|---|---|')
+  print('|---|---|---|---|---|---|---|---|---|')
   for r in rows:
-    print(f'| {r[0]} | {r[1]} | {r[2]} | {r[3]:,.1f} | {r[4]:.2f} | {r[5]} | '
-          f'{r[6]:.1f} | {r[7]} |')
+    print(f'| {r[0]} | {r[1]} | {r[2]} | {r[3]:,.1f} | {r[4]:.2f} | {r[5]:.2f} | '
+          f'{r[6]} | {r[7]:.1f} | {r[8]} |')
 
 
 if __name__ == '__main__':

@@ -155,3 +155,27 @@ def test_approximate_caches_fill_every_mask(tiny, cache):
 def test_bad_fast_sampling_settings(tiny, kwargs, match):
   with pytest.raises(ValueError, match=match):
     _sample(tiny, **kwargs)
+
+
+def test_autoregressive_kv_cache_decoder_equals_full_recompute():
+  from dllm_jax.sampling import autoregressive as ar
+  cfg = presets.get_preset('tiny', causal=True, n_layers=2, d_model=64, n_heads=4,
+                           d_ff=128, max_len=64)
+  params = model.init_params(cfg, jax.random.key(4))
+  prompt = np.random.default_rng(0).integers(0, 256, (3, 9))
+  want = ar.greedy(params, prompt, config=cfg, gen_length=24, cache=False)
+  got = ar.greedy(params, prompt, config=cfg, gen_length=24, cache=True)
+  np.testing.assert_array_equal(got, want)
+
+
+def test_counter_noise_sampler_is_reproducible_and_fills_masks(tiny):
+  cfg, _ = tiny
+  a = _sample(tiny, noise='counter', temperature=1.0, cache='dual',
+              parallel='threshold', threshold=0.5)
+  b = _sample(tiny, noise='counter', temperature=1.0, cache='dual',
+              parallel='threshold', threshold=0.5)
+  np.testing.assert_array_equal(a.tokens, b.tokens)
+  p = _prompts()[0].shape[1]
+  assert not np.any(np.asarray(a.tokens)[:, p:] == cfg.mask_id)
+  c = _sample(tiny, noise='jax', temperature=1.0)
+  assert not np.array_equal(a.tokens, c.tokens)

@@ -45,3 +45,28 @@ def test_bf16_sampler_runs_and_fills_every_mask():
   out = gen.generate(params, np.ones((4, 16), np.int32), jax.random.key(1),
                      config=cfg, sampling=sc)
   assert not np.any(np.asarray(out) == cfg.mask_id)
+
+
+@pytest.mark.parametrize('temperature', [0.0, 1.0])
+def test_compiled_kernel_equals_twin_at_llada_vocabulary(temperature):
+  from dllm_jax.sampling import fused
+  logits = (jax.random.normal(jax.random.key(0), (4 * 384 + 5, 126_464)) * 3).astype(
+      jnp.bfloat16)
+  seed = fused.seed_from_key(jax.random.key(1))
+  kw = dict(temperature=temperature, mask_id=126_336, eos_id=126_081)
+  want = jax.jit(lambda x: fused.candidates_jnp(x, seed, **kw))(logits)
+  got = jax.jit(lambda x: fused.candidates_pallas(x, seed, **kw))(logits)
+  # bf16 inputs, float32 math in both: exact candidates but for float-rounding
+  # near-ties in the exp sums; confidences to float tolerance.
+  assert np.mean(np.asarray(got[0]) == np.asarray(want[0])) > 0.999
+  np.testing.assert_allclose(got[1], want[1], rtol=1e-4, atol=1e-6)
+
+
+def test_dual_cache_threshold_sampler_runs_bf16_with_the_kernel():
+  cfg = _cfg()
+  params = model.init_params(cfg, jax.random.key(0))
+  sc = gen.SamplingConfig(steps=16, gen_length=64, block_length=16, cache='dual',
+                          parallel='threshold', noise='counter', temperature=1.0)
+  state = gen.sample(params, np.full((2, 16), 65), jax.random.key(1), config=cfg,
+                     sampling=sc)
+  assert not np.any(np.asarray(state.tokens)[:, 16:] == cfg.mask_id)

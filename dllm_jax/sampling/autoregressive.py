@@ -1,7 +1,9 @@
-"""Greedy decoding for the autoregressive twin (`causal=True`), without a cache.
+"""Greedy decoding for the autoregressive twin (`causal=True`).
 
-Each new token reruns the forward over the fixed canvas (prompt + gen_length);
-the output head runs on one position. The KV-cached decoder is a later step.
+`greedy(..., cache=True)` (the default) prefills the prompt once and then runs
+one position per token against a KV cache of the canvas; `cache=False` reruns
+the forward over the whole canvas (prompt + gen_length) for every token (the
+reference the cached decoder is tested against).
 """
 
 from __future__ import annotations
@@ -30,8 +32,38 @@ def _greedy(params, prompt, *, config: ModelConfig, gen_length: int):
   return jax.lax.fori_loop(0, gen_length, body, canvas)
 
 
+@functools.partial(jax.jit, static_argnames=('config', 'gen_length'))
+def _greedy_cached(params, prompt, *, config: ModelConfig, gen_length: int):
+  b, p = prompt.shape
+  t = p + gen_length
+  canvas = jnp.concatenate(
+      [prompt.astype(jnp.int32), jnp.full((b, gen_length), config.pad_id, jnp.int32)], 1)
+
+  def pick(logits):
+    logits = logits[:, 0].astype(jnp.float32).at[:, config.mask_id].set(-jnp.inf)
+    return jnp.argmax(logits, -1).astype(jnp.int32)
+
+  # Prefill: the causal forward over the canvas caches every position's keys
+  # and values; only those of the prompt are used (the rest are masked below).
+  logits, cache = model_lib.forward_with_cache(params, canvas, config=config,
+                                               output_window=(p - 1, 1))
+  canvas = canvas.at[:, p].set(pick(logits))
+
+  def body(i, carry):
+    canvas, cache = carry
+    pos = p + i - 1  # The newest token; it attends to positions <= pos.
+    seg = jnp.where(jnp.arange(t) <= pos, 1, 2)[None, :].repeat(b, 0)
+    token = jax.lax.dynamic_slice_in_dim(canvas, pos, 1, axis=1)
+    logits, cache = model_lib.forward_window(params, token, pos, cache, seg,
+                                             config=config, output_length=1)
+    return canvas.at[:, pos + 1].set(pick(logits)), cache
+
+  canvas, _ = jax.lax.fori_loop(1, gen_length, body, (canvas, cache))
+  return canvas
+
+
 def greedy(params: model_lib.Params, prompt, *, config: ModelConfig,
-           gen_length: int) -> jax.Array:
+           gen_length: int, cache: bool = True) -> jax.Array:
   """prompt int [B, P] -> [B, P + gen_length], each new token the argmax."""
   if not config.causal:
     raise ValueError('greedy autoregressive decoding needs a causal model '
@@ -39,4 +71,5 @@ def greedy(params: model_lib.Params, prompt, *, config: ModelConfig,
   if prompt.shape[1] + gen_length > config.max_len:
     raise ValueError(f'prompt length {prompt.shape[1]} + gen_length {gen_length} '
                      f'exceeds the model max_len {config.max_len}.')
-  return _greedy(params, jnp.asarray(prompt), config=config, gen_length=gen_length)
+  fn = _greedy_cached if cache else _greedy
+  return fn(params, jnp.asarray(prompt), config=config, gen_length=gen_length)

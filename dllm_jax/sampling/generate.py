@@ -75,6 +75,10 @@ class SamplingConfig:
   # `cache_refresh` = n > 0, every n steps within a block.
   cache: str = 'none'
   cache_refresh: int = 0
+  # Randomness and the hot path: 'jax' (jax.random, replayable by the NumPy
+  # reference) or 'counter' (hashed per step/row/column; the fused Pallas kernel
+  # on GPU, its jnp twin elsewhere; see sampling/fused.py).
+  noise: str = 'jax'
 
   def validate(self, prompt_length: int = 0, max_len: int | None = None) -> None:
     """Raises ValueError with a one-line message on a bad combination."""
@@ -91,6 +95,9 @@ class SamplingConfig:
     if self.parallel not in PARALLEL:
       raise ValueError(f'unknown parallel decoding {self.parallel!r}; known: '
                        f'{", ".join(PARALLEL)}.')
+    if self.noise not in remasking.NOISES:
+      raise ValueError(f'unknown noise {self.noise!r}; known: '
+                       f'{", ".join(remasking.NOISES)}.')
     if self.cache not in CACHES:
       raise ValueError(f'unknown cache {self.cache!r}; known: {", ".join(CACHES)}.')
     if not 0.0 < self.threshold <= 1.0:
@@ -234,7 +241,7 @@ def denoise(logits_fn: LogitsFn, canvas: jax.Array, segment_ids: jax.Array | Non
         logits, jax.random.fold_in(key, state.nfe), temperature=sc.temperature,
         remasking=sc.remasking, mask_id=mask_id, eos_id=eos_id, eot_id=eot_id,
         logits_eos_inf=sc.logits_eos_inf,
-        confidence_eos_eot_inf=sc.confidence_eos_eot_inf)
+        confidence_eos_eot_inf=sc.confidence_eos_eot_inf, noise=sc.noise)
     eligible = x == mask_id
     if sc.parallel == 'threshold':
       commit = select_threshold(confidence, eligible, sc.threshold)

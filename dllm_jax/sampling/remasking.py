@@ -28,10 +28,14 @@ def step_uniforms(key: jax.Array, shape: tuple[int, ...],
   return u_gumbel, u_random
 
 
+NOISES = ('jax', 'counter')
+
+
 def candidates_and_confidence(
     logits: jax.Array, key: jax.Array, *, temperature: float, remasking: str,
     mask_id: int, eos_id: int, eot_id: int, logits_eos_inf: bool = False,
-    confidence_eos_eot_inf: bool = False) -> tuple[jax.Array, jax.Array]:
+    confidence_eos_eot_inf: bool = False, noise: str = 'jax',
+    kernel_interpret: bool = False) -> tuple[jax.Array, jax.Array]:
   """Candidate token and its confidence at every position.
 
   Args:
@@ -42,6 +46,10 @@ def candidates_and_confidence(
       computed in log space as `l - temperature * log(-log u)`.
     remasking: 'low_confidence' (softmax probability of the candidate under the
       un-noised logits) or 'random' (uniform).
+    noise: 'jax' draws from `jax.random` (replayable by references); 'counter'
+      hashes (seed, row, column) and runs the fused Pallas kernel where it
+      compiles (GPU), its jnp twin elsewhere (`fused.py`); `kernel_interpret`
+      runs the kernel in interpret mode (tests).
     mask_id: never a candidate (its logit is set to -inf first; the reference
       relies on a trained model never predicting it, an untrained one may).
     logits_eos_inf: EOS logit set to -inf before anything else.
@@ -51,6 +59,14 @@ def candidates_and_confidence(
   Returns:
     (candidates int32 [B, T], confidence float32 [B, T]).
   """
+  if noise == 'counter':
+    return _counter_candidates(logits, key, temperature=temperature,
+                               remasking=remasking, mask_id=mask_id, eos_id=eos_id,
+                               eot_id=eot_id, logits_eos_inf=logits_eos_inf,
+                               confidence_eos_eot_inf=confidence_eos_eot_inf,
+                               interpret=kernel_interpret)
+  if noise != 'jax':
+    raise ValueError(f'unknown noise {noise!r}; known: {NOISES}.')
   logits = logits.astype(jnp.float32).at[..., mask_id].set(-jnp.inf)
   if logits_eos_inf:
     logits = logits.at[..., eos_id].set(-jnp.inf)
@@ -89,3 +105,22 @@ def select_top_k(confidence: jax.Array, eligible: jax.Array,
   """
   rank = rank_by_confidence(confidence, eligible)
   return (rank < k[:, None]) & eligible
+
+
+def _counter_candidates(logits, key, *, temperature, remasking, mask_id, eos_id,
+                        eot_id, logits_eos_inf, confidence_eos_eot_inf, interpret):
+  from dllm_jax.sampling import fused  # pylint: disable=g-import-not-at-top
+  seed = fused.seed_from_key(key)
+  candidates, confidence = fused.candidates(
+      logits, seed, temperature=temperature, mask_id=mask_id,
+      eos_id=eos_id if logits_eos_inf else None, interpret=interpret)
+  if remasking == 'random':
+    shape = candidates.shape
+    rows = jnp.arange(candidates.size, dtype=jnp.uint32).reshape(shape)
+    confidence = fused.counter_uniform(seed[1], seed[0], rows, jnp.uint32(0))
+  elif remasking != 'low_confidence':
+    raise ValueError(f'unknown remasking {remasking!r}; known: {REMASKING}.')
+  if confidence_eos_eot_inf:
+    special = (candidates == eos_id) | (candidates == eot_id)
+    confidence = jnp.where(special, -jnp.inf, confidence)
+  return candidates, confidence

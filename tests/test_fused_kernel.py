@@ -1,0 +1,83 @@
+"""The fused candidate/confidence Pallas kernel (interpret mode on CPU) equals its
+jnp twin; the twin equals the plain remasking path; counter noise is uniform."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dllm_jax.sampling import fused, remasking
+
+SEED = fused.seed_from_key(jax.random.key(7))
+
+
+def _both(logits, temperature, mask_id=3, eos_id=None, rows=8, tile=128):
+  want = fused.candidates_jnp(logits, SEED, temperature=temperature, mask_id=mask_id,
+                              eos_id=eos_id)
+  got = fused.candidates_pallas(logits, SEED, temperature=temperature,
+                                mask_id=mask_id, eos_id=eos_id, rows=rows, tile=tile,
+                                interpret=True)
+  return want, got
+
+
+@pytest.mark.parametrize('temperature', [0.0, 0.7, 1.0])
+@pytest.mark.parametrize('v', [128, 1000])  # 1000: not a multiple of the tile.
+def test_kernel_equals_twin_on_random_logits(temperature, v):
+  logits = jax.random.normal(jax.random.key(0), (21, v)) * 4  # 21: rows padded.
+  (wc, wp), (gc, gp) = _both(logits, temperature)
+  np.testing.assert_array_equal(gc, wc)
+  np.testing.assert_allclose(gp, wp, rtol=1e-5)
+  assert not np.any(np.asarray(gc) == 3)  # The mask token never wins.
+
+
+def test_kernel_equals_twin_with_ties_and_minus_inf():
+  logits = np.zeros((16, 300), np.float32)  # All tied: the first allowed index.
+  logits[1, 250:] = 5.0  # A tie across tiles: the first one wins.
+  logits[2, :] = -np.inf
+  logits[2, 299] = 1.0  # Only the last (tail-tile) entry is finite.
+  logits[3, :200] = -np.inf
+  (wc, wp), (gc, gp) = _both(jnp.asarray(logits), 0.0)
+  np.testing.assert_array_equal(gc, wc)
+  np.testing.assert_allclose(gp, wp, rtol=1e-6)
+  assert list(np.asarray(gc)[:4]) == [0, 250, 299, 200]
+  np.testing.assert_allclose(np.asarray(gp)[2], 1.0)
+
+
+def test_kernel_takes_bf16_logits_and_excludes_eos():
+  logits = (jax.random.normal(jax.random.key(1), (32, 500)) * 3).astype(jnp.bfloat16)
+  logits = logits.at[:, 9].set(50.0)  # EOS would win everywhere ...
+  for t in (0.0, 1.0):
+    (wc, wp), (gc, gp) = _both(logits, t, eos_id=9)
+    np.testing.assert_array_equal(gc, wc)
+    np.testing.assert_allclose(gp, wp, rtol=1e-5)
+    assert not np.any(np.asarray(gc) == 9)  # ... but logits_eos_inf removes it.
+
+
+def test_twin_matches_the_plain_path_without_noise():
+  logits = jax.random.normal(jax.random.key(2), (2, 8, 64)) * 3
+  kw = dict(temperature=0.0, remasking='low_confidence', mask_id=3, eos_id=9, eot_id=8)
+  want = remasking.candidates_and_confidence(logits, jax.random.key(0), **kw)
+  got = remasking.candidates_and_confidence(logits, jax.random.key(0), noise='counter',
+                                            **kw)
+  got_kernel = remasking.candidates_and_confidence(
+      logits, jax.random.key(0), noise='counter', kernel_interpret=True, **kw)
+  for g in (got, got_kernel):
+    np.testing.assert_array_equal(g[0], want[0])
+    np.testing.assert_allclose(g[1], want[1], rtol=1e-5)
+
+
+def test_counter_noise_is_uniform_and_depends_on_every_input():
+  rows = jnp.arange(200, dtype=jnp.uint32)[:, None]
+  cols = jnp.arange(500, dtype=jnp.uint32)[None, :]
+  u = np.asarray(fused.counter_uniform(SEED[0], SEED[1], rows, cols))
+  assert 0 < u.min() and u.max() < 1
+  hist = np.histogram(u, bins=10, range=(0, 1))[0] / u.size
+  np.testing.assert_allclose(hist, 0.1, atol=0.005)  # 100k draws.
+  assert abs(np.corrcoef(u[:, :-1].ravel(), u[:, 1:].ravel())[0, 1]) < 0.01
+  other = np.asarray(fused.counter_uniform(SEED[0] + 1, SEED[1], rows, cols))
+  assert np.mean(u == other) < 0.001
+  # Gumbel argmax sampling follows the softmax: frequencies of a 4-way choice.
+  logits = jnp.log(jnp.asarray([[0.1, 0.2, 0.3, 0.4]] * 20000))
+  cand, _ = fused.candidates_jnp(logits, SEED, temperature=1.0, mask_id=99)
+  freq = np.bincount(np.asarray(cand), minlength=4) / 20000
+  np.testing.assert_allclose(freq, [0.1, 0.2, 0.3, 0.4], atol=0.015)
