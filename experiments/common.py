@@ -22,12 +22,12 @@ from dllm_jax.training import train_step as ts  # pylint: disable=g-import-not-a
 TOKENIZER = ByteTokenizer()
 
 
-def padded_rows(texts: list[str], length: int) -> dict[str, np.ndarray]:
+def padded_rows(texts: list[str], length: int, tokenizer=TOKENIZER) -> dict[str, np.ndarray]:
   """Each text as one row: BOS text EOS, then padding (segment 0, never masked)."""
-  tokens = np.full((len(texts), length), TOKENIZER.pad_id, np.int32)
+  tokens = np.full((len(texts), length), tokenizer.pad_id, np.int32)
   seg = np.zeros((len(texts), length), np.int32)
   for i, text in enumerate(texts):
-    ids = TOKENIZER.encode(text, add_bos=True, add_eos=True)
+    ids = tokenizer.encode(text, add_bos=True, add_eos=True)
     if len(ids) > length:
       raise ValueError(f'{text!r} is {len(ids)} tokens, longer than a row ({length}).')
     tokens[i, :len(ids)] = ids
@@ -35,13 +35,14 @@ def padded_rows(texts: list[str], length: int) -> dict[str, np.ndarray]:
   return {'tokens': tokens, 'segment_ids': seg}
 
 
-def packed_rows(texts: list[str], length: int, seed: int = 0) -> dict[str, np.ndarray]:
+def packed_rows(texts: list[str], length: int, seed: int = 0,
+                tokenizer=TOKENIZER) -> dict[str, np.ndarray]:
   """Texts (BOS text EOS each) packed first-fit into rows of `length`, each its own
   segment with positions from 0; the rest of a row is padding (segment 0)."""
   order = np.random.default_rng(seed).permutation(len(texts))
   rows = []  # Each: list of id arrays.
   for i in order:
-    ids = TOKENIZER.encode(texts[i], add_bos=True, add_eos=True)
+    ids = tokenizer.encode(texts[i], add_bos=True, add_eos=True)
     if len(ids) > length:
       raise ValueError(f'{texts[i]!r} is {len(ids)} tokens, longer than a row ({length}).')
     for row in rows:
@@ -50,7 +51,7 @@ def packed_rows(texts: list[str], length: int, seed: int = 0) -> dict[str, np.nd
         break
     else:
       rows.append([ids])
-  tokens = np.full((len(rows), length), TOKENIZER.pad_id, np.int32)
+  tokens = np.full((len(rows), length), tokenizer.pad_id, np.int32)
   seg = np.zeros((len(rows), length), np.int32)
   pos = np.zeros((len(rows), length), np.int32)
   for r, row in enumerate(rows):
@@ -62,7 +63,13 @@ def packed_rows(texts: list[str], length: int, seed: int = 0) -> dict[str, np.nd
   return {'tokens': tokens, 'segment_ids': seg, 'positions': pos}
 
 
-def model_config(causal: bool, **shape) -> presets.ModelConfig:
+def model_config(causal: bool, tokenizer=TOKENIZER, **shape) -> presets.ModelConfig:
+  """The `tiny` preset; with another tokenizer, its ids and vocabulary (rounded
+  up to a multiple of 128), as the trainer does."""
+  if tokenizer.name != 'byte':
+    shape = {'vocab_size': -(-tokenizer.vocab_size // 128) * 128,
+             **{f'{r}_id': getattr(tokenizer, f'{r}_id')
+                for r in ('mask', 'bos', 'eos', 'eot', 'pad')}, **shape}
   return presets.get_preset('tiny', causal=causal, **shape)
 
 

@@ -27,7 +27,9 @@ _PRESET = flags.DEFINE_string('preset', 'tiny', 'Model preset (random weights).'
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Use this checkpoint instead.')
 _DTYPE = flags.DEFINE_string('dtype', 'float32', 'Compute and parameter dtype.')
 _BATCH = flags.DEFINE_list('batch', ['1'], 'Batch sizes.')
-_PROMPT_LEN = flags.DEFINE_integer('prompt_len', 32, 'Prompt tokens.')
+_PROMPT_LEN = flags.DEFINE_integer('prompt_len', 32, 'Prompt tokens (random ids).')
+_PROMPT = flags.DEFINE_string('prompt', None, 'Prompt text instead of random ids '
+                              '(with --workdir: its tokenizer; BOS first).')
 _GEN_LENGTH = flags.DEFINE_integer('gen_length', 64, 'Generated tokens.')
 _BLOCK_LENGTH = flags.DEFINE_integer('block_length', 16, 'Block length.')
 _TOKENS_PER_STEP = flags.DEFINE_list('tokens_per_step', ['4'],
@@ -51,8 +53,9 @@ def main(argv):
   from dllm_jax.sampling import generate as gen  # pylint: disable=g-import-not-at-top
   from dllm_jax.training import checkpoint  # pylint: disable=g-import-not-at-top
 
+  tokenizer = None
   if _WORKDIR.value:
-    cfg, params, _ = checkpoint.restore_for_inference(_WORKDIR.value)
+    cfg, params, tokenizer = checkpoint.restore_for_inference(_WORKDIR.value)
     name = _WORKDIR.value
   else:
     cfg = presets.get_preset(_PRESET.value, dtype=_DTYPE.value,
@@ -95,7 +98,13 @@ def main(argv):
 
   rows = []
   for b in map(int, _BATCH.value):
-    prompt = np.random.default_rng(0).integers(0, 200, (b, _PROMPT_LEN.value))
+    if _PROMPT.value is not None:
+      if tokenizer is None:
+        from dllm_jax.data.tokenizer import ByteTokenizer  # pylint: disable=g-import-not-at-top
+        tokenizer = ByteTokenizer()
+      prompt = np.tile(tokenizer.encode(_PROMPT.value, add_bos=True), (b, 1))
+    else:
+      prompt = np.random.default_rng(0).integers(0, 200, (b, _PROMPT_LEN.value))
     reference = None
     for v in _VARIANTS.value:
       label, sc = variants[v]
@@ -118,7 +127,9 @@ def main(argv):
       rows.append((b, label, steps, b * g / t, 1e3 * t / steps, g / steps, agree,
                    compile_s, '-' if peak is None else f'{peak / 2**30:.1f}'))
       print(f'  batch {b}, {label}: {rows[-1][3]:,.1f} tokens/s', flush=True)
-  print(f'\n{name}, {cfg.dtype}, prompt {_PROMPT_LEN.value}, gen_length {g}, block '
+  prompt_desc = (repr(_PROMPT.value) if _PROMPT.value is not None else
+                 f'{_PROMPT_LEN.value} random ids')
+  print(f'\n{name}, {cfg.dtype}, prompt {prompt_desc}, gen_length {g}, block '
         f'{bl}, noise {_NOISE.value}, on {dev.device_kind}\n')
   print('| batch | variant | steps | tokens/s | ms/step | tokens/step | agree | '
         'compile s | peak GiB |')

@@ -2,6 +2,7 @@ r"""Samples completions from the latest checkpoint of a workdir.
 
   python -m launch.sample --workdir=/tmp/dllm --prompt='def ' --steps=64 \
       --gen_length=128 --block_length=32 --num_samples=2 --temperature=0.5
+  python -m launch.sample --workdir=/tmp/dllm --parallel=threshold --cache=dual
 """
 
 from absl import app, flags
@@ -26,6 +27,17 @@ _LOGITS_EOS_INF = flags.DEFINE_bool('logits_eos_inf', False,
 _CONF_EOS_EOT_INF = flags.DEFINE_bool(
     'confidence_eos_eot_inf', False,
     'Commit EOS / end-of-turn candidates last in their block.')
+_PARALLEL = flags.DEFINE_enum('parallel', 'fixed', ['fixed', 'threshold', 'factor'],
+                              'fixed: steps; threshold / factor: Fast-dLLM rules.')
+_THRESHOLD = flags.DEFINE_float('threshold', 0.9, 'Confidence threshold (parallel='
+                                'threshold).')
+_FACTOR = flags.DEFINE_float('factor', 1.0, 'Factor (parallel=factor).')
+_CACHE = flags.DEFINE_enum('cache', 'none', ['none', 'prefix', 'dual'],
+                           'Block KV cache.')
+_NOISE = flags.DEFINE_enum('noise', 'jax', ['jax', 'counter'],
+                           "Randomness ('counter': the fused kernel on GPU).")
+_CHAT = flags.DEFINE_bool('chat', None, 'Format the prompt as a user turn of the '
+                          'SFT chat format (default: on for SFT checkpoints).')
 _NUM_SAMPLES = flags.DEFINE_integer('num_samples', None, 'Completions to draw.')
 _SEED = flags.DEFINE_integer('seed', 0, 'PRNG seed.')
 
@@ -37,18 +49,23 @@ def main(argv):
   from dllm_jax.training import checkpoint, trainer  # pylint: disable=g-import-not-at-top
   with cli.one_line_errors():
     model_cfg, params, tokenizer = checkpoint.restore_for_inference(_WORKDIR.value)
-    defaults = checkpoint.read_meta(_WORKDIR.value)['config']['sample']
+    meta = checkpoint.read_meta(_WORKDIR.value)
+    defaults = meta['config']['sample']
     pick = lambda flag, name: defaults[name] if flag.value is None else flag.value
     sampling = gen.SamplingConfig(
         steps=pick(_STEPS, 'steps'), gen_length=pick(_GEN_LENGTH, 'gen_length'),
         block_length=pick(_BLOCK_LENGTH, 'block_length'),
         temperature=pick(_TEMPERATURE, 'temperature'), cfg_scale=_CFG_SCALE.value,
         remasking=_REMASKING.value, logits_eos_inf=_LOGITS_EOS_INF.value,
-        confidence_eos_eot_inf=_CONF_EOS_EOT_INF.value)
+        confidence_eos_eot_inf=_CONF_EOS_EOT_INF.value, parallel=_PARALLEL.value,
+        threshold=_THRESHOLD.value, factor=_FACTOR.value, cache=_CACHE.value,
+        noise=_NOISE.value)
     prompt = pick(_PROMPT, 'prompt')
+    chat = (meta['config']['train']['objective'] == 'sft' if _CHAT.value is None
+            else _CHAT.value)
     texts = trainer.sample_text(params, model_cfg, tokenizer, prompt, sampling,
                                 jax.random.key(_SEED.value),
-                                pick(_NUM_SAMPLES, 'num_samples'))
+                                pick(_NUM_SAMPLES, 'num_samples'), chat=chat)
   for i, text in enumerate(texts):
     print(f'--- sample {i} ---\n{prompt}{text}', flush=True)
 

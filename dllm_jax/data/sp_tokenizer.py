@@ -63,10 +63,11 @@ class SentencePieceTokenizer:
 
 
 def train(texts: Iterable[str], model_prefix: str, *, vocab_size: int = 1024,
-          model_type: str = 'bpe', max_sentences: int = 200_000) -> str:
+          model_type: str = 'bpe', max_sentences: int = 200_000, **options) -> str:
   """Trains a SentencePiece model on `texts` (documents; split into lines).
 
-  Ids: 0 unk, 1 `<s>`, 2 `</s>`, 3 `<pad>`, then `<mask>`, `<eot>`. Returns the
+  Ids: 0 unk, 1 `<s>`, 2 `</s>`, 3 `<pad>`, then `<mask>`, `<eot>`. `options`
+  go to the SentencePiece trainer (e.g. hard_vocab_limit=False). Returns the
   path of the `.model` file.
   """
   import sentencepiece as spm  # pylint: disable=g-import-not-at-top
@@ -88,5 +89,6 @@ def train(texts: Iterable[str], model_prefix: str, *, vocab_size: int = 1024,
       user_defined_symbols=[DEFAULT_SPECIAL_TOKENS['mask'], DEFAULT_SPECIAL_TOKENS['eot']],
       byte_fallback=True, character_coverage=1.0, split_digits=True,
       remove_extra_whitespaces=False, normalization_rule_name='identity',
-      minloglevel=2)
+      add_dummy_prefix=False,  # Concatenated encodings equal the whole's.
+      minloglevel=2, **options)
   return model_prefix + '.model'

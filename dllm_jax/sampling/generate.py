@@ -390,6 +390,20 @@ def generate(params: model_lib.Params, prompt: jax.Array | np.ndarray, key: jax.
                 prompt_mask=prompt_mask).tokens
 
 
+def infill_sample(params: model_lib.Params, canvas: jax.Array | np.ndarray,
+                  key: jax.Array, *, config: ModelConfig, sampling: SamplingConfig,
+                  canvas_mask: jax.Array | np.ndarray | None = None) -> SamplerState:
+  """Like `infill`, returning the `SamplerState` (tokens, commit steps, nfe)."""
+  canvas = jnp.asarray(canvas, jnp.int32)
+  if canvas.ndim != 2:
+    raise ValueError(f'canvas must be [batch, length], got shape {canvas.shape}.')
+  sampling = _resolve(dataclasses.replace(sampling, gen_length=canvas.shape[1]), config)
+  sampling.validate(0, config.max_len)
+  seg, pos = _layout(canvas_mask)
+  return _sample_model(params, canvas, seg, pos, key, config=config,
+                       sampling=sampling, start=0)
+
+
 def infill(params: model_lib.Params, canvas: jax.Array | np.ndarray, key: jax.Array, *,
            config: ModelConfig, sampling: SamplingConfig,
            canvas_mask: jax.Array | np.ndarray | None = None) -> jax.Array:
@@ -399,11 +413,5 @@ def infill(params: model_lib.Params, canvas: jax.Array | np.ndarray, key: jax.Ar
   whole canvas (`gen_length` is taken to be T), `sampling.steps` split over them;
   each step commits tokens in proportion to the masks of the current block.
   """
-  canvas = jnp.asarray(canvas, jnp.int32)
-  if canvas.ndim != 2:
-    raise ValueError(f'canvas must be [batch, length], got shape {canvas.shape}.')
-  sampling = _resolve(dataclasses.replace(sampling, gen_length=canvas.shape[1]), config)
-  sampling.validate(0, config.max_len)
-  seg, pos = _layout(canvas_mask)
-  return _sample_model(params, canvas, seg, pos, key, config=config,
-                       sampling=sampling, start=0).tokens
+  return infill_sample(params, canvas, key, config=config, sampling=sampling,
+                       canvas_mask=canvas_mask).tokens

@@ -35,7 +35,7 @@ from dllm_jax.sampling import autoregressive  # pylint: disable=g-import-not-at-
 from dllm_jax.sampling import generate as gen  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TOK = common.TOKENIZER
+TOK = common.TOKENIZER  # Replaced by a character tokenizer with --tokenizer=char.
 
 FIRST = ['Ada', 'Boris', 'Celia', 'Dmitri', 'Elena', 'Farid', 'Greta', 'Hugo', 'Ines',
          'Jonas', 'Kira', 'Lars', 'Mira', 'Nils', 'Olga', 'Pavel', 'Quinn', 'Rosa',
@@ -140,6 +140,9 @@ def main():
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--lr', type=float, default=3e-3)
   parser.add_argument('--batch_rows', type=int, default=32)
+  parser.add_argument('--tokenizer', choices=('byte', 'char'), default='char',
+                      help='byte: UTF-8 bytes (a Chinese character is 3 tokens); '
+                      'char: a SentencePiece character model trained on the texts')
   parser.add_argument('--only_diffusion', action='store_true',
                       help='skip the autoregressive twin (quick probes)')
   parser.add_argument('--out', default=HERE)
@@ -149,10 +152,20 @@ def main():
     poems = [(p['first'], p['second']) for p in json.load(f)]
   facts = synthetic_facts(args.num_facts, args.seed)
   texts = [f'{a}，{b}。' for a, b in poems] + [f'{n} is {d}.' for n, d in facts]
-  rows = common.packed_rows(texts, 128, args.seed)
+  global TOK
+  if args.tokenizer == 'char':
+    import tempfile  # pylint: disable=g-import-not-at-top
+    from dllm_jax.data import sp_tokenizer  # pylint: disable=g-import-not-at-top
+    path = sp_tokenizer.train(texts, os.path.join(tempfile.mkdtemp(), 'char'),
+                              vocab_size=4096, model_type='char',
+                              hard_vocab_limit=False)
+    TOK = sp_tokenizer.SentencePieceTokenizer(path)
+  rows = common.packed_rows(texts, 128, args.seed, tokenizer=TOK)
   print(f'{len(poems)} couplets + {len(facts)} facts, forward only; '
-        f'{args.steps} steps per model', flush=True)
-  cfg_d, cfg_ar = common.model_config(False), common.model_config(True)
+        f'{args.steps} steps per model; {args.tokenizer} tokenizer '
+        f'({TOK.vocab_size} ids), {len(rows["tokens"])} rows of 128', flush=True)
+  cfg_d = common.model_config(False, tokenizer=TOK)
+  cfg_ar = common.model_config(True, tokenizer=TOK)
   train = lambda cfg: common.train(rows, cfg, steps=args.steps, seed=args.seed,
                                   lr=args.lr, batch_size=args.batch_rows)
   params_d = train(cfg_d)
