@@ -51,13 +51,36 @@ def default_data_dir() -> str:
 
 
 def prepare(data_dir: str | None = None) -> tfds.core.DatasetBuilder:
-  """Writes the dataset into `data_dir` unless it is there already (offline)."""
-  builder = DllmStdlib(config=CONFIG, data_dir=data_dir or default_data_dir(),
-                       file_format='array_record')
+  """Writes the dataset into `data_dir` unless it is there already (offline).
+
+  With several JAX processes, process 0 prepares first and the others wait for
+  it (a shared data dir is written once); a process that still finds nothing (a
+  data dir local to each host) prepares its own copy.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  make = lambda: DllmStdlib(config=CONFIG, data_dir=data_dir or default_data_dir(),
+                            file_format='array_record')
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    if jax.process_index() == 0:
+      _prepare(make())
+    multihost_utils.sync_global_devices('dllm_stdlib prepared')
+  return _prepare(make())
+
+
+def _prepare(builder):
   if not builder.is_prepared():
     tfds.disable_progress_bar()
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    try:
+      builder.download_and_prepare(
+          download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    except Exception:  # pylint: disable=broad-except
+      # Another writer may have finished first (it renames its folder into
+      # place); re-raise only if the dataset is still not there.
+      builder = type(builder)(config=CONFIG, data_dir=builder.data_dir_root,
+                              file_format='array_record')
+      if not builder.is_prepared():
+        raise
   return builder
 
 

@@ -19,6 +19,7 @@ over <= block_length positions) stays in jnp: sorts lower to neither backend.
 from __future__ import annotations
 
 import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -151,9 +152,27 @@ def candidates_pallas(logits: jax.Array, seed: jax.Array, *, temperature: float,
   return cand[:r], conf[:r]
 
 
+@functools.lru_cache(maxsize=None)
 def use_kernel() -> bool:
-  """Whether the compiled kernel runs on this backend (else: the twin)."""
-  return jax.default_backend() == 'gpu'
+  """Whether the compiled kernel runs here: on a GPU, once per process, a small
+  probe must compile and agree with the twin; otherwise the twin is used (with a
+  warning naming the failure), so sampling never depends on the kernel."""
+  if jax.default_backend() != 'gpu':
+    return False
+  try:
+    logits = jax.random.normal(jax.random.key(0), (32, 3000), jnp.float32)
+    seed = jnp.asarray([1, 2], jnp.uint32)
+    for t in (0.0, 1.0):
+      got = jax.jit(functools.partial(candidates_pallas, temperature=t, mask_id=7))(
+          logits, seed)
+      want = candidates_jnp(logits, seed, temperature=t, mask_id=7)
+      if not bool(jnp.all(got[0] == want[0])):
+        raise ValueError('kernel and twin disagree on the probe')
+    return True
+  except Exception as e:  # pylint: disable=broad-except
+    warnings.warn(f'fused Pallas kernel unavailable on this GPU, using the jnp twin: '
+                  f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}')
+    return False
 
 
 def candidates(logits: jax.Array, seed: jax.Array, *, temperature: float,
