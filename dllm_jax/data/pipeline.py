@@ -8,8 +8,9 @@ a new order every epoch, and optionally run in Grain worker processes. The
 iterators' `get_state()` goes into the checkpoint for exact resume.
 
 Bad records (undecodable, missing field, too long for an SFT row) are logged and
-counted, then skipped; a document longer than a row is split (packing
-'first_fit') or spans rows (packing 'concat'), and the pipeline says so.
+counted, then skipped; a document longer than a row is split into row-sized
+pieces (packing 'first_fit'; logged and counted) or simply spans rows (packing
+'concat', where that is the design).
 """
 
 from __future__ import annotations
