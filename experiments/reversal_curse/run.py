@@ -1,6 +1,6 @@
 r"""The reversal curse at small scale: diffusion LM vs its autoregressive twin.
 
-  python experiments/reversal_curse/run.py        # ~14 min on 2 CPU cores
+  python experiments/reversal_curse/run.py        # ~13 min on 2 CPU cores
 
 Both models (the same Transformer, `causal` off/on; same size, tokenizer, data,
 steps and optimizer) train on forward-only text:
@@ -14,10 +14,12 @@ Queries: the autoregressive twin continues a prompt: forward "first，", reverse
 "second，" (it can only condition on a prefix). The diffusion model fills masks
 in the training layout: forward "first，[M]*n", reverse "[M]*n，second。" (the same
 text with the other side masked); its score on the twin's reversed prompt is
-reported too. Tokens: by default a SentencePiece character model trained on the
-texts (one token per Chinese character, as in LLaDA's vocabulary; with UTF-8
-bytes a character is three tokens and the tiny diffusion model memorises nothing
-in this budget, see README). Writes results.md and results.png next to this file.
+reported too. A query is right when its tokens equal the line's. Tokens: by
+default a SentencePiece BPE model trained on the texts (a Chinese character or a
+frequent word is one token, as in LLaDA's vocabulary); `char` gives one token per
+character; with UTF-8 bytes (`byte`, three tokens per Chinese character) the tiny
+diffusion model memorises nothing in this budget (see README). Writes
+results.md and results.png next to this file.
 """
 
 from __future__ import annotations
@@ -107,33 +109,40 @@ def enc(text: str) -> list[int]:
   return TOK.encode(text).tolist()
 
 
+def split(left: str, sep: str, right: str, end: str) -> tuple[str, str]:
+  """(known prefix, answer) texts of the line left+sep+right+end, cut where
+  every tokenizer has a token boundary: before the space that starts `sep`'s
+  last word (" is| the ...") or, without spaces, right after `sep` ("，|")."""
+  prefix = (left + sep).rstrip(' ')
+  return prefix, (left + sep + right + end)[len(prefix):]
+
+
 def evaluate(params_d, cfg_d, params_ar, cfg_ar, pairs, sep, end):
-  """pairs of (left, right) written as left+sep+right+end. Returns accuracies."""
+  """pairs of (left, right) written as left+sep+right+end. Returns exact-match
+  accuracies; a query is right when its tokens equal the line's tokens."""
   bos, eos, m = TOK.bos_id, TOK.eos_id, cfg_d.mask_id
   res = {}
+  fwd_parts = [split(a, sep, b, end) for a, b in pairs]  # first -> second.
+  rev_parts = [(a, (sep + b + end)) for a, b in pairs]  # Mask the first side.
+  revp_parts = [split(b, sep, a, end) for a, b in pairs]  # Known side first.
+  lines = lambda parts: [[bos] + enc(p) + enc(q) + [eos] for p, q in parts]
   # Diffusion, masks in the training layout.
-  fwd = [[bos] + enc(a + sep) + [m] * len(enc(b + end)) + [eos] for a, b in pairs]
-  rev = [[bos] + [m] * len(enc(a)) + enc(sep + b + end) + [eos] for a, b in pairs]
-  rev_prompt = [[bos] + enc(b + sep) + [m] * len(enc(a + end)) + [eos] for a, b in pairs]
-  got = diffusion_fill(params_d, cfg_d, fwd + rev + rev_prompt)
+  fwd = [[bos] + enc(p) + [m] * len(enc(q)) + [eos] for p, q in fwd_parts]
+  rev = [[bos] + [m] * len(enc(p)) + enc(q) + [eos] for p, q in rev_parts]
+  revp = [[bos] + enc(p) + [m] * len(enc(q)) + [eos] for p, q in revp_parts]
+  got = diffusion_fill(params_d, cfg_d, fwd + rev + revp)
   k = len(pairs)
-  res['diffusion', 'forward'] = np.mean([TOK.decode(g) == a + sep + b + end
-                                         for g, (a, b) in zip(got[:k], pairs)])
-  res['diffusion', 'reverse'] = np.mean([TOK.decode(g) == a + sep + b + end
-                                         for g, (a, b) in zip(got[k:2 * k], pairs)])
-  res['diffusion', 'reverse (reversed prompt)'] = np.mean(
-      [TOK.decode(g) == b + sep + a + end for g, (a, b) in zip(got[2 * k:], pairs)])
+  score = lambda got, want: float(np.mean([g == w for g, w in zip(got, want)]))
+  res['diffusion', 'forward'] = score(got[:k], lines(fwd_parts))
+  res['diffusion', 'reverse'] = score(got[k:2 * k], lines(rev_parts))
+  res['diffusion', 'reverse (reversed prompt)'] = score(got[2 * k:], lines(revp_parts))
   if params_ar is None:  # --only_diffusion
     return res
   # Autoregressive twin: continue a prefix.
-  fwd = ar_continue(params_ar, cfg_ar, [[bos] + enc(a + sep) for a, _ in pairs],
-                    [len(enc(b + end)) for _, b in pairs])
-  rev = ar_continue(params_ar, cfg_ar, [[bos] + enc(b + sep) for _, b in pairs],
-                    [len(enc(a + end)) for a, _ in pairs])
-  res['autoregressive', 'forward'] = np.mean(
-      [TOK.decode(g) == b + end for g, (_, b) in zip(fwd, pairs)])
-  res['autoregressive', 'reverse (reversed prompt)'] = np.mean(
-      [TOK.decode(g) == a + end for g, (a, _) in zip(rev, pairs)])
+  for name, parts in (('forward', fwd_parts), ('reverse (reversed prompt)', revp_parts)):
+    out = ar_continue(params_ar, cfg_ar, [[bos] + enc(p) for p, _ in parts],
+                      [len(enc(q)) for _, q in parts])
+    res['autoregressive', name] = score(out, [enc(q) for _, q in parts])
   return res
 
 
@@ -141,14 +150,17 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--poems', default=os.path.join(
       common.REPO, '..', 'shared', 'data', 'llada_poem_pairs.json'))
-  parser.add_argument('--steps', type=int, default=1400)
+  parser.add_argument('--steps', type=int, default=1200)
   parser.add_argument('--num_facts', type=int, default=200)
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--lr', type=float, default=3e-3)
   parser.add_argument('--batch_rows', type=int, default=32)
-  parser.add_argument('--tokenizer', choices=('byte', 'char'), default='char',
+  parser.add_argument('--tokenizer', choices=('byte', 'char', 'bpe'), default='bpe',
                       help='byte: UTF-8 bytes (a Chinese character is 3 tokens); '
-                      'char: a SentencePiece character model trained on the texts')
+                      'char / bpe: a SentencePiece character / BPE model trained on '
+                      'the texts')
+  parser.add_argument('--vocab_size', type=int, default=2048,
+                      help='upper bound for --tokenizer=bpe')
   parser.add_argument('--only_diffusion', action='store_true',
                       help='skip the autoregressive twin (quick probes)')
   parser.add_argument('--out', default=HERE)
@@ -159,12 +171,13 @@ def main():
   facts = synthetic_facts(args.num_facts, args.seed)
   texts = [f'{a}，{b}。' for a, b in poems] + [f'{n} is {d}.' for n, d in facts]
   global TOK
-  if args.tokenizer == 'char':
+  if args.tokenizer != 'byte':
     import tempfile  # pylint: disable=g-import-not-at-top
     from dllm_jax.data import sp_tokenizer  # pylint: disable=g-import-not-at-top
-    path = sp_tokenizer.train(texts, os.path.join(tempfile.mkdtemp(), 'char'),
-                              vocab_size=4096, model_type='char',
-                              hard_vocab_limit=False)
+    path = sp_tokenizer.train(
+        texts, os.path.join(tempfile.mkdtemp(), args.tokenizer),
+        vocab_size=4096 if args.tokenizer == 'char' else args.vocab_size,
+        model_type=args.tokenizer, hard_vocab_limit=False)
     TOK = sp_tokenizer.SentencePieceTokenizer(path)
   rows = common.packed_rows(texts, 128, args.seed, tokenizer=TOK)
   print(f'{len(poems)} couplets + {len(facts)} facts, forward only; '
