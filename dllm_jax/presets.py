@@ -102,6 +102,19 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def tokenizer_overrides(preset: str, tokenizer) -> dict[str, Any]:
+  """Fields a preset takes from a tokenizer: a byte-vocabulary preset (tiny,
+  small) used with another tokenizer adopts its special ids and its vocabulary
+  size rounded up to a multiple of 128; otherwise nothing (the preset's ids must
+  then match, which the trainer checks)."""
+  if (tokenizer is None or tokenizer.name == 'byte' or
+      PRESETS[preset]['vocab_size'] != BYTE_VOCAB):
+    return {}
+  return {'vocab_size': -(-tokenizer.vocab_size // 128) * 128,
+          **{f'{r}_id': getattr(tokenizer, f'{r}_id')
+             for r in tokenizer_lib.SPECIAL_ROLES}}
+
+
 def get_preset(name: str, **overrides: Any) -> ModelConfig:
   """Returns the `ModelConfig` of a named preset, with fields overridden."""
   if name not in PRESETS:

@@ -66,11 +66,8 @@ def packed_rows(texts: list[str], length: int, seed: int = 0,
 def model_config(causal: bool, tokenizer=TOKENIZER, **shape) -> presets.ModelConfig:
   """The `tiny` preset; with another tokenizer, its ids and vocabulary (rounded
   up to a multiple of 128), as the trainer does."""
-  if tokenizer.name != 'byte':
-    shape = {'vocab_size': -(-tokenizer.vocab_size // 128) * 128,
-             **{f'{r}_id': getattr(tokenizer, f'{r}_id')
-                for r in ('mask', 'bos', 'eos', 'eot', 'pad')}, **shape}
-  return presets.get_preset('tiny', causal=causal, **shape)
+  return presets.get_preset('tiny', causal=causal,
+                            **{**presets.tokenizer_overrides('tiny', tokenizer), **shape})
 
 
 def train(rows: dict[str, np.ndarray], cfg: presets.ModelConfig, *, steps: int,

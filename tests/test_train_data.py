@@ -2,24 +2,14 @@
 workers, SFT by config (from a pretrained run), other tokenizers, and a
 tokenizer that no longer matches the checkpoint."""
 
-import os
-
 import jax
 import numpy as np
 import pytest
 
 from dllm_jax.data import sp_tokenizer, stdlib_corpus, synthetic_sft
 from dllm_jax.training import checkpoint, trainer
+from tests.test_crash_safety import _batches as _batch_log
 from tests.test_training import small_config
-
-
-def _batch_log(workdir):
-  seen = {}
-  with open(os.path.join(workdir, 'batches.txt')) as f:
-    for line in f:
-      step, digest = line.split()
-      seen[int(step)] = digest
-  return [seen[s] for s in sorted(seen)]
 
 
 @pytest.mark.parametrize('num_workers', [0, 2])

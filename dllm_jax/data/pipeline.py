@@ -120,6 +120,13 @@ def _rename(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
           'positions': row['tokens_positions'].astype(np.int32)}
 
 
+def _open(source: str | Any, split: str, data_dir: str | None) -> tuple[str, Any]:
+  """(a name for messages, the random-access source) of a spec or a source."""
+  if isinstance(source, str):
+    return source, sources_lib.open_source(source, split=split, data_dir=data_dir)
+  return repr(source), source
+
+
 def _examples(source: Any, transform, *, seed: int, num_epochs: int | None,
               shard_index: int, shard_count: int, name: str) -> grain.IterDataset:
   """This process's records, decoded by `transform(index, record)` (None:
@@ -164,9 +171,7 @@ def pretrain_dataset(source: str | Any, tokenizer, *, seq_len: int, batch_size: 
   """
   if packing not in PACKINGS:
     raise ValueError(f'unknown packing {packing!r}; known: {PACKINGS}.')
-  name = source if isinstance(source, str) else repr(source)
-  if isinstance(source, str):
-    source = sources_lib.open_source(source, split=split, data_dir=data_dir)
+  name, source = _open(source, split, data_dir)
   ds = _examples(source, _Tokenize(tokenizer, name, shard_index, shard_count,
                                    text_field, record_format),
                  seed=seed, num_epochs=num_epochs, shard_index=shard_index,
@@ -189,9 +194,7 @@ def sft_dataset(source: str | Any, tokenizer, *, seq_len: int, batch_size: int,
                 prompt_field: str = 'prompt', response_field: str = 'response',
                 record_format: str = 'json') -> grain.IterDataset:
   """SFT batches {tokens int32 [B, L], prompt_lengths int32 [B]}; see `sft.py`."""
-  name = source if isinstance(source, str) else repr(source)
-  if isinstance(source, str):
-    source = sources_lib.open_source(source, split=split, data_dir=data_dir)
+  name, source = _open(source, split, data_dir)
   ds = _examples(source, _SftRow(tokenizer, name, shard_index, shard_count, seq_len,
                                  record_format, prompt_field, response_field),
                  seed=seed, num_epochs=num_epochs, shard_index=shard_index,

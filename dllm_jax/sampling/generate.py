@@ -258,18 +258,18 @@ def denoise(logits_fn: LogitsFn, canvas: jax.Array, segment_ids: jax.Array | Non
                         jnp.where(commit, state.nfe, window(state.commit_step))),
         nfe=state.nfe + 1), cache
 
-  def empty_cache():
-    if sc.cache == 'none':
-      return None
+  # The cache's carry before a block's first step (which always refreshes it).
+  empty_cache = None
+  if sc.cache != 'none':
     shapes = jax.eval_shape(lambda x: cached.full(x, seg2, pos2, output_window=(0, bl)),
                             model_input(canvas))[1]
-    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    empty_cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
   def run_block(state: SamplerState, block_start):
     masked = lambda st: jax.lax.dynamic_slice_in_dim(st.tokens, block_start, bl,
                                                      axis=1) == mask_id
     num_masked = jnp.sum(masked(state), axis=1)
-    cache = empty_cache()
+    cache = empty_cache
     if sc.parallel == 'fixed':
       def body(carry, i):
         st, c = carry

@@ -22,6 +22,7 @@ import orbax.checkpoint as ocp
 from dllm_jax import model as model_lib
 from dllm_jax.errors import CheckpointError
 from dllm_jax.data import tokenizer as tokenizer_lib
+from dllm_jax.parallel import sharding as sharding_lib
 from dllm_jax.presets import ModelConfig
 
 
@@ -207,12 +208,8 @@ def restore_for_inference(workdir: str, *, step: int | None = None,
 
   def items(meta):
     abstract = model_lib.abstract_params(model_config(meta))
-    if shardings is None:
-      abstract = on_device(abstract, device)
-    else:
-      abstract = jax.tree.map(
-          lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-          abstract, shardings)
+    abstract = (on_device(abstract, device) if shardings is None else
+                sharding_lib.with_shardings(abstract, shardings))
     return {'params': ocp.args.StandardRestore(abstract)}
 
   _, meta, restored = _restore_items(_manager_with_steps(workdir), step, items)

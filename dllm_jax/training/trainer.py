@@ -40,11 +40,8 @@ def model_config(config: ml_collections.ConfigDict,
   """
   m = config.model
   overrides = {k: m[k] for k in _SHAPE_KEYS + _COMPUTE_KEYS if m[k] is not None}
-  if (tokenizer is not None and tokenizer.name != 'byte' and
-      presets.PRESETS[m.preset]['vocab_size'] == presets.BYTE_VOCAB):
-    overrides.update(vocab_size=-(-tokenizer.vocab_size // 128) * 128,
-                     **{f'{r}_id': getattr(tokenizer, f'{r}_id')
-                        for r in tokenizer_lib.SPECIAL_ROLES})
+  if m.preset in presets.PRESETS:  # get_preset names an unknown one.
+    overrides.update(presets.tokenizer_overrides(m.preset, tokenizer))
   return presets.get_preset(m.preset, dtype=m.dtype, param_dtype=m.param_dtype,
                             causal=config.train.objective == 'next_token',
                             **overrides)
