@@ -41,11 +41,13 @@ class LossBatch:
   """Model inputs plus what the loss needs; every field has leading dim B."""
 
   inputs: jax.Array  # [B, L] int, tokens with masks applied.
-  segment_ids: jax.Array  # [B, L] int.
-  positions: jax.Array  # [B, L] int.
+  segment_ids: jax.Array | None  # [B, L] int, or None: one document per row.
+  positions: jax.Array | None  # [B, L] int, or None: 0..L-1.
+
   targets: jax.Array  # [B, L] int.
   weights: jax.Array  # [B, L] float; 0 where no loss is taken.
   denom: jax.Array  # [] float, shared by the whole batch.
+  kv_lengths: jax.Array | None = None  # [B] int: keys kept per row (no mask).
 
 
 def sample_noise(key: jax.Array, shape: tuple[int, int],
@@ -75,42 +77,40 @@ def mask_probability(t: jax.Array, eps: float = EPS) -> jax.Array:
   return (1.0 - eps) * t + eps
 
 
-def _defaults(batch: Mapping[str, jax.Array]):
-  tokens = batch['tokens']
-  b, l = tokens.shape
-  seg = batch.get('segment_ids')
-  seg = jnp.ones((b, l), jnp.int32) if seg is None else seg
-  pos = batch.get('positions')
-  pos = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l)) if pos is None else pos
-  return tokens, seg, pos
-
-
 def pretrain_batch(batch: Mapping[str, jax.Array], noise: MaskNoise, *,
                    mask_id: int, eps: float = EPS) -> LossBatch:
   """LLaDA pretraining: mask w.p. p, weight 1/p, divide by B * length.
 
   `batch` has `tokens` [B, L] and optionally `segment_ids` (0 = padding, never
-  masked) and `positions`. Positions at or beyond `noise.length` are cut off: they
-  get their own segment (no kept token attends to them) and no loss, which equals
-  truncating the batch to `noise.length` tokens.
+  masked) and `positions`. Positions at or beyond `noise.length` are cut off and
+  take no loss, which equals truncating the batch to `noise.length` tokens: with
+  segment ids they get their own segment (no kept token attends to them); without,
+  the cut is `kv_lengths` (keys beyond it are never attended), so attention runs
+  with no mask at all, on its fastest path.
   """
-  tokens, seg, pos = _defaults(batch)
+  tokens = batch['tokens']
   b, l = tokens.shape
   kept = jnp.arange(l) < noise.length
-  seg = jnp.where(kept, seg, -1)
   p = mask_probability(noise.t, eps)[:, None]
-  masked = (noise.u < p) & kept & (seg != 0)
+  seg, kv_lengths = batch.get('segment_ids'), None
+  if seg is None:
+    masked = (noise.u < p) & kept
+    kv_lengths = jnp.full((b,), noise.length, jnp.int32)
+  else:
+    seg = jnp.where(kept, seg, -1)
+    masked = (noise.u < p) & kept & (seg != 0)
   return LossBatch(
-      inputs=jnp.where(masked, mask_id, tokens), segment_ids=seg, positions=pos,
-      targets=tokens, weights=jnp.where(masked, 1.0 / p, 0.0),
-      denom=(b * noise.length).astype(jnp.float32))
+      inputs=jnp.where(masked, mask_id, tokens), segment_ids=seg,
+      positions=batch.get('positions'), targets=tokens,
+      weights=jnp.where(masked, 1.0 / p, 0.0),
+      denom=(b * noise.length).astype(jnp.float32), kv_lengths=kv_lengths)
 
 
 def sft_batch(batch: Mapping[str, jax.Array], noise: MaskNoise, *, mask_id: int,
               eps: float = EPS) -> LossBatch:
   """LLaDA SFT: the prompt (`prompt_lengths` [B]) is never masked; the answer,
   EOS padding included, is masked w.p. p and weighted 1/(p * answer_length)."""
-  tokens, seg, pos = _defaults(batch)
+  tokens = batch['tokens']
   b, l = tokens.shape
   prompt_len = batch['prompt_lengths'][:, None]
   is_answer = jnp.arange(l)[None, :] >= prompt_len
@@ -118,18 +118,21 @@ def sft_batch(batch: Mapping[str, jax.Array], noise: MaskNoise, *, mask_id: int,
   p = mask_probability(noise.t, eps)[:, None]
   masked = (noise.u < p) & is_answer
   return LossBatch(
-      inputs=jnp.where(masked, mask_id, tokens), segment_ids=seg, positions=pos,
-      targets=tokens, weights=jnp.where(masked, 1.0 / (p * answer_len), 0.0),
+      inputs=jnp.where(masked, mask_id, tokens), segment_ids=batch.get('segment_ids'),
+      positions=batch.get('positions'), targets=tokens,
+      weights=jnp.where(masked, 1.0 / (p * answer_len), 0.0),
       denom=jnp.asarray(b, jnp.float32))
 
 
 def next_token_batch(batch: Mapping[str, jax.Array]) -> LossBatch:
   """Autoregressive twin: predict tokens[i+1] at i when both are in one document."""
-  tokens, seg, pos = _defaults(batch)
+  tokens, seg = batch['tokens'], batch.get('segment_ids')
+  seg = jnp.ones(tokens.shape, jnp.int32) if seg is None else seg
   targets = jnp.concatenate([tokens[:, 1:], tokens[:, -1:]], axis=1)
   next_seg = jnp.concatenate([seg[:, 1:], jnp.zeros_like(seg[:, -1:])], axis=1)
   valid = (next_seg == seg) & (seg != 0)
-  return LossBatch(inputs=tokens, segment_ids=seg, positions=pos, targets=targets,
+  return LossBatch(inputs=tokens, segment_ids=batch.get('segment_ids'),
+                   positions=batch.get('positions'), targets=targets,
                    weights=valid.astype(jnp.float32),
                    denom=jnp.maximum(valid.sum(), 1).astype(jnp.float32))
 

@@ -101,9 +101,9 @@ class Block(nnx.Module):
     self.up_proj = _linear(cfg, d, f, rngs)
     self.ff_out = _linear(cfg, f, d, rngs)
 
-  def __call__(self, x: jax.Array, mask: jax.Array | None,
-               positions: jax.Array) -> jax.Array:
-    return self.with_kv(x, mask, positions)[0]
+  def __call__(self, x: jax.Array, mask: jax.Array | None, positions: jax.Array,
+               kv_lengths: jax.Array | None = None) -> jax.Array:
+    return self.with_kv(x, mask, positions, kv_lengths)[0]
 
   def _qkv(self, x: jax.Array, positions: jax.Array):
     cfg = self.cfg
@@ -114,20 +114,22 @@ class Block(nnx.Module):
     k = rope(split(self.k_proj(h)), positions, cfg.rope_theta)
     return q, k, split(self.v_proj(h))
 
-  def _finish(self, x, q, k, v, mask, is_causal):
+  def _finish(self, x, q, k, v, mask, is_causal, kv_lengths=None):
     cfg = self.cfg
     b, l, _ = x.shape
     o = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
+                                     key_value_seq_lengths=kv_lengths,
                                      implementation=attention_impl(cfg))
     x = constrain(x + self.attn_out(o.reshape(b, l, cfg.d_model)), _ACT)
     h = self.ff_norm(x)
     g = constrain(jax.nn.silu(self.ff_proj(h)) * self.up_proj(h), _MLP)
     return constrain(x + self.ff_out(g), _ACT)
 
-  def with_kv(self, x: jax.Array, mask: jax.Array | None, positions: jax.Array):
+  def with_kv(self, x: jax.Array, mask: jax.Array | None, positions: jax.Array,
+              kv_lengths: jax.Array | None = None):
     """(output [B, L, D], keys [B, L, H, Dh] (after RoPE), values)."""
     q, k, v = self._qkv(x, positions)
-    return self._finish(x, q, k, v, mask, self.cfg.causal), k, v
+    return self._finish(x, q, k, v, mask, self.cfg.causal, kv_lengths), k, v
 
   def cached(self, x: jax.Array, mask: jax.Array | None, positions: jax.Array,
              k_cache: jax.Array, v_cache: jax.Array, start: jax.Array | int):
@@ -162,7 +164,8 @@ class Transformer(nnx.Module):
     self.ff_out = _linear(cfg, cfg.d_model, cfg.vocab_size, rngs)  # Output head.
 
   def hidden(self, tokens: jax.Array, segment_ids: jax.Array | None = None,
-             positions: jax.Array | None = None) -> jax.Array:
+             positions: jax.Array | None = None,
+             kv_lengths: jax.Array | None = None) -> jax.Array:
     """Final normalised hidden states [B, L, D] (before the output head)."""
     b, l = tokens.shape
     positions = _default_positions(positions, b, l)
@@ -171,12 +174,12 @@ class Transformer(nnx.Module):
     cfg = self.cfg
     if not cfg.scan_layers and cfg.remat == 'none':
       for block in self.blocks:
-        x = block(x, mask, positions)
+        x = block(x, mask, positions, kv_lengths)
       return self.ln_f(x)
     block_def = nnx.graphdef(self.blocks[0])  # Every block has the same structure.
 
     def body(x, block_state):
-      return nnx.merge(block_def, block_state)(x, mask, positions), None
+      return nnx.merge(block_def, block_state)(x, mask, positions, kv_lengths), None
     if cfg.remat != 'none':
       body = jax.checkpoint(body, policy=_REMAT[cfg.remat],
                             prevent_cse=not cfg.scan_layers)
@@ -191,8 +194,10 @@ class Transformer(nnx.Module):
 
   def __call__(self, tokens: jax.Array, segment_ids: jax.Array | None = None,
                positions: jax.Array | None = None,
-               output_window: tuple[jax.Array, int] | None = None) -> jax.Array:
-    return self.head(self.hidden(tokens, segment_ids, positions), output_window)
+               output_window: tuple[jax.Array, int] | None = None,
+               kv_lengths: jax.Array | None = None) -> jax.Array:
+    return self.head(self.hidden(tokens, segment_ids, positions, kv_lengths),
+                     output_window)
 
   def head(self, h: jax.Array, output_window=None) -> jax.Array:
     """Logits of hidden states h [B, L, D], or of rows [start, start + length)."""
@@ -256,7 +261,8 @@ def abstract_params(cfg: ModelConfig) -> Params:
 
 def forward(params: Params, tokens: jax.Array, segment_ids: jax.Array | None = None,
             positions: jax.Array | None = None, *, config: ModelConfig,
-            output_window: tuple[jax.Array, int] | None = None) -> jax.Array:
+            output_window: tuple[jax.Array, int] | None = None,
+            kv_lengths: jax.Array | None = None) -> jax.Array:
   """Pure forward pass.
 
   Args:
@@ -268,12 +274,15 @@ def forward(params: Params, tokens: jax.Array, segment_ids: jax.Array | None = N
     config: the model config (static).
     output_window: optional (start, length), length static: the output head runs
       only on positions [start, start + length) (all positions are still attended).
+    kv_lengths: optional int [B]: row i attends only to its first kv_lengths[i]
+      positions (a truncation expressed without a mask, so attention keeps its
+      unmasked fast path, e.g. cuDNN's; positions beyond give unused outputs).
 
   Returns:
     logits [B, L, V] (or [B, length, V]) in the compute dtype.
   """
   return nnx.merge(graphdef(config), params)(tokens, segment_ids, positions,
-                                             output_window)
+                                             output_window, kv_lengths)
 
 
 def forward_with_cache(params: Params, tokens: jax.Array,

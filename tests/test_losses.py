@@ -53,9 +53,18 @@ def test_pretrain_random_length_equals_truncation():
   masked = U[:, :n] < p[:, None]
   want = (np_ce(LOGITS[:, :n], TOKENS[:, :n]) / p[:, None])[masked].sum() / (B * n)
   np.testing.assert_allclose(got, want, rtol=1e-5)
-  seg = np.asarray(lb.segment_ids)
-  assert (seg[:, :n] == 1).all() and (seg[:, n:] == -1).all()
+  # Without segments the cut is kv_lengths (no attention mask); with them, the
+  # cut-off positions get their own segment.
+  assert lb.segment_ids is None and (np.asarray(lb.kv_lengths) == n).all()
   assert (np.asarray(lb.inputs)[:, n:] == TOKENS[:, n:]).all()  # never masked
+  seg_lb = diffusion.pretrain_batch(
+      {'tokens': jnp.asarray(TOKENS), 'segment_ids': jnp.ones((B, L), jnp.int32)},
+      _noise(n), mask_id=MASK)
+  seg = np.asarray(seg_lb.segment_ids)
+  assert (seg[:, :n] == 1).all() and (seg[:, n:] == -1).all()
+  assert seg_lb.kv_lengths is None
+  np.testing.assert_array_equal(seg_lb.inputs, lb.inputs)
+  np.testing.assert_array_equal(seg_lb.weights, lb.weights)
 
 
 def test_random_length_drawn_in_about_one_percent_of_batches():

@@ -67,6 +67,19 @@ def test_segment_ids_stop_attention_across_documents():
   np.testing.assert_allclose(got[0, 3:], want_b[0], atol=1e-5)
 
 
+def test_kv_lengths_equal_truncation_without_a_mask():
+  """Row i attending to its first kv_lengths[i] keys equals running on the
+  truncated row (bidirectional and causal, unrolled and scanned layers)."""
+  tokens = jax.random.randint(jax.random.key(4), (2, 9), 0, 200)
+  for kw in ({}, {'causal': True}, {'scan_layers': True, 'remat': 'full'}):
+    cfg = _small(**kw)
+    params = model.init_params(cfg, jax.random.key(5))
+    got = model.forward(params, tokens, config=cfg, kv_lengths=jnp.array([6, 3]))
+    for i, n in enumerate((6, 3)):
+      want = model.forward(params, tokens[i:i + 1, :n], config=cfg)
+      np.testing.assert_allclose(got[i, :n], want[0], atol=1e-5, err_msg=str(kw))
+
+
 def test_bf16_compute_keeps_fp32_params():
   cfg = _small(dtype='bfloat16')
   params = model.init_params(cfg, jax.random.key(3))

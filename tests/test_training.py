@@ -44,14 +44,15 @@ def test_wsd_schedule_warms_up_holds_and_decays():
   np.testing.assert_allclose(lr[[90, 100]], [0.55, 0.1], atol=1e-6)
 
 
-def _step_setup(grad_accum_steps):
+def _step_setup(grad_accum_steps, **step_kw):
   cfg = presets.get_preset('tiny', d_model=32, n_layers=2, n_heads=2, d_ff=64,
                            max_len=64)
   opt, sched = optimizer_lib.make_optimizer(
       lr=1e-2, total_steps=10, warmup_steps=0, decay_fraction=0.0, final_lr_ratio=1.0,
       b1=0.9, b2=0.95, weight_decay=0.1, clip_norm=1.0)
   state = ts.init_train_state(cfg, opt, jax.random.key(0))
-  step = ts.make_train_step(cfg, opt, sched, grad_accum_steps=grad_accum_steps)
+  step = ts.make_train_step(cfg, opt, sched, grad_accum_steps=grad_accum_steps,
+                            **step_kw)
   return state, step
 
 
@@ -74,6 +75,24 @@ def test_grad_accumulation_equals_one_big_batch():
     # Adam's first update is about lr * sign(g): summation-order noise in a
     # near-zero gradient moves a parameter by up to ~1e-3 lr; allow 1% of lr.
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(results[0][2])):
+      np.testing.assert_allclose(a, b, atol=1e-2 * 1e-2)
+
+
+def test_unmasked_truncation_step_equals_the_segment_masked_step():
+  """A batch without segment ids cuts the 1%-of-batches random length with
+  `kv_lengths` (no attention mask); it must equal the one-segment masked step,
+  here with the random length forced on and, separately, off."""
+  tokens = _batch()['tokens']
+  for prob in (1.0, 0.0):
+    out = []
+    for batch in ({'tokens': tokens},
+                  {'tokens': tokens, 'segment_ids': np.ones_like(tokens)}):
+      state, step = _step_setup(1, random_length_prob=prob)
+      state, metrics = step(state, batch, jax.random.key(3))
+      out.append((float(metrics['loss']), float(metrics['grad_norm']), state.params))
+    np.testing.assert_allclose(out[0][0], out[1][0], rtol=1e-5)
+    np.testing.assert_allclose(out[0][1], out[1][1], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(out[0][2]), jax.tree.leaves(out[1][2])):
       np.testing.assert_allclose(a, b, atol=1e-2 * 1e-2)
 
 

@@ -87,7 +87,7 @@ def make_train_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformat
 
   def loss_fn(params, lb: diffusion.LossBatch, step):
     logits = model_lib.forward(params, lb.inputs, lb.segment_ids, lb.positions,
-                               config=model_cfg)
+                               config=model_cfg, kv_lengths=lb.kv_lengths)
     loss = diffusion.loss_from_logits(logits, lb)
     if debug_nan_step >= 0:
       loss = loss + jnp.where(step == debug_nan_step, jnp.nan, 0.0)
