@@ -81,3 +81,9 @@ def test_counter_noise_is_uniform_and_depends_on_every_input():
   cand, _ = fused.candidates_jnp(logits, SEED, temperature=1.0, mask_id=99)
   freq = np.bincount(np.asarray(cand), minlength=4) / 20000
   np.testing.assert_allclose(freq, [0.1, 0.2, 0.3, 0.4], atol=0.015)
+
+
+def test_kernel_probe_runs_eagerly_inside_a_jit_trace():
+  """The dispatcher first probes the kernel while the sampler is being traced; the
+  probe must still evaluate (it once raised TracerBoolConversionError there)."""
+  jax.jit(lambda x: (fused._probe(interpret=True), x)[1])(jnp.zeros(()))

@@ -23,6 +23,7 @@ import warnings
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
@@ -152,6 +153,31 @@ def candidates_pallas(logits: jax.Array, seed: jax.Array, *, temperature: float,
   return cand[:r], conf[:r]
 
 
+# Measured on one H100 (`launch.bench_kernel`, vocabulary 126,464, bf16 logits,
+# experiments/perf_notes.md): at temperature 0 the kernel beats the twin on the
+# batch-1 sampler's rows (384: 0.69 vs 0.86 ms) but is 9% slower at 12,288; with
+# Gumbel noise it is 3.4x-5.4x slower (its per-element hash and logs run with
+# fewer programs in flight than XLA's fusion). So it is dispatched only where it
+# measured faster: temperature 0 and at most this many rows.
+KERNEL_MAX_ROWS = 2048
+
+
+def _probe(interpret: bool = False) -> None:
+  """Compiles the kernel on a small input and checks it against the twin;
+  raises on failure. Works when called while a jit is tracing (the sampler's
+  first dispatch): inputs are NumPy and both sides run as compiled executables,
+  so nothing is staged into the outer trace."""
+  logits = np.random.default_rng(0).standard_normal((32, 3000)).astype(np.float32)
+  seed = np.asarray([1, 2], np.uint32)
+  for t in (0.0, 1.0):
+    outs = []
+    for fn, kw in ((candidates_pallas, {'interpret': interpret}), (candidates_jnp, {})):
+      f = jax.jit(functools.partial(fn, temperature=t, mask_id=7, **kw))
+      outs.append(np.asarray(f.lower(logits, seed).compile()(logits, seed)[0]))
+    if not np.array_equal(*outs):
+      raise ValueError('kernel and twin disagree on the probe')
+
+
 @functools.lru_cache(maxsize=None)
 def use_kernel() -> bool:
   """Whether the compiled kernel runs here: on a GPU, once per process, a small
@@ -160,14 +186,7 @@ def use_kernel() -> bool:
   if jax.default_backend() != 'gpu':
     return False
   try:
-    logits = jax.random.normal(jax.random.key(0), (32, 3000), jnp.float32)
-    seed = jnp.asarray([1, 2], jnp.uint32)
-    for t in (0.0, 1.0):
-      got = jax.jit(functools.partial(candidates_pallas, temperature=t, mask_id=7))(
-          logits, seed)
-      want = candidates_jnp(logits, seed, temperature=t, mask_id=7)
-      if not bool(jnp.all(got[0] == want[0])):
-        raise ValueError('kernel and twin disagree on the probe')
+    _probe()
     return True
   except Exception as e:  # pylint: disable=broad-except
     warnings.warn(f'fused Pallas kernel unavailable on this GPU, using the jnp twin: '
@@ -177,11 +196,14 @@ def use_kernel() -> bool:
 
 def candidates(logits: jax.Array, seed: jax.Array, *, temperature: float,
                mask_id: int, eos_id: int | None = None, interpret: bool = False):
-  """Dispatch: the Pallas kernel on GPU (or in interpret mode when asked), the
-  jnp twin elsewhere. logits [..., V] -> (candidates [...], confidence [...])."""
+  """Dispatch: the Pallas kernel on GPU where it measured faster (temperature 0,
+  at most `KERNEL_MAX_ROWS` rows; see above) or in interpret mode when asked, the
+  jnp twin elsewhere (same results either way).
+  logits [..., V] -> (candidates [...], confidence [...])."""
   shape = logits.shape[:-1]
   flat = logits.reshape(-1, logits.shape[-1])
-  if use_kernel() or interpret:
+  fast_here = temperature == 0 and flat.shape[0] <= KERNEL_MAX_ROWS
+  if interpret or (fast_here and use_kernel()):
     cand, conf = candidates_pallas(flat, seed, temperature=temperature,
                                    mask_id=mask_id, eos_id=eos_id, interpret=interpret)
   else:
