@@ -80,11 +80,13 @@ def main(argv):
       total, count = 0.0, 0
       for i in range(_NUM_ROWS.value):
         row = {k: v[0] for k, v in next(it).items()}
-        n = int(np.sum(row['segment_ids'] > 0))
+        seg = row.get('segment_ids', np.ones_like(row['tokens']))  # 'stream': one.
+        pos = row.get('positions', np.arange(len(row['tokens'])))
+        n = int(np.sum(seg > 0))
         nelbo = likelihood.negative_elbo(
             params, jnp.asarray(row['tokens']), jnp.asarray(0), jnp.asarray(n),
-            jax.random.fold_in(key, i), segment_ids=jnp.asarray(row['segment_ids']),
-            positions=jnp.asarray(row['positions']), **opts)
+            jax.random.fold_in(key, i), segment_ids=jnp.asarray(seg),
+            positions=jnp.asarray(pos), **opts)
         total, count = total + float(nelbo), count + n
       per_token = total / count
       print(f'\n{_NUM_ROWS.value} held-out rows of {seq_len} tokens ('

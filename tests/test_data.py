@@ -84,7 +84,15 @@ def test_builtin_corpus_is_a_tfds_dataset_read_without_tensorflow(data_dir):
   stdlib_tfds.prepare(data_dir)  # Prepared once: a second call is a no-op.
 
 
-@pytest.mark.parametrize('packing', pipeline.PACKINGS)
+def test_stream_packing_gives_the_concat_rows_without_boundaries(data_dir):
+  kw = dict(seq_len=64, batch_size=4, seed=0, data_dir=data_dir)
+  stream = next(iter(pipeline.pretrain_dataset('stdlib', TOK, packing='stream', **kw)))
+  concat = next(iter(pipeline.pretrain_dataset('stdlib', TOK, packing='concat', **kw)))
+  assert set(stream) == {'tokens'} and stream['tokens'].dtype == np.int32
+  np.testing.assert_array_equal(stream['tokens'], concat['tokens'])
+
+
+@pytest.mark.parametrize('packing', ['concat', 'first_fit'])
 def test_packed_rows_carry_segments_and_positions(data_dir, packing):
   ds = pipeline.pretrain_dataset('stdlib', TOK, seq_len=64, batch_size=4, seed=0,
                                  data_dir=data_dir, packing=packing)

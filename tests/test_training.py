@@ -142,6 +142,16 @@ def test_autoregressive_twin_trains_with_next_token_loss(tmp_path):
   assert int(state.step) == 2
 
 
+@pytest.mark.parametrize('objective', ['pretrain', 'next_token'])
+def test_stream_packing_trains_without_document_masks(tmp_path, objective):
+  """data.packing=stream: batches of tokens alone reach the mask-free step."""
+  config = small_config(steps=2, objective=objective)
+  config.data.packing = 'stream'
+  state = trainer.train(config, str(tmp_path))
+  assert int(state.step) == 2
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
+
+
 @pytest.mark.parametrize('override,match', [
     ('--config.train.stepz=3', 'stepz'),
     ('--config.train.objective=mlm', "unknown train.objective 'mlm'"),

@@ -25,7 +25,7 @@ import numpy as np
 from dllm_jax.data import sft as sft_lib
 from dllm_jax.data import sources as sources_lib
 
-PACKINGS = ('concat', 'first_fit')
+PACKINGS = ('concat', 'first_fit', 'stream')
 log = logging.getLogger('dllm_jax.data')
 
 # Per-process counters of skipped and split records, by reason (workers count
@@ -167,7 +167,10 @@ def pretrain_dataset(source: str | Any, tokenizer, *, seq_len: int, batch_size: 
   Packing 'concat' concatenates documents and cuts rows (documents span rows,
   nothing is padded); 'first_fit' packs whole documents into rows (Grain's
   first-fit packer; padding has segment id 0 and the pad token), splitting any
-  longer than a row.
+  longer than a row. 'stream' cuts rows as 'concat' does but keeps no document
+  boundaries: batches are {tokens} alone, so attention crosses documents (as in
+  plain GPT-style pretraining; BOS/EOS still mark them) and runs with no mask,
+  its fastest path.
   """
   if packing not in PACKINGS:
     raise ValueError(f'unknown packing {packing!r}; known: {PACKINGS}.')
@@ -176,9 +179,12 @@ def pretrain_dataset(source: str | Any, tokenizer, *, seq_len: int, batch_size: 
                                    text_field, record_format),
                  seed=seed, num_epochs=num_epochs, shard_index=shard_index,
                  shard_count=shard_count, name=name)
-  if packing == 'concat':
+  if packing in ('concat', 'stream'):
     ds = grain.experimental.ConcatThenSplitIterDataset(
         ds, length_struct={'tokens': seq_len})
+    if packing == 'stream':
+      return _finish(ds.map(lambda row: {'tokens': row['tokens'].astype(np.int32)}),
+                     batch_size, num_workers)
   else:
     ds = grain.experimental.FlatMapIterDataset(ds, _SplitLong(seq_len, name))
     ds = grain.experimental.FirstFitPackIterDataset(

@@ -110,6 +110,8 @@ def _abstract_batch(config: ml_collections.ConfigDict, batch_sharding) -> dict:
   spec = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=batch_sharding)
   if config.train.objective == 'sft':
     return {'tokens': spec(b, l), 'prompt_lengths': spec(b)}
+  if config.data.packing == 'stream':
+    return {'tokens': spec(b, l)}
   return {'tokens': spec(b, l), 'segment_ids': spec(b, l), 'positions': spec(b, l)}
 
 
