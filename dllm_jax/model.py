@@ -65,6 +65,30 @@ def segment_mask(segment_ids: jax.Array | None) -> jax.Array | None:
   return (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def embed_onehot_grad(table: jax.Array, ids: jax.Array, dtype) -> jax.Array:
+  """table[ids] in `dtype`, whose gradient is a one-hot product instead of a
+  scatter-add (the scatter of N rows into a [V, D] table can be slow: 10% of the
+  llada_1b step on an H100, experiments/perf_notes.md)."""
+  return jnp.take(table, ids, axis=0).astype(dtype)
+
+
+def _embed_fwd(table, ids, dtype):
+  return embed_onehot_grad(table, ids, dtype), (ids, table)
+
+
+def _embed_bwd(dtype, res, g):
+  del dtype
+  ids, table = res
+  flat_g = g.reshape(-1, g.shape[-1])
+  onehot = jax.nn.one_hot(ids.reshape(-1), table.shape[0], dtype=flat_g.dtype)
+  grad = jnp.einsum('nv,nd->vd', onehot, flat_g, preferred_element_type=jnp.float32)
+  return grad.astype(table.dtype), None
+
+
+embed_onehot_grad.defvjp(_embed_fwd, _embed_bwd)
+
+
 def attention_impl(cfg: ModelConfig) -> str:
   """The `jax.nn.dot_product_attention` implementation to use: the config's, or
   cuDNN on a GPU with 16-bit compute and a head dim it supports, else XLA.
@@ -170,7 +194,7 @@ class Transformer(nnx.Module):
     b, l = tokens.shape
     positions = _default_positions(positions, b, l)
     mask = segment_mask(segment_ids)
-    x = constrain(self.wte(tokens), _ACT)
+    x = constrain(self.embed(tokens), _ACT)
     cfg = self.cfg
     if not cfg.scan_layers and cfg.remat == 'none':
       for block in self.blocks:
@@ -192,6 +216,11 @@ class Transformer(nnx.Module):
         x, _ = body(x, state)
     return self.ln_f(x)
 
+  def embed(self, tokens: jax.Array) -> jax.Array:
+    if self.cfg.embed_grad == 'onehot':
+      return embed_onehot_grad(self.wte.embedding[...], tokens, jnp.dtype(self.cfg.dtype))
+    return self.wte(tokens)
+
   def __call__(self, tokens: jax.Array, segment_ids: jax.Array | None = None,
                positions: jax.Array | None = None,
                output_window: tuple[jax.Array, int] | None = None,
@@ -212,7 +241,7 @@ class Transformer(nnx.Module):
     b, l = tokens.shape
     positions = _default_positions(positions, b, l)
     mask = segment_mask(segment_ids)
-    x = constrain(self.wte(tokens), _ACT)
+    x = constrain(self.embed(tokens), _ACT)
     ks, vs = [], []
     for block in self.blocks:
       x, k, v = block.with_kv(x, mask, positions)
@@ -233,7 +262,7 @@ class Transformer(nnx.Module):
     if segment_ids is not None:
       q_seg = jax.lax.dynamic_slice_in_dim(segment_ids, start, w, axis=1)
       mask = (q_seg[:, :, None] == segment_ids[:, None, :])[:, None]
-    x = constrain(self.wte(tokens), _ACT)
+    x = constrain(self.embed(tokens), _ACT)
     new_k, new_v = [], []
     for i, block in enumerate(self.blocks):
       x, k, v = block.cached(x, mask, positions, ks[i], vs[i], start)

@@ -15,6 +15,7 @@ from dllm_jax.data import tokenizer as tokenizer_lib
 DTYPES = ('float32', 'bfloat16')
 ATTENTION_IMPLS = (None, 'xla', 'cudnn')
 REMAT_POLICIES = ('none', 'full', 'dots')
+EMBED_GRADS = ('scatter', 'onehot')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +41,9 @@ class ModelConfig:
   # depth (the blocks' weights are stacked inside the step).
   remat: str = 'none'
   scan_layers: bool = False
+  # The input embedding's gradient: 'scatter' (XLA's scatter-add of the rows) or
+  # 'onehot' (a one-hot [N, V] x [N, D] product: no scatter, 2 N V D FLOPs).
+  embed_grad: str = 'scatter'
   # Special token ids of the tokenizer this shape is meant for.
   mask_id: int = tokenizer_lib.BYTE_MASK_ID
   bos_id: int = tokenizer_lib.BYTE_BOS_ID
@@ -60,6 +64,8 @@ class ModelConfig:
             f'{name}={getattr(self, name)!r} is not one of {DTYPES}.')
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f'remat={self.remat!r} is not one of {REMAT_POLICIES}.')
+    if self.embed_grad not in EMBED_GRADS:
+      raise ValueError(f'embed_grad={self.embed_grad!r} is not one of {EMBED_GRADS}.')
     if self.attention_impl not in ATTENTION_IMPLS:
       raise ValueError(f'attention_impl={self.attention_impl!r} is not one of '
                        f'{ATTENTION_IMPLS}.')

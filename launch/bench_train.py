@@ -5,7 +5,7 @@ r"""Train-step throughput and MFU on the current device; prints a table.
       --batch=8,16,8 --grad_accum_steps=1,2,1 --segments=false,false,true
 
 Random tokens, the pretraining objective, AdamW. The list flags (--batch,
---grad_accum_steps, --segments, --remat) give one row per position (a flag with
+--grad_accum_steps, --segments, --remat, --embed_grad) give one row per position (a flag with
 one value applies to every row); each row's step is compiled ahead of time, then
 --steps steps are timed after --warmup untimed ones, and the next row starts.
 `--segments=true` passes segment ids (one document per row), as packed data does:
@@ -31,6 +31,8 @@ _SEGMENTS = flags.DEFINE_list('segments', ['false'],
                               'Pass segment ids (the masked attention path): '
                               'true, false or both.')
 _REMAT = flags.DEFINE_list('remat', ['none'], 'Rematerialisation policies.')
+_EMBED_GRAD = flags.DEFINE_list('embed_grad', ['scatter'],
+                                'Input-embedding gradient: scatter or onehot.')
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps.')
 _WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps after compiling.')
 _PROFILE_DIR = flags.DEFINE_string(
@@ -45,16 +47,16 @@ def _bool(text: str) -> bool:
   return text.lower() == 'true'
 
 
-def _rows() -> list[tuple[int, int, bool, str]]:
-  """(batch, accum, segments, remat) per row: the list flags zipped, single
-  values broadcast."""
-  lists = [_BATCH.value, _ACCUM.value, _SEGMENTS.value, _REMAT.value]
+def _rows() -> list[tuple[int, int, bool, str, str]]:
+  """(batch, accum, segments, remat, embed_grad) per row: the list flags
+  zipped, single values broadcast."""
+  lists = [_BATCH.value, _ACCUM.value, _SEGMENTS.value, _REMAT.value, _EMBED_GRAD.value]
   n = max(len(v) for v in lists)
   if any(len(v) not in (1, n) for v in lists):
-    raise app.UsageError('--batch, --grad_accum_steps, --segments and --remat each '
-                         f'take one value or {n} (one per row).')
-  b, a, s, r = ([v[0]] * n if len(v) == 1 else v for v in lists)
-  return [(int(b[i]), int(a[i]), _bool(s[i]), r[i]) for i in range(n)]
+    raise app.UsageError('--batch, --grad_accum_steps, --segments, --remat and '
+                         f'--embed_grad each take one value or {n} (one per row).')
+  b, a, s, r, e = ([v[0]] * n if len(v) == 1 else v for v in lists)
+  return [(int(b[i]), int(a[i]), _bool(s[i]), r[i], e[i]) for i in range(n)]
 
 
 def main(argv):
@@ -72,13 +74,15 @@ def main(argv):
   peak = flops.peak_flops(dev.device_kind)
   seq = _SEQ_LEN.value
   rows = []
-  for row, (batch_size, accum, segments, remat) in enumerate(runs):
+  for row, (batch_size, accum, segments, remat, embed_grad) in enumerate(runs):
     cfg = presets.get_preset(
         _PRESET.value, dtype=_DTYPE.value, param_dtype=_PARAM_DTYPE.value,
-        remat=remat, max_len=max(seq, presets.PRESETS[_PRESET.value]['max_len']))
+        remat=remat, embed_grad=embed_grad,
+        max_len=max(seq, presets.PRESETS[_PRESET.value]['max_len']))
     name = (f'{batch_size} x {seq}' + (f', accum {accum}' if accum > 1 else '')
             + (', segments' if segments else '')
-            + (f', remat {remat}' if remat != 'none' else ''))
+            + (f', remat {remat}' if remat != 'none' else '')
+            + (f', {embed_grad} embedding grad' if embed_grad != 'scatter' else ''))
     print(f'== {name}', flush=True)
     state = jax.jit(lambda k, c=cfg: ts.init_train_state(c, opt, k))(jax.random.key(0))
     step = ts.make_train_step(cfg, opt, sched, grad_accum_steps=accum)

@@ -80,6 +80,24 @@ def test_kv_lengths_equal_truncation_without_a_mask():
       np.testing.assert_allclose(got[i, :n], want[0], atol=1e-5, err_msg=str(kw))
 
 
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+def test_onehot_embedding_gradient_equals_the_scatter(dtype):
+  tokens = jnp.array([[3, 7, 3, 0, 255], [7, 7, 1, 2, 3]])  # Repeated ids.
+  grads = {}
+  for how in ('scatter', 'onehot'):
+    cfg = _small(embed_grad=how, dtype=dtype)
+    params = model.init_params(cfg, jax.random.key(6))
+    loss = lambda p: jnp.sum(model.forward(p, tokens, config=cfg).astype(jnp.float32) ** 2)
+    grads[how] = jax.grad(loss)(params)
+  # bf16: the scatter adds repeated rows in bf16, the product in float32.
+  rtol = 1e-5 if dtype == 'float32' else 1e-2
+  for a, b in zip(jax.tree.leaves(grads['onehot']), jax.tree.leaves(grads['scatter'])):
+    np.testing.assert_allclose(a, b, rtol=rtol, atol=1e-6)
+  wte = np.asarray(grads['onehot']['wte']['embedding'])
+  assert np.abs(wte[[0, 1, 2, 3, 7, 255]]).sum(1).min() > 0  # Used rows get grads,
+  assert np.all(wte[[4, 5, 6, 8]] == 0)  # unused rows none.
+
+
 def test_bf16_compute_keeps_fp32_params():
   cfg = _small(dtype='bfloat16')
   params = model.init_params(cfg, jax.random.key(3))

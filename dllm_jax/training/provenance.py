@@ -24,7 +24,8 @@ INCOMPATIBLE_CONFIG_KEYS = ('train.objective', 'data.source', 'data.seq_len',
                             'data.text_field', 'data.prompt_field',
                             'data.response_field', 'data.num_workers',
                             'train.batch_size', 'seed')
-HARMLESS_MODEL_FIELDS = ('dtype', 'attention_impl', 'remat', 'scan_layers')  # Compute only.
+HARMLESS_MODEL_FIELDS = ('dtype', 'attention_impl', 'remat', 'scan_layers',
+                         'embed_grad')  # Compute only.
 
 def run_record(config: dict, model_cfg: ModelConfig, tokenizer) -> dict[str, Any]:
   """The provenance stored with every checkpoint (JSON-serialisable)."""

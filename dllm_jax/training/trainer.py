@@ -26,7 +26,7 @@ from dllm_jax.parallel import mesh as mesh_lib, multihost, sharding
 from dllm_jax.training import provenance, train_step as ts
 
 _SHAPE_KEYS = ('d_model', 'n_layers', 'n_heads', 'd_ff', 'max_len')
-_COMPUTE_KEYS = ('attention_impl', 'remat', 'scan_layers')
+_COMPUTE_KEYS = ('attention_impl', 'remat', 'scan_layers', 'embed_grad')
 OBJECTIVES = ('pretrain', 'sft', 'next_token')
 
 

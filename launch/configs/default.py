@@ -26,6 +26,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.max_len = config_dict.placeholder(int)
   config.model.remat = 'none'  # none | full | dots (keep matmul outputs).
   config.model.scan_layers = False  # lax.scan over layers: compile time flat in depth.
+  # Input-embedding gradient: scatter (scatter-add) | onehot (a matmul, no scatter).
+  config.model.embed_grad = 'scatter'
 
   # Device mesh (dllm_jax/parallel/mesh.py): sizes of the data, fsdp and tensor
   # axes, -1 takes the remaining devices; dcn_data > 1 splits the data axis
