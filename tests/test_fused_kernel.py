@@ -11,43 +11,53 @@ from dllm_jax.sampling import fused, remasking
 SEED = fused.seed_from_key(jax.random.key(7))
 
 
-def _both(logits, temperature, mask_id=3, eos_id=None, rows=8, tile=128):
+# Launch shapes under test (rows:tile:splits:lanes:warps): the default's shape,
+# the vocabulary split in 3 (the last split overhangs) or automatically, and the
+# per-lane running argmax.
+SHAPES = ['8:128:1:0:8', '8:128:3:0:8', '4:128:0:1:4', '8:64:2:1:4']
+
+
+def _both(logits, temperature, mask_id=3, eos_id=None, shape='8:128:1:0:8'):
   want = fused.candidates_jnp(logits, SEED, temperature=temperature, mask_id=mask_id,
                               eos_id=eos_id)
   got = fused.candidates_pallas(logits, SEED, temperature=temperature,
-                                mask_id=mask_id, eos_id=eos_id, rows=rows, tile=tile,
-                                interpret=True)
+                                mask_id=mask_id, eos_id=eos_id,
+                                kernel=fused.KernelConfig.parse(shape), interpret=True)
   return want, got
 
 
+@pytest.mark.parametrize('shape', SHAPES)
 @pytest.mark.parametrize('temperature', [0.0, 0.7, 1.0])
 @pytest.mark.parametrize('v', [128, 1000])  # 1000: not a multiple of the tile.
-def test_kernel_equals_twin_on_random_logits(temperature, v):
+def test_kernel_equals_twin_on_random_logits(temperature, v, shape):
   logits = jax.random.normal(jax.random.key(0), (21, v)) * 4  # 21: rows padded.
-  (wc, wp), (gc, gp) = _both(logits, temperature)
+  (wc, wp), (gc, gp) = _both(logits, temperature, shape=shape)
   np.testing.assert_array_equal(gc, wc)
   np.testing.assert_allclose(gp, wp, rtol=1e-5)
   assert not np.any(np.asarray(gc) == 3)  # The mask token never wins.
 
 
-def test_kernel_equals_twin_with_ties_and_minus_inf():
+@pytest.mark.parametrize('shape', SHAPES)
+def test_kernel_equals_twin_with_ties_and_minus_inf(shape):
   logits = np.zeros((16, 300), np.float32)  # All tied: the first allowed index.
-  logits[1, 250:] = 5.0  # A tie across tiles: the first one wins.
+  logits[1, 250:] = 5.0  # A tie across tiles (and splits): the first one wins.
   logits[2, :] = -np.inf
   logits[2, 299] = 1.0  # Only the last (tail-tile) entry is finite.
   logits[3, :200] = -np.inf
-  (wc, wp), (gc, gp) = _both(jnp.asarray(logits), 0.0)
+  logits[4, [70, 140, 290]] = 2.0  # Equal maxima in different tiles and lanes.
+  (wc, wp), (gc, gp) = _both(jnp.asarray(logits), 0.0, shape=shape)
   np.testing.assert_array_equal(gc, wc)
   np.testing.assert_allclose(gp, wp, rtol=1e-6)
-  assert list(np.asarray(gc)[:4]) == [0, 250, 299, 200]
+  assert list(np.asarray(gc)[:5]) == [0, 250, 299, 200, 70]
   np.testing.assert_allclose(np.asarray(gp)[2], 1.0)
 
 
-def test_kernel_takes_bf16_logits_and_excludes_eos():
+@pytest.mark.parametrize('shape', SHAPES[::3])
+def test_kernel_takes_bf16_logits_and_excludes_eos(shape):
   logits = (jax.random.normal(jax.random.key(1), (32, 500)) * 3).astype(jnp.bfloat16)
   logits = logits.at[:, 9].set(50.0)  # EOS would win everywhere ...
   for t in (0.0, 1.0):
-    (wc, wp), (gc, gp) = _both(logits, t, eos_id=9)
+    (wc, wp), (gc, gp) = _both(logits, t, eos_id=9, shape=shape)
     np.testing.assert_array_equal(gc, wc)
     np.testing.assert_allclose(gp, wp, rtol=1e-5)
     assert not np.any(np.asarray(gc) == 9)  # ... but logits_eos_inf removes it.
@@ -87,3 +97,12 @@ def test_kernel_probe_runs_eagerly_inside_a_jit_trace():
   """The dispatcher first probes the kernel while the sampler is being traced; the
   probe must still evaluate (it once raised TracerBoolConversionError there)."""
   jax.jit(lambda x: (fused._probe(interpret=True), x)[1])(jnp.zeros(()))
+
+
+def test_kernel_config_parses_and_rejects_bad_text():
+  kc = fused.KernelConfig.parse('8:1024:0:1:4')
+  assert (kc.rows, kc.tile, kc.splits, kc.lanes, kc.num_warps, kc.num_stages) == (
+      8, 1024, 0, True, 4, 2)
+  assert fused.KernelConfig.parse(kc.name()) == kc
+  with pytest.raises(ValueError, match='rows:tile:splits:lanes:warps'):
+    fused.KernelConfig.parse('8:1024')

@@ -18,6 +18,7 @@ over <= block_length positions) stays in jnp: sorts lower to neither backend.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import warnings
 
@@ -84,72 +85,153 @@ def candidates_jnp(logits: jax.Array, seed: jax.Array, *, temperature: float,
   return cand, conf
 
 
-def _kernel(seed_ref, logits_ref, cand_ref, conf_ref, *, v: int, tile: int,
-            rows: int, temperature: float, mask_id: int, eos_id: int | None):
-  i = pl.program_id(0)
+@dataclasses.dataclass(frozen=True)
+class KernelConfig:
+  """Launch shape of the kernel (every setting computes the same function).
+
+  rows: rows per program. tile: vocabulary columns loaded per loop iteration.
+  splits: programs per row block along the vocabulary (each returns partial
+    max/sum/argmax, combined in jnp); 0 picks enough to give ~1,024 programs.
+  lanes: keep the running argmax per column lane ([rows, tile] accumulators,
+    reduced once at the end) instead of reducing every tile.
+  num_warps, num_stages: Triton's.
+  """
+  rows: int = 16
+  tile: int = 2048
+  splits: int = 1
+  lanes: bool = False
+  num_warps: int = 8
+  num_stages: int = 2
+
+  @classmethod
+  def parse(cls, text: str) -> 'KernelConfig':
+    """'rows:tile:splits:lanes:warps[:stages]', e.g. '8:1024:0:1:4'."""
+    parts = [int(x) for x in text.split(':')]
+    if len(parts) not in (5, 6):
+      raise ValueError(f'kernel config {text!r} is not rows:tile:splits:lanes:warps'
+                       '[:stages].')
+    return cls(*parts[:3], bool(parts[3]), *parts[4:])
+
+  def name(self) -> str:
+    return (f'{self.rows}:{self.tile}:{self.splits}:{int(self.lanes)}:'
+            f'{self.num_warps}:{self.num_stages}')
+
+
+_BIG = 2**31 - 1
+
+
+def _kernel(seed_ref, logits_ref, m_ref, s_ref, bv_ref, bi_ref, bx_ref, *, v: int,
+            kc: KernelConfig, n_tiles: int, temperature: float, mask_id: int,
+            eos_id: int | None):
+  """One program: `kc.rows` rows x one vocabulary split of `n_tiles` tiles.
+  Writes the split's partials: max and sum-exp of the logits, and the best
+  noisy value with its column and un-noised logit (first column on ties)."""
+  rows, tile = kc.rows, kc.tile
+  i, k = pl.program_id(0), pl.program_id(1)
+  start = k * (n_tiles * tile)
   row_ids = (i * rows + jnp.arange(rows, dtype=jnp.int32)).astype(jnp.uint32)
   seed0, seed1 = seed_ref[0], seed_ref[1]  # Scalar loads.
   neg = jnp.full((rows,), -jnp.inf, jnp.float32)
+  lane = jnp.arange(tile, dtype=jnp.int32)
 
   def body(j, carry):
-    m, s, best_noisy, best_idx, best_logit = carry
-    col0 = j * tile
-    cols = col0 + jnp.arange(tile, dtype=jnp.int32)
+    m, s, best = carry
+    cols = start + j * tile + lane
     valid = cols < v
-    x = plgpu.load(logits_ref.at[pl.ds(i * rows, rows), pl.ds(col0, tile)],
+    x = plgpu.load(logits_ref.at[pl.ds(i * rows, rows), pl.ds(start + j * tile, tile)],
                    mask=valid[None, :], other=-jnp.inf).astype(jnp.float32)
     ucols = cols.astype(jnp.uint32)[None, :]
     x = jnp.where(_excluded(ucols, mask_id, eos_id) | ~valid[None, :], -jnp.inf, x)
     # Online softmax denominator.
-    tile_max = jnp.max(x, axis=1)
-    m_new = jnp.maximum(m, tile_max)
+    m_new = jnp.maximum(m, jnp.max(x, axis=1))
     scale = jnp.where(m_new == -jnp.inf, 0.0, jnp.exp(m - m_new))
     p = jnp.where(x == -jnp.inf, 0.0, jnp.exp(x - m_new[:, None]))
     s = s * scale + jnp.sum(p, axis=1)
-    # Running argmax of the noisy logits (first index on ties, as jnp.argmax).
     noisy = x
     if temperature > 0:
       noisy = x + temperature * gumbel(seed0, seed1, row_ids[:, None], ucols)
+    bv, bi, bx = best
+    if kc.lanes:  # Per lane: a later tile wins only if strictly greater.
+      better = noisy > bv
+      return m_new, s, (jnp.where(better, noisy, bv),
+                        jnp.where(better, cols[None, :], bi), jnp.where(better, x, bx))
+    # Per tile: its first maximum, kept if strictly better than the best so far.
     t_best = jnp.max(noisy, axis=1)
-    hit = noisy == t_best[:, None]
-    t_idx = jnp.min(jnp.where(hit, cols[None, :], jnp.int32(2**31 - 1)), axis=1)
+    t_idx = jnp.min(jnp.where(noisy == t_best[:, None], cols[None, :], _BIG), axis=1)
     t_logit = jnp.max(jnp.where(cols[None, :] == t_idx[:, None], x, -jnp.inf), axis=1)
-    better = t_best > best_noisy
-    return (m_new, s, jnp.where(better, t_best, best_noisy),
-            jnp.where(better, t_idx, best_idx), jnp.where(better, t_logit, best_logit))
+    better = t_best > bv
+    return m_new, s, (jnp.where(better, t_best, bv), jnp.where(better, t_idx, bi),
+                      jnp.where(better, t_logit, bx))
 
-  init = (neg, jnp.zeros((rows,), jnp.float32), neg, jnp.zeros((rows,), jnp.int32), neg)
-  m, s, _, idx, logit = jax.lax.fori_loop(0, pl.cdiv(v, tile), body, init)
-  cand_ref[...] = idx
-  conf_ref[...] = jnp.exp(logit - m) / s
+  if kc.lanes:
+    shape = (rows, tile)
+    best0 = (jnp.full(shape, -jnp.inf, jnp.float32),
+             jnp.broadcast_to(start + lane[None, :], shape),
+             jnp.full(shape, -jnp.inf, jnp.float32))
+  else:
+    best0 = (neg, jnp.full((rows,), start, jnp.int32), neg)
+  m, s, (bv, bi, bx) = jax.lax.fori_loop(
+      0, n_tiles, body, (neg, jnp.zeros((rows,), jnp.float32), best0))
+  if kc.lanes:  # One reduction over the lanes: the first column of the best value.
+    v_best = jnp.max(bv, axis=1)
+    idx = jnp.min(jnp.where(bv == v_best[:, None], bi, _BIG), axis=1)
+    bx = jnp.max(jnp.where(bi == idx[:, None], bx, -jnp.inf), axis=1)
+    bv, bi = v_best, idx
+  m_ref[0, :] = m
+  s_ref[0, :] = s
+  bv_ref[0, :] = bv
+  bi_ref[0, :] = bi
+  bx_ref[0, :] = bx
+
+
+def _auto_splits(row_blocks: int, max_splits: int) -> int:
+  return max(1, min(max_splits, -(-1024 // row_blocks)))
 
 
 def candidates_pallas(logits: jax.Array, seed: jax.Array, *, temperature: float,
-                      mask_id: int, eos_id: int | None = None, rows: int = 16,
-                      tile: int = 2048, interpret: bool = False):
-  """The kernel (same contract as `candidates_jnp`, rows numbered from 0)."""
+                      mask_id: int, eos_id: int | None = None,
+                      kernel: KernelConfig | None = None, rows: int | None = None,
+                      tile: int | None = None, interpret: bool = False):
+  """The kernel (same contract as `candidates_jnp`, rows numbered from 0).
+  `kernel` sets the launch shape (`rows`/`tile` override its fields)."""
+  kc = kernel or KernelConfig()
+  kc = dataclasses.replace(kc, **{k: x for k, x in (('rows', rows), ('tile', tile))
+                                  if x is not None})
   r, v = logits.shape
-  pad = (-r) % rows
+  pad = (-r) % kc.rows
   if pad:
     logits = jnp.pad(logits, ((0, pad), (0, 0)))
-  kernel = functools.partial(_kernel, v=v, tile=tile, rows=rows,
-                             temperature=float(temperature), mask_id=mask_id,
-                             eos_id=eos_id)
+  row_blocks, max_splits = (r + pad) // kc.rows, pl.cdiv(v, kc.tile)
+  splits = min(kc.splits, max_splits) or _auto_splits(row_blocks, max_splits)
+  n_tiles = pl.cdiv(max_splits, splits)  # Tiles per split (the last may overhang).
+  body = functools.partial(_kernel, v=v, kc=kc, n_tiles=n_tiles,
+                           temperature=float(temperature), mask_id=mask_id,
+                           eos_id=eos_id)
   kwargs = {}
   if not interpret:
-    kwargs['compiler_params'] = plgpu.CompilerParams(num_warps=8, num_stages=2)
-  cand, conf = pl.pallas_call(
-      kernel,
-      grid=((r + pad) // rows,),
+    kwargs['compiler_params'] = plgpu.CompilerParams(num_warps=kc.num_warps,
+                                                     num_stages=kc.num_stages)
+  part = lambda dtype: jax.ShapeDtypeStruct((splits, r + pad), dtype)
+  out_spec = pl.BlockSpec((1, kc.rows), lambda i, k: (k, i))
+  m, s, bv, bi, bx = pl.pallas_call(
+      body,
+      grid=(row_blocks, splits),
       # The whole logits array stays in global memory; the kernel loads
       # [rows, tile] pieces itself (the vocabulary is not a power of two).
-      in_specs=[pl.BlockSpec((2,), lambda i: (0,)),
+      in_specs=[pl.BlockSpec((2,), lambda i, k: (0,)),
                 pl.BlockSpec(memory_space=pl.ANY)],
-      out_specs=[pl.BlockSpec((rows,), lambda i: (i,)),
-                 pl.BlockSpec((rows,), lambda i: (i,))],
-      out_shape=[jax.ShapeDtypeStruct((r + pad,), jnp.int32),
-                 jax.ShapeDtypeStruct((r + pad,), jnp.float32)],
+      out_specs=[out_spec] * 5,
+      out_shape=[part(jnp.float32), part(jnp.float32), part(jnp.float32),
+                 part(jnp.int32), part(jnp.float32)],
       interpret=interpret, **kwargs)(seed, logits)
+  # Combine the splits: global max and rescaled sums; the best split's argmax
+  # (the first split on ties: splits are in column order).
+  m_all = jnp.max(m, axis=0)
+  s_all = jnp.sum(jnp.where(m == -jnp.inf, 0.0, s * jnp.exp(m - m_all)), axis=0)
+  k_best = jnp.argmax(bv, axis=0)[None]
+  cand = jnp.take_along_axis(bi, k_best, axis=0)[0]
+  logit = jnp.take_along_axis(bx, k_best, axis=0)[0]
+  conf = jnp.exp(logit - m_all) / s_all
   return cand[:r], conf[:r]
 
 

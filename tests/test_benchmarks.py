@@ -1,0 +1,51 @@
+"""The benchmark launchers run at CPU-sized shapes and print their tables."""
+
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(*args, timeout=300):
+  out = subprocess.run([sys.executable, '-m', *args], cwd=REPO, capture_output=True,
+                       text=True, timeout=timeout)
+  assert out.returncode == 0, out.stdout + out.stderr
+  return out.stdout
+
+
+def _table(text, header):
+  """The rows of the markdown table that starts with `header`."""
+  lines = text.splitlines()
+  start = next(i for i, line in enumerate(lines) if line.startswith(header))
+  rows = []
+  for line in lines[start + 2:]:
+    if not line.startswith('|'):
+      break
+    rows.append([c.strip() for c in line.strip('|').split('|')])
+  return rows
+
+
+def test_bench_train_rows_and_profile_summary(tmp_path):
+  out = _run('launch.bench_train', '--seq_len=32', '--batch=4,8',
+             '--grad_accum_steps=1,2', '--segments=false,true',
+             '--embed_grad=scatter,onehot', '--steps=1', '--warmup=1',
+             f'--profile_dir={tmp_path}', '--profile_steps=1')
+  rows = _table(out, '| batch x seq |')
+  assert [r[0] for r in rows] == [
+      '4 x 32', '8 x 32, accum 2, segments, onehot embedding grad']
+  assert all(float(r[1]) > 0 for r in rows)  # step ms
+  summary = _run('launch.profile_summary', str(tmp_path / 'row1'), '--top=5')
+  kinds = _table(summary, '| kind |')
+  assert kinds and all(float(k[1]) >= 0 for k in kinds)
+  assert len(_table(summary, '| kernel |')) == 5
+
+
+def test_bench_kernel_times_each_launch_shape_in_interpret_mode():
+  out = _run('launch.bench_kernel', '--vocab=1000', '--rows=16', '--repeats=1',
+             '--interpret', '--kernels=16:256:1:0:8,4:128:0:1:4')
+  rows = _table(out, '| rows |')
+  assert [(r[1], r[4]) for r in rows] == [
+      ('0.0', '16:256:1:0:8:2'), ('0.0', '4:128:0:1:4:2'),
+      ('1.0', '16:256:1:0:8:2'), ('1.0', '4:128:0:1:4:2')]
+  assert all(r[6] == '1.0000' for r in rows)  # Same candidates as the twin.
