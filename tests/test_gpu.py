@@ -88,9 +88,10 @@ def test_dual_cache_threshold_sampler_runs_bf16_with_the_kernel():
   assert fused.use_kernel()  # The probe compiles here (first called untraced).
   cfg = _cfg()
   params = model.init_params(cfg, jax.random.key(0))
-  # Temperature 0: where the dispatcher picks the kernel (fused.KERNEL_MAX_ROWS).
-  sc = gen.SamplingConfig(steps=16, gen_length=64, block_length=16, cache='dual',
+  # Temperature 0 and 12 x 32 = 384 block rows: where the dispatcher picks the
+  # kernel (fused.KERNEL_ROWS).
+  sc = gen.SamplingConfig(steps=32, gen_length=64, block_length=32, cache='dual',
                           parallel='threshold', noise='counter', temperature=0.0)
-  state = gen.sample(params, np.full((2, 16), 65), jax.random.key(1), config=cfg,
+  state = gen.sample(params, np.full((12, 16), 65), jax.random.key(1), config=cfg,
                      sampling=sc)
   assert not np.any(np.asarray(state.tokens)[:, 16:] == cfg.mask_id)

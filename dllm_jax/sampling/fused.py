@@ -236,12 +236,14 @@ def candidates_pallas(logits: jax.Array, seed: jax.Array, *, temperature: float,
 
 
 # Measured on one H100 (`launch.bench_kernel`, vocabulary 126,464, bf16 logits,
-# experiments/perf_notes.md): at temperature 0 the kernel beats the twin on the
-# batch-1 sampler's rows (384: 0.69 vs 0.86 ms) but is 9% slower at 12,288; with
-# Gumbel noise it is 3.4x-5.4x slower (its per-element hash and logs run with
-# fewer programs in flight than XLA's fusion). So it is dispatched only where it
-# measured faster: temperature 0 and at most this many rows.
-KERNEL_MAX_ROWS = 2048
+# experiments/perf_notes.md), default launch shape: at temperature 0 the kernel
+# beats the twin at 384 rows (0.69 vs 0.86 ms) but is 9% slower at 12,288; with
+# Gumbel noise it is 3.4x-5.4x slower. One program per 16 rows walks the whole
+# vocabulary, so its time is about 0.6-0.7 ms per wave of ~2,000 rows and does
+# not shrink below 384 rows, where the twin gets cheaper. So it is dispatched
+# only in the measured range where it won: temperature 0 and
+# KERNEL_ROWS[0] <= rows <= KERNEL_ROWS[1] (the sampler's rows: batch x block).
+KERNEL_ROWS = (384, 2048)
 
 
 def _probe(interpret: bool = False) -> None:
@@ -279,12 +281,12 @@ def use_kernel() -> bool:
 def candidates(logits: jax.Array, seed: jax.Array, *, temperature: float,
                mask_id: int, eos_id: int | None = None, interpret: bool = False):
   """Dispatch: the Pallas kernel on GPU where it measured faster (temperature 0,
-  at most `KERNEL_MAX_ROWS` rows; see above) or in interpret mode when asked, the
+  rows within `KERNEL_ROWS`; see above) or in interpret mode when asked, the
   jnp twin elsewhere (same results either way).
   logits [..., V] -> (candidates [...], confidence [...])."""
   shape = logits.shape[:-1]
   flat = logits.reshape(-1, logits.shape[-1])
-  fast_here = temperature == 0 and flat.shape[0] <= KERNEL_MAX_ROWS
+  fast_here = temperature == 0 and KERNEL_ROWS[0] <= flat.shape[0] <= KERNEL_ROWS[1]
   if interpret or (fast_here and use_kernel()):
     cand, conf = candidates_pallas(flat, seed, temperature=temperature,
                                    mask_id=mask_id, eos_id=eos_id, interpret=interpret)
