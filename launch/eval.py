@@ -56,8 +56,8 @@ def main(argv):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from dllm_jax import likelihood  # pylint: disable=g-import-not-at-top
-  from dllm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  from dllm_jax.training import checkpoint  # pylint: disable=g-import-not-at-top
+  from dllm_jax.training import checkpoint, trainer  # pylint: disable=g-import-not-at-top
+  from launch.configs import default  # pylint: disable=g-import-not-at-top
 
   with cli.one_line_errors():
     if _MODE.value != 'heldout' and not _DATA.value:
@@ -71,12 +71,14 @@ def main(argv):
     t0 = time.time()
 
     if _MODE.value == 'heldout':
-      it = iter(pipeline.pretrain_dataset(
-          data_cfg['source'], tok, seq_len=seq_len, batch_size=1, seed=_SEED.value,
-          split='validation', num_epochs=1, data_dir=data_cfg.get('data_dir'),
-          packing=data_cfg.get('packing', 'concat'),
-          text_field=data_cfg.get('text_field', 'text'),
-          record_format=data_cfg.get('record_format', 'json')))
+      # The training run's data config (keys an older checkpoint lacks keep their
+      # defaults), read as pretraining rows, one at a time, in this process.
+      config = default.get_config()
+      config.data.update({k: v for k, v in data_cfg.items() if k in config.data})
+      config.data.num_workers = 0
+      config.seed, config.train.objective = _SEED.value, 'pretrain'
+      it = iter(trainer.make_dataset(config, tok, split='validation', num_epochs=1,
+                                     batch_size=1))
       total, count = 0.0, 0
       for i in range(_NUM_ROWS.value):
         row = {k: v[0] for k, v in next(it).items()}
