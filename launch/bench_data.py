@@ -45,26 +45,13 @@ def _time_pipeline(packing: str, workers: int) -> float:
 
 
 def _time_train_step() -> float:
-  import jax  # pylint: disable=g-import-not-at-top
   from dllm_jax import presets  # pylint: disable=g-import-not-at-top
-  from dllm_jax.training import optimizer as opt_lib, train_step as ts  # pylint: disable=g-import-not-at-top
+  from launch import step_timing  # pylint: disable=g-import-not-at-top
   cfg = presets.get_preset(_PRESET.value, max_len=max(
       _SEQ_LEN.value, presets.PRESETS[_PRESET.value]['max_len']))
-  opt, sched = opt_lib.make_optimizer(
-      lr=1e-3, total_steps=100, warmup_steps=1, decay_fraction=0.1,
-      final_lr_ratio=0.1, b1=0.9, b2=0.95, weight_decay=0.1, clip_norm=1.0)
-  state = jax.jit(lambda k: ts.init_train_state(cfg, opt, k))(jax.random.key(0))
-  batch = {'tokens': jax.random.randint(jax.random.key(1), (_BATCH.value, _SEQ_LEN.value),
-                                        0, 256)}
-  key = jax.random.key(2)
-  step = ts.make_train_step(cfg, opt, sched).lower(state, batch, key).compile()
-  state, metrics = step(state, batch, key)
-  jax.block_until_ready(metrics)
-  t0 = time.perf_counter()
-  for _ in range(_STEPS.value):
-    state, metrics = step(state, batch, key)
-  jax.block_until_ready(metrics)
-  return _STEPS.value * _BATCH.value * _SEQ_LEN.value / (time.perf_counter() - t0)
+  t = step_timing.time_train_step(cfg, _BATCH.value, _SEQ_LEN.value,
+                                  steps=_STEPS.value, log=lambda msg: None)
+  return _BATCH.value * _SEQ_LEN.value / t.seconds
 
 
 def main(argv):

@@ -14,8 +14,6 @@ mask-free (the 1% random-length cut is a key length). FLOPs are analytic
 (dllm_jax/flops.py); rematerialised work is not counted.
 """
 
-import time
-
 from absl import app, flags
 
 from launch import cli
@@ -63,13 +61,9 @@ def main(argv):
   cli.start(argv)
   runs = _rows()
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from dllm_jax import flops, presets  # pylint: disable=g-import-not-at-top
-  from dllm_jax.training import optimizer as opt_lib, train_step as ts  # pylint: disable=g-import-not-at-top
+  from launch import step_timing  # pylint: disable=g-import-not-at-top
 
-  opt, sched = opt_lib.make_optimizer(
-      lr=1e-4, total_steps=1000, warmup_steps=10, decay_fraction=0.1,
-      final_lr_ratio=0.1, b1=0.9, b2=0.95, weight_decay=0.1, clip_norm=1.0)
   dev = jax.devices()[0]
   peak = flops.peak_flops(dev.device_kind)
   seq = _SEQ_LEN.value
@@ -84,54 +78,29 @@ def main(argv):
             + (f', remat {remat}' if remat != 'none' else '')
             + (f', {embed_grad} embedding grad' if embed_grad != 'scatter' else ''))
     print(f'== {name}', flush=True)
-    state = jax.jit(lambda k, c=cfg: ts.init_train_state(c, opt, k))(jax.random.key(0))
-    step = ts.make_train_step(cfg, opt, sched, grad_accum_steps=accum)
-    tokens = jax.random.randint(jax.random.key(1), (batch_size, seq), 0, cfg.mask_id)
-    batch = {'tokens': tokens}
-    if segments:
-      batch['segment_ids'] = jnp.ones_like(tokens)
-    key = jax.random.key(2)
-    t0 = time.perf_counter()
     try:
-      compiled = step.lower(state, batch, key).compile()
+      t = step_timing.time_train_step(
+          cfg, batch_size, seq, steps=_STEPS.value, warmup=_WARMUP.value,
+          grad_accum_steps=accum, segments=segments,
+          profile_dir=_PROFILE_DIR.value and f'{_PROFILE_DIR.value}/row{row}',
+          profile_steps=_PROFILE_STEPS.value,
+          log=lambda msg: print(msg, flush=True))
     except Exception as e:  # pylint: disable=broad-except
       # Most often out of memory: report the row and go on with the next.
-      print(f'   failed to compile: {" ".join(str(e).split())[:300]}', flush=True)
-      rows.append(f'| {name} | failed to compile | - | - | - | - | - | - |')
-      del state
+      print(f'   failed: {" ".join(str(e).split())[:300]}', flush=True)
+      rows.append(f'| {name} | failed | - | - | - | - | - | - |')
       continue
-    compile_s = time.perf_counter() - t0
-    mem = compiled.memory_analysis()
-    mem_text = '-'
-    if mem is not None:
-      mem_text = f'{(mem.temp_size_in_bytes + mem.argument_size_in_bytes) / 2**30:.1f}'
-      print(f'   compiled in {compile_s:.1f} s; memory: arguments '
-            f'{mem.argument_size_in_bytes / 2**30:.2f} GiB, outputs '
-            f'{mem.output_size_in_bytes / 2**30:.2f} GiB, temporaries '
-            f'{mem.temp_size_in_bytes / 2**30:.2f} GiB', flush=True)
-    for _ in range(_WARMUP.value):
-      state, metrics = compiled(state, batch, key)
-    jax.block_until_ready(metrics)
-    t0 = time.perf_counter()
-    for _ in range(_STEPS.value):
-      state, metrics = compiled(state, batch, key)
-    jax.block_until_ready(metrics)
-    dt = (time.perf_counter() - t0) / _STEPS.value
-    if _PROFILE_DIR.value:
-      with jax.profiler.trace(f'{_PROFILE_DIR.value}/row{row}',
-                              create_perfetto_trace=True):
-        for _ in range(_PROFILE_STEPS.value):
-          state, metrics = compiled(state, batch, key)
-        jax.block_until_ready(metrics)
+    mem = t.memory
+    mem_text = ('-' if mem is None else
+                f'{(mem.temp_size_in_bytes + mem.argument_size_in_bytes) / 2**30:.1f}')
     n_tok = batch_size * seq
-    tflops = flops.train_flops_per_token(cfg, seq) * n_tok / dt / 1e12
+    tflops = flops.train_flops_per_token(cfg, seq) * n_tok / t.seconds / 1e12
     tflops /= jax.device_count()
     mfu = '-' if peak is None else f'{100 * tflops * 1e12 / peak:.1f}%'
-    rows.append(f'| {name} | {1e3 * dt:.1f} | {n_tok / dt / jax.device_count():,.0f} '
-                f'| {tflops:.1f} | {mfu} | {compile_s:.1f} | {mem_text} '
-                f'| {float(metrics["loss"]):.3f} |')
+    rows.append(f'| {name} | {1e3 * t.seconds:.1f} | '
+                f'{n_tok / t.seconds / jax.device_count():,.0f} | {tflops:.1f} | {mfu} '
+                f'| {t.compile_seconds:.1f} | {mem_text} | {t.loss:.3f} |')
     print('   ' + rows[-1], flush=True)
-    del state, compiled, metrics
 
   print(f'\n{_PRESET.value} ({cfg.num_params() / 1e9:.2f}B params), {_DTYPE.value} '
         f'compute, {_PARAM_DTYPE.value} params and AdamW state, on '

@@ -1,0 +1,73 @@
+"""Timing one train-step configuration (shared by the benchmark launchers).
+
+Random tokens, the pretraining objective, AdamW; the step is compiled ahead of
+time, run `warmup` times untimed, then `steps` times on the clock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from dllm_jax.presets import ModelConfig
+from dllm_jax.training import optimizer as opt_lib, train_step as ts
+
+
+@dataclasses.dataclass
+class StepTiming:
+  seconds: float  # Per step.
+  compile_seconds: float
+  memory: Any  # `compiled.memory_analysis()` (None where the backend has none).
+  loss: float  # Of the last step run.
+
+
+def time_train_step(cfg: ModelConfig, batch_size: int, seq_len: int, *, steps: int,
+                    warmup: int = 1, grad_accum_steps: int = 1,
+                    segments: bool = False, profile_dir: str | None = None,
+                    profile_steps: int = 2, log=print) -> StepTiming:
+  """Compiles and times the train step of `cfg` on a [batch_size, seq_len] batch.
+
+  `segments`: pass one-document segment ids (the masked attention path packed
+  data takes). `profile_dir`: afterwards trace `profile_steps` more steps there
+  (Perfetto trace included, for `launch.profile_summary`). Compile errors (most
+  often out of memory) propagate.
+  """
+  opt, sched = opt_lib.make_optimizer(
+      lr=1e-4, total_steps=1000, warmup_steps=10, decay_fraction=0.1,
+      final_lr_ratio=0.1, b1=0.9, b2=0.95, weight_decay=0.1, clip_norm=1.0)
+  state = jax.jit(lambda k: ts.init_train_state(cfg, opt, k))(jax.random.key(0))
+  step = ts.make_train_step(cfg, opt, sched, grad_accum_steps=grad_accum_steps)
+  tokens = jax.random.randint(jax.random.key(1), (batch_size, seq_len), 0, cfg.mask_id)
+  batch = {'tokens': tokens}
+  if segments:
+    batch['segment_ids'] = jnp.ones_like(tokens)
+  key = jax.random.key(2)
+  t0 = time.perf_counter()
+  compiled = step.lower(state, batch, key).compile()
+  compile_s = time.perf_counter() - t0
+  mem = compiled.memory_analysis()
+  if mem is not None:
+    log(f'   compiled in {compile_s:.1f} s; memory: arguments '
+        f'{mem.argument_size_in_bytes / 2**30:.2f} GiB, outputs '
+        f'{mem.output_size_in_bytes / 2**30:.2f} GiB, temporaries '
+        f'{mem.temp_size_in_bytes / 2**30:.2f} GiB')
+  metrics = None
+  for _ in range(warmup):
+    state, metrics = compiled(state, batch, key)
+  jax.block_until_ready(metrics)
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    state, metrics = compiled(state, batch, key)
+  jax.block_until_ready(metrics)
+  dt = (time.perf_counter() - t0) / steps
+  if profile_dir:
+    with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
+      for _ in range(profile_steps):
+        state, metrics = compiled(state, batch, key)
+      jax.block_until_ready(metrics)
+  return StepTiming(seconds=dt, compile_seconds=compile_s, memory=mem,
+                    loss=float(metrics['loss']))
