@@ -64,6 +64,12 @@ def main():
       float(np.max(np.abs(a - b))) for a, b in
       zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)))}
 
+  # The one-hot embedding gradient on the 3-D mesh: the same step.
+  loss, params, _, _ = one_step((2, 2, 2), dataclasses.replace(cfg, embed_grad='onehot'))
+  out['onehot_embed_grad'] = {'loss': loss, 'max_param_diff': max(
+      float(np.max(np.abs(a - b))) for a, b in
+      zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)))}
+
   # Sampler: the same tokens with parameters and batch on a mesh.
   params = jax.jit(lambda k: ts.init_train_state(cfg, opt, k).params)(jax.random.key(0))
   prompts = np.tile(np.arange(65, 73, dtype=np.int32), (4, 1))

@@ -40,8 +40,10 @@ def test_one_train_step_on_a_mesh_equals_one_device(eight_devices, shape):
   assert got['q_proj_shard_elems'] == 64 * 64 // (fsdp * tensor)  # Really sharded.
 
 
-def test_remat_and_scan_on_a_mesh_give_the_same_step(eight_devices):
-  got = eight_devices['remat_scan']
+@pytest.mark.parametrize('variant', ['remat_scan', 'onehot_embed_grad'])
+def test_remat_scan_and_onehot_embedding_on_a_mesh_give_the_same_step(
+    eight_devices, variant):
+  got = eight_devices[variant]
   np.testing.assert_allclose(got['loss'], eight_devices['ref_loss'], rtol=1e-6)
   assert got['max_param_diff'] <= 1e-2 * LR, got
 
