@@ -43,7 +43,6 @@ class LossBatch:
   inputs: jax.Array  # [B, L] int, tokens with masks applied.
   segment_ids: jax.Array | None  # [B, L] int, or None: one document per row.
   positions: jax.Array | None  # [B, L] int, or None: 0..L-1.
-
   targets: jax.Array  # [B, L] int.
   weights: jax.Array  # [B, L] float; 0 where no loss is taken.
   denom: jax.Array  # [] float, shared by the whole batch.
