@@ -6,9 +6,11 @@ r"""The per-step hot path, fused Pallas kernel vs the jnp twin (XLA); a table.
 bf16 logits [rows, vocab] in, (candidate, confidence) out, at temperature 0
 and with Gumbel noise (counter-based in both, so they agree). The memory floor
 is reading the logits once. Times: median of --repeats runs after compiling.
-Each launch shape in --kernels (fused.KernelConfig: rows:tile:splits:lanes:warps,
-splits 0 = automatic) is timed; the first is the dispatcher's default. On
-backends where the kernel does not compile (CPU), only the twin is timed.
+The XLA twin is timed as is and with its rows reduced in vocabulary slices
+(--twin_splits), then each kernel launch shape in --kernels
+(fused.KernelConfig: rows:tile:splits:lanes:warps, splits 0 = automatic; the
+first is the dispatcher's default). On backends where the kernel does not
+compile (CPU), only the twin is timed unless --interpret.
 """
 
 import time
@@ -24,6 +26,9 @@ _KERNELS = flags.DEFINE_list(
     'kernels', ['16:2048:1:0:8', '16:2048:0:0:8', '8:1024:0:0:4', '4:1024:0:1:4',
                 '8:512:0:1:4'],
     'Kernel launch shapes rows:tile:splits:lanes:warps[:stages] to time.')
+_TWIN_SPLITS = flags.DEFINE_list(
+    'twin_splits', ['1', '16'], 'Vocabulary splits of the XLA twin to time (the '
+    'first is the reference the others are compared with).')
 _INTERPRET = flags.DEFINE_bool('interpret', False, 'Run the kernel in Pallas '
                                'interpret mode (any backend; slow: for testing).')
 _BANDWIDTH = flags.DEFINE_float('bandwidth', 3.0e12, 'Memory bandwidth for the floor '
@@ -49,6 +54,7 @@ def main(argv):
 
   dev = jax.devices()[0]
   shapes = [fused.KernelConfig.parse(k) for k in _KERNELS.value]
+  run_kernel = _INTERPRET.value or fused.use_kernel()
   seed = fused.seed_from_key(jax.random.key(0))
   table = []
   for r in map(int, _ROWS.value):
@@ -57,34 +63,38 @@ def main(argv):
     floor = 1e3 * r * _VOCAB.value * 2 / _BANDWIDTH.value
     for temperature in (0.0, 1.0):
       kw = dict(temperature=temperature, mask_id=_VOCAB.value - 128)
-      twin = jax.jit(functools.partial(fused.candidates_jnp, **kw))
-      t_twin = timed(twin, logits, seed)
-      print(f'  rows {r}, temperature {temperature}: twin {t_twin:.3f} ms', flush=True)
-      if not (_INTERPRET.value or fused.use_kernel()):
-        table.append([r, temperature, floor, t_twin, '-', None, '-'])
-        continue
-      want = np.asarray(twin(logits, seed)[0])
-      for shape in shapes:
-        kernel = jax.jit(functools.partial(fused.candidates_pallas, kernel=shape,
-                                           interpret=_INTERPRET.value, **kw))
+      impls = [('XLA twin' + (f', {n} splits' if n > 1 else ''),
+                functools.partial(fused.candidates_jnp, splits=n, **kw))
+               for n in map(int, _TWIN_SPLITS.value)]
+      if run_kernel:
+        impls += [(f'kernel {shape.name()}',
+                   functools.partial(fused.candidates_pallas, kernel=shape,
+                                     interpret=_INTERPRET.value, **kw))
+                  for shape in shapes]
+      want, t_twin = None, None
+      for name, fn in impls:
+        fn = jax.jit(fn)
         try:
-          t_kernel = timed(kernel, logits, seed)
+          ms = timed(fn, logits, seed)
         except Exception as e:  # pylint: disable=broad-except
-          print(f'    kernel {shape.name()} failed: {" ".join(str(e).split())[:200]}')
-          table.append([r, temperature, floor, t_twin, shape.name(), None, 'failed'])
+          print(f'  {name} failed: {" ".join(str(e).split())[:200]}', flush=True)
+          table.append([r, temperature, floor, name, None, None, 'failed'])
           continue
-        same = np.mean(np.asarray(kernel(logits, seed)[0]) == want)
-        table.append([r, temperature, floor, t_twin, shape.name(), t_kernel,
-                      f'{same:.4f}'])
-        print(f'    kernel {shape.name()}: {t_kernel:.3f} ms', flush=True)
+        got = np.asarray(fn(logits, seed)[0])
+        if want is None:  # The first implementation is the reference.
+          want, t_twin = got, ms
+        table.append([r, temperature, floor, name, ms, t_twin / ms,
+                      f'{np.mean(got == want):.4f}'])
+        print(f'  rows {r}, temperature {temperature}, {name}: {ms:.3f} ms', flush=True)
   print(f'\nvocab {_VOCAB.value}, bf16 logits, on {dev.device_kind}; kernel shape '
-        'rows:tile:splits:lanes:warps:stages (splits 0: automatic)\n')
-  print('| rows | temperature | floor ms | jnp twin (XLA) ms | kernel shape | '
-        'Pallas kernel ms | same candidates |')
+        'rows:tile:splits:lanes:warps:stages (splits 0: automatic); "x first": '
+        'speed-up over the first row of its group\n')
+  print('| rows | temperature | floor ms | implementation | ms | x first | '
+        'same candidates |')
   print('|---|---|---|---|---|---|---|')
-  for r, t, floor, tw, shape, k, same in table:
-    ks = '-' if k is None else f'{k:.3f}'
-    print(f'| {r} | {t} | {floor:.3f} | {tw:.3f} | {shape} | {ks} | {same} |')
+  for r, t, floor, name, ms, x, same in table:
+    ms_s, x_s = ('-', '-') if ms is None else (f'{ms:.3f}', f'{x:.2f}')
+    print(f'| {r} | {t} | {floor:.3f} | {name} | {ms_s} | {x_s} | {same} |')
 
 
 if __name__ == '__main__':

@@ -41,11 +41,12 @@ def test_bench_train_rows_and_profile_summary(tmp_path):
   assert len(_table(summary, '| kernel |')) == 5
 
 
-def test_bench_kernel_times_each_launch_shape_in_interpret_mode():
+def test_bench_kernel_times_each_implementation_in_interpret_mode():
   out = _run('launch.bench_kernel', '--vocab=1000', '--rows=16', '--repeats=1',
-             '--interpret', '--kernels=16:256:1:0:8,4:128:0:1:4')
+             '--interpret', '--twin_splits=1,4', '--kernels=16:256:1:0:8,4:128:0:1:4')
   rows = _table(out, '| rows |')
-  assert [(r[1], r[4]) for r in rows] == [
-      ('0.0', '16:256:1:0:8:2'), ('0.0', '4:128:0:1:4:2'),
-      ('1.0', '16:256:1:0:8:2'), ('1.0', '4:128:0:1:4:2')]
+  names = ['XLA twin', 'XLA twin, 4 splits', 'kernel 16:256:1:0:8:2',
+           'kernel 4:128:0:1:4:2']
+  assert [(r[1], r[3]) for r in rows] == [(t, n) for t in ('0.0', '1.0') for n in names]
   assert all(r[6] == '1.0000' for r in rows)  # Same candidates as the twin.
+  assert all(float(r[4]) > 0 for r in rows)

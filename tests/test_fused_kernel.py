@@ -106,3 +106,19 @@ def test_kernel_config_parses_and_rejects_bad_text():
   assert fused.KernelConfig.parse(kc.name()) == kc
   with pytest.raises(ValueError, match='rows:tile:splits:lanes:warps'):
     fused.KernelConfig.parse('8:1024')
+
+
+@pytest.mark.parametrize('temperature', [0.0, 1.0])
+def test_split_twin_equals_the_twin(temperature):
+  logits = np.array(jax.random.normal(jax.random.key(3), (6, 1000)) * 4)
+  logits[0] = 0.0  # All tied.
+  logits[1, :] = -np.inf  # No finite entry.
+  logits[2, [10, 510, 990]] = 30.0  # Equal maxima in different splits.
+  kw = dict(temperature=temperature, mask_id=3, eos_id=9)
+  want = fused.candidates_jnp(jnp.asarray(logits), SEED, **kw)
+  for splits in (2, 7, 16):  # 7: 1000 is not a multiple; the tail is padded.
+    got = fused.candidates_jnp(jnp.asarray(logits), SEED, splits=splits, **kw)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-6)
+  if temperature == 0:
+    assert list(np.asarray(want[0])[:3]) == [0, 0, 10]

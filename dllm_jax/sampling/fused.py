@@ -63,13 +63,28 @@ def _excluded(cols, mask_id, eos_id):
   return out if eos_id is None else out | (cols == eos_id)
 
 
+def _combine(m, s, bv, bi, bx):
+  """Per-split partials [splits, R] -> (candidates [R], confidence [R]): the
+  global max and rescaled sums; the best split's argmax (the first split on ties:
+  splits are in column order, so the first column wins, as in jnp.argmax)."""
+  m_all = jnp.max(m, axis=0)
+  s_all = jnp.sum(jnp.where(m == -jnp.inf, 0.0, s * jnp.exp(m - m_all)), axis=0)
+  k_best = jnp.argmax(bv, axis=0)[None]
+  cand = jnp.take_along_axis(bi, k_best, axis=0)[0]
+  logit = jnp.take_along_axis(bx, k_best, axis=0)[0]
+  return cand, jnp.exp(logit - m_all) / s_all
+
+
 def candidates_jnp(logits: jax.Array, seed: jax.Array, *, temperature: float,
-                   mask_id: int, eos_id: int | None = None,
-                   row_offset: int = 0) -> tuple[jax.Array, jax.Array]:
+                   mask_id: int, eos_id: int | None = None, row_offset: int = 0,
+                   splits: int = 1) -> tuple[jax.Array, jax.Array]:
   """The twin: logits [R, V] -> (candidates int32 [R], confidence float32 [R]).
 
   `mask_id` (and `eos_id`, when given: LLaDA's `logits_eos_inf`) never win.
-  Rows are numbered from `row_offset` for the noise.
+  Rows are numbered from `row_offset` for the noise. `splits` > 1 reduces each
+  row in that many vocabulary slices first and combines them, as the kernel
+  does: more parallel work when rows are few (same candidates; confidences
+  equal up to float summation order).
   """
   r, v = logits.shape
   cols = jnp.arange(v, dtype=jnp.uint32)[None, :]
@@ -78,6 +93,18 @@ def candidates_jnp(logits: jax.Array, seed: jax.Array, *, temperature: float,
   if temperature > 0:
     rows = (jnp.arange(r, dtype=jnp.uint32) + jnp.uint32(row_offset))[:, None]
     noisy = x + temperature * gumbel(seed[0], seed[1], rows, cols)
+  if splits > 1:
+    w = -(-v // splits)
+    part = lambda a: jnp.pad(a, ((0, 0), (0, w * splits - v)),
+                             constant_values=-jnp.inf).reshape(r, splits, w)
+    xs, ns = part(x), part(noisy)
+    m = jnp.max(xs, axis=-1)
+    s = jnp.sum(jnp.where(xs == -jnp.inf, 0.0, jnp.exp(xs - m[..., None])), axis=-1)
+    local = jnp.argmax(ns, axis=-1)[..., None]
+    bv = jnp.take_along_axis(ns, local, axis=-1)[..., 0]
+    bx = jnp.take_along_axis(xs, local, axis=-1)[..., 0]
+    bi = (local[..., 0] + jnp.arange(splits) * w).astype(jnp.int32)
+    return _combine(m.T, s.T, bv.T, bi.T, bx.T)
   cand = jnp.argmax(noisy, axis=-1).astype(jnp.int32)
   chosen = jnp.take_along_axis(x, cand[:, None], axis=-1)[:, 0]
   m = jnp.max(x, axis=-1)
@@ -224,14 +251,7 @@ def candidates_pallas(logits: jax.Array, seed: jax.Array, *, temperature: float,
       out_shape=[part(jnp.float32), part(jnp.float32), part(jnp.float32),
                  part(jnp.int32), part(jnp.float32)],
       interpret=interpret, **kwargs)(seed, logits)
-  # Combine the splits: global max and rescaled sums; the best split's argmax
-  # (the first split on ties: splits are in column order).
-  m_all = jnp.max(m, axis=0)
-  s_all = jnp.sum(jnp.where(m == -jnp.inf, 0.0, s * jnp.exp(m - m_all)), axis=0)
-  k_best = jnp.argmax(bv, axis=0)[None]
-  cand = jnp.take_along_axis(bi, k_best, axis=0)[0]
-  logit = jnp.take_along_axis(bx, k_best, axis=0)[0]
-  conf = jnp.exp(logit - m_all) / s_all
+  cand, conf = _combine(m, s, bv, bi, bx)
   return cand[:r], conf[:r]
 
 
