@@ -60,7 +60,7 @@ def main():
   parser.add_argument('--workdir', default=None, help='Evaluate (or train into) this run.')
   parser.add_argument('--layers', type=int, default=4)
   parser.add_argument('--steps', type=int, default=4000)
-  parser.add_argument('--decay_fraction', type=float, default=0.6,
+  parser.add_argument('--decay_fraction', type=float, default=0.3,
                       help='Share of the steps in the learning-rate decay.')
   parser.add_argument('--data', default=os.path.join(tempfile.gettempdir(), 'sft_data'))
   parser.add_argument('--out', default=HERE)
