@@ -217,13 +217,10 @@ def _auto_splits(row_blocks: int, max_splits: int) -> int:
 
 def candidates_pallas(logits: jax.Array, seed: jax.Array, *, temperature: float,
                       mask_id: int, eos_id: int | None = None,
-                      kernel: KernelConfig | None = None, rows: int | None = None,
-                      tile: int | None = None, interpret: bool = False):
-  """The kernel (same contract as `candidates_jnp`, rows numbered from 0).
-  `kernel` sets the launch shape (`rows`/`tile` override its fields)."""
+                      kernel: KernelConfig | None = None, interpret: bool = False):
+  """The kernel (same contract as `candidates_jnp`, rows numbered from 0);
+  `kernel` is the launch shape (default: `KernelConfig()`)."""
   kc = kernel or KernelConfig()
-  kc = dataclasses.replace(kc, **{k: x for k, x in (('rows', rows), ('tile', tile))
-                                  if x is not None})
   r, v = logits.shape
   pad = (-r) % kc.rows
   if pad:

@@ -74,11 +74,14 @@ def main():
   config.train.steps = args.steps
   config.train.log_every = 500
   config.optimizer.decay_fraction = args.decay_fraction
+  try:
+    done_before = checkpoint.read_meta(workdir)['step'] >= args.steps
+  except FileNotFoundError:
+    done_before = False
   trainer.train(config, workdir)  # Resumes, or returns at once when finished.
-  train_s = time.time() - t0
-  trained = (f'trained from scratch in {train_s / 60:.1f} min on '
-             f'{jax.devices()[0].device_kind} ({os.cpu_count()} cores)'
-             if train_s > 60 else f'the finished run in {workdir}')
+  trained = (f'the finished run in {workdir}' if done_before else
+             f'trained in {(time.time() - t0) / 60:.1f} min on '
+             f'{jax.devices()[0].device_kind} ({os.cpu_count()} cores)')
   with open(paths['validation']) as f:
     correct = evaluate(workdir, [json.loads(line) for line in f if line.strip()])
   lines = [
