@@ -6,7 +6,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,37 +16,15 @@ import pytest
 
 from dllm_jax import errors
 from dllm_jax.training import checkpoint, trainer
-from tests.test_training import REPO, small_config
+from tests.support import REPO, free_port as _free_port, launch_train as _launch, read_batch_log as _batches, small_config
 
 # CLI overrides giving a model small enough for a step to take milliseconds.
-SMALL_CLI = ['--config.model.d_model=32', '--config.model.n_layers=1',
-             '--config.model.n_heads=2', '--config.model.d_ff=64',
-             '--config.model.max_len=64', '--config.data.seq_len=32',
-             '--config.train.batch_size=4', '--config.optimizer.warmup_steps=2',
-             '--config.sample.gen_length=16', '--config.sample.block_length=8',
-             '--config.sample.steps=4', '--config.sample.num_samples=1']
-
-
-def _launch(workdir, *overrides):
-  return subprocess.Popen(
-      [sys.executable, '-m', 'launch.train', f'--workdir={workdir}', *SMALL_CLI,
-       *overrides], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-      text=True)
 
 
 def _params(workdir):
   return checkpoint.restore_for_inference(str(workdir)).params
 
 
-def _batches(workdir):
-  """The consumed batch of every step; a step re-run after a crash counts once
-  (its last record), as the resumed run consumed it."""
-  seen = {}
-  with open(os.path.join(workdir, 'batches.txt')) as f:
-    for line in f:
-      step, digest = line.split()
-      seen[int(step)] = digest
-  return [seen[s] for s in sorted(seen)]
 
 
 def test_sigterm_saves_at_the_current_step_and_resumes_there(tmp_path):
@@ -197,10 +174,6 @@ def test_no_load_path_uses_pickle():
     assert 'allow_pickle=True' not in text, path
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
 
 
 def test_sigterm_on_one_host_stops_every_host_at_the_same_step():

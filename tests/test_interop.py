@@ -230,7 +230,7 @@ print('ok', len(jax.devices()))
 def test_load_places_each_tensor_on_a_mesh_as_it_loads(tmp_path):
   import subprocess
   import sys
-  from tests.test_training import REPO
+  from tests.support import REPO
   write_sharded(random_llada_state_dict(CFG), tmp_path)
   env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8',
          'JAX_PLATFORMS': 'cpu'}

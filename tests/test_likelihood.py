@@ -126,7 +126,7 @@ def test_eval_launcher_reports_all_three_modes(tmp_path):
   import subprocess
   import sys
   from dllm_jax.training import trainer
-  from tests.test_training import REPO, small_config
+  from tests.support import REPO, small_config
   trainer.train(small_config(steps=2), str(tmp_path / 'run'))
   pairs, mc = tmp_path / 'pairs.jsonl', tmp_path / 'mc.jsonl'
   pairs.write_text(json.dumps({'prompt': 'import ', 'answer': 'os'}) + '\n')

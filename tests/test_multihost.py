@@ -4,8 +4,7 @@ import json
 import subprocess
 import sys
 
-from tests.test_crash_safety import _free_port
-from tests.test_training import REPO
+from tests.support import REPO, SMALL_CLI, free_port as _free_port
 
 
 def _run_two(module, *args, timeout=240):
@@ -48,7 +47,6 @@ def test_launch_train_on_two_processes_restores_on_one_device(tmp_path):
   import os
   import re
   from dllm_jax.training import checkpoint
-  from tests.test_crash_safety import SMALL_CLI
   port = _free_port()
   cmd = [sys.executable, '-m', 'launch.train', f'--workdir={tmp_path}', *SMALL_CLI,
          '--config.train.steps=4', '--config.train.batch_size=8',

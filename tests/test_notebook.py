@@ -6,7 +6,7 @@ import os
 import pytest
 
 from dllm_jax.training import trainer
-from tests.test_training import REPO, small_config
+from tests.support import REPO, small_config
 
 
 def test_quickstart_notebook_runs_headless(tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ import pytest
 from dllm_jax import model, presets
 from dllm_jax.parallel import mesh as mesh_lib, sharding
 from dllm_jax.training import trainer
-from tests.test_training import REPO, small_config
+from tests.support import REPO, small_config
 
 LR = 1e-3  # tests/sharding_worker.py's learning rate.
 

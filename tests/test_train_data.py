@@ -8,8 +8,7 @@ import pytest
 
 from dllm_jax.data import sp_tokenizer, stdlib_corpus, synthetic_sft
 from dllm_jax.training import checkpoint, trainer
-from tests.test_crash_safety import _batches as _batch_log
-from tests.test_training import small_config
+from tests.support import read_batch_log as _batch_log, small_config
 
 
 @pytest.mark.parametrize('num_workers', [0, 2])

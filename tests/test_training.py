@@ -1,6 +1,5 @@
 """Optimizer schedule, train step, checkpoint/resume and restore for inference."""
 
-import os
 import subprocess
 import sys
 
@@ -14,25 +13,7 @@ from dllm_jax.data import pipeline
 from dllm_jax.data.tokenizer import ByteTokenizer
 from dllm_jax.training import checkpoint, optimizer as optimizer_lib, trainer
 from dllm_jax.training import train_step as ts
-from launch.configs import default
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def small_config(**train):
-  config = default.get_config()
-  config.model.d_model, config.model.n_layers, config.model.n_heads = 32, 2, 2
-  config.model.d_ff, config.model.max_len = 64, 64
-  config.data.seq_len = 32
-  config.train.batch_size = 4
-  config.train.steps = 6
-  config.train.log_every = 2
-  config.train.checkpoint_every = 2
-  config.optimizer.warmup_steps = 2
-  config.sample.gen_length, config.sample.block_length, config.sample.steps = 16, 16, 4
-  for k, v in train.items():
-    config.train[k] = v
-  return config
+from tests.support import REPO, small_config
 
 
 def test_wsd_schedule_warms_up_holds_and_decays():

@@ -1,0 +1,34 @@
+"""Shared fixtures: the tiny model config and its parameters, a small run
+config, a free port. Plain helpers live in tests/support.py."""
+
+from __future__ import annotations
+
+import jax
+import pytest
+
+from tests import support
+
+
+@pytest.fixture(scope='session')
+def tiny_config():
+  """The `tiny` preset (byte vocabulary, 2 layers, d_model 128)."""
+  from dllm_jax import presets  # pylint: disable=g-import-not-at-top
+  return presets.get_preset('tiny')
+
+
+@pytest.fixture(scope='session')
+def tiny_params(tiny_config):
+  """Random parameters of `tiny_config` (seed 0); do not mutate."""
+  from dllm_jax import model  # pylint: disable=g-import-not-at-top
+  return jax.jit(model.init_params, static_argnums=0)(tiny_config, jax.random.key(0))
+
+
+@pytest.fixture
+def small_run_config():
+  """A fresh small training config (`support.small_config()`), safe to edit."""
+  return support.small_config()
+
+
+@pytest.fixture
+def free_port():
+  return support.free_port()
