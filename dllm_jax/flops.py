@@ -7,8 +7,6 @@ compute the full score matrix too).
 
 from __future__ import annotations
 
-from dllm_jax.presets import ModelConfig
-
 # Dense bf16 peak FLOP/s per device (vendor figures, no sparsity).
 PEAK_BF16_FLOPS = {
     'h100': 989e12,
@@ -24,16 +22,13 @@ PEAK_BF16_FLOPS = {
 }
 
 
-def forward_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
-  """Matmul FLOPs of one forward pass, per token, at sequence length `seq_len`."""
-  d, f = cfg.d_model, cfg.d_ff
-  dense = 2 * (4 * d * d + 3 * d * f)  # q, k, v, out; SwiGLU's three matrices.
-  attention = 2 * 2 * seq_len * d  # Scores and weighted values, all L keys.
-  head = 2 * d * cfg.vocab_size
-  return cfg.n_layers * (dense + attention) + head
+def forward_flops_per_token(cfg, seq_len: int) -> float:
+  """Matmul FLOPs of one forward pass, per token, at sequence length `seq_len`
+  (the model family's count: active parameters only for a mixture of experts)."""
+  return cfg.forward_flops_per_token(seq_len)
 
 
-def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+def train_flops_per_token(cfg, seq_len: int) -> float:
   """Forward + backward (2x forward) FLOPs per token, without rematerialisation."""
   return 3 * forward_flops_per_token(cfg, seq_len)
 

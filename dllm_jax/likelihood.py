@@ -81,11 +81,11 @@ def negative_elbo(params: model_lib.Params, tokens: jax.Array, answer_start: jax
     kc, km = jax.random.split(key)
     counts = mask_counts(kc, answer_len, batch_size)
     masked = answer_masks(km, counts, answer_start, answer_len, t)
-    noisy = jnp.where(masked, config.mask_id, seq)
+    noisy = jnp.where(masked, config.ids.mask, seq)
     logits = model_lib.forward(params, noisy, seg, positions,
                                config=config).astype(jnp.float32)
     if cfg_scale != 0:
-      un = jnp.where(prompt, config.mask_id, noisy)
+      un = jnp.where(prompt, config.ids.mask, noisy)
       un_logits = model_lib.forward(params, un, seg, positions,
                                     config=config).astype(jnp.float32)
       logits = un_logits + (cfg_scale + 1.0) * (logits - un_logits)
@@ -112,11 +112,11 @@ def log_likelihood(params: model_lib.Params, prompt: Sequence[int], answer: Sequ
   if n > config.max_len:
     raise ValueError(f'prompt + answer = {n} tokens exceeds the model max_len '
                      f'{config.max_len}.')
-  tokens = np.full(min(bucket_length(n), config.max_len), config.pad_id, np.int32)
+  tokens = np.full(min(bucket_length(n), config.max_len), config.ids.pad, np.int32)
   tokens[:n] = np.concatenate([np.asarray(prompt, np.int32),
                                np.asarray(answer, np.int32)])
-  if np.any(tokens[:n] == config.mask_id):
-    raise ValueError(f'the text contains the mask token (id {config.mask_id}).')
+  if np.any(tokens[:n] == config.ids.mask):
+    raise ValueError(f'the text contains the mask token (id {config.ids.mask}).')
   return -float(negative_elbo(params, jnp.asarray(tokens), jnp.asarray(len(prompt)),
                               jnp.asarray(len(answer)), key, config=config,
                               mc_num=mc_num, batch_size=batch_size,

@@ -13,6 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
+from dllm_jax.data import tokenizer as tokenizer_lib
+
 # LLaDA's special tokens (ids 126336, 126080, 126081, 126348 in its vocabulary).
 LLADA_SPECIAL_TOKENS = {
     'mask': '<|mdm_mask|>',
@@ -74,6 +76,10 @@ class HFTokenizer:
     return env.from_string(self.chat_template).render(
         messages=messages, add_generation_prompt=add_generation_prompt,
         bos_token=self.special_tokens['bos'], eos_token=self.special_tokens['eos'])
+
+  @property
+  def special_ids(self) -> tokenizer_lib.SpecialIds:
+    return tokenizer_lib.SpecialIds.of(self)
 
   def to_dict(self) -> dict:
     return {'name': self.name, 'path': self.path, 'special_tokens': self.special_tokens,

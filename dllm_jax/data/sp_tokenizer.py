@@ -13,6 +13,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from dllm_jax.data import tokenizer as tokenizer_lib
+
 DEFAULT_SPECIAL_TOKENS = {'mask': '<mask>', 'bos': '<s>', 'eos': '</s>',
                           'eot': '<eot>', 'pad': '<pad>'}
 
@@ -55,6 +57,10 @@ class SentencePieceTokenizer:
       if i not in self._specials and 0 <= i < self.vocab_size:
         out.append(i)
     return self._sp.decode(out)
+
+  @property
+  def special_ids(self) -> tokenizer_lib.SpecialIds:
+    return tokenizer_lib.SpecialIds.of(self)
 
   def to_dict(self) -> dict:
     return {'name': self.name, 'path': self.path, 'special_tokens': self.special_tokens,

@@ -21,6 +21,30 @@ SPECIAL_ROLES = ('mask', 'bos', 'eos', 'eot', 'pad')
 KINDS = ('byte', 'sentencepiece', 'hf')
 
 
+@dataclasses.dataclass(frozen=True)
+class SpecialIds:
+  """The special token ids a diffusion LM needs, as one record: the tokenizer
+  owns it (`tokenizer.special_ids`), model configs carry it (`config.ids`), and
+  the trainer, sampler and losses read it from there."""
+
+  mask: int
+  bos: int
+  eos: int
+  eot: int  # End of turn (chat).
+  pad: int
+
+  @classmethod
+  def of(cls, tokenizer) -> 'SpecialIds':
+    """The record of anything with `mask_id`, `bos_id`, ... attributes."""
+    return cls(**{r: int(getattr(tokenizer, f'{r}_id')) for r in SPECIAL_ROLES})
+
+  def check_vocab(self, vocab_size: int) -> None:
+    for role in SPECIAL_ROLES:
+      if not 0 <= getattr(self, role) < vocab_size:
+        raise ValueError(f'{role}_id={getattr(self, role)} is outside the '
+                         f'vocabulary [0, {vocab_size}).')
+
+
 class Tokenizer(Protocol):
   """What the data pipeline, trainer and sampler need from a tokenizer."""
 
@@ -40,6 +64,9 @@ class Tokenizer(Protocol):
 
   def to_dict(self) -> dict: ...
 
+  @property
+  def special_ids(self) -> SpecialIds: ...
+
 
 # Byte tokenizer ids: 0..255 are the bytes themselves, then the specials.
 BYTE_PAD_ID = 256
@@ -48,6 +75,8 @@ BYTE_EOS_ID = 258
 BYTE_EOT_ID = 259
 BYTE_MASK_ID = 260
 BYTE_VOCAB_SIZE = 261
+BYTE_IDS = SpecialIds(mask=BYTE_MASK_ID, bos=BYTE_BOS_ID, eos=BYTE_EOS_ID,
+                      eot=BYTE_EOT_ID, pad=BYTE_PAD_ID)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +115,10 @@ class ByteTokenizer:
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
+
+  @property
+  def special_ids(self) -> SpecialIds:
+    return SpecialIds.of(self)
 
 
 def make_tokenizer(spec: str) -> Tokenizer:

@@ -1,8 +1,10 @@
 """The one table of logical axis names -> mesh axes, and what is derived from it.
 
 Parameters, optimizer state and the main activations are named with logical
-axes (`batch`, `embed`, `heads`, `mlp`, `vocab`, ...); `LOGICAL_RULES` maps them
-to the mesh axes of `parallel/mesh.py`. Nothing else names a mesh axis. A
+axes (`batch`, `embed`, `heads`, `mlp`, `vocab`, ...): each model family says
+which of its parameters has which (`Family.param_axes`), and `LOGICAL_RULES`
+maps the names to the mesh axes of `parallel/mesh.py`. Nothing else names a
+mesh axis. A
 logical axis whose mesh axes do not divide the array's dimension is left
 unsharded (e.g. a batch of 1 in the sampler).
 """
@@ -28,18 +30,6 @@ LOGICAL_RULES: dict[str, str | tuple[str, ...] | None] = {
     'norm': None,  # RMSNorm weights.
 }
 
-# Parameter name (a key on its path) -> logical axes of its array.
-_PARAM_AXES = {
-    'embedding': ('vocab', 'embed'),  # wte [V, D]
-    'q_proj': ('embed', 'heads'), 'k_proj': ('embed', 'heads'),
-    'v_proj': ('embed', 'heads'), 'attn_out': ('heads', 'embed'),
-    'ff_proj': ('embed', 'mlp'), 'up_proj': ('embed', 'mlp'),
-    'ff_out': ('mlp', 'embed'),  # In a block; the output head is [D, V]:
-    'head': ('embed', 'vocab'),
-    'weight': ('norm',),
-}
-
-
 def spec(logical: Sequence[str | None], shape: Sequence[int] | None = None,
          mesh: Any = None, rules: dict | None = None) -> P:
   """Logical axes -> PartitionSpec; with `shape` and `mesh`, axes that do not
@@ -60,32 +50,36 @@ def _key_name(k) -> Any:
   return getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))
 
 
-def param_logical_axes(path: Sequence[Any], ndim: int) -> tuple[str | None, ...]:
-  """Logical axes of the parameter at `path` (keys of the params dict)."""
-  names = [_key_name(k) for k in path]
-  for name in reversed(names):
-    if name == 'ff_out' and 'blocks' not in names:
-      name = 'head'
-    if name in _PARAM_AXES and len(_PARAM_AXES[name]) == ndim:
-      return _PARAM_AXES[name]
-  return (None,) * ndim
+def _llada_axes():
+  from dllm_jax.models import llada  # pylint: disable=g-import-not-at-top
+  return llada.param_axes
 
 
-def param_shardings(abstract_params, mesh) -> Any:
-  """NamedSharding per parameter (tree like `abstract_params`)."""
+def param_logical_axes(path: Sequence[Any], ndim: int,
+                       param_axes=None) -> tuple[str | None, ...]:
+  """Logical axes of the parameter at `path` (keys of the params dict), by the
+  model family's `param_axes` (default: the `llada` family's)."""
+  param_axes = param_axes or _llada_axes()
+  return tuple(param_axes(tuple(_key_name(k) for k in path), ndim))
+
+
+def param_shardings(abstract_params, mesh, param_axes=None) -> Any:
+  """NamedSharding per parameter (tree like `abstract_params`); `param_axes` is
+  the model family's (`models.of(config).param_axes`; default `llada`)."""
   def one(path, x):
-    return NamedSharding(mesh, spec(param_logical_axes(path, x.ndim), x.shape, mesh))
+    axes = param_logical_axes(path, x.ndim, param_axes)
+    return NamedSharding(mesh, spec(axes, x.shape, mesh))
   return jax.tree_util.tree_map_with_path(one, abstract_params)
 
 
-def state_shardings(abstract_state, mesh) -> Any:
+def state_shardings(abstract_state, mesh, param_axes=None) -> Any:
   """Shardings for a train state: parameters by the rules; optimizer moments
   like the parameter whose path they end with; everything else replicated."""
   params = getattr(abstract_state, 'params', abstract_state)
   by_path = {}
   for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
     by_path[tuple(_key_name(k) for k in path)] = (
-        x.shape, param_logical_axes(path, x.ndim))
+        x.shape, param_logical_axes(path, x.ndim, param_axes))
 
   def one(path, x):
     names = tuple(_key_name(k) for k in path)

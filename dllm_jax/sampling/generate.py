@@ -308,7 +308,7 @@ def _sample_model(params, canvas, segment_ids, positions, key, *, config: ModelC
       full=functools.partial(model_lib.forward_with_cache, params, config=config),
       window=functools.partial(model_lib.forward_window, params, config=config))
   return denoise(logits_fn, canvas, segment_ids, positions, key, sampling=sampling,
-                 start=start, eos_id=config.eos_id, eot_id=config.eot_id,
+                 start=start, eos_id=config.ids.eos, eot_id=config.ids.eot,
                  cached=cached)
 
 
@@ -336,7 +336,7 @@ def _layout(canvas_mask: jax.Array | None):
 
 def _resolve(sampling: SamplingConfig, config: ModelConfig) -> SamplingConfig:
   if sampling.mask_id is None:
-    sampling = dataclasses.replace(sampling, mask_id=config.mask_id)
+    sampling = dataclasses.replace(sampling, mask_id=config.ids.mask)
   if not 0 <= sampling.mask_id < config.vocab_size:
     raise ValueError(f'mask_id={sampling.mask_id} is outside the vocabulary '
                      f'[0, {config.vocab_size}).')

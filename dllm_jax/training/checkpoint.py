@@ -19,11 +19,10 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
-from dllm_jax import model as model_lib
+from dllm_jax import model as model_lib, models
 from dllm_jax.errors import CheckpointError
 from dllm_jax.data import tokenizer as tokenizer_lib
 from dllm_jax.parallel import sharding as sharding_lib
-from dllm_jax.presets import ModelConfig
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -183,7 +182,7 @@ def read_meta(workdir: str, step: int | None = None) -> dict[str, Any]:
 
 
 class Restored(NamedTuple):
-  config: ModelConfig
+  config: object  # The model config (its family's config class).
   params: model_lib.Params
   tokenizer: tokenizer_lib.ByteTokenizer
 
@@ -203,7 +202,7 @@ def restore_for_inference(workdir: str, *, step: int | None = None,
     (model config, params, tokenizer).
   """
   def model_config(meta):
-    model_cfg = ModelConfig(**meta['model_config'])
+    model_cfg = models.config_from_dict(meta['model_config'])
     return model_cfg if dtype is None else dataclasses.replace(model_cfg, dtype=dtype)
 
   def items(meta):

@@ -7,14 +7,13 @@ changes (steps, logging, learning rate) are allowed and listed.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import jax
 
 import dllm_jax
+from dllm_jax import models
 from dllm_jax.data import tokenizer as tokenizer_lib
-from dllm_jax.presets import ModelConfig
 
 # Changes that would make the resumed run silently different: the parameters'
 # meaning (model shape, token ids, parameter dtype, objective, tokenizer) or the
@@ -25,12 +24,12 @@ INCOMPATIBLE_CONFIG_KEYS = ('train.objective', 'data.source', 'data.seq_len',
                             'data.response_field', 'data.num_workers',
                             'train.batch_size', 'seed')
 HARMLESS_MODEL_FIELDS = ('dtype', 'attention_impl', 'remat', 'scan_layers',
-                         'embed_grad')  # Compute only.
+                         'embed_grad')  # Compute only (the config section's keys).
 
-def run_record(config: dict, model_cfg: ModelConfig, tokenizer) -> dict[str, Any]:
+def run_record(config: dict, model_cfg, tokenizer) -> dict[str, Any]:
   """The provenance stored with every checkpoint (JSON-serialisable)."""
   devices = jax.devices()
-  return {'config': config, 'model_config': dataclasses.asdict(model_cfg),
+  return {'config': config, 'model_config': models.config_to_dict(model_cfg),
           'tokenizer': tokenizer.to_dict(),
           'dllm_jax_version': dllm_jax.__version__, 'jax_version': jax.__version__,
           'mesh': {'process_count': jax.process_count(),
@@ -56,6 +55,15 @@ def config_changes(old: dict, new: dict) -> list[tuple[str, Any, Any]]:
           for k in sorted(set(a) | set(b)) if a.get(k, '<absent>') != b.get(k, '<absent>')]
 
 
+def _normalised(model_config: dict) -> dict:
+  """A stored model config in today's form (older checkpoints: no family, flat
+  special ids), or as stored when it no longer builds (the diff then shows why)."""
+  try:
+    return models.config_to_dict(models.config_from_dict(model_config))
+  except (TypeError, ValueError):
+    return model_config
+
+
 def check_resume(saved: dict, current: dict) -> list[str]:
   """Raises ValueError listing incompatible changes; returns the harmless ones.
 
@@ -67,10 +75,12 @@ def check_resume(saved: dict, current: dict) -> list[str]:
     raise ValueError(f'the tokenizer does not match the checkpoint\'s ({diffs}); '
                      'use the tokenizer the checkpoint was trained with.')
   bad, ok = [], []
+  saved = {**saved, 'model_config': _normalised(saved.get('model_config', {}))}
+  compute = models.get(current['model_config']['family']).compute_fields
   for field in ('model_config', 'tokenizer', 'config'):
     for key, was, now in config_changes(saved.get(field, {}), current[field]):
       line = f'{field}.{key}: {was!r} -> {now!r}'
-      harmless = (key in HARMLESS_MODEL_FIELDS if field == 'model_config' else
+      harmless = (key in compute if field == 'model_config' else
                   field == 'config' and key not in INCOMPATIBLE_CONFIG_KEYS and
                   not (key.startswith('model.') and
                        key.split('.', 1)[1] not in HARMLESS_MODEL_FIELDS))

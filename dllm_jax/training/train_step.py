@@ -98,7 +98,7 @@ def make_train_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformat
   def train_step(state: TrainState, batch: Mapping[str, jax.Array],
                  key: jax.Array) -> tuple[TrainState, dict[str, Any]]:
     lb = diffusion.make_loss_batch(objective, batch, jax.random.fold_in(key, state.step),
-                                   mask_id=model_cfg.mask_id,
+                                   mask_id=model_cfg.ids.mask,
                                    random_length_prob=random_length_prob,
                                    stratified_t=stratified_t)
     if grad_accum_steps == 1:

@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dllm_jax import flops, presets
+from dllm_jax import flops, models, presets
+from dllm_jax.model import abstract_params
 from dllm_jax.data import pipeline, sft as sft_lib, sources
 from dllm_jax.data import tokenizer as tokenizer_lib
 from dllm_jax.sampling import generate as gen
@@ -31,20 +32,31 @@ OBJECTIVES = ('pretrain', 'sft', 'next_token')
 
 
 def model_config(config: ml_collections.ConfigDict,
-                 tokenizer: tokenizer_lib.Tokenizer | None = None,
-                 ) -> presets.ModelConfig:
+                 tokenizer: tokenizer_lib.Tokenizer | None = None):
   """The model config a training config asks for (`causal` follows the objective).
 
-  A byte-vocabulary preset (tiny, small) used with another tokenizer takes that
-  tokenizer's special ids and its vocabulary size rounded up to a multiple of 128.
+  The preset names the family (`models.preset_family`); the config's shape and
+  compute keys override the preset's fields where the family has them (a key the
+  family does not have must stay unset). A byte-vocabulary preset (tiny, small)
+  used with another tokenizer takes that tokenizer's special ids and its
+  vocabulary size rounded up to a multiple of 128.
   """
   m = config.model
+  family = models.preset_family(m.preset)
+  fields = {f.name for f in dataclasses.fields(family.config_cls)}
   overrides = {k: m[k] for k in _SHAPE_KEYS + _COMPUTE_KEYS if m[k] is not None}
-  if m.preset in presets.PRESETS:  # get_preset names an unknown one.
-    overrides.update(presets.tokenizer_overrides(m.preset, tokenizer))
-  return presets.get_preset(m.preset, dtype=m.dtype, param_dtype=m.param_dtype,
-                            causal=config.train.objective == 'next_token',
-                            **overrides)
+  overrides.update(dtype=m.dtype, param_dtype=m.param_dtype,
+                   causal=config.train.objective == 'next_token')
+  foreign = {k for k in overrides if k not in fields}
+  defaults = dict(causal=False, remat='none', scan_layers=False, embed_grad='scatter',
+                  dtype='float32', param_dtype='float32')
+  bad = sorted(k for k in foreign if overrides[k] != defaults.get(k))
+  if bad:
+    raise ValueError(f'model.{bad[0]} is not a field of the {family.name!r} family '
+                     f'(preset {m.preset!r}).')
+  overrides = {k: v for k, v in overrides.items() if k in fields}
+  overrides.update(presets.tokenizer_overrides(m.preset, tokenizer))
+  return presets.get_preset(m.preset, **overrides)
 
 
 def validate(config: ml_collections.ConfigDict, model_cfg: presets.ModelConfig,
@@ -77,9 +89,8 @@ def validate(config: ml_collections.ConfigDict, model_cfg: presets.ModelConfig,
   if config.data.seq_len > model_cfg.max_len:
     raise ValueError(f'data.seq_len={config.data.seq_len} exceeds the model max_len '
                      f'{model_cfg.max_len}.')
-  ids = ('mask_id', 'bos_id', 'eos_id', 'eot_id', 'pad_id')
-  if tokenizer.vocab_size > model_cfg.vocab_size or any(
-      getattr(tokenizer, i) != getattr(model_cfg, i) for i in ids):
+  if (tokenizer.vocab_size > model_cfg.vocab_size or
+      tokenizer.special_ids != model_cfg.ids):
     raise ValueError(f'model preset {config.model.preset!r} does not match the '
                      f'{tokenizer.name} tokenizer (vocab {tokenizer.vocab_size}, '
                      f'mask id {tokenizer.mask_id}); use a byte-vocabulary preset '
@@ -98,11 +109,7 @@ def check_parallel(config: ml_collections.ConfigDict, model_cfg: presets.ModelCo
         f'grad_accum_steps={t.grad_accum_steps}) is not divisible by the data-parallel '
         f'size mesh.data x mesh.fsdp = {mesh.shape["data"]} x {mesh.shape["fsdp"]} '
         f'= {dp}.')
-  tp = mesh.shape['tensor']
-  for name in ('n_heads', 'd_ff'):
-    if getattr(model_cfg, name) % tp:
-      raise ValueError(f'model {name}={getattr(model_cfg, name)} is not divisible by '
-                       f'the tensor-parallel size mesh.tensor={tp}.')
+  models.of(model_cfg).check_mesh(model_cfg, dict(mesh.shape))
 
 
 def _abstract_batch(config: ml_collections.ConfigDict, batch_sharding) -> dict:
@@ -196,13 +203,17 @@ def _init_params_from(init_from: str, model_cfg: presets.ModelConfig, tokenizer,
   diffs = tokenizer_lib.vocab_differences(meta['tokenizer'], tokenizer.to_dict())
   if diffs:
     raise ValueError(f'train.init_from={init_from!r} used another tokenizer ({diffs}).')
-  theirs = presets.ModelConfig(**meta['model_config'])
-  shape = ('vocab_size', 'd_model', 'n_layers', 'n_heads', 'd_ff', 'max_len')
-  bad = [f'{k} {getattr(theirs, k)} -> {getattr(model_cfg, k)}' for k in shape
-         if getattr(theirs, k) != getattr(model_cfg, k)]
+  theirs = models.config_from_dict(meta['model_config'])
+  shapes = lambda cfg: {jax.tree_util.keystr(p): x.shape for p, x in
+                        jax.tree_util.tree_flatten_with_path(abstract_params(cfg))[0]}
+  mine, other = shapes(model_cfg), shapes(theirs)
+  bad = [f'{k} {other.get(k)} -> {v}' for k, v in mine.items() if other.get(k) != v]
+  bad += [f'{k} {v} -> None' for k, v in other.items() if k not in mine]
+  if type(theirs).family != type(model_cfg).family:
+    bad.insert(0, f'family {type(theirs).family} -> {type(model_cfg).family}')
   if bad:
     raise ValueError(f'train.init_from={init_from!r} has another model shape '
-                     f'({", ".join(bad)}).')
+                     f'({", ".join(bad[:6])}{", ..." if len(bad) > 6 else ""}).')
   return checkpoint.restore_for_inference(init_from, shardings=params_shardings).params
 
 
@@ -232,7 +243,7 @@ def _train(config, workdir, stop_after, tokenizer, model_cfg, mesh) -> ts.TrainS
   os.makedirs(workdir, exist_ok=True)
   _log('config:\n' + json.dumps(config.to_dict(), indent=1, sort_keys=True))
   _log(f'model: {model_cfg.num_params() / 1e6:.2f}M parameters, '
-       f'{dataclasses.asdict(model_cfg)}')
+       f'{models.config_to_dict(model_cfg)}')
   _log(f'mesh: {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].device_kind} '
        f'device(s) in {jax.process_count()} process(es)')
   record = provenance.run_record(config.to_dict(), model_cfg, tokenizer)
@@ -247,7 +258,8 @@ def _train(config, workdir, stop_after, tokenizer, model_cfg, mesh) -> ts.TrainS
   init_key, step_key, sample_key = jax.random.split(key, 3)
   init_fn = lambda k: ts.init_train_state(model_cfg, optimizer, k)
   state_abstract = jax.eval_shape(init_fn, init_key)
-  state_sh = sharding.state_shardings(state_abstract, mesh)
+  state_sh = sharding.state_shardings(state_abstract, mesh,
+                                      models.of(model_cfg).param_axes)
   init = jax.jit(init_fn, out_shardings=state_sh)  # Each shard made in place.
   mngr = checkpoint.make_manager(workdir, max_to_keep=t.max_to_keep)
   abstract = sharding.with_shardings(state_abstract, state_sh)

@@ -1,0 +1,144 @@
+"""Who attends to whom: one value, `AttentionSpec`, and one function that runs it.
+
+Objectives and samplers say what a batch's attention is (documents packed in a
+row, causal, block-causal, a truncation, a window of queries against a cache);
+every model family hands the spec to `attend`, which picks the fastest kernel
+path that computes it:
+
+  * nothing but causality and key lengths: `jax.nn.dot_product_attention` with
+    `is_causal` / `key_value_seq_lengths` and no mask (cuDNN's unmasked flash
+    kernels on a GPU);
+  * anything else (segments, blocks, an explicit mask, a query window that is
+    not the whole sequence): one boolean mask [B, 1, Q, K] built here.
+
+Positions in a spec are sequence indices (0..T-1 of the keys), not RoPE
+positions: blocks of a block-causal spec start at index 0 (LLaDA2 aligns them
+with the start of the prompt, not of the answer).
+"""
+
+from __future__ import annotations
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+IMPLEMENTATIONS = (None, 'xla', 'cudnn')
+
+
+@flax.struct.dataclass
+class AttentionSpec:
+  """Query i may attend key j when every stated rule allows it.
+
+  segment_ids: [B, T] int or None: only keys of the query's own segment (packed
+    documents; padding shares segment 0 with other padding).
+  kv_lengths: [B] int or None: only keys j < kv_lengths[b] (a truncation that
+    keeps the unmasked fast path).
+  mask: [B, 1, T, T] bool or None: an explicit extra rule (ANDed), for patterns
+    the named rules do not cover.
+  causal: only keys j <= i (static).
+  block_size: > 0: block-causal, only keys j with j // block_size <= i //
+    block_size: bidirectional inside a block, causal across blocks (static).
+  """
+
+  segment_ids: jax.Array | None = None
+  kv_lengths: jax.Array | None = None
+  mask: jax.Array | None = None
+  causal: bool = flax.struct.field(pytree_node=False, default=False)
+  block_size: int = flax.struct.field(pytree_node=False, default=0)
+
+  def __post_init__(self):
+    if self.block_size < 0:
+      raise ValueError(f'block_size must be >= 0, got {self.block_size}.')
+    if self.causal and self.block_size:
+      raise ValueError('an attention spec is causal or block-causal, not both '
+                       '(causal is block-causal with block_size=1).')
+
+  @property
+  def needs_mask(self) -> bool:
+    """Whether the full-sequence attention needs an explicit mask."""
+    return (self.segment_ids is not None or self.mask is not None or
+            self.block_size > 0)
+
+
+def bidirectional(**kw) -> AttentionSpec:
+  return AttentionSpec(**kw)
+
+
+def causal(**kw) -> AttentionSpec:
+  return AttentionSpec(causal=True, **kw)
+
+
+def block_causal(block_size: int, **kw) -> AttentionSpec:
+  if block_size <= 0:
+    raise ValueError(f'block_size must be positive, got {block_size}.')
+  return AttentionSpec(block_size=block_size, **kw)
+
+
+def build_mask(spec: AttentionSpec, q_len: int, k_len: int,
+               q_start: jax.Array | int = 0) -> jax.Array | None:
+  """The boolean mask [B or 1, 1, Q, K] of queries [q_start, q_start + Q) over
+  keys [0, K), every rule of the spec included; None when nothing is masked."""
+  q = q_start + jnp.arange(q_len)[:, None]
+  k = jnp.arange(k_len)[None, :]
+  allowed = None
+
+  def both(a, b):
+    return b if a is None else a & b
+
+  if spec.causal:
+    allowed = both(allowed, (k <= q)[None, None])
+  if spec.block_size:
+    bs = spec.block_size
+    allowed = both(allowed, (k // bs <= q // bs)[None, None])
+  if spec.segment_ids is not None:
+    seg = spec.segment_ids
+    q_seg = jax.lax.dynamic_slice_in_dim(seg, q_start, q_len, axis=1)
+    allowed = both(allowed, (q_seg[:, :, None] == seg[:, None, :])[:, None])
+  if spec.kv_lengths is not None:
+    allowed = both(allowed, (k[None] < spec.kv_lengths[:, None, None])[:, None])
+  if spec.mask is not None:
+    m = jax.lax.dynamic_slice_in_dim(spec.mask, q_start, q_len, axis=2)
+    allowed = both(allowed, m)
+  return allowed
+
+
+def choose_implementation(requested: str | None, dtype: str, head_dim: int) -> str:
+  """`jax.nn.dot_product_attention`'s implementation: the requested one, or cuDNN
+  on a GPU with 16-bit compute and a head dim it supports, else XLA. (JAX's own
+  default, None, always means XLA.)"""
+  if requested is not None:
+    return requested
+  if (jax.default_backend() == 'gpu' and dtype == 'bfloat16'
+      and head_dim % 8 == 0 and head_dim <= 128):
+    return 'cudnn'
+  return 'xla'
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, spec: AttentionSpec, *,
+           q_start: jax.Array | int | None = None,
+           implementation: str = 'xla') -> jax.Array:
+  """Scaled dot-product attention under `spec`.
+
+  Args:
+    q: [B, Q, Hq, D]; k, v: [B, K, Hkv, D] with Hkv dividing Hq (grouped-query
+      attention: query head h reads key/value head h // (Hq / Hkv)).
+    spec: the rules; its arrays cover the K keys.
+    q_start: None when the queries are the keys' own positions (Q == K);
+      otherwise the key index of the first query (a window against a cache).
+    implementation: 'xla' or 'cudnn' (`choose_implementation`).
+
+  Returns:
+    [B, Q, Hq, D].
+  """
+  if q_start is None:
+    # Causality and key lengths go to the kernel as flags (no mask tensor: the
+    # unmasked fast path when nothing else is asked); only the other rules
+    # become a mask.
+    rest = spec.replace(causal=False, kv_lengths=None)
+    mask = build_mask(rest, q.shape[1], k.shape[1]) if spec.needs_mask else None
+    return jax.nn.dot_product_attention(
+        q, k, v, mask=mask, is_causal=spec.causal,
+        key_value_seq_lengths=spec.kv_lengths, implementation=implementation)
+  mask = build_mask(spec, q.shape[1], k.shape[1], q_start)
+  return jax.nn.dot_product_attention(q, k, v, mask=mask,
+                                      implementation=implementation)

@@ -1,0 +1,450 @@
+"""The `llada` family: LLaDA's dense mask predictor (Flax NNX), its config and presets.
+
+Pre-norm Transformer: RMSNorm, SwiGLU feed-forward, rotary position embedding,
+attention as the caller's `AttentionSpec` says (bidirectional for the mask
+predictor; `causal=True` in the config makes causal the default: the
+autoregressive twin), no biases, untied input embedding and output head.
+Parameter names follow the LLaDA Hugging Face layout (`wte`, `blocks.N.{q_proj,
+...}`, `ln_f`, `ff_out`). `FAMILY` is what the registry (`models/__init__.py`)
+hands to the rest of the library.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, ClassVar, Iterator
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from dllm_jax import attention as attention_lib
+from dllm_jax.data import tokenizer as tokenizer_lib
+from dllm_jax.models.base import Family, Params
+from dllm_jax.parallel.sharding import constrain
+
+DTYPES = ('float32', 'bfloat16')
+REMAT_POLICIES = ('none', 'full', 'dots')
+EMBED_GRADS = ('scatter', 'onehot')
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Shape and numerics of the mask predictor (hashable: used as a static jit arg)."""
+
+  family: ClassVar[str] = 'llada'
+
+  vocab_size: int
+  d_model: int
+  n_layers: int
+  n_heads: int
+  d_ff: int
+  max_len: int
+  rope_theta: float = 500_000.0
+  norm_eps: float = 1e-5
+  init_std: float = 0.02
+  causal: bool = False  # True: the autoregressive twin.
+  dtype: str = 'float32'  # Compute dtype; parameters are always `param_dtype`.
+  param_dtype: str = 'float32'
+  attention_impl: str | None = None  # None: cuDNN on GPU with bf16, else XLA.
+  # Training memory/compile options (the function computed is the same):
+  # rematerialise each block in the backward pass: none | full | dots (keep the
+  # matmul outputs, recompute the rest); scan over layers: compile time flat in
+  # depth (the blocks' weights are stacked inside the step).
+  remat: str = 'none'
+  scan_layers: bool = False
+  # The input embedding's gradient: 'scatter' (XLA's scatter-add of the rows) or
+  # 'onehot' (a one-hot [N, V] x [N, D] product: no scatter, 2 N V D FLOPs).
+  embed_grad: str = 'scatter'
+  # Special token ids of the tokenizer this shape is meant for.
+  ids: tokenizer_lib.SpecialIds = tokenizer_lib.BYTE_IDS
+
+  def __post_init__(self):
+    if self.d_model % self.n_heads:
+      raise ValueError(
+          f'd_model={self.d_model} is not divisible by n_heads={self.n_heads}.')
+    if (self.d_model // self.n_heads) % 2:
+      raise ValueError(
+          f'head dim {self.d_model // self.n_heads} must be even for RoPE.')
+    for name in ('dtype', 'param_dtype'):
+      if getattr(self, name) not in DTYPES:
+        raise ValueError(
+            f'{name}={getattr(self, name)!r} is not one of {DTYPES}.')
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f'remat={self.remat!r} is not one of {REMAT_POLICIES}.')
+    if self.embed_grad not in EMBED_GRADS:
+      raise ValueError(f'embed_grad={self.embed_grad!r} is not one of {EMBED_GRADS}.')
+    if self.attention_impl not in attention_lib.IMPLEMENTATIONS:
+      raise ValueError(f'attention_impl={self.attention_impl!r} is not one of '
+                       f'{attention_lib.IMPLEMENTATIONS}.')
+    self.ids.check_vocab(self.vocab_size)
+
+  mask_id = property(lambda self: self.ids.mask)
+  bos_id = property(lambda self: self.ids.bos)
+  eos_id = property(lambda self: self.ids.eos)
+  eot_id = property(lambda self: self.ids.eot)
+  pad_id = property(lambda self: self.ids.pad)
+
+  @property
+  def head_dim(self) -> int:
+    return self.d_model // self.n_heads
+
+  def num_params(self) -> int:
+    """Parameter count (embedding and output head included)."""
+    per_layer = 4 * self.d_model**2 + 3 * self.d_model * self.d_ff + 2 * self.d_model
+    return (self.n_layers * per_layer + 2 * self.vocab_size * self.d_model +
+            self.d_model)
+
+  def num_active_params(self) -> int:
+    return self.num_params()  # Dense: every parameter works on every token.
+
+  def forward_flops_per_token(self, seq_len: int) -> float:
+    """Matmul FLOPs of one forward pass per token at sequence length `seq_len`
+    (every query attends to all keys: no causal halving)."""
+    d, f = self.d_model, self.d_ff
+    dense = 2 * (4 * d * d + 3 * d * f)  # q, k, v, out; SwiGLU's three matrices.
+    attention = 2 * 2 * seq_len * d  # Scores and weighted values, all L keys.
+    head = 2 * d * self.vocab_size
+    return self.n_layers * (dense + attention) + head
+
+
+BYTE_VOCAB = 264  # 261 byte-tokenizer ids, padded to a multiple of 8.
+
+_LLADA = dict(vocab_size=126_464, ids=tokenizer_lib.SpecialIds(
+    mask=126_336, bos=126_080, eos=126_081, eot=126_348,
+    pad=126_081))  # LLaDA pads SFT answers with EOS.
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Trains on 2 CPU cores in minutes.
+    # (At a fixed CPU budget two layers beat four: twice the tokens per second.)
+    'tiny': dict(vocab_size=BYTE_VOCAB, d_model=128, n_layers=2, n_heads=4,
+                 d_ff=384, max_len=512),
+    # ~25M parameters: a step up for a single accelerator.
+    'small': dict(vocab_size=BYTE_VOCAB, d_model=512, n_layers=8, n_heads=8,
+                  d_ff=1536, max_len=1024),
+    # ~1.5B parameters with the LLaDA vocabulary (MFU benchmarks, scaling).
+    'llada_1b': dict(d_model=2048, n_layers=22, n_heads=16, d_ff=5632,
+                     max_len=4096, **_LLADA),
+    # The exact LLaDA-8B shape.
+    'llada_8b': dict(d_model=4096, n_layers=32, n_heads=32, d_ff=12_288,
+                     max_len=4096, **_LLADA),
+}
+
+
+def _linear(cfg: ModelConfig, d_in: int, d_out: int, rngs: nnx.Rngs) -> nnx.Linear:
+  return nnx.Linear(
+      d_in, d_out, use_bias=False, dtype=jnp.dtype(cfg.dtype),
+      param_dtype=jnp.dtype(cfg.param_dtype),
+      kernel_init=nnx.initializers.normal(cfg.init_std), rngs=rngs)
+
+
+class RMSNorm(nnx.Module):
+  """RMSNorm computed in float32, output in the compute dtype."""
+
+  def __init__(self, cfg: ModelConfig):
+    self.eps = cfg.norm_eps
+    self.dtype = jnp.dtype(cfg.dtype)
+    self.weight = nnx.Param(jnp.ones((cfg.d_model,), jnp.dtype(cfg.param_dtype)))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (x32 * self.weight[...].astype(jnp.float32)).astype(self.dtype)
+
+
+def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+  """Rotary embedding (rotate-half convention). x: [B, L, H, D], positions: [B, L]."""
+  d = x.shape[-1]
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, L, D/2]
+  angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
+  x32 = x.astype(jnp.float32)
+  x1, x2 = jnp.split(x32, 2, axis=-1)
+  rotated = jnp.concatenate([-x2, x1], axis=-1)
+  return (x32 * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def embed_onehot_grad(table: jax.Array, ids: jax.Array, dtype) -> jax.Array:
+  """table[ids] in `dtype`, whose gradient is a one-hot product instead of a
+  scatter-add (the scatter of N rows into a [V, D] table can be slow: 10% of the
+  llada_1b step on an H100, experiments/perf_notes.md)."""
+  return jnp.take(table, ids, axis=0).astype(dtype)
+
+
+def _embed_fwd(table, ids, dtype):
+  return embed_onehot_grad(table, ids, dtype), (ids, table)
+
+
+def _embed_bwd(dtype, res, g):
+  del dtype
+  ids, table = res
+  flat_g = g.reshape(-1, g.shape[-1])
+  onehot = jax.nn.one_hot(ids.reshape(-1), table.shape[0], dtype=flat_g.dtype)
+  grad = jnp.einsum('nv,nd->vd', onehot, flat_g, preferred_element_type=jnp.float32)
+  return grad.astype(table.dtype), None
+
+
+embed_onehot_grad.defvjp(_embed_fwd, _embed_bwd)
+
+
+def attention_impl(cfg: ModelConfig) -> str:
+  """The attention kernel for this config (`attention.choose_implementation`)."""
+  return attention_lib.choose_implementation(cfg.attention_impl, cfg.dtype,
+                                             cfg.head_dim)
+
+
+# Logical axes of the main activations (parallel/sharding.py maps them to a mesh).
+_ACT = ('batch', 'length', 'act_embed')
+_HEADS = ('batch', 'length', 'heads', 'head_dim')
+_MLP = ('batch', 'length', 'mlp')
+_LOGITS = ('batch', 'length', 'vocab')
+_REMAT = {'full': None, 'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
+class Block(nnx.Module):
+  """One pre-norm Transformer block."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.cfg = cfg
+    d, f = cfg.d_model, cfg.d_ff
+    self.attn_norm = RMSNorm(cfg)
+    self.q_proj = _linear(cfg, d, d, rngs)
+    self.k_proj = _linear(cfg, d, d, rngs)
+    self.v_proj = _linear(cfg, d, d, rngs)
+    self.attn_out = _linear(cfg, d, d, rngs)
+    self.ff_norm = RMSNorm(cfg)
+    self.ff_proj = _linear(cfg, d, f, rngs)  # Gated branch.
+    self.up_proj = _linear(cfg, d, f, rngs)
+    self.ff_out = _linear(cfg, f, d, rngs)
+
+  def __call__(self, x: jax.Array, spec: attention_lib.AttentionSpec,
+               positions: jax.Array) -> jax.Array:
+    return self.with_kv(x, spec, positions)[0]
+
+  def _qkv(self, x: jax.Array, positions: jax.Array):
+    cfg = self.cfg
+    b, l, _ = x.shape
+    h = self.attn_norm(x)
+    split = lambda t: constrain(t.reshape(b, l, cfg.n_heads, cfg.head_dim), _HEADS)
+    q = rope(split(self.q_proj(h)), positions, cfg.rope_theta)
+    k = rope(split(self.k_proj(h)), positions, cfg.rope_theta)
+    return q, k, split(self.v_proj(h))
+
+  def _finish(self, x, q, k, v, spec, q_start=None):
+    cfg = self.cfg
+    b, l, _ = x.shape
+    o = attention_lib.attend(q, k, v, spec, q_start=q_start,
+                             implementation=attention_impl(cfg))
+    x = constrain(x + self.attn_out(o.reshape(b, l, cfg.d_model)), _ACT)
+    h = self.ff_norm(x)
+    g = constrain(jax.nn.silu(self.ff_proj(h)) * self.up_proj(h), _MLP)
+    return constrain(x + self.ff_out(g), _ACT)
+
+  def with_kv(self, x: jax.Array, spec: attention_lib.AttentionSpec,
+              positions: jax.Array):
+    """(output [B, L, D], keys [B, L, H, Dh] (after RoPE), values)."""
+    q, k, v = self._qkv(x, positions)
+    return self._finish(x, q, k, v, spec), k, v
+
+  def cached(self, x: jax.Array, spec: attention_lib.AttentionSpec,
+             positions: jax.Array, k_cache: jax.Array, v_cache: jax.Array,
+             start: jax.Array | int):
+    """A window of W positions starting at `start` attending over a cache of all
+    T positions, with the window's fresh keys/values written into it.
+    x [B, W, D], caches [B, T, H, Dh] -> (output, new caches)."""
+    q, k, v = self._qkv(x, positions)
+    k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype),
+                                                  start, axis=1)
+    v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype),
+                                                  start, axis=1)
+    return self._finish(x, q, k_cache, v_cache, spec, start), k_cache, v_cache
+
+
+def _default_positions(positions, b, l):
+  if positions is None:
+    return jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
+  return positions
+
+
+class Transformer(nnx.Module):
+  """The mask predictor: tokens [B, L] -> logits [B, L, V]."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.wte = nnx.Embed(cfg.vocab_size, cfg.d_model, dtype=jnp.dtype(cfg.dtype),
+                         param_dtype=jnp.dtype(cfg.param_dtype),
+                         embedding_init=nnx.initializers.normal(cfg.init_std),
+                         rngs=rngs)
+    self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
+    self.ln_f = RMSNorm(cfg)
+    self.ff_out = _linear(cfg, cfg.d_model, cfg.vocab_size, rngs)  # Output head.
+
+  def embed(self, tokens: jax.Array) -> jax.Array:
+    if self.cfg.embed_grad == 'onehot':
+      x = embed_onehot_grad(self.wte.embedding[...], tokens, jnp.dtype(self.cfg.dtype))
+    else:
+      x = self.wte(tokens)
+    return constrain(x, _ACT)
+
+  def hidden(self, tokens: jax.Array, spec: attention_lib.AttentionSpec,
+             positions: jax.Array | None = None) -> jax.Array:
+    """Final normalised hidden states [B, L, D] (before the output head)."""
+    b, l = tokens.shape
+    positions = _default_positions(positions, b, l)
+    x = self.embed(tokens)
+    cfg = self.cfg
+    if not cfg.scan_layers and cfg.remat == 'none':
+      for block in self.blocks:
+        x = block(x, spec, positions)
+      return self.ln_f(x)
+    block_def = nnx.graphdef(self.blocks[0])  # Every block has the same structure.
+
+    def body(x, block_state):
+      return nnx.merge(block_def, block_state)(x, spec, positions), None
+    if cfg.remat != 'none':
+      body = jax.checkpoint(body, policy=_REMAT[cfg.remat],
+                            prevent_cse=not cfg.scan_layers)
+    states = [nnx.state(block) for block in self.blocks]
+    if cfg.scan_layers:
+      stacked = jax.tree.map(lambda *w: jnp.stack(w), *states)
+      x, _ = jax.lax.scan(body, x, stacked)
+    else:
+      for state in states:
+        x, _ = body(x, state)
+    return self.ln_f(x)
+
+  def head(self, h: jax.Array, output_window=None) -> jax.Array:
+    """Logits of hidden states h [B, L, D], or of rows [start, start + length)."""
+    if output_window is not None:
+      start, length = output_window
+      h = jax.lax.dynamic_slice_in_dim(h, start, length, axis=1)
+    return constrain(self.ff_out(h), _LOGITS)
+
+  def hidden_with_kv(self, tokens, spec, positions):
+    """Final hidden states [B, T, D] and every layer's keys and values, stacked
+    [n_layers, B, T, H, Dh] (a KV cache of the whole canvas; unrolled layers)."""
+    b, l = tokens.shape
+    positions = _default_positions(positions, b, l)
+    x = self.embed(tokens)
+    ks, vs = [], []
+    for block in self.blocks:
+      x, k, v = block.with_kv(x, spec, positions)
+      ks.append(k)
+      vs.append(v)
+    return self.ln_f(x), jnp.stack(ks), jnp.stack(vs)
+
+  def hidden_window(self, tokens, start, spec, positions, ks, vs):
+    """Hidden states of the W positions [start, start + W) of a T-position canvas
+    (`tokens` [B, W]), attending over cached keys/values [n_layers, B, T, H, Dh]
+    in which the window's fresh ones replace the cached ones. `spec` and
+    `positions` are the whole canvas's ([B, T] arrays, or None). Returns
+    (h, ks, vs)."""
+    b, w = tokens.shape
+    t = ks.shape[2]
+    positions = jax.lax.dynamic_slice_in_dim(_default_positions(positions, b, t),
+                                             start, w, axis=1)
+    x = self.embed(tokens)
+    new_k, new_v = [], []
+    for i, block in enumerate(self.blocks):
+      x, k, v = block.cached(x, spec, positions, ks[i], vs[i], start)
+      new_k.append(k)
+      new_v.append(v)
+    return self.ln_f(x), jnp.stack(new_k), jnp.stack(new_v)
+
+
+@functools.lru_cache(maxsize=None)
+def graphdef(cfg: ModelConfig) -> nnx.GraphDef:
+  """The (static) NNX graph definition of a config, built without allocating."""
+  return nnx.split(nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0))))[0]
+
+
+def init_params(cfg: ModelConfig, key: jax.Array) -> Params:
+  """Random parameters as a nested dict of arrays (jit it to init in place)."""
+  model = Transformer(cfg, nnx.Rngs(params=key))
+  return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+
+def forward(params: Params, tokens: jax.Array, spec: attention_lib.AttentionSpec,
+            positions: jax.Array | None = None, *, config: ModelConfig,
+            output_window: tuple[jax.Array, int] | None = None) -> jax.Array:
+  """Logits [B, L, V] (or [B, length, V] of `output_window`) of tokens [B, L]."""
+  m = nnx.merge(graphdef(config), params)
+  return m.head(m.hidden(tokens, spec, positions), output_window)
+
+
+def prefill(params: Params, tokens: jax.Array, spec: attention_lib.AttentionSpec,
+            positions: jax.Array | None = None, *, config: ModelConfig,
+            output_window: tuple[jax.Array, int]):
+  """(logits of `output_window`, (keys, values) [n_layers, B, T, H, Dh])."""
+  m = nnx.merge(graphdef(config), params)
+  h, ks, vs = m.hidden_with_kv(tokens, spec, positions)
+  return m.head(h, output_window), (ks, vs)
+
+
+def window(params: Params, tokens: jax.Array, start: jax.Array | int, cache,
+           spec: attention_lib.AttentionSpec, positions: jax.Array | None = None,
+           *, config: ModelConfig, output_length: int):
+  """(logits [B, output_length, V] of the window's first rows, updated cache)."""
+  m = nnx.merge(graphdef(config), params)
+  h, ks, vs = m.hidden_window(tokens, start, spec, positions, *cache)
+  return m.head(h, (0, output_length)), (ks, vs)
+
+
+# Parameter name (a key on its path) -> logical axes (parallel/sharding.py).
+_PARAM_AXES = {
+    'embedding': ('vocab', 'embed'),  # wte [V, D]
+    'q_proj': ('embed', 'heads'), 'k_proj': ('embed', 'heads'),
+    'v_proj': ('embed', 'heads'), 'attn_out': ('heads', 'embed'),
+    'ff_proj': ('embed', 'mlp'), 'up_proj': ('embed', 'mlp'),
+    'ff_out': ('mlp', 'embed'),  # In a block; the output head is [D, V]:
+    'head': ('embed', 'vocab'),
+    'weight': ('norm',),
+}
+
+
+def param_axes(names: tuple, ndim: int) -> tuple[str | None, ...]:
+  """Logical axes of the parameter at the path `names` (keys of the params)."""
+  for name in reversed(names):
+    if name == 'ff_out' and 'blocks' not in names:
+      name = 'head'
+    if name in _PARAM_AXES and len(_PARAM_AXES[name]) == ndim:
+      return _PARAM_AXES[name]
+  return (None,) * ndim
+
+
+def check_mesh(cfg: ModelConfig, mesh_shape) -> None:
+  tp = mesh_shape.get('tensor', 1)
+  for name in ('n_heads', 'd_ff'):
+    if getattr(cfg, name) % tp:
+      raise ValueError(f'model {name}={getattr(cfg, name)} is not divisible by '
+                       f'the tensor-parallel size mesh.tensor={tp}.')
+
+
+HF_PREFIX = 'model.transformer.'
+_HF_LINEARS = ('q_proj', 'k_proj', 'v_proj', 'attn_out', 'ff_proj', 'up_proj', 'ff_out')
+_HF_NORMS = ('attn_norm', 'ff_norm')
+
+
+def hf_name_map(cfg: ModelConfig) -> Iterator[tuple[str, tuple, bool]]:
+  """(Hugging Face name, dllm_jax path, transpose?) for every parameter of the
+  LLaDA layout: `model.transformer.wte.weight` [V, D]; `...blocks.N.{q_proj,
+  ..., ff_out}.weight` [out, in]; `...blocks.N.{attn_norm,ff_norm}.weight`;
+  `...ln_f.weight`; `...ff_out.weight` [V, D] (the untied output head)."""
+  yield HF_PREFIX + 'wte.weight', ('wte', 'embedding'), False
+  for n in range(cfg.n_layers):
+    for lin in _HF_LINEARS:
+      yield f'{HF_PREFIX}blocks.{n}.{lin}.weight', ('blocks', n, lin, 'kernel'), True
+    for norm in _HF_NORMS:
+      yield f'{HF_PREFIX}blocks.{n}.{norm}.weight', ('blocks', n, norm, 'weight'), False
+  yield HF_PREFIX + 'ln_f.weight', ('ln_f', 'weight'), False
+  yield HF_PREFIX + 'ff_out.weight', ('ff_out', 'kernel'), True
+
+
+FAMILY = Family(
+    name='llada', config_cls=ModelConfig, presets=PRESETS, init_params=init_params,
+    forward=forward, prefill=prefill, window=window, param_axes=param_axes,
+    check_mesh=check_mesh, hf_name_map=hf_name_map,
+    compute_fields=('dtype', 'attention_impl', 'remat', 'scan_layers',
+                    'embed_grad'))

@@ -1,0 +1,94 @@
+"""The attention spec: each rule equals a hand-built mask, windows equal rows of
+the full attention, and the block-causal KV cache is exact."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dllm_jax import attention, model, presets
+
+
+def _small(**kw):
+  return presets.get_preset('tiny', n_layers=2, d_model=32, n_heads=4, d_ff=64,
+                            max_len=32, **kw)
+
+
+def _hand_mask(t, *, causal=False, block=0, seg=None, kv_len=None):
+  m = np.ones((t, t), bool)
+  for i in range(t):
+    for j in range(t):
+      if causal and j > i:
+        m[i, j] = False
+      if block and j // block > i // block:
+        m[i, j] = False
+      if seg is not None and seg[i] != seg[j]:
+        m[i, j] = False
+      if kv_len is not None and j >= kv_len:
+        m[i, j] = False
+  return m
+
+
+@pytest.mark.parametrize('kw', [dict(causal=True), dict(block=3), dict(seg=[1, 1, 2, 2, 2, 0, 0]),
+                                dict(block=2, seg=[1, 1, 1, 2, 2, 2, 2]),
+                                dict(causal=True, kv_len=5)])
+def test_build_mask_equals_a_hand_built_mask(kw):
+  t = 7
+  spec = attention.AttentionSpec(
+      causal=kw.get('causal', False), block_size=kw.get('block', 0),
+      segment_ids=None if 'seg' not in kw else jnp.asarray([kw['seg']]),
+      kv_lengths=None if 'kv_len' not in kw else jnp.asarray([kw['kv_len']]))
+  got = np.asarray(attention.build_mask(spec, t, t))[0, 0]
+  np.testing.assert_array_equal(got, _hand_mask(t, **kw))
+  # A window of queries [2, 5) is those rows.
+  win = np.asarray(attention.build_mask(spec, 3, t, q_start=2))[0, 0]
+  np.testing.assert_array_equal(win, _hand_mask(t, **kw)[2:5])
+
+
+def test_block_causal_forward_equals_the_explicit_mask():
+  cfg = _small()
+  params = model.init_params(cfg, jax.random.key(0))
+  tokens = jax.random.randint(jax.random.key(1), (2, 12), 0, 250)
+  mask = jnp.asarray(_hand_mask(12, block=4))[None, None]
+  a = model.forward(params, tokens, config=cfg, attention=attention.block_causal(4))
+  b = model.forward(params, tokens, config=cfg,
+                    attention=attention.AttentionSpec(mask=jnp.broadcast_to(
+                        mask, (2, 1, 12, 12))))
+  np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # Block-causal: the first block does not see the second, the second sees the first.
+  changed = tokens.at[:, 5].set(7)
+  c = model.forward(params, changed, config=cfg, attention=attention.block_causal(4))
+  np.testing.assert_allclose(c[:, :4], a[:, :4], atol=1e-6)
+  assert not np.allclose(c[:, 8:], a[:, 8:], atol=1e-6)
+
+
+def test_block_causal_cache_is_exact():
+  """Prefill the first two blocks, then each window of block 3 against the
+  cache gives the full block-causal forward's rows (no approximation)."""
+  cfg = _small()
+  params = model.init_params(cfg, jax.random.key(0))
+  tokens = jax.random.randint(jax.random.key(2), (2, 12), 0, 250)
+  spec = attention.block_causal(4)
+  full = model.forward(params, tokens, config=cfg, attention=spec)
+  _, cache = model.forward_with_cache(params, tokens, config=cfg, attention=spec,
+                                      output_window=(0, 4))
+  logits, _ = model.forward_window(params, tokens[:, 8:], 8, cache, config=cfg,
+                                   attention=spec, output_length=4)
+  np.testing.assert_allclose(logits, full[:, 8:], atol=1e-5)
+
+
+def test_grouped_query_attention_reads_shared_key_value_heads():
+  q = jax.random.normal(jax.random.key(0), (1, 5, 4, 8))
+  k = jax.random.normal(jax.random.key(1), (1, 5, 2, 8))
+  v = jax.random.normal(jax.random.key(2), (1, 5, 2, 8))
+  out = attention.attend(q, k, v, attention.causal())
+  rep = lambda x: jnp.repeat(x, 2, axis=2)  # Query head h reads kv head h // 2.
+  np.testing.assert_allclose(out, attention.attend(q, rep(k), rep(v), attention.causal()),
+                             atol=1e-6)
+
+
+def test_a_spec_is_causal_or_block_causal_not_both():
+  with pytest.raises(ValueError, match='not both'):
+    attention.AttentionSpec(causal=True, block_size=4)
+  with pytest.raises(ValueError, match='positive'):
+    attention.block_causal(0)
