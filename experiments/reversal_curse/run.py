@@ -4,7 +4,7 @@ r"""The reversal curse at small scale: diffusion LM vs its autoregressive twin.
 
 Both models (the same Transformer, `causal` off/on; same size, tokenizer, data,
 steps and optimizer) train on forward-only text:
-  * the 469 classical couplets of ../shared/data/llada_poem_pairs.json, as
+  * the 469 classical couplets of data/llada_poem_pairs.json (from LLaDA), as
     "first，second。";
   * 200 synthetic facts "NAME is DESCRIPTION." generated from a seed.
 Then exact-match accuracy, greedy decoding, for
@@ -148,8 +148,8 @@ def evaluate(params_d, cfg_d, params_ar, cfg_ar, pairs, sep, end):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--poems', default=os.path.join(
-      common.REPO, '..', 'shared', 'data', 'llada_poem_pairs.json'))
+  parser.add_argument('--poems', default=os.path.join(HERE, 'data',
+                                                    'llada_poem_pairs.json'))
   parser.add_argument('--steps', type=int, default=1200)
   parser.add_argument('--num_facts', type=int, default=200)
   parser.add_argument('--seed', type=int, default=0)
