@@ -151,6 +151,8 @@ def main():
   parser.add_argument('--poems', default=os.path.join(HERE, 'data',
                                                     'llada_poem_pairs.json'))
   parser.add_argument('--steps', type=int, default=1200)
+  parser.add_argument('--num_poems', type=int, default=None,
+                      help='use only the first N couplets (default: all)')
   parser.add_argument('--num_facts', type=int, default=200)
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--lr', type=float, default=3e-3)
@@ -161,13 +163,15 @@ def main():
                       'the texts')
   parser.add_argument('--vocab_size', type=int, default=2048,
                       help='upper bound for --tokenizer=bpe')
+  parser.add_argument('--layers', type=int, default=None,
+                      help='model depth (default: the tiny preset\'s)')
   parser.add_argument('--only_diffusion', action='store_true',
                       help='skip the autoregressive twin (quick probes)')
   parser.add_argument('--out', default=HERE)
   args = parser.parse_args()
   t0 = time.time()
   with open(args.poems) as f:
-    poems = [(p['first'], p['second']) for p in json.load(f)]
+    poems = [(p['first'], p['second']) for p in json.load(f)][:args.num_poems]
   facts = synthetic_facts(args.num_facts, args.seed)
   texts = [f'{a}，{b}。' for a, b in poems] + [f'{n} is {d}.' for n, d in facts]
   global TOK
@@ -183,8 +187,9 @@ def main():
   print(f'{len(poems)} couplets + {len(facts)} facts, forward only; '
         f'{args.steps} steps per model; {args.tokenizer} tokenizer '
         f'({TOK.vocab_size} ids), {len(rows["tokens"])} rows of 128', flush=True)
-  cfg_d = common.model_config(False, tokenizer=TOK)
-  cfg_ar = common.model_config(True, tokenizer=TOK)
+  shape = {} if args.layers is None else {'n_layers': args.layers}
+  cfg_d = common.model_config(False, tokenizer=TOK, **shape)
+  cfg_ar = common.model_config(True, tokenizer=TOK, **shape)
   train = lambda cfg: common.train(rows, cfg, steps=args.steps, seed=args.seed,
                                   lr=args.lr, batch_size=args.batch_rows)
   params_d = train(cfg_d)

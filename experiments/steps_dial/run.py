@@ -17,6 +17,7 @@ results.md and results.png next to this file.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import time
@@ -49,11 +50,16 @@ def main():
   parser.add_argument('--train_steps', type=int, default=4000)
   parser.add_argument('--samples', type=int, default=256)
   parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--layers', type=int, default=None,
+                      help='model depth (default: the tiny preset\'s)')
+  parser.add_argument('--settings_per_rule', type=int, default=None,
+                      help='run only the first N settings of each rule (default: all)')
   parser.add_argument('--out', default=HERE)
   args = parser.parse_args()
   t_start = time.time()
   texts = [f'{c}: {w}.' for c, ws in WORDS.items() for w in ws]
-  cfg = common.model_config(False)
+  cfg = common.model_config(False, **({} if args.layers is None else
+                                      {'n_layers': args.layers}))
   params = common.train(common.padded_rows(texts, 32), cfg, steps=args.train_steps,
                         batch_size=32, seed=args.seed)
   cats = list(WORDS)
@@ -76,6 +82,8 @@ def main():
                for tau in (0.9, 0.7, 0.5, 0.3)]
   settings += [('factor', f'f {f}', dict(steps=GEN, parallel='factor', factor=f))
                for f in (1.0, 2.0)]
+  settings = [s for _, group in itertools.groupby(settings, key=lambda s: s[0])
+              for s in list(group)[:args.settings_per_rule]]  # None keeps all.
   results = []
   for rule, label, kw in settings:
     sc = gen.SamplingConfig(gen_length=t, block_length=t, temperature=1.0, **kw)
