@@ -31,7 +31,7 @@ SMOKE_RUNS = [
     ('reversal_curse', 'reversal_curse', [*_TINY_REVERSAL, '--only_diffusion'], False),
     ('reversal_curse-with_twin', 'reversal_curse', _TINY_REVERSAL, True),
     ('steps_dial', 'steps_dial', ['--train_steps=2', '--samples=1', '--layers=1',
-                                  '--settings_per_rule=1'], False),
+                                  '--rules=threshold', '--settings_per_rule=1'], False),
     ('sft_tasks', 'sft_tasks', ['--steps=2', '--layers=1', '--batch_size=2',
                                 '--num_train=8', '--num_validation=1',
                                 '--data=smoke/sft_data', '--workdir=smoke/sft_run'],

@@ -200,6 +200,12 @@ def main():
                cfg_d.num_params())
 
 
+def _reduced_flags(args) -> str:
+  """The size-reducing flags given (they have no default), for the command line."""
+  return ''.join(f' --{k}={getattr(args, k)}' for k in ('num_poems', 'layers')
+                 if getattr(args, k) is not None)
+
+
 def write_report(results, args, n_poems, n_facts, seconds, num_params):
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
@@ -211,8 +217,8 @@ def write_report(results, args, n_poems, n_facts, seconds, num_params):
       '# Reversal curse: exact-match accuracy', '',
       f'Command: `python experiments/reversal_curse/run.py --steps={args.steps} '
       f'--num_facts={args.num_facts} --seed={args.seed} --lr={args.lr} '
-      f'--tokenizer={args.tokenizer}` ({seconds / 60:.1f} min on this machine, 2 CPU '
-      f'cores). Both models: the `tiny` shape ({num_params / 1e6:.2f}M parameters '
+      f'--tokenizer={args.tokenizer}{_reduced_flags(args)}` ({seconds / 60:.1f} min on '
+      f'this machine, 2 CPU cores). Both models: the `tiny` shape ({num_params / 1e6:.2f}M parameters '
       f'with the {TOK.vocab_size}-id {args.tokenizer} tokenizer), the same '
       f'{n_poems} couplets + {n_facts} synthetic facts written forward only, '
       f'{args.steps} steps of {args.batch_rows} packed rows of 128 tokens, learning rate '

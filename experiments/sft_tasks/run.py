@@ -90,10 +90,13 @@ def main():
              f'{jax.devices()[0].device_kind} ({os.cpu_count()} cores)')
   with open(paths['validation']) as f:
     correct = evaluate(workdir, [json.loads(line) for line in f if line.strip()])
+  reduced = ''.join(f' --{k}={getattr(args, k)}'  # Size flags off their defaults.
+                    for k in ('batch_size', 'num_train', 'num_validation')
+                    if getattr(args, k) != parser.get_default(k))
   lines = [
       '# SFT on the synthetic chat tasks', '',
       f'`python experiments/sft_tasks/run.py --layers={args.layers} '
-      f'--steps={args.steps}`: the `tiny` width (d_model 128) at {args.layers} '
+      f'--steps={args.steps}{reduced}`: the `tiny` width (d_model 128) at {args.layers} '
       f'layers, {args.steps} steps of {args.batch_size} rows of 48 tokens (learning-rate '
       f'decay over the last {args.decay_fraction:.0%}), LLaDA SFT loss, byte tokenizer; '
       f'{trained}. Validation prompts ({args.num_validation}, unseen), greedy, one '
