@@ -169,6 +169,8 @@ def main():
                       help='skip the autoregressive twin (quick probes)')
   parser.add_argument('--out', default=HERE)
   args = parser.parse_args()
+  if args.num_poems is not None and args.num_poems < 1:
+    raise ValueError(f'--num_poems={args.num_poems}: use at least 1 (or omit for all).')
   t0 = time.time()
   with open(args.poems) as f:
     poems = [(p['first'], p['second']) for p in json.load(f)][:args.num_poems]

@@ -62,6 +62,8 @@ def main():
   rules = args.rules.split(',')
   if not set(rules) <= set(RULES):
     raise ValueError(f'--rules={args.rules!r}: each rule must be one of {RULES}.')
+  if args.settings_per_rule is not None and args.settings_per_rule < 1:
+    raise ValueError(f'--settings_per_rule={args.settings_per_rule}: use at least 1.')
   t_start = time.time()
   texts = [f'{c}: {w}.' for c, ws in WORDS.items() for w in ws]
   cfg = common.model_config(False, **({} if args.layers is None else
