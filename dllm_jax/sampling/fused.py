@@ -11,7 +11,7 @@ same numbers and results are reproducible across backends and tilings.
 Backend: Triton on GPUs. Mosaic GPU (Pallas' default GPU backend) cannot yet
 express it: it lowers no argmax/reduction-with-index, copies at most 256
 elements along a dimension, and a [128, 256]-block row-max kernel failed there
-with a bare AssertionError (../shared/STACK_NOTES.md). Elsewhere the jnp twin
+with a bare AssertionError (jax 0.11, H100). Elsewhere the jnp twin
 runs (CPU tests use interpret mode). Selecting which positions to commit (a sort
 over <= block_length positions) stays in jnp: sorts lower to neither backend.
 """

@@ -4,7 +4,7 @@ r"""The reversal curse at small scale: diffusion LM vs its autoregressive twin.
 
 Both models (the same Transformer, `causal` off/on; same size, tokenizer, data,
 steps and optimizer) train on forward-only text:
-  * the 469 classical couplets of ../shared/data/llada_poem_pairs.json, as
+  * the 469 classical couplets of data/llada_poem_pairs.json (from LLaDA), as
     "first，second。";
   * 200 synthetic facts "NAME is DESCRIPTION." generated from a seed.
 Then exact-match accuracy, greedy decoding, for
@@ -148,9 +148,11 @@ def evaluate(params_d, cfg_d, params_ar, cfg_ar, pairs, sep, end):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--poems', default=os.path.join(
-      common.REPO, '..', 'shared', 'data', 'llada_poem_pairs.json'))
+  parser.add_argument('--poems', default=os.path.join(HERE, 'data',
+                                                    'llada_poem_pairs.json'))
   parser.add_argument('--steps', type=int, default=1200)
+  parser.add_argument('--num_poems', type=int, default=None,
+                      help='use only the first N couplets (default: all)')
   parser.add_argument('--num_facts', type=int, default=200)
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--lr', type=float, default=3e-3)
@@ -161,13 +163,17 @@ def main():
                       'the texts')
   parser.add_argument('--vocab_size', type=int, default=2048,
                       help='upper bound for --tokenizer=bpe')
+  parser.add_argument('--layers', type=int, default=None,
+                      help='model depth (default: the tiny preset\'s)')
   parser.add_argument('--only_diffusion', action='store_true',
                       help='skip the autoregressive twin (quick probes)')
   parser.add_argument('--out', default=HERE)
   args = parser.parse_args()
+  if args.num_poems is not None and args.num_poems < 1:
+    raise ValueError(f'--num_poems={args.num_poems}: use at least 1 (or omit for all).')
   t0 = time.time()
   with open(args.poems) as f:
-    poems = [(p['first'], p['second']) for p in json.load(f)]
+    poems = [(p['first'], p['second']) for p in json.load(f)][:args.num_poems]
   facts = synthetic_facts(args.num_facts, args.seed)
   texts = [f'{a}，{b}。' for a, b in poems] + [f'{n} is {d}.' for n, d in facts]
   global TOK
@@ -183,8 +189,9 @@ def main():
   print(f'{len(poems)} couplets + {len(facts)} facts, forward only; '
         f'{args.steps} steps per model; {args.tokenizer} tokenizer '
         f'({TOK.vocab_size} ids), {len(rows["tokens"])} rows of 128', flush=True)
-  cfg_d = common.model_config(False, tokenizer=TOK)
-  cfg_ar = common.model_config(True, tokenizer=TOK)
+  shape = {} if args.layers is None else {'n_layers': args.layers}
+  cfg_d = common.model_config(False, tokenizer=TOK, **shape)
+  cfg_ar = common.model_config(True, tokenizer=TOK, **shape)
   train = lambda cfg: common.train(rows, cfg, steps=args.steps, seed=args.seed,
                                   lr=args.lr, batch_size=args.batch_rows)
   params_d = train(cfg_d)
@@ -193,6 +200,12 @@ def main():
              'facts': evaluate(params_d, cfg_d, params_ar, cfg_ar, facts, ' is ', '.')}
   write_report(results, args, len(poems), len(facts), time.time() - t0,
                cfg_d.num_params())
+
+
+def _reduced_flags(args) -> str:
+  """The size-reducing flags given (they have no default), for the command line."""
+  return ''.join(f' --{k}={getattr(args, k)}' for k in ('num_poems', 'layers')
+                 if getattr(args, k) is not None)
 
 
 def write_report(results, args, n_poems, n_facts, seconds, num_params):
@@ -206,8 +219,8 @@ def write_report(results, args, n_poems, n_facts, seconds, num_params):
       '# Reversal curse: exact-match accuracy', '',
       f'Command: `python experiments/reversal_curse/run.py --steps={args.steps} '
       f'--num_facts={args.num_facts} --seed={args.seed} --lr={args.lr} '
-      f'--tokenizer={args.tokenizer}` ({seconds / 60:.1f} min on this machine, 2 CPU '
-      f'cores). Both models: the `tiny` shape ({num_params / 1e6:.2f}M parameters '
+      f'--tokenizer={args.tokenizer}{_reduced_flags(args)}` ({seconds / 60:.1f} min on '
+      f'this machine, 2 CPU cores). Both models: the `tiny` shape ({num_params / 1e6:.2f}M parameters '
       f'with the {TOK.vocab_size}-id {args.tokenizer} tokenizer), the same '
       f'{n_poems} couplets + {n_facts} synthetic facts written forward only, '
       f'{args.steps} steps of {args.batch_rows} packed rows of 128 tokens, learning rate '

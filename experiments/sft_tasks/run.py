@@ -62,16 +62,22 @@ def main():
   parser.add_argument('--steps', type=int, default=4000)
   parser.add_argument('--decay_fraction', type=float, default=0.3,
                       help='Share of the steps in the learning-rate decay.')
+  parser.add_argument('--batch_size', type=int, default=64)
+  parser.add_argument('--num_train', type=int, default=4000, help='training examples')
+  parser.add_argument('--num_validation', type=int, default=200,
+                      help='validation prompts (all are scored)')
   parser.add_argument('--data', default=os.path.join(tempfile.gettempdir(), 'sft_data'))
   parser.add_argument('--out', default=HERE)
   args = parser.parse_args()
   t0 = time.time()
-  paths = synthetic_sft.write(args.data)
+  paths = synthetic_sft.write(args.data, num_train=args.num_train,
+                              num_validation=args.num_validation)
   workdir = args.workdir or os.path.join(tempfile.gettempdir(), 'dllm_sft_tasks')
   config = sft_config.get_config()
   config.data.source = f'jsonl:{os.path.join(args.data, "{split}.jsonl")}'
   config.model.n_layers = args.layers
   config.train.steps = args.steps
+  config.train.batch_size = args.batch_size
   config.train.log_every = 500
   config.optimizer.decay_fraction = args.decay_fraction
   try:
@@ -84,13 +90,17 @@ def main():
              f'{jax.devices()[0].device_kind} ({os.cpu_count()} cores)')
   with open(paths['validation']) as f:
     correct = evaluate(workdir, [json.loads(line) for line in f if line.strip()])
+  reduced = ''.join(f' --{k}={getattr(args, k)}'  # Size flags off their defaults.
+                    for k in ('batch_size', 'num_train', 'num_validation')
+                    if getattr(args, k) != parser.get_default(k))
   lines = [
       '# SFT on the synthetic chat tasks', '',
       f'`python experiments/sft_tasks/run.py --layers={args.layers} '
-      f'--steps={args.steps}`: the `tiny` width (d_model 128) at {args.layers} '
-      f'layers, {args.steps} steps of 64 rows of 48 tokens (learning-rate decay over '
-      f'the last {args.decay_fraction:.0%}), LLaDA SFT loss, byte tokenizer; '
-      f'{trained}. Validation prompts (200, unseen), greedy, one token per step:',
+      f'--steps={args.steps}{reduced}`: the `tiny` width (d_model 128) at {args.layers} '
+      f'layers, {args.steps} steps of {args.batch_size} rows of 48 tokens (learning-rate '
+      f'decay over the last {args.decay_fraction:.0%}), LLaDA SFT loss, byte tokenizer; '
+      f'{trained}. Validation prompts ({args.num_validation}, unseen), greedy, one '
+      'token per step:',
       '',
       '| task | examples | exact match |', '|---|---|---|']
   for task in sorted(correct):

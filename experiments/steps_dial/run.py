@@ -17,6 +17,7 @@ results.md and results.png next to this file.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import time
@@ -42,6 +43,7 @@ WORDS = {
              'santiago', 'honolulu'],
 }
 GEN = 8
+RULES = ('low_confidence', 'random', 'threshold', 'factor')
 
 
 def main():
@@ -49,11 +51,23 @@ def main():
   parser.add_argument('--train_steps', type=int, default=4000)
   parser.add_argument('--samples', type=int, default=256)
   parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--layers', type=int, default=None,
+                      help='model depth (default: the tiny preset\'s)')
+  parser.add_argument('--rules', default=','.join(RULES),
+                      help='comma-separated subset of the rules to run')
+  parser.add_argument('--settings_per_rule', type=int, default=None,
+                      help='run only the first N settings of each rule (default: all)')
   parser.add_argument('--out', default=HERE)
   args = parser.parse_args()
+  rules = args.rules.split(',')
+  if not set(rules) <= set(RULES):
+    raise ValueError(f'--rules={args.rules!r}: each rule must be one of {RULES}.')
+  if args.settings_per_rule is not None and args.settings_per_rule < 1:
+    raise ValueError(f'--settings_per_rule={args.settings_per_rule}: use at least 1.')
   t_start = time.time()
   texts = [f'{c}: {w}.' for c, ws in WORDS.items() for w in ws]
-  cfg = common.model_config(False)
+  cfg = common.model_config(False, **({} if args.layers is None else
+                                      {'n_layers': args.layers}))
   params = common.train(common.padded_rows(texts, 32), cfg, steps=args.train_steps,
                         batch_size=32, seed=args.seed)
   cats = list(WORDS)
@@ -76,6 +90,9 @@ def main():
                for tau in (0.9, 0.7, 0.5, 0.3)]
   settings += [('factor', f'f {f}', dict(steps=GEN, parallel='factor', factor=f))
                for f in (1.0, 2.0)]
+  settings = [s for rule, group in itertools.groupby(settings, key=lambda s: s[0])
+              if rule in rules
+              for s in list(group)[:args.settings_per_rule]]  # None keeps all.
   results = []
   for rule, label, kw in settings:
     sc = gen.SamplingConfig(gen_length=t, block_length=t, temperature=1.0, **kw)
@@ -101,13 +118,21 @@ def main():
   write_report(results, args, len(canvas), time.time() - t_start)
 
 
+def _reduced_flags(args) -> str:
+  """The size-reducing flags given (not at their defaults), for the command line."""
+  flags = {'layers': args.layers, 'settings_per_rule': args.settings_per_rule,
+           'rules': None if args.rules == ','.join(RULES) else args.rules}
+  return ''.join(f' --{k}={v}' for k, v in flags.items() if v is not None)
+
+
 def write_report(results, args, n, seconds):
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   lines = ['# The steps dial', '',
            f'Command: `python experiments/steps_dial/run.py --train_steps='
-           f'{args.train_steps} --samples={args.samples} --seed={args.seed}` '
+           f'{args.train_steps} --samples={args.samples} --seed={args.seed}'
+           f'{_reduced_flags(args)}` '
            f'({seconds / 60:.1f} min on this machine, 2 CPU cores). The `tiny` diffusion '
            f'model trained on 32 "CATEGORY: WORD." lines; {n} samples (temperature 1.0) '
            f'of an {GEN}-letter answer per setting; correct = a word of its category.',
@@ -124,7 +149,7 @@ def write_report(results, args, n, seconds):
   with open(os.path.join(args.out, 'results.md'), 'w') as f:
     f.write('\n'.join(lines) + '\n')
   fig, ax = plt.subplots(figsize=(5, 3.5))
-  for rule in ('low_confidence', 'random', 'threshold', 'factor'):
+  for rule in RULES:
     pts = sorted((tps, a) for r, _, tps, a, _ in results if r == rule)
     ax.plot([p for p, _ in pts], [a for _, a in pts], 'o-', label=rule)
   ax.set_xscale('log', base=2)
