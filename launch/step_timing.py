@@ -41,7 +41,7 @@ def time_train_step(cfg: ModelConfig, batch_size: int, seq_len: int, *, steps: i
       final_lr_ratio=0.1, b1=0.9, b2=0.95, weight_decay=0.1, clip_norm=1.0)
   state = jax.jit(lambda k: ts.init_train_state(cfg, opt, k))(jax.random.key(0))
   step = ts.make_train_step(cfg, opt, sched, grad_accum_steps=grad_accum_steps)
-  tokens = jax.random.randint(jax.random.key(1), (batch_size, seq_len), 0, cfg.mask_id)
+  tokens = jax.random.randint(jax.random.key(1), (batch_size, seq_len), 0, cfg.ids.mask)
   batch = {'tokens': tokens}
   if segments:
     batch['segment_ids'] = jnp.ones_like(tokens)
