@@ -28,6 +28,7 @@ import dataclasses
 from typing import Callable, Mapping
 
 import jax
+import jax.numpy as jnp
 
 from dllm_jax import diffusion
 from dllm_jax.attention import AttentionSpec, causal
@@ -87,7 +88,6 @@ class Objective:
   def abstract_batch(self, batch_size: int, seq_len: int, packing: str,
                      sharding=None) -> dict[str, jax.ShapeDtypeStruct]:
     """The data batch as int32 `jax.ShapeDtypeStruct`s (to compile ahead)."""
-    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     return {k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding)
             for k, shape in self.schema(batch_size, seq_len, packing).items()}
 

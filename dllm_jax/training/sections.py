@@ -104,8 +104,10 @@ class Section:
 
   def _check_field(self, f: dataclasses.Field, value, hint) -> None:
     key = f'{self.NAME}.{f.name}' if self.NAME else f.name
-    if dataclasses.is_dataclass(hint if isinstance(hint, type) else None):
-      return  # A nested section checked itself.
+    if isinstance(hint, type) and issubclass(hint, Section):
+      if not isinstance(value, hint):  # An instance checked itself.
+        raise ValueError(f'{key} must be a {hint.__name__}, got {type(value).__name__}.')
+      return
     if not _type_ok(value, hint):
       raise ValueError(f'{key}={value!r} has the wrong type; allowed: '
                        f'{_type_name(hint)}.')
