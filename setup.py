@@ -34,8 +34,9 @@ setup(
         'numpy>=1.26',
     ],
     extras_require={
-        # matplotlib: the experiments' plots and the notebook test.
-        'test': ['pytest>=8', 'matplotlib>=3.8'],
+        # matplotlib: the experiments' plots and the notebook test; hypothesis:
+        # the config checks' property test.
+        'test': ['pytest>=8', 'matplotlib>=3.8', 'hypothesis>=6'],
         # The independent PyTorch LLaDA forward of tests/test_interop.py (CPU build).
         'torch': ['torch==2.13.0'],
     },

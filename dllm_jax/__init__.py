@@ -16,4 +16,4 @@ from dllm_jax.data.tokenizer import ByteTokenizer
 from dllm_jax.model import abstract_params, forward, init_params
 from dllm_jax.presets import ModelConfig, PRESETS, get_preset
 from dllm_jax.sampling.generate import SamplingConfig, generate, infill, pad_prompts, sample
-from dllm_jax.training.checkpoint import restore_for_inference
+from dllm_jax.workdir import restore_for_inference

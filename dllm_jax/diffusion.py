@@ -10,8 +10,10 @@ objectives differ only in which positions are selected and how they are weighted
   next-token   (the autoregressive twin) predict token i+1 at i within a document,
                weight 1, denom = number of predicted tokens
 
-`make_*` build a `LossBatch` from a data batch and a key; `loss_from_logits`
-finishes the job once the model has run on `LossBatch.inputs`.
+The `*_batch` functions build a `LossBatch` (model inputs, attention rule,
+targets, weights) from a data batch and the noise; `loss_from_logits` finishes
+the job once the model has run on `LossBatch.inputs` under
+`LossBatch.attention`. `objectives.py` names them for the trainer.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
+
+from dllm_jax.attention import AttentionSpec, causal
 
 EPS = 1e-3
 RANDOM_LENGTH_PROB = 0.01
@@ -41,12 +45,11 @@ class LossBatch:
   """Model inputs plus what the loss needs; every field has leading dim B."""
 
   inputs: jax.Array  # [B, L] int, tokens with masks applied.
-  segment_ids: jax.Array | None  # [B, L] int, or None: one document per row.
+  attention: AttentionSpec  # Who attends to whom (its arrays [B, L] / [B]).
   positions: jax.Array | None  # [B, L] int, or None: 0..L-1.
   targets: jax.Array  # [B, L] int.
   weights: jax.Array  # [B, L] float; 0 where no loss is taken.
   denom: jax.Array  # [] float, shared by the whole batch.
-  kv_lengths: jax.Array | None = None  # [B] int: keys kept per row (no mask).
 
 
 def sample_noise(key: jax.Array, shape: tuple[int, int],
@@ -77,36 +80,41 @@ def mask_probability(t: jax.Array, eps: float = EPS) -> jax.Array:
 
 
 def pretrain_batch(batch: Mapping[str, jax.Array], noise: MaskNoise, *,
-                   mask_id: int, eps: float = EPS) -> LossBatch:
+                   mask_id: int, eps: float = EPS,
+                   attention: AttentionSpec | None = None) -> LossBatch:
   """LLaDA pretraining: mask w.p. p, weight 1/p, divide by B * length.
 
   `batch` has `tokens` [B, L] and optionally `segment_ids` (0 = padding, never
-  masked) and `positions`. Positions at or beyond `noise.length` are cut off and
-  take no loss, which equals truncating the batch to `noise.length` tokens: with
-  segment ids they get their own segment (no kept token attends to them); without,
-  the cut is `kv_lengths` (keys beyond it are never attended), so attention runs
-  with no mask at all, on its fastest path.
+  masked) and `positions`. `attention` is the objective's rule (default:
+  bidirectional within the batch's segments). Positions at or beyond
+  `noise.length` are cut off and take no loss, which equals truncating the batch
+  to `noise.length` tokens: with segment ids they get their own segment (no kept
+  token attends to them); without, the cut is `kv_lengths` (keys beyond it are
+  never attended), so attention runs with no mask at all, on its fastest path.
   """
   tokens = batch['tokens']
   b, l = tokens.shape
   kept = jnp.arange(l) < noise.length
   p = mask_probability(noise.t, eps)[:, None]
-  seg, kv_lengths = batch.get('segment_ids'), None
+  spec = (AttentionSpec(segment_ids=batch.get('segment_ids')) if attention is None
+          else attention)
+  seg = spec.segment_ids
   if seg is None:
     masked = (noise.u < p) & kept
-    kv_lengths = jnp.full((b,), noise.length, jnp.int32)
+    spec = spec.replace(kv_lengths=jnp.full((b,), noise.length, jnp.int32))
   else:
     seg = jnp.where(kept, seg, -1)
     masked = (noise.u < p) & kept & (seg != 0)
+    spec = spec.replace(segment_ids=seg)
   return LossBatch(
-      inputs=jnp.where(masked, mask_id, tokens), segment_ids=seg,
+      inputs=jnp.where(masked, mask_id, tokens), attention=spec,
       positions=batch.get('positions'), targets=tokens,
       weights=jnp.where(masked, 1.0 / p, 0.0),
-      denom=(b * noise.length).astype(jnp.float32), kv_lengths=kv_lengths)
+      denom=(b * noise.length).astype(jnp.float32))
 
 
 def sft_batch(batch: Mapping[str, jax.Array], noise: MaskNoise, *, mask_id: int,
-              eps: float = EPS) -> LossBatch:
+              eps: float = EPS, attention: AttentionSpec | None = None) -> LossBatch:
   """LLaDA SFT: the prompt (`prompt_lengths` [B]) is never masked; the answer,
   EOS padding included, is masked w.p. p and weighted 1/(p * answer_length)."""
   tokens = batch['tokens']
@@ -117,20 +125,26 @@ def sft_batch(batch: Mapping[str, jax.Array], noise: MaskNoise, *, mask_id: int,
   p = mask_probability(noise.t, eps)[:, None]
   masked = (noise.u < p) & is_answer
   return LossBatch(
-      inputs=jnp.where(masked, mask_id, tokens), segment_ids=batch.get('segment_ids'),
+      inputs=jnp.where(masked, mask_id, tokens),
+      attention=(AttentionSpec(segment_ids=batch.get('segment_ids'))
+                 if attention is None else attention),
       positions=batch.get('positions'), targets=tokens,
       weights=jnp.where(masked, 1.0 / (p * answer_len), 0.0),
       denom=jnp.asarray(b, jnp.float32))
 
 
-def next_token_batch(batch: Mapping[str, jax.Array]) -> LossBatch:
-  """Autoregressive twin: predict tokens[i+1] at i when both are in one document."""
+def next_token_batch(batch: Mapping[str, jax.Array],
+                     attention: AttentionSpec | None = None) -> LossBatch:
+  """Autoregressive twin: predict tokens[i+1] at i when both are in one document
+  (causal attention within documents)."""
   tokens, seg = batch['tokens'], batch.get('segment_ids')
   seg = jnp.ones(tokens.shape, jnp.int32) if seg is None else seg
   targets = jnp.concatenate([tokens[:, 1:], tokens[:, -1:]], axis=1)
   next_seg = jnp.concatenate([seg[:, 1:], jnp.zeros_like(seg[:, -1:])], axis=1)
   valid = (next_seg == seg) & (seg != 0)
-  return LossBatch(inputs=tokens, segment_ids=batch.get('segment_ids'),
+  if attention is None:
+    attention = causal(segment_ids=batch.get('segment_ids'))
+  return LossBatch(inputs=tokens, attention=attention,
                    positions=batch.get('positions'), targets=targets,
                    weights=valid.astype(jnp.float32),
                    denom=jnp.maximum(valid.sum(), 1).astype(jnp.float32))
@@ -141,20 +155,3 @@ def loss_from_logits(logits: jax.Array, lb: LossBatch) -> jax.Array:
   ce = optax.softmax_cross_entropy_with_integer_labels(
       logits.astype(jnp.float32), lb.targets)
   return jnp.sum(ce * lb.weights) / lb.denom
-
-
-def make_loss_batch(objective: str, batch: Mapping[str, jax.Array], key: jax.Array,
-                    *, mask_id: int, random_length_prob: float = RANDOM_LENGTH_PROB,
-                    stratified_t: bool = False, eps: float = EPS) -> LossBatch:
-  """Dispatch on the objective name: 'pretrain' | 'sft' | 'next_token'."""
-  shape = batch['tokens'].shape
-  if objective == 'pretrain':
-    noise = sample_noise(key, shape, random_length_prob, stratified_t)
-    return pretrain_batch(batch, noise, mask_id=mask_id, eps=eps)
-  if objective == 'sft':
-    return sft_batch(batch, sample_noise(key, shape, 0.0, stratified_t),
-                     mask_id=mask_id, eps=eps)
-  if objective == 'next_token':
-    return next_token_batch(batch)
-  raise ValueError(f'unknown objective {objective!r}; known: pretrain, sft, '
-                   'next_token.')

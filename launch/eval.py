@@ -56,7 +56,8 @@ def main(argv):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from dllm_jax import likelihood  # pylint: disable=g-import-not-at-top
-  from dllm_jax.training import checkpoint, trainer  # pylint: disable=g-import-not-at-top
+  from dllm_jax import workdir as checkpoint  # pylint: disable=g-import-not-at-top
+  from dllm_jax.data.datasets import make_dataset  # pylint: disable=g-import-not-at-top
   from launch.configs import default  # pylint: disable=g-import-not-at-top
 
   with cli.one_line_errors():
@@ -77,8 +78,8 @@ def main(argv):
       config.data.update({k: v for k, v in data_cfg.items() if k in config.data})
       config.data.num_workers = 0
       config.seed, config.train.objective = _SEED.value, 'pretrain'
-      it = iter(trainer.make_dataset(config, tok, split='validation', num_epochs=1,
-                                     batch_size=1))
+      it = iter(make_dataset(config, tok, split='validation', num_epochs=1,
+                             batch_size=1))
       total, count = 0.0, 0
       for i in range(_NUM_ROWS.value):
         row = {k: v[0] for k, v in next(it).items()}

@@ -46,7 +46,8 @@ def main(argv):
   cli.start(argv)
   import jax  # pylint: disable=g-import-not-at-top
   from dllm_jax.sampling import generate as gen  # pylint: disable=g-import-not-at-top
-  from dllm_jax.training import checkpoint, trainer  # pylint: disable=g-import-not-at-top
+  from dllm_jax import workdir as checkpoint  # pylint: disable=g-import-not-at-top
+  from dllm_jax.sampling.text import sample_text  # pylint: disable=g-import-not-at-top
   with cli.one_line_errors():
     model_cfg, params, tokenizer = checkpoint.restore_for_inference(_WORKDIR.value)
     meta = checkpoint.read_meta(_WORKDIR.value)
@@ -63,9 +64,9 @@ def main(argv):
     prompt = pick(_PROMPT, 'prompt')
     chat = (meta['config']['train']['objective'] == 'sft' if _CHAT.value is None
             else _CHAT.value)
-    texts = trainer.sample_text(params, model_cfg, tokenizer, prompt, sampling,
-                                jax.random.key(_SEED.value),
-                                pick(_NUM_SAMPLES, 'num_samples'), chat=chat)
+    texts = sample_text(params, model_cfg, tokenizer, prompt, sampling,
+                        jax.random.key(_SEED.value),
+                        pick(_NUM_SAMPLES, 'num_samples'), chat=chat)
   for i, text in enumerate(texts):
     print(f'--- sample {i} ---\n{prompt}{text}', flush=True)
 

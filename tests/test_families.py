@@ -111,7 +111,7 @@ models.register(TOY)
 def toy_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('toy'))
   config = small_config(steps=4, checkpoint_every=4)
-  config.model.preset = 'toy_tiny'
+  config.model.family, config.model.preset = 'toy', 'toy_tiny'
   config.model.d_model = config.model.n_layers = config.model.n_heads = None
   config.model.d_ff = config.model.max_len = None
   config.sample.num_samples = 1

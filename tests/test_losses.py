@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dllm_jax import diffusion
+from dllm_jax import diffusion, objectives
+from dllm_jax.data.tokenizer import BYTE_IDS
 
 MASK = 99
 RNG = np.random.default_rng(0)
@@ -55,14 +56,15 @@ def test_pretrain_random_length_equals_truncation():
   np.testing.assert_allclose(got, want, rtol=1e-5)
   # Without segments the cut is kv_lengths (no attention mask); with them, the
   # cut-off positions get their own segment.
-  assert lb.segment_ids is None and (np.asarray(lb.kv_lengths) == n).all()
+  assert lb.attention.segment_ids is None
+  assert (np.asarray(lb.attention.kv_lengths) == n).all()
   assert (np.asarray(lb.inputs)[:, n:] == TOKENS[:, n:]).all()  # never masked
   seg_lb = diffusion.pretrain_batch(
       {'tokens': jnp.asarray(TOKENS), 'segment_ids': jnp.ones((B, L), jnp.int32)},
       _noise(n), mask_id=MASK)
-  seg = np.asarray(seg_lb.segment_ids)
+  seg = np.asarray(seg_lb.attention.segment_ids)
   assert (seg[:, :n] == 1).all() and (seg[:, n:] == -1).all()
-  assert seg_lb.kv_lengths is None
+  assert seg_lb.attention.kv_lengths is None
   np.testing.assert_array_equal(seg_lb.inputs, lb.inputs)
   np.testing.assert_array_equal(seg_lb.weights, lb.weights)
 
@@ -127,8 +129,24 @@ def test_next_token_loss_matches_numpy_reference():
 
 def test_unknown_objective_is_rejected():
   with pytest.raises(ValueError, match="unknown objective 'mlm'"):
-    diffusion.make_loss_batch('mlm', {'tokens': jnp.zeros((1, 4), jnp.int32)},
-                              jax.random.key(0), mask_id=MASK)
+    objectives.get('mlm')
+
+
+def test_objectives_state_their_batches_and_attention():
+  tokens = jnp.asarray(TOKENS)
+  seg = jnp.ones((B, L), jnp.int32)
+  settings = objectives.Settings(ids=BYTE_IDS, random_length_prob=0.0)
+  nt = objectives.get('next_token')
+  assert nt.causal_model and nt.data == 'text'
+  lb = nt.loss_batch({'tokens': tokens, 'segment_ids': seg}, jax.random.key(0), settings)
+  assert lb.attention.causal and lb.attention.segment_ids is seg
+  sft = objectives.get('sft')
+  assert sft.schema(4, 8, 'concat') == {'tokens': (4, 8), 'prompt_lengths': (4,)}
+  assert set(objectives.get('pretrain').schema(4, 8, 'stream')) == {'tokens'}
+  lb = sft.loss_batch({'tokens': tokens, 'prompt_lengths': jnp.full((B,), 2)},
+                      jax.random.key(0), settings)
+  assert not lb.attention.causal and not lb.attention.needs_mask
+  assert not np.any(np.asarray(lb.weights)[:, :2])  # The prompt takes no loss.
 
 
 def test_stratified_t_covers_ratios_evenly_and_stays_uniform():

@@ -189,7 +189,7 @@ def pretrain_dataset(source: str | Any, tokenizer, *, seq_len: int, batch_size: 
     ds = grain.experimental.FlatMapIterDataset(ds, _SplitLong(seq_len, name))
     ds = grain.experimental.FirstFitPackIterDataset(
         ds, length_struct={'tokens': seq_len}, num_packing_bins=batch_size,
-        seed=seed, padding_struct={'tokens': tokenizer.pad_id})
+        seed=seed, padding_struct={'tokens': tokenizer.special_ids.pad})
   return _finish(ds.map(_rename), batch_size, num_workers)
 
 

@@ -42,10 +42,11 @@ def prompt_ids(tokenizer, messages: list[dict]) -> np.ndarray:
   if getattr(tokenizer, 'chat_template', None):
     text = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
     return tokenizer.encode(text)
-  parts = [np.array([tokenizer.bos_id], np.int32)]
+  ids = tokenizer.special_ids
+  parts = [np.array([ids.bos], np.int32)]
   for m in messages:
     parts += [tokenizer.encode(f'{m["role"]}: {m["content"]}'),
-              np.array([tokenizer.eot_id], np.int32)]
+              np.array([ids.eot], np.int32)]
   parts.append(tokenizer.encode('assistant: '))
   return np.concatenate(parts)
 
@@ -53,13 +54,14 @@ def prompt_ids(tokenizer, messages: list[dict]) -> np.ndarray:
 def sft_row(tokenizer, messages: list[dict], response: str,
             seq_len: int) -> dict[str, np.ndarray]:
   """{tokens [seq_len], prompt_lengths []} or RecordError if it does not fit."""
+  ids = tokenizer.special_ids
   prompt = prompt_ids(tokenizer, messages)
   answer = np.concatenate([tokenizer.encode(response),
-                           np.array([tokenizer.eot_id], np.int32)])
+                           np.array([ids.eot], np.int32)])
   n = len(prompt) + len(answer)
   if n > seq_len:
     raise RecordError(f'example of {n} tokens does not fit a row of {seq_len}')
-  tokens = np.full((seq_len,), tokenizer.eos_id, np.int32)
+  tokens = np.full((seq_len,), ids.eos, np.int32)
   tokens[:len(prompt)] = prompt
   tokens[len(prompt):n] = answer
   return {'tokens': tokens, 'prompt_lengths': np.asarray(len(prompt), np.int32)}

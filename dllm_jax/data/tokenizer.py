@@ -121,14 +121,20 @@ class ByteTokenizer:
     return SpecialIds.of(self)
 
 
-def make_tokenizer(spec: str) -> Tokenizer:
-  """`byte`, `sentencepiece:MODEL_FILE` or `hf:DIR` -> a tokenizer."""
+def check_spec(spec: str) -> tuple[str, str]:
+  """(kind, path) of a `data.tokenizer` string; ValueError if it is malformed."""
   kind, _, path = spec.partition(':')
-  if kind == 'byte' and not path:
-    return ByteTokenizer()
-  if kind not in KINDS or not path:
+  if (kind == 'byte') != (not path) or kind not in KINDS:
     raise ValueError(f'unknown tokenizer {spec!r}; use byte, sentencepiece:MODEL_FILE '
                      'or hf:DIR.')
+  return kind, path
+
+
+def make_tokenizer(spec: str) -> Tokenizer:
+  """`byte`, `sentencepiece:MODEL_FILE` or `hf:DIR` -> a tokenizer."""
+  kind, path = check_spec(spec)
+  if kind == 'byte':
+    return ByteTokenizer()
   if kind == 'sentencepiece':
     from dllm_jax.data.sp_tokenizer import SentencePieceTokenizer  # pylint: disable=g-import-not-at-top
     return SentencePieceTokenizer(path)

@@ -1,32 +1,33 @@
-"""Orbax checkpoints of a workdir, and restoring them for inference.
+"""Saving and restoring the whole train state of a run (Orbax).
 
-Layout: `WORKDIR/checkpoints/STEP/{params, opt_state, data, meta}`; `meta` is JSON
-(step, resolved config, model config, tokenizer, versions). Parameters and
-optimizer state are separate items so inference restores parameters alone.
-Checkpoints restore onto any device layout: the caller passes the target shapes
-and shardings.
+`save_state` and `restore_state` are each other's inverse: a `TrainState`
+(step, params, optimizer state, non-finite guard), the data iterator's position
+and the JSON meta go in, and the same come out. The workdir layout and
+restoring parameters for inference live in `dllm_jax/workdir.py` (re-exported
+here), below both training and inference.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 import warnings
-from typing import Any, NamedTuple
+from typing import Any
 
 import grain
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from dllm_jax import model as model_lib, models
 from dllm_jax.errors import CheckpointError
-from dllm_jax.data import tokenizer as tokenizer_lib
-from dllm_jax.parallel import sharding as sharding_lib
+from dllm_jax.training import train_step as ts
+from dllm_jax.workdir import (Restored, checkpoint_dir, describe, on_device,
+                              quarantine_dir, read_meta, restore_for_inference,
+                              restore_meta)
 
-
-def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), 'checkpoints')
+__all__ = ['Restored', 'checkpoint_dir', 'on_device', 'read_meta',
+           'restore_for_inference', 'restore_meta', 'make_manager', 'fingerprint',
+           'make_meta', 'save_state', 'restore_state', 'restore_latest_good']
 
 
 def make_manager(workdir: str, *, max_to_keep: int = 3,
@@ -38,19 +39,11 @@ def make_manager(workdir: str, *, max_to_keep: int = 3,
           create=True))
 
 
-def on_device(abstract, device: jax.Device | None = None):
-  """`jax.ShapeDtypeStruct` tree placed on one device: a restore target."""
-  sharding = jax.sharding.SingleDeviceSharding(device or jax.devices()[0])
-  return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract)
-
-
 def fingerprint(params) -> str:
   """An exact, layout-independent digest of a parameter tree: per leaf, the
   wrapping uint32 sum of its bit patterns times (position + 1), computed where the
   arrays live (sharded or not) and combined into 16 hex digits. Equal parameters
   give equal fingerprints on any mesh; a flipped bit changes it."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
   def leaf(x):
     bits = jax.lax.bitcast_convert_type(
@@ -70,42 +63,53 @@ def make_meta(step: int, record: dict[str, Any]) -> dict[str, Any]:
   return {'step': int(step), **record}
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state, data_iter, meta: dict) -> None:
-  """Starts an (async) save of the train state, data iterator state and meta."""
+def save_state(mngr: ocp.CheckpointManager, state: ts.TrainState, data_iter,
+               record: dict[str, Any]) -> int:
+  """Starts an (async) save of `state` at its step; returns that step.
+
+  Items: params, opt_state (Orbax arrays), data (the iterator position, if
+  any) and meta (`record` plus the step and the guard's skipped-update count;
+  a saved state never has a bad step, so that count is the whole guard).
+  """
+  step = int(jax.device_get(state.step))
+  skipped = int(jax.device_get(state.guard['skipped']))
   items = dict(params=ocp.args.StandardSave(state.params),
                opt_state=ocp.args.StandardSave(state.opt_state),
-               meta=ocp.args.JsonSave(meta))
+               meta=ocp.args.JsonSave(make_meta(step, {**record,
+                                                       'skipped_updates': skipped})))
   if data_iter is not None:
     items['data'] = grain.checkpoint.CheckpointSave(data_iter)
   mngr.save(step, args=ocp.args.Composite(**items))
+  return step
 
 
-def restore_train_state(mngr: ocp.CheckpointManager, step: int, abstract_state,
-                        data_iter):
-  """Restores params, optimizer state and (into `data_iter`) the data position.
+def restore_state(mngr: ocp.CheckpointManager, step: int, abstract: ts.TrainState,
+                  data_iter, meta: dict[str, Any] | None = None
+                  ) -> tuple[ts.TrainState, dict[str, Any]]:
+  """The inverse of `save_state`: (state, meta) of checkpoint `step`.
 
-  `abstract_state` is a TrainState of `jax.ShapeDtypeStruct` with shardings.
-  Returns (params, opt_state).
+  `abstract` is a TrainState of `jax.ShapeDtypeStruct` with shardings; the
+  state is restored onto them. `data_iter` (if not None) is moved to the saved
+  position. `meta`: the step's meta, when the caller has read it already.
   """
-  items = dict(params=ocp.args.StandardRestore(abstract_state.params),
-               opt_state=ocp.args.StandardRestore(abstract_state.opt_state))
+  meta = restore_meta(mngr, step) if meta is None else meta
+  items = dict(params=ocp.args.StandardRestore(abstract.params),
+               opt_state=ocp.args.StandardRestore(abstract.opt_state))
   if data_iter is not None:
     items['data'] = grain.checkpoint.CheckpointRestore(data_iter)
   r = mngr.restore(step, args=ocp.args.Composite(**items))
-  return r['params'], r['opt_state']
+  put = lambda x, target: jax.device_put(x, target.sharding)
+  state = ts.TrainState(
+      step=put(jnp.asarray(step, jnp.int32), abstract.step),
+      params=r['params'], opt_state=r['opt_state'],
+      guard=jax.tree.map(put, ts.fresh_guard(meta.get('skipped_updates', 0)),
+                         abstract.guard))
+  return state, meta
 
 
-def restore_meta(mngr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
-  return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
-
-
-def _describe(e: Exception) -> str:
-  lines = str(e).strip().splitlines()
-  return f'{type(e).__name__}: {lines[0][:300] if lines else ""}'
-
-
-def restore_latest_good(mngr: ocp.CheckpointManager, workdir: str, abstract_state,
-                        data_iter, check_meta=None):
+def restore_latest_good(mngr: ocp.CheckpointManager, workdir: str,
+                        abstract: ts.TrainState, data_iter, check_meta=None
+                        ) -> tuple[ts.TrainState, dict[str, Any]] | None:
   """Restores the newest checkpoint that can be read, newest first.
 
   Each checkpoint's JSON meta is read first and passed to `check_meta`, which may
@@ -114,12 +118,11 @@ def restore_latest_good(mngr: ocp.CheckpointManager, workdir: str, abstract_stat
   missing files) is moved to `WORKDIR/corrupt_checkpoints/STEP-TIME` (so its step
   can be saved again) with a warning naming what was wrong.
 
-  Returns (step, params, opt_state, meta), or None when there is no checkpoint;
-  raises CheckpointError when none can be restored.
+  Returns (state, meta), or None when there is no checkpoint; raises
+  CheckpointError when none can be restored.
   """
-  steps = sorted(mngr.all_steps(), reverse=True)
   failures = []
-  for step in steps:
+  for step in sorted(mngr.all_steps(), reverse=True):
     try:
       meta = restore_meta(mngr, step)
     except Exception as e:  # pylint: disable=broad-except
@@ -128,89 +131,21 @@ def restore_latest_good(mngr: ocp.CheckpointManager, workdir: str, abstract_stat
       if check_meta is not None:
         check_meta(meta)
       try:
-        params, opt_state = restore_train_state(mngr, step, abstract_state, data_iter)
+        restored = restore_state(mngr, step, abstract, data_iter, meta)
         mngr.reload()
-        return step, params, opt_state, meta
+        return restored
       except Exception as e:  # pylint: disable=broad-except
         error = e
-    failures.append(f'step {step} ({_describe(error)})')
-    quarantine = os.path.join(os.path.abspath(workdir), 'corrupt_checkpoints')
+    failures.append(f'step {step} ({describe(error)})')
+    quarantine = quarantine_dir(workdir)
     if jax.process_index() == 0:
       os.makedirs(quarantine, exist_ok=True)
       os.replace(os.path.join(checkpoint_dir(workdir), str(step)),
                  os.path.join(quarantine, f'{step}-{int(time.time())}'))
-    warnings.warn(f'checkpoint at step {step} cannot be restored ({_describe(error)}); '
+    warnings.warn(f'checkpoint at step {step} cannot be restored ({describe(error)}); '
                   f'moved it to {quarantine} and trying the previous one.')
   if failures:
     mngr.reload()
     raise CheckpointError(f'no checkpoint in {checkpoint_dir(workdir)} can be '
                           'restored: ' + '; '.join(failures))
   return None
-
-
-def _manager_with_steps(workdir: str) -> ocp.CheckpointManager:
-  path = checkpoint_dir(workdir)
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f'no checkpoint in {workdir!r} (no {path}); train one '
-                            f'with: python -m launch.train --workdir={workdir}')
-  mngr = ocp.CheckpointManager(path)
-  if mngr.latest_step() is None:
-    raise FileNotFoundError(f'no checkpoint in {path}.')
-  return mngr
-
-
-def _restore_items(mngr: ocp.CheckpointManager, step: int | None, make_items):
-  """Restores `make_items(meta)` from `step`, or from the newest readable step."""
-  steps = [step] if step is not None else sorted(mngr.all_steps(), reverse=True)
-  failures = []
-  for s in steps:
-    try:
-      meta = restore_meta(mngr, s)
-      items = make_items(meta)
-      restored = mngr.restore(s, args=ocp.args.Composite(**items)) if items else {}
-      return s, meta, restored
-    except Exception as e:  # pylint: disable=broad-except
-      failures.append(f'step {s} ({_describe(e)})')
-      warnings.warn(f'checkpoint at step {s} cannot be restored ({_describe(e)}).')
-  raise CheckpointError(f'no checkpoint in {mngr.directory} can be restored: '
-                     + '; '.join(failures))
-
-
-def read_meta(workdir: str, step: int | None = None) -> dict[str, Any]:
-  """The JSON meta (step, config, model config, tokenizer, versions, mesh)."""
-  return _restore_items(_manager_with_steps(workdir), step, lambda meta: {})[1]
-
-
-class Restored(NamedTuple):
-  config: object  # The model config (its family's config class).
-  params: model_lib.Params
-  tokenizer: tokenizer_lib.ByteTokenizer
-
-
-def restore_for_inference(workdir: str, *, step: int | None = None,
-                          device: jax.Device | None = None,
-                          dtype: str | None = None, shardings=None) -> Restored:
-  """Restores the latest (or given) checkpoint of `workdir` on one device.
-
-  Works whatever mesh wrote it. Only the parameters are read, not the optimizer
-  state. Without `step`, an unreadable newest checkpoint is skipped (with a
-  warning) for the previous one. `dtype` overrides the compute dtype.
-  `shardings` (a tree like the parameters, e.g. from
-  `parallel.sharding.param_shardings`) restores onto a mesh instead.
-
-  Returns:
-    (model config, params, tokenizer).
-  """
-  def model_config(meta):
-    model_cfg = models.config_from_dict(meta['model_config'])
-    return model_cfg if dtype is None else dataclasses.replace(model_cfg, dtype=dtype)
-
-  def items(meta):
-    abstract = model_lib.abstract_params(model_config(meta))
-    abstract = (on_device(abstract, device) if shardings is None else
-                sharding_lib.with_shardings(abstract, shardings))
-    return {'params': ocp.args.StandardRestore(abstract)}
-
-  _, meta, restored = _restore_items(_manager_with_steps(workdir), step, items)
-  return Restored(model_config(meta), restored['params'],
-                  tokenizer_lib.from_dict(meta['tokenizer']))

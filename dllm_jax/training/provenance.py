@@ -1,8 +1,11 @@
 """What a checkpoint records about the run that wrote it, and resume checks.
 
 Resuming with a config that changes the model's shape or the tokenizer is
-refused (the parameters would not fit, or would mean something else); other
-changes (steps, logging, learning rate) are allowed and listed.
+refused (the parameters would not fit, or would mean something else), and so is
+one that changes the data order: the config fields each section declares
+`fixed` (training/sections.py), and the model config's fields other than its
+family's `compute_fields`. Other changes (steps, logging, learning rate, compute
+dtype) are allowed and listed.
 """
 
 from __future__ import annotations
@@ -14,17 +17,8 @@ import jax
 import dllm_jax
 from dllm_jax import models
 from dllm_jax.data import tokenizer as tokenizer_lib
+from dllm_jax.training.sections import RunConfig
 
-# Changes that would make the resumed run silently different: the parameters'
-# meaning (model shape, token ids, parameter dtype, objective, tokenizer) or the
-# data order (source, row length, batch size, seed).
-INCOMPATIBLE_CONFIG_KEYS = ('train.objective', 'data.source', 'data.seq_len',
-                            'data.tokenizer', 'data.packing', 'data.record_format',
-                            'data.text_field', 'data.prompt_field',
-                            'data.response_field', 'data.num_workers',
-                            'train.batch_size', 'seed')
-HARMLESS_MODEL_FIELDS = ('dtype', 'attention_impl', 'remat', 'scan_layers',
-                         'embed_grad')  # Compute only (the config section's keys).
 
 def run_record(config: dict, model_cfg, tokenizer) -> dict[str, Any]:
   """The provenance stored with every checkpoint (JSON-serialisable)."""
@@ -77,13 +71,18 @@ def check_resume(saved: dict, current: dict) -> list[str]:
   bad, ok = [], []
   saved = {**saved, 'model_config': _normalised(saved.get('model_config', {}))}
   compute = models.get(current['model_config']['family']).compute_fields
+  fixed = RunConfig.fixed_keys()
   for field in ('model_config', 'tokenizer', 'config'):
     for key, was, now in config_changes(saved.get(field, {}), current[field]):
       line = f'{field}.{key}: {was!r} -> {now!r}'
-      harmless = (key in compute if field == 'model_config' else
-                  field == 'config' and key not in INCOMPATIBLE_CONFIG_KEYS and
-                  not (key.startswith('model.') and
-                       key.split('.', 1)[1] not in HARMLESS_MODEL_FIELDS))
+      if field == 'model_config':
+        harmless = key in compute
+      elif field == 'config':
+        # A key older runs did not have, now at its default, changes nothing.
+        harmless = key not in fixed or (was == '<absent>' and
+                                        now == RunConfig.default_of(key))
+      else:
+        harmless = False
       (ok if harmless else bad).append(line)
   if bad:
     raise ValueError('the checkpoint was written by a different run (model, tokenizer '

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dllm_jax import diffusion
+from dllm_jax import diffusion, objectives
 from dllm_jax import model as model_lib
 from dllm_jax.presets import ModelConfig
 
@@ -76,18 +76,26 @@ def make_train_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformat
   `batch_sharding`, the step is jitted with those in/out shardings (metrics and
   key replicated); the state is donated either way.
 
+  `objective` names an `objectives.Objective`: it turns the data batch into the
+  loss batch (masked inputs, the attention rule, targets, weights).
+
   Returns:
-    `train_step(state, batch, key) -> (state, metrics)`; `batch` holds `tokens`
-    [B, L] and optionally `segment_ids`, `positions`, `prompt_lengths`.
+    `train_step(state, batch, key) -> (state, metrics)`; `batch` holds the
+    objective's schema fields (`tokens` [B, L] and optionally `segment_ids`,
+    `positions`, `prompt_lengths`).
   """
 
   if nonfinite not in NONFINITE_POLICIES:
     raise ValueError(f'unknown non-finite policy {nonfinite!r}; known: '
                      f'{NONFINITE_POLICIES}.')
+  make_loss_batch = objectives.get(objective).loss_batch
+  settings = objectives.Settings(ids=model_cfg.ids,
+                                 random_length_prob=random_length_prob,
+                                 stratified_t=stratified_t)
 
   def loss_fn(params, lb: diffusion.LossBatch, step):
-    logits = model_lib.forward(params, lb.inputs, lb.segment_ids, lb.positions,
-                               config=model_cfg, kv_lengths=lb.kv_lengths)
+    logits = model_lib.forward(params, lb.inputs, positions=lb.positions,
+                               config=model_cfg, attention=lb.attention)
     loss = diffusion.loss_from_logits(logits, lb)
     if debug_nan_step >= 0:
       loss = loss + jnp.where(step == debug_nan_step, jnp.nan, 0.0)
@@ -97,10 +105,7 @@ def make_train_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformat
 
   def train_step(state: TrainState, batch: Mapping[str, jax.Array],
                  key: jax.Array) -> tuple[TrainState, dict[str, Any]]:
-    lb = diffusion.make_loss_batch(objective, batch, jax.random.fold_in(key, state.step),
-                                   mask_id=model_cfg.ids.mask,
-                                   random_length_prob=random_length_prob,
-                                   stratified_t=stratified_t)
+    lb = make_loss_batch(batch, jax.random.fold_in(key, state.step), settings)
     if grad_accum_steps == 1:
       loss, grads = grad_fn(state.params, lb, state.step)
     else:

@@ -14,6 +14,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
 
   config.model = ml_collections.ConfigDict()
+  config.model.family = 'llada'  # The preset's family (dllm_jax/models/).
   config.model.preset = 'tiny'  # tiny | small | llada_1b | llada_8b
   config.model.dtype = 'float32'  # Compute dtype: float32 | bfloat16.
   config.model.param_dtype = 'float32'
