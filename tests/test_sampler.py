@@ -308,34 +308,26 @@ def _denoiser(logits_fn, sc, start, traces=None):
   return jax.jit(run)
 
 
-def _run_state(logits_fn, canvas, start, key, sc):
-  return _denoiser(logits_fn, sc, start)(jnp.asarray(canvas, jnp.int32), key,
-                                         gen.Knobs.of(sc))
-
-
-@pytest.mark.parametrize('remask,temperature', [('low_confidence', 0.0),
-                                                ('random', 0.7)])
-def test_steps_that_commit_nothing_are_skipped_with_reference_tokens(remask,
-                                                                     temperature):
+def test_steps_that_commit_nothing_are_skipped_with_reference_tokens():
   """8 steps per block of 4 masks: steps 4-7 of each block commit nothing and run
-  no forward; later blocks still draw the reference's keys (by step number)."""
-  sc = gen.SamplingConfig(steps=32, gen_length=16, block_length=4, remasking=remask,
-                          temperature=temperature)
+  no forward; later steps still draw the reference's keys (by step number)."""
+  sc = gen.SamplingConfig(steps=16, gen_length=8, block_length=4, remasking='random',
+                          temperature=0.7)
   key = jax.random.key(8)
-  canvas = np.concatenate([PROMPT, np.full((3, 16), MASK)], 1)
-  state = _run_state(toy_logits_jnp, canvas, 5, key, sc)
+  run = _denoiser(toy_logits_jnp, sc, 5)
+  canvas = np.concatenate([PROMPT, np.full((3, 8), MASK)], 1)
+  state = run(jnp.asarray(canvas, jnp.int32), key, gen.Knobs.of(sc))
   want, want_steps = _run_ref(toy_logits_np, PROMPT, key, sc)
   np.testing.assert_array_equal(state.tokens, want)
   np.testing.assert_array_equal(state.commit_step, want_steps)
-  assert int(state.nfe) == 16  # Not 32.
-  # An infill block without masks runs no step at all.
-  canvas = np.array([[1, MASK, 3, MASK, 5, 6, 7, 8], [MASK, 2, 3, 4, 5, 6, 7, 8]])
-  sc = dataclasses.replace(sc, steps=8, gen_length=8)
-  state = _run_state(toy_logits_jnp, canvas, 0, key, sc)
-  want, want_steps = _run_ref(toy_logits_np, None, key, sc, canvas=canvas, start=0)
+  assert int(state.nfe) == 8  # Not 16.
+  # A block without masks runs no step at all (same shapes: no new compile).
+  canvas[:, 9:] = [1, 2, 3, 4]
+  state = run(jnp.asarray(canvas, jnp.int32), key, gen.Knobs.of(sc))
+  want, want_steps = _run_ref(toy_logits_np, None, key, sc, canvas=canvas, start=5)
   np.testing.assert_array_equal(state.tokens, want)
   np.testing.assert_array_equal(state.commit_step, want_steps)
-  assert int(state.nfe) == 2
+  assert int(state.nfe) == 4
 
 
 def test_traced_knobs_match_the_reference_without_retracing():
@@ -346,7 +338,7 @@ def test_traced_knobs_match_the_reference_without_retracing():
   canvas = jnp.asarray(np.concatenate([PROMPT, np.full((3, 8), MASK)], 1))
   base = gen.SamplingConfig(steps=4, gen_length=8, block_length=4, cfg_scale=1.0)
   run = _denoiser(toy_logits_jnp, base, 5, traces)
-  for temperature, cfg_scale in [(0.0, 1.0), (0.5, 1.0), (1.0, 2.5), (0.0, 0.5)]:
+  for temperature, cfg_scale in [(0.0, 1.0), (0.5, 1.0), (1.0, 2.0), (0.0, 0.5)]:
     sc = dataclasses.replace(base, temperature=temperature, cfg_scale=cfg_scale)
     state = run(canvas, key, gen.Knobs.of(sc))
     want, _ = _run_ref(toy_logits_np, PROMPT, key, sc)

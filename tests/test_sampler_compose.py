@@ -26,12 +26,12 @@ def test_float_knobs_do_not_recompile(tiny_config, tiny_params):
   def run(**kw):
     return gen.sample(tiny_params, prompt, jax.random.key(0), config=tiny_config,
                       sampling=_sc(**kw))
-  thr = dict(parallel='threshold', cfg_scale=1.0)
-  first = run(**thr, threshold=1.0)  # Compiles.
+  thr = lambda **kw: run(**{**dict(parallel='threshold', cfg_scale=1.0), **kw})
+  first = thr(threshold=1.0)  # Compiles.
   n = gen.compilations()
-  eager = run(**thr, threshold=1e-3)
-  noisy = run(**thr, threshold=1.0, temperature=0.9)
-  guided = run(**thr, threshold=1.0, cfg_scale=4.0)
+  eager = thr(threshold=1e-3)
+  noisy = thr(threshold=1.0, temperature=0.9)
+  guided = thr(threshold=1.0, cfg_scale=4.0)
   assert gen.compilations() == n
   assert int(first.nfe) == 8 and int(eager.nfe) < 8
   assert not np.array_equal(noisy.tokens, first.tokens)
@@ -95,7 +95,7 @@ class CommitAll:
 
 def test_a_new_rule_is_one_class_and_one_registry_entry(monkeypatch):
   monkeypatch.setitem(rules.RULES, 'all_at_once', CommitAll)
-  sc = gen.SamplingConfig(steps=4, gen_length=12, block_length=4,
+  sc = gen.SamplingConfig(steps=3, gen_length=12, block_length=4,
                           parallel='all_at_once', mask_id=11)
   sc.validate()
   canvas = jnp.asarray([[1, 2] + [11] * 12], jnp.int32)
@@ -108,8 +108,9 @@ def test_a_new_rule_is_one_class_and_one_registry_entry(monkeypatch):
 
 @pytest.mark.parametrize('noise', ['jax', 'counter'])
 def test_proposers_with_traced_temperature_equal_the_static_path(noise):
-  """The lax.cond on a traced temperature gives bit for bit what a Python
-  temperature gives (0: plain argmax; > 0: the same noise)."""
+  """The lax.cond on a traced temperature gives what a Python temperature gives
+  (0: plain argmax; > 0: the same noise): the same candidates, confidences up
+  to XLA's fusion choices in a cond branch (an ulp)."""
   logits = jax.random.normal(jax.random.key(2), (2, 8, 300)) * 3
   key = jax.random.key(3)
   kw = dict(remasking='low_confidence', mask_id=3, eos_id=9, eot_id=8,
@@ -118,9 +119,9 @@ def test_proposers_with_traced_temperature_equal_the_static_path(noise):
   propose = jax.jit(lambda t: proposer.propose(
       logits, key, gen.Knobs.of(gen.SamplingConfig(temperature=t))))
   for t in (0.0, 0.7):
-    want = remasking.candidates_and_confidence(logits, key, temperature=t, noise=noise,
-                                               **kw)
+    want = jax.jit(lambda: remasking.candidates_and_confidence(  # pylint: disable=cell-var-from-loop
+        logits, key, temperature=t, noise=noise, **kw))()
     got = propose(t)
     np.testing.assert_array_equal(got[0], want[0])
-    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-6)
   assert not np.array_equal(propose(0.0)[0], propose(0.7)[0])

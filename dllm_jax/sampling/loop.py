@@ -133,10 +133,11 @@ def denoise(logits_fn: logits_source.LogitsFn | None, canvas: jax.Array,
   num_blocks = (t - start) // sc.block_length
   knobs = Knobs.of(sc) if knobs is None else knobs
   rule = rules.RULES[sc.parallel]() if rule is None else rule
-  proposer = proposer or proposers.PROPOSERS[sc.noise](
-      remasking=sc.remasking, mask_id=sc.mask_id, eos_id=eos_id, eot_id=eot_id,
-      logits_eos_inf=sc.logits_eos_inf,
-      confidence_eos_eot_inf=sc.confidence_eos_eot_inf)
+  if proposer is None:
+    proposer = proposers.PROPOSERS[sc.noise](
+        remasking=sc.remasking, mask_id=sc.mask_id, eos_id=eos_id, eot_id=eot_id,
+        logits_eos_inf=sc.logits_eos_inf,
+        confidence_eos_eot_inf=sc.confidence_eos_eot_inf)
   source = logits_source.build(canvas, segment_ids, positions, sampling=sc,
                                knobs=knobs, logits_fn=logits_fn, cached=cached)
   walk = _Walk(source, proposer, rule, key, knobs, sc.mask_id, sc.block_length,

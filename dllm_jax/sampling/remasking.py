@@ -1,13 +1,15 @@
 """One denoising step's decisions: candidates, confidences and which to commit.
 
 `candidates_and_confidence` is the pure-jnp reference of the per-step hot path
-(a fused kernel may replace it; it must agree with this function). Selection
-functions take confidences and an eligibility mask and return the positions to
-commit; `select_top_k` is the LLaDA rule, others (threshold, factor) plug in the
-same way.
+(a fused kernel may replace it; it must agree with this function; the
+sampler reaches it through `proposers.py`). `select_top_k` is the LLaDA
+selection: confidences and an eligibility mask -> the positions to commit (the
+commit rule objects are in `rules.py`).
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -25,10 +27,13 @@ def step_uniforms(key: jax.Array, shape: tuple[int, ...],
   kg, kr = jax.random.split(key)
   tiny = jnp.finfo(jnp.float32).tiny
   noised = temperature > 0 if noised is None else noised
-  u_gumbel = (jax.random.uniform(kg, shape, jnp.float32, minval=tiny)
-              if noised else None)
-  u_random = (jax.random.uniform(kr, shape[:-1], jnp.float32)
-              if remasking == 'random' else None)
+  # Drawn flat and reshaped: the same numbers (threefry counts positions in
+  # row-major order either way), and XLA on CPU compiles a flat draw several
+  # times faster than a [B, L, V] one with a small V.
+  flat = lambda k, s, **kw: jax.random.uniform(
+      k, (math.prod(s),), jnp.float32, **kw).reshape(s)
+  u_gumbel = flat(kg, shape, minval=tiny) if noised else None
+  u_random = flat(kr, shape[:-1]) if remasking == 'random' else None
   return u_gumbel, u_random
 
 
