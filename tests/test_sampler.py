@@ -292,3 +292,55 @@ def test_autoregressive_greedy_matches_step_by_step_argmax():
   with pytest.raises(ValueError, match='needs a causal model'):
     autoregressive.greedy(params, prompt, config=presets.get_preset(
         'tiny', n_layers=2, d_model=32, n_heads=4, d_ff=64, max_len=32), gen_length=5)
+
+
+# --- Skipped steps and traced knobs --------------------------------------------
+
+def _denoiser(logits_fn, sc, start, traces=None):
+  """jit of `denoise` with the knobs as a traced argument: (canvas, key, knobs)
+  -> state; appends to `traces` once per trace."""
+  def run(canvas, key, knobs):
+    if traces is not None:
+      traces.append(1)
+    return gen.denoise(logits_fn, canvas, None, None, key,
+                       sampling=dataclasses.replace(sc, mask_id=MASK).static_part(),
+                       start=start, eos_id=EOS, eot_id=EOT, knobs=knobs)
+  return jax.jit(run)
+
+
+def test_steps_that_commit_nothing_are_skipped_with_reference_tokens():
+  """8 steps per block of 4 masks: steps 4-7 of each block commit nothing and run
+  no forward; later steps still draw the reference's keys (by step number)."""
+  sc = gen.SamplingConfig(steps=16, gen_length=8, block_length=4, remasking='random',
+                          temperature=0.7)
+  key = jax.random.key(8)
+  run = _denoiser(toy_logits_jnp, sc, 5)
+  canvas = np.concatenate([PROMPT, np.full((3, 8), MASK)], 1)
+  state = run(jnp.asarray(canvas, jnp.int32), key, gen.Knobs.of(sc))
+  want, want_steps = _run_ref(toy_logits_np, PROMPT, key, sc)
+  np.testing.assert_array_equal(state.tokens, want)
+  np.testing.assert_array_equal(state.commit_step, want_steps)
+  assert int(state.nfe) == 8  # Not 16.
+  # A block without masks runs no step at all (same shapes: no new compile).
+  canvas[:, 9:] = [1, 2, 3, 4]
+  state = run(jnp.asarray(canvas, jnp.int32), key, gen.Knobs.of(sc))
+  want, want_steps = _run_ref(toy_logits_np, None, key, sc, canvas=canvas, start=5)
+  np.testing.assert_array_equal(state.tokens, want)
+  np.testing.assert_array_equal(state.commit_step, want_steps)
+  assert int(state.nfe) == 4
+
+
+def test_traced_knobs_match_the_reference_without_retracing():
+  """temperature (0 and > 0) and cfg_scale are traced: one trace serves all
+  values, and each value still commits exactly the reference's tokens."""
+  traces = []
+  key = jax.random.key(9)
+  canvas = jnp.asarray(np.concatenate([PROMPT, np.full((3, 8), MASK)], 1))
+  base = gen.SamplingConfig(steps=4, gen_length=8, block_length=4, cfg_scale=1.0)
+  run = _denoiser(toy_logits_jnp, base, 5, traces)
+  for temperature, cfg_scale in [(0.0, 1.0), (0.5, 1.0), (1.0, 2.0), (0.0, 0.5)]:
+    sc = dataclasses.replace(base, temperature=temperature, cfg_scale=cfg_scale)
+    state = run(canvas, key, gen.Knobs.of(sc))
+    want, _ = _run_ref(toy_logits_np, PROMPT, key, sc)
+    np.testing.assert_array_equal(state.tokens, want)
+  assert len(traces) == 1

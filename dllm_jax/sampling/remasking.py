@@ -1,13 +1,15 @@
 """One denoising step's decisions: candidates, confidences and which to commit.
 
 `candidates_and_confidence` is the pure-jnp reference of the per-step hot path
-(a fused kernel may replace it; it must agree with this function). Selection
-functions take confidences and an eligibility mask and return the positions to
-commit; `select_top_k` is the LLaDA rule, others (threshold, factor) plug in the
-same way.
+(a fused kernel may replace it; it must agree with this function; the
+sampler reaches it through `proposers.py`). `select_top_k` is the LLaDA
+selection: confidences and an eligibility mask -> the positions to commit (the
+commit rule objects are in `rules.py`).
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -16,15 +18,22 @@ REMASKING = ('low_confidence', 'random')
 
 
 def step_uniforms(key: jax.Array, shape: tuple[int, ...],
-                  remasking: str, temperature: float):
+                  remasking: str, temperature: float | jax.Array,
+                  noised: bool | None = None):
   """The uniforms one step consumes: (Gumbel u [B, T, V] or None,
-  random-remasking u [B, T] or None). Exposed so references can replay them."""
+  random-remasking u [B, T] or None). Exposed so references can replay them.
+  Gumbel uniforms are drawn when `noised` (default: `temperature > 0`, which
+  needs a Python float)."""
   kg, kr = jax.random.split(key)
   tiny = jnp.finfo(jnp.float32).tiny
-  u_gumbel = (jax.random.uniform(kg, shape, jnp.float32, minval=tiny)
-              if temperature > 0 else None)
-  u_random = (jax.random.uniform(kr, shape[:-1], jnp.float32)
-              if remasking == 'random' else None)
+  noised = temperature > 0 if noised is None else noised
+  # Drawn flat and reshaped: the same numbers (threefry counts positions in
+  # row-major order either way), and XLA on CPU compiles a flat draw several
+  # times faster than a [B, L, V] one with a small V.
+  flat = lambda k, s, **kw: jax.random.uniform(
+      k, (math.prod(s),), jnp.float32, **kw).reshape(s)
+  u_gumbel = flat(kg, shape, minval=tiny) if noised else None
+  u_random = flat(kr, shape[:-1]) if remasking == 'random' else None
   return u_gumbel, u_random
 
 
@@ -32,10 +41,11 @@ NOISES = ('jax', 'counter')
 
 
 def candidates_and_confidence(
-    logits: jax.Array, key: jax.Array, *, temperature: float, remasking: str,
-    mask_id: int, eos_id: int, eot_id: int, logits_eos_inf: bool = False,
-    confidence_eos_eot_inf: bool = False, noise: str = 'jax',
-    kernel_interpret: bool = False) -> tuple[jax.Array, jax.Array]:
+    logits: jax.Array, key: jax.Array, *, temperature: float | jax.Array,
+    remasking: str, mask_id: int, eos_id: int, eot_id: int,
+    logits_eos_inf: bool = False, confidence_eos_eot_inf: bool = False,
+    noise: str = 'jax', kernel_interpret: bool = False,
+    noised: bool | None = None) -> tuple[jax.Array, jax.Array]:
   """Candidate token and its confidence at every position.
 
   Args:
@@ -43,7 +53,10 @@ def candidates_and_confidence(
     key: randomness for Gumbel noise and random remasking.
     temperature: 0 takes the plain argmax; > 0 the argmax of Gumbel-perturbed
       logits, equal to the reference's `argmax(exp(l) / (-log u) ** temperature)`,
-      computed in log space as `l - temperature * log(-log u)`.
+      computed in log space as `l - temperature * log(-log u)`. A traced
+      temperature needs `noised` (see `proposers`, which branch on it).
+    noised: whether Gumbel noise is drawn; default `temperature > 0` (a Python
+      float). False ignores `temperature` (the plain argmax).
     remasking: 'low_confidence' (softmax probability of the candidate under the
       un-noised logits) or 'random' (uniform).
     noise: 'jax' draws from `jax.random` (replayable by references); 'counter'
@@ -59,8 +72,9 @@ def candidates_and_confidence(
   Returns:
     (candidates int32 [B, T], confidence float32 [B, T]).
   """
+  noised = temperature > 0 if noised is None else noised
   if noise == 'counter':
-    return _counter_candidates(logits, key, temperature=temperature,
+    return _counter_candidates(logits, key, temperature=temperature, noised=noised,
                                remasking=remasking, mask_id=mask_id, eos_id=eos_id,
                                eot_id=eot_id, logits_eos_inf=logits_eos_inf,
                                confidence_eos_eot_inf=confidence_eos_eot_inf,
@@ -70,7 +84,8 @@ def candidates_and_confidence(
   logits = logits.astype(jnp.float32).at[..., mask_id].set(-jnp.inf)
   if logits_eos_inf:
     logits = logits.at[..., eos_id].set(-jnp.inf)
-  u_gumbel, u_random = step_uniforms(key, logits.shape, remasking, temperature)
+  u_gumbel, u_random = step_uniforms(key, logits.shape, remasking, temperature,
+                                     noised)
   noisy = logits if u_gumbel is None else (
       logits - temperature * jnp.log(-jnp.log(u_gumbel)))
   candidates = jnp.argmax(noisy, axis=-1).astype(jnp.int32)
@@ -107,13 +122,18 @@ def select_top_k(confidence: jax.Array, eligible: jax.Array,
   return (rank < k[:, None]) & eligible
 
 
-def _counter_candidates(logits, key, *, temperature, remasking, mask_id, eos_id,
-                        eot_id, logits_eos_inf, confidence_eos_eot_inf, interpret):
+def _counter_candidates(logits, key, *, temperature, noised, remasking, mask_id,
+                        eos_id, eot_id, logits_eos_inf, confidence_eos_eot_inf,
+                        interpret):
   from dllm_jax.sampling import fused  # pylint: disable=g-import-not-at-top
   seed = fused.seed_from_key(key)
-  candidates, confidence = fused.candidates(
-      logits, seed, temperature=temperature, mask_id=mask_id,
-      eos_id=eos_id if logits_eos_inf else None, interpret=interpret)
+  eos = eos_id if logits_eos_inf else None
+  if noised and not isinstance(temperature, (int, float)):
+    candidates, confidence = _counter_noised(logits, seed, temperature, mask_id, eos)
+  else:
+    candidates, confidence = fused.candidates(
+        logits, seed, temperature=temperature if noised else 0.0, mask_id=mask_id,
+        eos_id=eos, interpret=interpret)
   if remasking == 'random':
     shape = candidates.shape
     rows = jnp.arange(candidates.size, dtype=jnp.uint32).reshape(shape)
@@ -124,3 +144,25 @@ def _counter_candidates(logits, key, *, temperature, remasking, mask_id, eos_id,
     special = (candidates == eos_id) | (candidates == eot_id)
     confidence = jnp.where(special, -jnp.inf, confidence)
   return candidates, confidence
+
+
+def _counter_noised(logits, seed, temperature, mask_id, eos_id):
+  """`fused.candidates_jnp` with Gumbel noise (one vocabulary split) for a traced
+  temperature, which the twin and the kernel take as a Python float: the same
+  operations, so the same candidates and confidences bit for bit.
+  logits [..., V] -> (candidates [...], confidence [...])."""
+  from dllm_jax.sampling import fused  # pylint: disable=g-import-not-at-top
+  shape, v = logits.shape[:-1], logits.shape[-1]
+  flat = logits.reshape(-1, v)
+  cols = jnp.arange(v, dtype=jnp.uint32)[None, :]
+  excluded = cols == mask_id
+  if eos_id is not None:
+    excluded = excluded | (cols == eos_id)
+  x = jnp.where(excluded, -jnp.inf, flat.astype(jnp.float32))
+  rows = jnp.arange(flat.shape[0], dtype=jnp.uint32)[:, None]
+  noisy = x + temperature * fused.gumbel(seed[0], seed[1], rows, cols)
+  cand = jnp.argmax(noisy, axis=-1).astype(jnp.int32)
+  chosen = jnp.take_along_axis(x, cand[:, None], axis=-1)[:, 0]
+  m = jnp.max(x, axis=-1)
+  conf = jnp.exp(chosen - m) / jnp.sum(jnp.exp(x - m[:, None]), axis=-1)
+  return cand.reshape(shape), conf.reshape(shape)
