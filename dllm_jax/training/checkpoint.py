@@ -23,6 +23,7 @@ from dllm_jax import model as model_lib
 from dllm_jax.errors import CheckpointError
 from dllm_jax.data import tokenizer as tokenizer_lib
 from dllm_jax.parallel import sharding as sharding_lib
+from dllm_jax.training import save_guard
 from dllm_jax.presets import ModelConfig
 
 
@@ -30,13 +31,15 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), 'checkpoints')
 
 
-def make_manager(workdir: str, *, max_to_keep: int = 3,
+def make_manager(workdir: str, *, max_to_keep: int | None = 3,
+                 keep_every: int | None = None,
                  async_save: bool = True) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(
-      checkpoint_dir(workdir),
-      options=ocp.CheckpointManagerOptions(
-          max_to_keep=max_to_keep, enable_async_checkpointing=async_save,
-          create=True))
+  """The workdir's manager: failed saves raise CheckpointSaveError; keeps the
+  `max_to_keep` newest steps and every step divisible by `keep_every`."""
+  # Failure handling and retention live in save_guard.py.
+  return save_guard.GuardedManager(
+      checkpoint_dir(workdir), options=save_guard.manager_options(
+          max_to_keep=max_to_keep, keep_every=keep_every, async_save=async_save))
 
 
 def on_device(abstract, device: jax.Device | None = None):

@@ -24,6 +24,7 @@ from dllm_jax.errors import NonFiniteError
 from dllm_jax.training import checkpoint, optimizer as optimizer_lib, preemption
 from dllm_jax.parallel import mesh as mesh_lib, multihost, sharding
 from dllm_jax.training import provenance, train_step as ts
+from dllm_jax.training import workdir_lock
 
 _SHAPE_KEYS = ('d_model', 'n_layers', 'n_heads', 'd_ff', 'max_len')
 _COMPUTE_KEYS = ('attention_impl', 'remat', 'scan_layers', 'embed_grad')
@@ -223,7 +224,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   validate(config, model_cfg, tokenizer)
   mesh = mesh_lib.from_config(config.mesh)
   check_parallel(config, model_cfg, mesh)
-  with jax.set_mesh(mesh):
+  with workdir_lock.hold(workdir), jax.set_mesh(mesh):  # One writer per workdir.
     return _train(config, workdir, stop_after, tokenizer, model_cfg, mesh)
 
 
@@ -249,7 +250,8 @@ def _train(config, workdir, stop_after, tokenizer, model_cfg, mesh) -> ts.TrainS
   state_abstract = jax.eval_shape(init_fn, init_key)
   state_sh = sharding.state_shardings(state_abstract, mesh)
   init = jax.jit(init_fn, out_shardings=state_sh)  # Each shard made in place.
-  mngr = checkpoint.make_manager(workdir, max_to_keep=t.max_to_keep)
+  mngr = checkpoint.make_manager(workdir, max_to_keep=t.max_to_keep,
+                                 keep_every=t.get('keep_every'))
   abstract = sharding.with_shardings(state_abstract, state_sh)
   restored = checkpoint.restore_latest_good(
       mngr, workdir, abstract, data_iter,
@@ -352,12 +354,14 @@ def _train(config, workdir, stop_after, tokenizer, model_cfg, mesh) -> ts.TrainS
              'resume.')
         return state
   finally:
-    mngr.wait_until_finished()  # On every exit, errors included: finish saves.
     watcher.restore()
     if writer is not None:
       writer.close()
     if batch_log is not None:
       batch_log.close()
+    # On every exit, errors included: finish saves (last: a failed save raises
+    # CheckpointSaveError here).
+    mngr.wait_until_finished()
 
   s = config.sample
   sampling = gen.SamplingConfig(steps=s.steps, gen_length=s.gen_length,
