@@ -44,6 +44,7 @@ def test_lock_is_released_when_the_body_raises(tmp_path):
   assert not os.path.exists(workdir_lock.lock_path(str(tmp_path)))
 
 
+@pytest.mark.filterwarnings("ignore:os.fork")
 def test_stale_lock_of_a_killed_process_is_taken_over_with_a_warning(tmp_path):
   read, write = os.pipe()
   pid = os.fork()
