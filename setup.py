@@ -35,7 +35,7 @@ setup(
     ],
     extras_require={
         # matplotlib: the experiments' plots and the notebook test.
-        'test': ['pytest>=8', 'matplotlib>=3.8'],
+        'test': ['pytest>=8', 'matplotlib>=3.8', 'hypothesis>=6.100'],
         # The independent PyTorch LLaDA forward of tests/test_interop.py (CPU build).
         'torch': ['torch==2.13.0'],
     },

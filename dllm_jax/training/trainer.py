@@ -24,7 +24,7 @@ from dllm_jax.errors import NonFiniteError
 from dllm_jax.training import checkpoint, optimizer as optimizer_lib, preemption
 from dllm_jax.parallel import mesh as mesh_lib, multihost, sharding
 from dllm_jax.training import provenance, train_step as ts
-from dllm_jax.training import workdir_lock
+from dllm_jax.training import elastic, workdir_lock
 
 _SHAPE_KEYS = ('d_model', 'n_layers', 'n_heads', 'd_ff', 'max_len')
 _COMPUTE_KEYS = ('attention_impl', 'remat', 'scan_layers', 'embed_grad')
@@ -255,7 +255,8 @@ def _train(config, workdir, stop_after, tokenizer, model_cfg, mesh) -> ts.TrainS
   abstract = sharding.with_shardings(state_abstract, state_sh)
   restored = checkpoint.restore_latest_good(
       mngr, workdir, abstract, data_iter,
-      check_meta=lambda meta: provenance.check_resume(meta, record))
+      check_meta=lambda meta: (elastic.check_resume(meta),  # Process count.
+                               provenance.check_resume(meta, record)))
   if restored is None:
     state, last_saved = init(init_key), None
     if t.init_from:
