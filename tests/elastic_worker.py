@@ -1,7 +1,7 @@
-"""Elastic resume on 8 simulated CPU devices (tests/test_elastic.py starts it).
+"""Elastic resume on simulated CPU devices (tests/test_elastic.py starts it).
 
-One uninterrupted run on one device, and the same run interrupted and resumed
-on other meshes (`stop_after` at each listed step), each segment on the first N
+As many devices as the largest segment's mesh. One uninterrupted run on one
+device, and the same run interrupted and resumed on other meshes (`stop_after` at each listed step), each segment on the first N
 devices with its own data / fsdp / tensor split. Prints one JSON line: per-step
 losses of both, the parameter fingerprint each segment ended with and the one
 the next segment restored, the consumed batches, and the error of a resume with
@@ -19,16 +19,16 @@ import os
 import sys
 
 import jax
-
+import numpy as np
 
 
 def main(workdir, segments):
   jax.config.update('jax_platforms', 'cpu')
-  jax.config.update('jax_num_cpu_devices', 8)
+  jax.config.update('jax_num_cpu_devices', max(
+      int(np.prod(shape)) for _, shape in segments))
   jax.config.update('jax_compilation_cache_dir', os.path.join(workdir, 'jax_cache'))
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
   # pylint: disable=g-import-not-at-top
-  import numpy as np
   from dllm_jax.parallel import mesh as mesh_lib
   from dllm_jax.training import checkpoint, trainer, train_step as ts
   from tests.support import read_batch_log, small_config
@@ -68,6 +68,7 @@ def main(workdir, segments):
         *shape, devices=jax.devices()[:n])
     config = small_config(**{**dict(steps=steps, checkpoint_every=2, log_every=1,
                                     batch_size=8, record_batches=True), **train})
+    config.sample.num_samples = 0  # No sample at the end (its compile is costly).
     state = trainer.train(config, path, stop_after=stop_after)
     return checkpoint.fingerprint(state.params)
 
