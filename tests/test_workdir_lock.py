@@ -115,3 +115,14 @@ def test_a_second_launch_train_on_the_same_workdir_refuses_in_one_line(tmp_path)
   last = second.stderr.strip().splitlines()[-1]
   assert last.startswith(f'error: workdir {tmp_path} is in use by another run (host '
                          f"'{socket.gethostname()}', pid {first.pid}, started "), last
+
+
+def test_a_lock_naming_this_process_or_a_silent_live_pid_is_stale(tmp_path):
+  _write_lock(tmp_path, socket.gethostname(), os.getpid())  # A restarted container.
+  with pytest.warns(UserWarning, match='is this process, which does not hold it'):
+    with workdir_lock.WorkdirLock(str(tmp_path)):
+      pass
+  _write_lock(tmp_path, socket.gethostname(), os.getppid(), age_s=300)  # Reused pid.
+  with pytest.warns(UserWarning, match=r'no heartbeat for 30\d s'):
+    with workdir_lock.WorkdirLock(str(tmp_path), stale_after_s=60):
+      pass

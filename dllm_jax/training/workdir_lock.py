@@ -5,9 +5,11 @@
 one line naming the holder. A lock left by a run that died without releasing it
 (kill -9, a lost node) is stale and taken over with a warning:
 
-  * same host: the holder's pid no longer exists;
-  * another host (a shared filesystem): the lock file's mtime, refreshed every
-    `heartbeat_s` by a daemon thread of the holder, is older than `stale_after_s`.
+  * same host: the holder's pid no longer exists (or is this process: restarted
+    containers often reuse pids);
+  * any host (another one sharing the filesystem, or a pid reused by an
+    unrelated process): the lock file's mtime, refreshed every `heartbeat_s` by
+    a daemon thread of the holder, is older than `stale_after_s`.
 
 In a multi-process run only process 0 takes (and writes) the lock; the outcome
 is broadcast so every process stops when it is refused. The lock is released
@@ -33,6 +35,7 @@ from dllm_jax.errors import WorkdirLockedError
 LOCK_NAME = '.dllm_lock'
 HEARTBEAT_S = 15.0
 STALE_AFTER_S = 120.0
+_HELD: set[str] = set()  # Lock paths this process holds.
 
 
 def lock_path(workdir: str) -> str:
@@ -75,11 +78,13 @@ def stale_reason(path: str, holder: dict[str, Any], *,
     age = time.time() - os.stat(path).st_mtime
   except FileNotFoundError:
     return 'it is gone'
-  if holder.get('host') == socket.gethostname() and isinstance(holder.get('pid'), int):
-    if not _pid_alive(holder['pid']):
-      return f'pid {holder["pid"]} no longer runs on this host'
-    return None
-  if age > stale_after_s:
+  pid = holder.get('pid')
+  if holder.get('host') == socket.gethostname() and isinstance(pid, int):
+    if pid == os.getpid() and path not in _HELD:  # Restarted containers reuse pids.
+      return f'pid {pid} is this process, which does not hold it'
+    if not _pid_alive(pid):
+      return f'pid {pid} no longer runs on this host'
+  if age > stale_after_s:  # A live holder refreshes it (also: a reused pid).
     return f'no heartbeat for {age:.0f} s (> {stale_after_s:.0f} s)'
   return None
 
@@ -135,6 +140,7 @@ class WorkdirLock:
       holder = _read(self.path) or {}
       raise WorkdirLockedError(f'workdir {os.path.dirname(self.path)} was locked '
                                f'at the same moment by {_describe(holder)}.')
+    _HELD.add(self.path)
     self._thread = threading.Thread(target=self._heartbeat, daemon=True,
                                     name='workdir-lock-heartbeat')
     self._thread.start()
@@ -158,6 +164,7 @@ class WorkdirLock:
     if self._owned():
       with contextlib.suppress(FileNotFoundError):
         os.unlink(self.path)
+    _HELD.discard(self.path)
 
   def __enter__(self) -> 'WorkdirLock':
     self.acquire()
