@@ -13,6 +13,7 @@ Retention: `max_to_keep` newest steps, plus every step divisible by
 from __future__ import annotations
 
 import os
+
 import orbax.checkpoint as ocp
 
 from dllm_jax.errors import CheckpointSaveError

@@ -107,8 +107,12 @@ class WorkdirLock:
       fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
       return False
-    with os.fdopen(fd, 'w') as f:
-      json.dump(self.record, f)
+    try:
+      with os.fdopen(fd, 'w') as f:
+        json.dump(self.record, f)
+    except OSError:  # E.g. a full disk: leave no empty lock behind.
+      os.unlink(self.path)
+      raise
     return True
 
   def _take_over_if_stale(self) -> bool:
