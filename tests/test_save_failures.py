@@ -87,6 +87,7 @@ def test_retention_keeps_the_last_n_and_every_kth(tmp_path):
     checkpoint.make_manager(str(tmp_path), keep_every=0)
 
 
+@pytest.mark.slow  # The manager-level tests above are its default twins.
 def test_a_run_whose_save_fails_stops_with_the_last_good_step_restorable(
     tmp_path, monkeypatch):
   config = small_config(steps=6, checkpoint_every=2)
