@@ -35,8 +35,8 @@ setup(
     ],
     extras_require={
         # matplotlib: the experiments' plots and the notebook test; hypothesis:
-        # the config checks' property test.
-        'test': ['pytest>=8', 'matplotlib>=3.8', 'hypothesis>=6'],
+        # the config checks' and the fuzzed inputs' property tests.
+        'test': ['pytest>=8', 'matplotlib>=3.8', 'hypothesis>=6.100'],
         # The independent PyTorch LLaDA forward of tests/test_interop.py (CPU build).
         'torch': ['torch==2.13.0'],
     },

@@ -11,3 +11,12 @@ class CheckpointError(DllmError):
 
 class NonFiniteError(DllmError):
   """Training produced a non-finite loss or gradient norm and stopped."""
+
+
+class WorkdirLockedError(DllmError):
+  """Another run holds the workdir (or its lock cannot be created)."""
+
+
+class CheckpointSaveError(DllmError):
+  """A checkpoint could not be written (no space, no permission); the run ends
+  and the checkpoints already there stay restorable."""

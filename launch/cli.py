@@ -45,6 +45,24 @@ def parse_flags(argv: list[str]) -> list[str]:
     sys.exit(_override_error(e, argv))
 
 
+def check_flag(holder: flags.FlagHolder, ok, allowed: str) -> None:
+  """A flag validator: a value for which `ok(value)` is false ends the program at
+  flag parsing, before any work, with `error: flag --NAME=VALUE: must be
+  ALLOWED`. An unset optional flag (None) passes."""
+  flags.register_validator(holder, lambda v: v is None or ok(v),
+                           message=f'must be {allowed}')
+
+
+def check_divides(divisor: flags.FlagHolder, dividend: flags.FlagHolder) -> None:
+  """`dividend` must be a multiple of `divisor` when both are set (and positive)."""
+  def ok(values):
+    a, b = values[divisor.name], values[dividend.name]
+    return a is None or b is None or a <= 0 or b % a == 0
+  flags.register_multi_flags_validator(
+      [divisor, dividend], ok,
+      message=f'--{dividend.name} must be a multiple of --{divisor.name}')
+
+
 def config_value(config_flag):
   """The parsed config; a config file that failed to load ends in one line."""
   try:

@@ -12,6 +12,7 @@ Prompts are encoded after a BOS token, as training documents start.
 
 import json
 import math
+import os
 import time
 
 from absl import app, flags
@@ -28,6 +29,12 @@ _MC_NUM = flags.DEFINE_integer('mc_num', 128, 'Monte Carlo samples per sequence.
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 16, 'Monte Carlo batch size.')
 _CFG_SCALE = flags.DEFINE_float('cfg_scale', 0.0, 'Classifier-free guidance scale.')
 _SEED = flags.DEFINE_integer('seed', 0, 'PRNG seed.')
+
+# Bad values end the program at flag parsing, in one line, before any restore.
+for _flag in (_NUM_ROWS, _MC_NUM, _BATCH_SIZE):
+  cli.check_flag(_flag, lambda v: v > 0, 'a positive integer')
+cli.check_flag(_CFG_SCALE, lambda v: v >= 0, '>= 0')
+cli.check_divides(_BATCH_SIZE, _MC_NUM)
 
 
 def _read_jsonl(path, keys):
@@ -63,6 +70,8 @@ def main(argv):
   with cli.one_line_errors():
     if _MODE.value != 'heldout' and not _DATA.value:
       raise ValueError(f'--mode={_MODE.value} needs --data=FILE.jsonl.')
+    if _MODE.value != 'heldout' and not os.path.isfile(_DATA.value):
+      raise FileNotFoundError(f'--data={_DATA.value}: no such file.')
     cfg, params, tok = checkpoint.restore_for_inference(_WORKDIR.value)
     data_cfg = checkpoint.read_meta(_WORKDIR.value)['config']['data']
     seq_len = data_cfg['seq_len']

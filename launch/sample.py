@@ -20,8 +20,8 @@ _BLOCK_LENGTH = flags.DEFINE_integer(
 _TEMPERATURE = flags.DEFINE_float('temperature', None,
                                   'Gumbel-noise temperature; 0 is greedy.')
 _CFG_SCALE = flags.DEFINE_float('cfg_scale', 0.0, 'Classifier-free guidance scale.')
-_REMASKING = flags.DEFINE_string('remasking', 'low_confidence',
-                                 'low_confidence | random.')
+_REMASKING = flags.DEFINE_enum('remasking', 'low_confidence',
+                               ['low_confidence', 'random'], 'Which tokens stay masked.')
 _LOGITS_EOS_INF = flags.DEFINE_bool('logits_eos_inf', False,
                                     'Never generate EOS (its logit is -inf).')
 _CONF_EOS_EOT_INF = flags.DEFINE_bool(
@@ -40,6 +40,16 @@ _CHAT = flags.DEFINE_bool('chat', None, 'Format the prompt as a user turn of the
                           'SFT chat format (default: on for SFT checkpoints).')
 _NUM_SAMPLES = flags.DEFINE_integer('num_samples', None, 'Completions to draw.')
 _SEED = flags.DEFINE_integer('seed', 0, 'PRNG seed.')
+
+# Bad values end the program at flag parsing, in one line, before any restore.
+_positive = lambda v: v > 0
+for _flag in (_STEPS, _GEN_LENGTH, _BLOCK_LENGTH, _NUM_SAMPLES):
+  cli.check_flag(_flag, _positive, 'a positive integer')
+cli.check_flag(_FACTOR, _positive, 'positive')
+cli.check_flag(_TEMPERATURE, lambda v: v >= 0, '>= 0 (0 is greedy)')
+cli.check_flag(_CFG_SCALE, lambda v: v >= 0, '>= 0')
+cli.check_flag(_THRESHOLD, lambda v: 0 < v <= 1, 'in (0, 1]')
+cli.check_divides(_BLOCK_LENGTH, _GEN_LENGTH)
 
 
 def main(argv):

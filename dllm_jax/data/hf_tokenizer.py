@@ -53,7 +53,11 @@ class HFTokenizer:
         self.chat_template = json.load(f).get('chat_template')
 
   def encode(self, text: str, *, add_bos: bool = False, add_eos: bool = False) -> np.ndarray:
-    ids = self._tok.encode(text, add_special_tokens=False).ids
+    try:
+      ids = self._tok.encode(text, add_special_tokens=False).ids
+    except TypeError:
+      text.encode('utf-8')  # Not valid Unicode (a lone surrogate): UnicodeEncodeError.
+      raise
     ids = ([self.bos_id] if add_bos else []) + ids + ([self.eos_id] if add_eos else [])
     return np.asarray(ids, np.int32)
 

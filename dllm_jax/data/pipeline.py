@@ -46,6 +46,16 @@ def _not_none(x) -> bool:
   return x is not None
 
 
+def _encode(tokenizer, text: str, **kwargs) -> np.ndarray:
+  """`tokenizer.encode`, with text that is not valid Unicode (a lone surrogate,
+  which JSON's \\ud800 escapes can produce) a RecordError."""
+  try:
+    return tokenizer.encode(text, **kwargs)
+  except UnicodeError as e:
+    raise sources_lib.RecordError(f'not valid Unicode ({e.reason} at character '
+                                  f'{getattr(e, "start", "?")})') from None
+
+
 @dataclasses.dataclass(frozen=True)
 class _Tokenize:
   """(index, record) -> {'tokens': BOS doc EOS} or None (counted skip)."""
@@ -63,12 +73,12 @@ class _Tokenize:
       if not isinstance(text, str):
         raise sources_lib.RecordError(f'no text field {self.text_field!r} '
                                       f'(fields: {sorted(rec)})')
+      return {'tokens': _encode(self.tokenizer, text, add_bos=True, add_eos=True)}
     except sources_lib.RecordError as e:
       _count('skipped records', self.source,
              f'skipped record {self.shard_index + index * self.shard_count} of '
              f'{self.source}: {e}')
       return None
-    return {'tokens': self.tokenizer.encode(text, add_bos=True, add_eos=True)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,10 +99,11 @@ class _SftRow:
       messages, response = sft_lib.messages_of(rec, self.prompt_field,
                                                self.response_field)
       return sft_lib.sft_row(self.tokenizer, messages, response, self.seq_len)
-    except sources_lib.RecordError as e:
+    except (sources_lib.RecordError, UnicodeError) as e:  # Unicode: a lone surrogate.
+      reason = f'not valid Unicode ({e.reason})' if isinstance(e, UnicodeError) else e
       _count('skipped records', self.source,
              f'skipped record {self.shard_index + index * self.shard_count} of '
-             f'{self.source}: {e}')
+             f'{self.source}: {reason}')
       return None
 
 

@@ -143,8 +143,10 @@ def decode_record(record: Any, record_format: str = 'json') -> dict[str, Any]:
     raise ValueError(f'unknown record format {record_format!r}; known: {RECORD_FORMATS}.')
   try:
     value = json.loads(record)
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise RecordError(f'not JSON ({e})') from None
+  # ValueError: also UTF-8 errors and an integer of over 4300 digits;
+  # RecursionError: arrays nested thousands deep.
+  except (ValueError, RecursionError) as e:
+    raise RecordError(f'not JSON ({str(e)[:200]})') from None
   if not isinstance(value, dict):
     raise RecordError(f'a JSON {type(value).__name__}, not an object')
   return value

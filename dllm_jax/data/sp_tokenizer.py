@@ -45,7 +45,11 @@ class SentencePieceTokenizer:
     self._specials = {getattr(self, f'{r}_id') for r in self.special_tokens}
 
   def encode(self, text: str, *, add_bos: bool = False, add_eos: bool = False) -> np.ndarray:
-    ids = self._sp.encode(text)
+    try:
+      ids = self._sp.encode(text)
+    except RuntimeError:
+      text.encode('utf-8')  # Not valid Unicode (a lone surrogate): UnicodeEncodeError.
+      raise
     ids = ([self.bos_id] if add_bos else []) + ids + ([self.eos_id] if add_eos else [])
     return np.asarray(ids, np.int32)
 

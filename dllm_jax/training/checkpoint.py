@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from dllm_jax.errors import CheckpointError
-from dllm_jax.training import train_step as ts
+from dllm_jax.training import save_guard, train_step as ts
 from dllm_jax.workdir import (Restored, checkpoint_dir, describe, on_device,
                               quarantine_dir, read_meta, restore_for_inference,
                               restore_meta)
@@ -30,13 +30,15 @@ __all__ = ['Restored', 'checkpoint_dir', 'on_device', 'read_meta',
            'make_meta', 'save_state', 'restore_state', 'restore_latest_good']
 
 
-def make_manager(workdir: str, *, max_to_keep: int = 3,
+def make_manager(workdir: str, *, max_to_keep: int | None = 3,
+                 keep_every: int | None = None,
                  async_save: bool = True) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(
-      checkpoint_dir(workdir),
-      options=ocp.CheckpointManagerOptions(
-          max_to_keep=max_to_keep, enable_async_checkpointing=async_save,
-          create=True))
+  """The workdir's manager: failed saves raise CheckpointSaveError; keeps the
+  `max_to_keep` newest steps and every step divisible by `keep_every`."""
+  # Failure handling and retention live in save_guard.py.
+  return save_guard.GuardedManager(
+      checkpoint_dir(workdir), options=save_guard.manager_options(
+          max_to_keep=max_to_keep, keep_every=keep_every, async_save=async_save))
 
 
 def fingerprint(params) -> str:

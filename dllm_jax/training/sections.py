@@ -233,6 +233,7 @@ class TrainSection(Section):
   log_every: int = knob(250, range=Range(1))
   checkpoint_every: int = knob(500, range=Range(1))
   max_to_keep: int = knob(3, range=Range(1))
+  keep_every: int | None = knob(None, range=Range(1))
   nonfinite: str = knob('stop', choices=NONFINITE_POLICIES)
   record_batches: bool = knob(False)
   debug_nan_step: int = knob(-1, range=Range(-1))

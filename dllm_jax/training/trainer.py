@@ -27,6 +27,7 @@ from dllm_jax.sampling import generate as gen
 from dllm_jax.sampling.text import sample_text
 from dllm_jax.training import checkpoint, optimizer as optimizer_lib, preemption
 from dllm_jax.training import progress, provenance, sections, train_step as ts
+from dllm_jax.training import elastic, workdir_lock
 from dllm_jax.training.progress import log
 from dllm_jax.training.sections import RunConfig
 
@@ -98,7 +99,7 @@ def train(config: Config, workdir: str, *,
   sections.check_run(run, model_cfg, tokenizer)
   mesh = mesh_lib.from_config(run.mesh)
   sections.check_mesh(run, model_cfg, dict(mesh.shape))
-  with jax.set_mesh(mesh):
+  with workdir_lock.hold(workdir), jax.set_mesh(mesh):  # One writer per workdir.
     return _train(run, workdir, stop_after, tokenizer, model_cfg, mesh)
 
 
@@ -112,10 +113,12 @@ def _start(run: RunConfig, workdir: str, model_cfg, tokenizer, optimizer, mesh,
   state_sh = sharding.state_shardings(state_abstract, mesh,
                                       models.of(model_cfg).param_axes)
   abstract = sharding.with_shardings(state_abstract, state_sh)
-  mngr = checkpoint.make_manager(workdir, max_to_keep=run.train.max_to_keep)
+  mngr = checkpoint.make_manager(workdir, max_to_keep=run.train.max_to_keep,
+                                 keep_every=run.train.keep_every)
   restored = checkpoint.restore_latest_good(
       mngr, workdir, abstract, data_iter,
-      check_meta=lambda meta: provenance.check_resume(meta, record))
+      check_meta=lambda meta: (elastic.check_resume(meta),  # Process count.
+                               provenance.check_resume(meta, record)))
   if restored is not None:
     state, saved = restored
     for change in provenance.check_resume(saved, record):
@@ -204,8 +207,10 @@ def _train(run: RunConfig, workdir: str, stop_after: int | None, tokenizer,
               'command to resume.')
           return state
     finally:
-      mngr.wait_until_finished()  # On every exit, errors included: finish saves.
       watcher.restore()
+      # On every exit, errors included: finish saves (last: a failed save raises
+      # CheckpointSaveError here).
+      mngr.wait_until_finished()
 
   if end == t.steps and run.sample.num_samples > 0:
     _print_samples(run, state.params, model_cfg, tokenizer, sample_key)

@@ -72,7 +72,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.stratified_t = True
   config.train.log_every = 250
   config.train.checkpoint_every = 500
+  # Checkpoint retention: the max_to_keep newest steps, plus every step
+  # divisible by keep_every (None: none), which are never deleted. E.g.
+  # max_to_keep=3, keep_every=1000 with checkpoint_every=250 keeps 1000, 2000,
+  # ... and the 3 newest. A save that fails (full disk, no permission) stops the
+  # run with one line; the steps already written stay restorable.
   config.train.max_to_keep = 3
+  config.train.keep_every = config_dict.placeholder(int)
   # A non-finite loss or gradient norm: 'stop' (the last good checkpoint stays)
   # or 'skip' (drop that update, count it).
   config.train.nonfinite = 'stop'

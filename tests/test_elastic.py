@@ -1,0 +1,107 @@
+"""Elastic resume: a run checkpointed on one mesh resumes on another (8 -> 4 ->
+1 simulated devices, other data / fsdp / tensor splits; 2 -> 1 by default) with the parameters
+restored exactly, the same data order and the uninterrupted run's losses; what
+cannot change (the global batch, the process count) is refused in one line."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dllm_jax.training import checkpoint, elastic, workdir_lock
+from tests.support import REPO, SMALL_CLI, free_port
+
+
+def _elastic(tmp_path, segments, *flags):
+  r = subprocess.run([sys.executable, '-m', 'tests.elastic_worker', str(tmp_path),
+                      json.dumps(segments), *flags], cwd=REPO, capture_output=True,
+                     text=True, timeout=900)
+  assert r.returncode == 0, r.stderr[-3000:]
+  return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _check(out, segments):
+  full, el = out['full'], out['elastic']
+  # The parameters each resumed segment restored are the saved ones, bit for bit.
+  assert [r['step'] for r in el['restored']] == [s for s, _ in segments[:-1]]
+  assert [r['fingerprint'] for r in el['restored']] == el['ended'][:-1]
+  # Same batches in the same order, and the losses of the uninterrupted run
+  # (tests/test_sharding.py's tolerance: a mesh changes only summation order).
+  assert el['batches'] == full['batches'] and len(full['batches']) == segments[-1][0]
+  assert sorted(el['losses']) == sorted(full['losses'])
+  for step, loss in full['losses'].items():
+    np.testing.assert_allclose(el['losses'][step], loss, rtol=1e-6, err_msg=step)
+  if 'batch_change' in out:
+    assert out['batch_change'].endswith('Differences: config.train.batch_size: 8 -> 4')
+
+
+def test_resume_from_two_devices_on_one(tmp_path):
+  segments = [[2, [1, 2, 1]], [3, [1, 1, 1]]]  # fsdp 2 -> one device.
+  _check(_elastic(tmp_path, segments), segments)
+
+
+@pytest.mark.slow
+def test_resume_across_eight_four_and_one_devices_with_other_splits(tmp_path):
+  """Also: another global batch size is refused in one line."""
+  segments = [[2, [2, 2, 2]], [4, [1, 2, 2]], [6, [4, 1, 1]], [8, [1, 1, 1]]]
+  out = _elastic(tmp_path, segments, '--batch_change')
+  assert 'batch_change' in out
+  _check(out, segments)
+
+
+def test_another_process_count_is_refused_in_one_line():
+  elastic.check_resume({'step': 4, 'mesh': {'process_count': 1}})  # This run's.
+  elastic.check_resume({'step': 4})  # An older checkpoint without the record.
+  with pytest.raises(ValueError) as e:
+    elastic.check_resume({'step': 4, 'mesh': {'process_count': 2}})
+  assert str(e.value).startswith('the checkpoint (step 4) was written by 2 '
+                                 'process(es), this run has 1: the data iterator '
+                                 'state is per process')
+  assert '\n' not in str(e.value)
+
+
+@pytest.mark.slow
+def test_two_process_run_holds_one_lock_and_one_process_resume_is_refused(tmp_path):
+  """`launch.train` on 2 processes x 4 CPU devices: only process 0 holds the
+  workdir lock; resuming its checkpoint on 1 process is refused in one line, and
+  the checkpoint is left as it was (not taken for corrupt)."""
+  port = free_port()
+  cmd = [sys.executable, '-m', 'launch.train', f'--workdir={tmp_path}', *SMALL_CLI,
+         '--config.train.steps=400', '--config.train.batch_size=8',
+         '--config.train.log_every=1', '--config.train.checkpoint_every=400',
+         '--config.mesh.data=2', '--config.mesh.fsdp=2', '--config.mesh.tensor=2',
+         '--config.mesh.dcn_data=2']
+  procs = []
+  for i in range(2):
+    env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'JAX_NUM_CPU_DEVICES': '4',
+           'JAX_COORDINATOR_ADDRESS': f'127.0.0.1:{port}', 'JAX_NUM_PROCESSES': '2',
+           'JAX_PROCESS_ID': str(i)}
+    procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True))
+  try:
+    for line in procs[0].stdout:  # Training is under way on both processes.
+      if line.startswith('step 2/'):
+        break
+    with open(workdir_lock.lock_path(str(tmp_path))) as f:
+      holder = json.load(f)
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  assert holder['pid'] == procs[0].pid
+  assert [p.returncode for p in procs] == [0, 0], outs
+  assert not os.path.exists(workdir_lock.lock_path(str(tmp_path)))  # Released.
+  r = subprocess.run([sys.executable, '-m', 'launch.train', f'--workdir={tmp_path}',
+                      *SMALL_CLI, '--config.train.steps=800',
+                      '--config.train.batch_size=8'], cwd=REPO, capture_output=True,
+                     text=True, timeout=300)
+  assert r.returncode != 0 and 'Traceback' not in r.stderr, r.stderr
+  assert r.stderr.strip().splitlines()[-1].startswith(
+      'error: the checkpoint (step 400) was written by 2 process(es), this run has 1'
+  ), r.stderr
+  assert checkpoint.read_meta(str(tmp_path))['step'] == 400
+  assert not os.path.exists(tmp_path / 'corrupt_checkpoints')

@@ -1,0 +1,114 @@
+"""Full or read-only disks: a failed checkpoint save ends the run in one line
+naming the path, and the checkpoints already there stay restorable; retention
+(keep the last N and every K-th)."""
+
+import errno
+import os
+import types
+
+import grain
+import numpy as np
+import pytest
+from orbax.checkpoint._src.path import atomicity
+
+from dllm_jax import errors
+from dllm_jax.training import checkpoint, trainer
+from tests.support import small_config
+
+
+def _fail_step(monkeypatch, step, err=errno.ENOSPC):
+  """Makes the commit (final rename, in Orbax's background thread) of `step` fail
+  as a full disk would."""
+  finalize = atomicity.AtomicRenameTemporaryPath.finalize
+
+  async def failing(self):
+    if os.path.basename(str(self.get())).startswith(f'{step}.orbax-checkpoint-tmp'):
+      raise OSError(err, os.strerror(err), str(self.get()))
+    return await finalize(self)
+  monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, 'finalize', failing)
+
+
+def _tiny_state(value):
+  return types.SimpleNamespace(params={'w': np.full((4,), value, np.float32)},
+                               opt_state={'m': np.zeros((4,), np.float32)})
+
+
+def _save(mngr, step):
+  checkpoint.save(mngr, step, _tiny_state(step), None, checkpoint.make_meta(step, {}))
+
+
+def test_async_save_failure_surfaces_names_the_path_and_keeps_older_steps(
+    tmp_path, monkeypatch):
+  mngr = checkpoint.make_manager(str(tmp_path))
+  _save(mngr, 1)
+  _fail_step(monkeypatch, 2)
+  _save(mngr, 2)  # Fails in the background ...
+  with pytest.raises(errors.CheckpointSaveError) as e:
+    mngr.wait_until_finished()  # ... and surfaces here, once.
+  path = os.path.join(checkpoint.checkpoint_dir(str(tmp_path)), '2')
+  assert str(e.value).startswith(f'cannot write checkpoint step 2 to {path} (No '
+                                 'space left on device: ')
+  assert 'steps 1) stay restorable' in str(e.value) and '\n' not in str(e.value)
+  mngr.wait_until_finished()  # Already reported: quiet (a `finally` can call it).
+  with pytest.raises(errors.CheckpointSaveError):
+    _save(mngr, 3)  # No further saves into a failing disk.
+  fresh = checkpoint.make_manager(str(tmp_path))  # The next run's view.
+  assert fresh.all_steps() == [1] and fresh.latest_step() == 1
+  monkeypatch.undo()
+  _save(fresh, 2)  # Step 2 can be written again; the partial folder is gone.
+  fresh.wait_until_finished()
+  assert sorted(os.listdir(fresh.directory)) == ['1', '2']
+
+
+def test_sync_save_failure_names_the_step_and_path(tmp_path, monkeypatch):
+  def denied(self, directory, *args, **kwargs):
+    raise PermissionError(errno.EACCES, 'Permission denied', str(directory))
+  monkeypatch.setattr(grain.checkpoint.CheckpointHandler, 'save', denied)
+  mngr = checkpoint.make_manager(str(tmp_path), async_save=False)
+  _save(mngr, 1)  # No data iterator: the grain handler is not used.
+  state = _tiny_state(2)
+  it = iter(grain.MapDataset.range(4).to_iter_dataset())
+  with pytest.raises(errors.CheckpointSaveError,
+                     match=r'cannot write checkpoint step 2 to .*checkpoints/2 '
+                     r'\(Permission denied: .*\); the run stops; the checkpoints '
+                     r'already there \(steps 1\) stay restorable'):
+    checkpoint.save(mngr, 2, state, it, checkpoint.make_meta(2, {}))
+  assert checkpoint.make_manager(str(tmp_path)).all_steps() == [1]
+
+
+def test_retention_keeps_the_last_n_and_every_kth(tmp_path):
+  mngr = checkpoint.make_manager(str(tmp_path), max_to_keep=2, keep_every=4,
+                                 async_save=False)
+  for step in range(1, 11):
+    _save(mngr, step)
+  assert sorted(mngr.all_steps()) == [4, 8, 9, 10]
+  with pytest.raises(ValueError, match='train.keep_every must be a positive integer '
+                     'or None, got 0'):
+    checkpoint.make_manager(str(tmp_path), keep_every=0)
+
+
+@pytest.mark.slow  # The manager-level tests above are its default twins.
+def test_a_run_whose_save_fails_stops_with_the_last_good_step_restorable(
+    tmp_path, monkeypatch):
+  config = small_config(steps=6, checkpoint_every=2)
+  _fail_step(monkeypatch, 4)
+  with pytest.raises(errors.CheckpointSaveError,
+                     match=r'step 4 to .*checkpoints/4 \(No space left on device'):
+    trainer.train(config, str(tmp_path))
+  assert not os.path.exists(tmp_path / '.dllm_lock')  # Released on the error.
+  monkeypatch.undo()
+  assert checkpoint.read_meta(str(tmp_path))['step'] == 2
+  assert checkpoint.restore_for_inference(str(tmp_path)).params  # Restorable.
+
+
+@pytest.mark.slow
+def test_a_run_whose_save_failed_resumes_from_the_last_good_step(tmp_path,
+                                                                 monkeypatch):
+  config = small_config(steps=6, checkpoint_every=2)
+  _fail_step(monkeypatch, 4)
+  with pytest.raises(errors.CheckpointSaveError):
+    trainer.train(config, str(tmp_path))
+  monkeypatch.undo()  # Space is free again: the rerun resumes at step 2.
+  state = trainer.train(config, str(tmp_path))
+  assert int(state.step) == 6
+  assert checkpoint.read_meta(str(tmp_path))['step'] == 6

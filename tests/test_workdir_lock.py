@@ -1,0 +1,128 @@
+"""One writer per workdir: the lock file, stale locks, and two launchers racing."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from unittest import mock
+
+import pytest
+
+from dllm_jax import errors
+from dllm_jax.training import workdir_lock
+from tests.support import REPO, launch_train
+
+def _write_lock(workdir, host, pid, age_s=0.0):
+  path = workdir_lock.lock_path(str(workdir))
+  with open(path, 'w') as f:
+    json.dump({'host': host, 'pid': pid, 'started': '2026-01-01T00:00:00+00:00'}, f)
+  then = time.time() - age_s
+  os.utime(path, (then, then))
+  return path
+
+
+def test_lock_records_its_holder_and_a_second_lock_is_refused(tmp_path):
+  with workdir_lock.WorkdirLock(str(tmp_path)) as lock:
+    with open(lock.path) as f:
+      holder = json.load(f)
+    assert holder['host'] == socket.gethostname() and holder['pid'] == os.getpid()
+    assert holder['started'].endswith('+00:00')
+    with pytest.raises(errors.WorkdirLockedError,
+                       match=rf"in use by another run \(host '{socket.gethostname()}', "
+                       rf"pid {os.getpid()}, started "):
+      workdir_lock.WorkdirLock(str(tmp_path)).acquire()
+  assert not os.path.exists(lock.path)  # Released.
+
+
+def test_lock_is_released_when_the_body_raises(tmp_path):
+  with pytest.raises(RuntimeError):
+    with workdir_lock.hold(str(tmp_path)):
+      raise RuntimeError('boom')
+  assert not os.path.exists(workdir_lock.lock_path(str(tmp_path)))
+
+
+@pytest.mark.filterwarnings("ignore:os.fork")
+def test_stale_lock_of_a_killed_process_is_taken_over_with_a_warning(tmp_path):
+  read, write = os.pipe()
+  pid = os.fork()
+  if pid == 0:  # The child takes the lock, says so, and waits to be killed.
+    try:
+      workdir_lock.WorkdirLock(str(tmp_path)).acquire()
+      os.write(write, b'locked')
+      time.sleep(600)
+    finally:
+      os._exit(1)
+  os.close(write)
+  try:
+    assert os.read(read, 6) == b'locked'
+    with pytest.raises(errors.WorkdirLockedError, match=f'pid {pid}'):
+      workdir_lock.WorkdirLock(str(tmp_path)).acquire()
+  finally:
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    os.close(read)
+  with pytest.warns(UserWarning, match=rf'stale lock .*pid {pid}.*no longer runs'):
+    with workdir_lock.WorkdirLock(str(tmp_path)) as lock:
+      with open(lock.path) as f:
+        assert json.load(f)['pid'] == os.getpid()
+
+
+def test_lock_of_another_host_is_stale_only_without_a_heartbeat(tmp_path):
+  path = _write_lock(tmp_path, 'other-node', 1, age_s=5)
+  with pytest.raises(errors.WorkdirLockedError, match="host 'other-node', pid 1"):
+    workdir_lock.WorkdirLock(str(tmp_path), stale_after_s=60).acquire()
+  _write_lock(tmp_path, 'other-node', 1, age_s=120)
+  with pytest.warns(UserWarning, match=r'no heartbeat for 12\d s'):
+    with workdir_lock.WorkdirLock(str(tmp_path), stale_after_s=60):
+      pass
+  assert not os.path.exists(path)
+
+
+def test_heartbeat_keeps_the_lock_fresh(tmp_path):
+  with workdir_lock.WorkdirLock(str(tmp_path), heartbeat_s=0.05) as lock:
+    old = time.time() - 1000
+    os.utime(lock.path, (old, old))
+    time.sleep(0.3)
+    assert time.time() - os.stat(lock.path).st_mtime < 5
+
+
+def test_only_process_zero_takes_the_lock(tmp_path):
+  with mock.patch('jax.process_index', return_value=1):
+    with workdir_lock.hold(str(tmp_path)) as lock:
+      assert lock is None
+      assert not os.path.exists(workdir_lock.lock_path(str(tmp_path)))
+
+
+def test_a_second_launch_train_on_the_same_workdir_refuses_in_one_line(tmp_path):
+  first = launch_train(tmp_path, '--config.train.steps=100000',
+                       '--config.train.log_every=1',
+                       '--config.train.checkpoint_every=100000')
+  try:
+    for line in first.stdout:  # Wait until it trains.
+      if line.startswith('step '):
+        break
+    second = subprocess.run(
+        [sys.executable, '-m', 'launch.train', f'--workdir={tmp_path}',
+         '--config.train.steps=2'], cwd=REPO, capture_output=True, text=True,
+        timeout=120)
+  finally:
+    first.send_signal(signal.SIGKILL)
+    first.communicate()
+  assert second.returncode != 0 and 'Traceback' not in second.stderr, second.stderr
+  last = second.stderr.strip().splitlines()[-1]
+  assert last.startswith(f'error: workdir {tmp_path} is in use by another run (host '
+                         f"'{socket.gethostname()}', pid {first.pid}, started "), last
+
+
+def test_a_lock_naming_this_process_or_a_silent_live_pid_is_stale(tmp_path):
+  _write_lock(tmp_path, socket.gethostname(), os.getpid())  # A restarted container.
+  with pytest.warns(UserWarning, match='is this process, which does not hold it'):
+    with workdir_lock.WorkdirLock(str(tmp_path)):
+      pass
+  _write_lock(tmp_path, socket.gethostname(), os.getppid(), age_s=300)  # Reused pid.
+  with pytest.warns(UserWarning, match=r'no heartbeat for 30\d s'):
+    with workdir_lock.WorkdirLock(str(tmp_path), stale_after_s=60):
+      pass
