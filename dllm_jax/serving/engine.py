@@ -76,12 +76,12 @@ class Completion:
   finish_reason: str
 
 
-def batch_bucket(n: int, max_batch: int) -> int:
-  """n rounded up to a power of two, at most max(max_batch, n)."""
-  b = 1
-  while b < n:
-    b *= 2
-  return min(b, max(max_batch, n))
+def powers_of_two(limit: int) -> tuple[int, ...]:
+  """1, 2, 4, ... up to `limit` (and `limit` itself)."""
+  sizes = [1]
+  while sizes[-1] * 2 < limit:
+    sizes.append(sizes[-1] * 2)
+  return tuple(sorted({*sizes, limit}))
 
 
 def hf_model_config(path: str, tokenizer, dtype: str | None = None) -> ModelConfig:
@@ -115,14 +115,18 @@ class Engine:
 
   def __init__(self, params: model_lib.Params, config: ModelConfig, tokenizer, *,
                default_sampling: gen.SamplingConfig | None = None, chat: bool = False,
-               max_batch: int = 64, prompt_buckets: Sequence[int] = PROMPT_BUCKETS,
-               name: str = 'dllm_jax'):
+               max_batch: int = 64, batch_sizes: Sequence[int] | None = None,
+               prompt_buckets: Sequence[int] = PROMPT_BUCKETS, name: str = 'dllm_jax'):
     """Args: `default_sampling` for requests that bring none, `chat` whether
     text prompts default to the chat format (SFT checkpoints), `max_batch` the
-    largest batch one compiled call runs, `name` the model's name (server)."""
+    largest batch one compiled call runs, `batch_sizes` the compiled batch
+    sizes (a batch is padded up to the next; default powers of two up to
+    `max_batch`), `name` the model's name (server)."""
     self.params, self.config, self.tokenizer = params, config, tokenizer
     self.default_sampling = default_sampling or gen.SamplingConfig()
-    self.chat, self.max_batch, self.name = chat, max_batch, name
+    self.chat, self.name = chat, name
+    self.batch_sizes = tuple(sorted(batch_sizes or powers_of_two(max_batch)))
+    self.max_batch = self.batch_sizes[-1]
     self.prompt_buckets = tuple(sorted(prompt_buckets))
     self._compiled = {}
     self._lock = threading.Lock()
@@ -197,6 +201,10 @@ class Engine:
     fits = [b for b in self.prompt_buckets if n <= b <= room]
     return fits[0] if fits else max(n, room)
 
+  def batch_bucket(self, n: int) -> int:
+    """The compiled batch size an n-row batch (n <= max_batch) is padded to."""
+    return next(b for b in self.batch_sizes if b >= n)
+
   def _group_key(self, sampling: gen.SamplingConfig, n: int):
     """Requests with equal keys share one compiled call."""
     return sampling, self.prompt_bucket(n, sampling.gen_length)
@@ -233,7 +241,7 @@ class Engine:
       sampling = self.resolve(sampling)
       sampling.validate(n, self.config.max_len)
       self._row_sampler(sampling, self.prompt_bucket(n, sampling.gen_length),
-                        batch_bucket(b, self.max_batch))
+                        self.batch_bucket(min(b, self.max_batch)))
     return len(self._compiled) - before
 
   @property
@@ -275,7 +283,7 @@ class Engine:
            seeds: list[int]) -> list[Completion]:
     """One batch: rows padded to `p` tokens and to a power-of-two row count."""
     n = len(prompts)
-    b = batch_bucket(n, self.max_batch)
+    b = self.batch_bucket(n)
     padded = list(prompts) + [prompts[-1]] * (b - n)  # Spare rows: discarded.
     tokens, mask = gen.pad_prompts(padded, self.config.pad_id)
     extra = p - tokens.shape[1]

@@ -1,0 +1,67 @@
+r"""An OpenAI-compatible server over a checkpoint (see dllm_jax/serving/server.py).
+
+  python -m launch.serve --workdir=/tmp/dllm --port=8000
+  python -m launch.serve --hf_dir=/path/to/LLaDA-8B-Instruct --dtype=bfloat16
+  curl localhost:8000/v1/completions -H 'Content-Type: application/json' \
+      -d '{"prompt": "def ", "max_tokens": 64, "steps": 32, "seed": 1}'
+
+Requests arriving within --batch_window_ms of each other run as one batch (up
+to --max_batch rows); more than --max_queue waiting answers 429; a request not
+answered within --timeout_s answers 504. SIGTERM (or Ctrl-C) stops accepting,
+answers every accepted request, then exits 0.
+"""
+
+from absl import app, flags
+
+from launch import cli
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir written by launch.train.')
+_HF_DIR = flags.DEFINE_string('hf_dir', None, 'Local Hugging Face directory (LLaDA).')
+_DTYPE = flags.DEFINE_string('dtype', None, 'Compute dtype override (bfloat16, ...).')
+_HOST = flags.DEFINE_string('host', '127.0.0.1', 'Address to listen on.')
+_PORT = flags.DEFINE_integer('port', 8000, 'Port to listen on.')
+_MAX_BATCH = flags.DEFINE_integer('max_batch', 32, 'Most requests in one batch.')
+_BATCH_SIZES = flags.DEFINE_list(
+    'batch_sizes', None, 'Compiled batch sizes (a batch is padded up to the next); '
+    'default: powers of two up to --max_batch.')
+_MAX_QUEUE = flags.DEFINE_integer('max_queue', 256, 'Most waiting requests (then 429).')
+_WINDOW_MS = flags.DEFINE_float('batch_window_ms', 10.0,
+                                'How long the first request waits for others.')
+_TIMEOUT_S = flags.DEFINE_float('timeout_s', 300.0, 'Request timeout (then 504).')
+_MAX_TOKENS = flags.DEFINE_integer('max_tokens', 256, 'Largest max_tokens accepted.')
+_WARMUP = flags.DEFINE_list(
+    'warmup', ['32'], 'Prompt lengths to compile ahead at the default settings, '
+    'for every batch size (empty: compile on first use).')
+
+
+def main(argv):
+  cli.start(argv)
+  import uvicorn  # pylint: disable=g-import-not-at-top
+  from dllm_jax.serving import batcher as batcher_lib  # pylint: disable=g-import-not-at-top
+  from dllm_jax.serving import server  # pylint: disable=g-import-not-at-top
+  from dllm_jax.serving.engine import Engine  # pylint: disable=g-import-not-at-top
+
+  with cli.one_line_errors():
+    if bool(_WORKDIR.value) == bool(_HF_DIR.value):
+      raise ValueError('give exactly one of --workdir and --hf_dir.')
+    opts = dict(dtype=_DTYPE.value, max_batch=_MAX_BATCH.value)
+    if _BATCH_SIZES.value:
+      opts['batch_sizes'] = [int(b) for b in _BATCH_SIZES.value]
+    engine = (Engine.from_workdir(_WORKDIR.value, **opts) if _WORKDIR.value else
+              Engine.from_hf_dir(_HF_DIR.value, **opts))
+    limits = server.Limits(max_tokens=min(_MAX_TOKENS.value, engine.config.max_len),
+                           timeout_s=_TIMEOUT_S.value)
+    batcher = batcher_lib.Batcher(engine, max_batch=_MAX_BATCH.value,
+                                  max_queue=_MAX_QUEUE.value,
+                                  window_s=_WINDOW_MS.value / 1e3)
+    lengths = [int(n) for n in _WARMUP.value]
+    warmup = lambda: engine.warmup([(None, n, b) for n in lengths
+                                    for b in engine.batch_sizes])
+    api = server.create_app(engine, batcher, limits, warmup=warmup if lengths else None)
+  print(f'serving {engine.name} on http://{_HOST.value}:{_PORT.value}', flush=True)
+  uvicorn.run(api, host=_HOST.value, port=_PORT.value, log_level='warning',
+              timeout_graceful_shutdown=_TIMEOUT_S.value)
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=cli.parse_flags)
