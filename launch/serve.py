@@ -24,6 +24,9 @@ _MAX_BATCH = flags.DEFINE_integer('max_batch', 32, 'Most requests in one batch.'
 _BATCH_SIZES = flags.DEFINE_list(
     'batch_sizes', None, 'Compiled batch sizes (a batch is padded up to the next); '
     'default: powers of two up to --max_batch.')
+_PROMPT_BUCKETS = flags.DEFINE_list(
+    'prompt_buckets', None, 'Compiled prompt lengths (a prompt is left-padded up to '
+    'the next); default: 16, 32, 64, ... up to the model length.')
 _MAX_QUEUE = flags.DEFINE_integer('max_queue', 256, 'Most waiting requests (then 429).')
 _WINDOW_MS = flags.DEFINE_float('batch_window_ms', 10.0,
                                 'How long the first request waits for others.')
@@ -47,6 +50,8 @@ def main(argv):
     opts = dict(dtype=_DTYPE.value, max_batch=_MAX_BATCH.value)
     if _BATCH_SIZES.value:
       opts['batch_sizes'] = [int(b) for b in _BATCH_SIZES.value]
+    if _PROMPT_BUCKETS.value:
+      opts['prompt_buckets'] = [int(n) for n in _PROMPT_BUCKETS.value]
     engine = (Engine.from_workdir(_WORKDIR.value, **opts) if _WORKDIR.value else
               Engine.from_hf_dir(_HF_DIR.value, **opts))
     limits = server.Limits(max_tokens=min(_MAX_TOKENS.value, engine.config.max_len),
@@ -59,8 +64,22 @@ def main(argv):
                                     for b in engine.batch_sizes])
     api = server.create_app(engine, batcher, limits, warmup=warmup if lengths else None)
   print(f'serving {engine.name} on http://{_HOST.value}:{_PORT.value}', flush=True)
-  uvicorn.run(api, host=_HOST.value, port=_PORT.value, log_level='warning',
-              timeout_graceful_shutdown=_TIMEOUT_S.value)
+  _server_class()(uvicorn.Config(api, host=_HOST.value, port=_PORT.value, log_level='warning',
+                         timeout_graceful_shutdown=_TIMEOUT_S.value)).run()
+
+
+def _server_class():
+  import uvicorn  # pylint: disable=g-import-not-at-top
+
+  class Server(uvicorn.Server):
+    """uvicorn re-raises a caught SIGTERM after its graceful shutdown (the exit
+    status then says 'killed'); a requested stop that drained cleanly exits 0."""
+
+    def handle_exit(self, sig, frame):
+      super().handle_exit(sig, frame)
+      getattr(self, '_captured_signals', []).clear()
+
+  return Server
 
 
 if __name__ == '__main__':

@@ -59,7 +59,9 @@ class Batcher:
 
   @property
   def queued(self) -> int:
-    return len(self._queue)
+    """Requests waiting (those cancelled while queued do not count)."""
+    with self._cv:
+      return sum(not j.future.cancelled() for j in self._queue)
 
   def submit(self, request: Request) -> concurrent.futures.Future:
     """Queues a request; its future gets a `Completion` (or the error)."""
@@ -67,7 +69,7 @@ class Batcher:
     with self._cv:
       if self._stopping:
         raise QueueFull('the server is shutting down.')
-      if len(self._queue) >= self.max_queue:
+      if sum(not j.future.cancelled() for j in self._queue) >= self.max_queue:
         raise QueueFull(f'the queue is full ({self.max_queue} requests waiting); '
                         'retry later.')
       self._queue.append(job)
