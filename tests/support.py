@@ -92,27 +92,5 @@ def write_random_checkpoint(workdir, config=None, seed=0) -> None:
 def start_server(args, timeout_s=180.0):
   """Starts `python -m launch.serve` with `args` on a free port and waits for
   /health; returns (process, base URL). The caller ends the process."""
-  import tempfile  # pylint: disable=g-import-not-at-top
-  import time  # pylint: disable=g-import-not-at-top
-  import httpx  # pylint: disable=g-import-not-at-top
-  port = free_port()
-  log = tempfile.TemporaryFile(mode='w+')  # A pipe nobody reads could fill up.
-  proc = subprocess.Popen([sys.executable, '-m', 'launch.serve', f'--port={port}', *args],
-                          cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True)
-  proc.log = log
-  def output():
-    log.seek(0)
-    return log.read()[-3000:]
-  url = f'http://127.0.0.1:{port}'
-  deadline = time.monotonic() + timeout_s
-  while time.monotonic() < deadline:
-    if proc.poll() is not None:
-      raise RuntimeError(f'server exited {proc.returncode}: {output()}')
-    try:
-      if httpx.get(url + '/health', timeout=1.0).status_code == 200:
-        return proc, url
-    except httpx.TransportError:
-      pass
-    time.sleep(0.3)
-  proc.kill()
-  raise RuntimeError(f'server not up in {timeout_s} s: {output()}')
+  from launch import serve_process  # pylint: disable=g-import-not-at-top
+  return serve_process.start(args, timeout_s=timeout_s)

@@ -184,6 +184,21 @@ class Engine:
       sampling = dataclasses.replace(sampling, mask_id=self.config.mask_id)
     return sampling
 
+  def sampling_for(self, gen_length: int | None = None, block_length: int | None = None,
+                   steps: int | None = None, **knobs) -> gen.SamplingConfig:
+    """The default settings with some changed. Unset `block_length` is the
+    default's when it divides `gen_length`, else `gen_length`; unset `steps`
+    keeps the default's tokens per step (at least one step per block)."""
+    d = self.default_sampling
+    g = d.gen_length if gen_length is None else gen_length
+    bl = block_length or (d.block_length if g % d.block_length == 0 else g)
+    if steps is None and bl > 0 and g % bl == 0:
+      blocks = g // bl
+      steps = max(blocks, -(-g * d.steps // d.gen_length // blocks) * blocks)
+    knobs = {k: v for k, v in knobs.items() if v is not None}
+    return self.resolve(dataclasses.replace(d, gen_length=g, block_length=bl,
+                                            steps=g if steps is None else steps, **knobs))
+
   def check(self, ids: np.ndarray, sampling: gen.SamplingConfig, seed: int) -> None:
     """Raises ValueError (one line) if the request cannot run."""
     sampling.validate(len(ids), self.config.max_len)

@@ -101,29 +101,16 @@ class Limits:
 
 
 def sampling_of(body: _Fields, engine: Engine, limits: Limits) -> gen.SamplingConfig:
-  """The request's sampler knobs: its fields over the engine's defaults.
-
-  Unset steps keep the default's tokens per step; unset block_length is the
-  default's when it divides the answer length, else the whole answer."""
-  d = engine.default_sampling
-  g = d.gen_length if body.max_tokens is None else body.max_tokens
+  """The request's sampler knobs: its fields over the engine's defaults."""
+  g = engine.default_sampling.gen_length if body.max_tokens is None else body.max_tokens
   if not 0 < g <= limits.max_tokens:
     raise BadRequest(400, f'max_tokens must be in [1, {limits.max_tokens}], got {g}.')
-  bl = body.block_length or (d.block_length if g % d.block_length == 0 else g)
   if body.block_length is not None and body.block_length <= 0:
     raise BadRequest(400, f'block_length must be positive, got {body.block_length}.')
-  steps = body.steps
-  if steps is None and g % bl == 0:
-    blocks = g // bl
-    steps = max(blocks, -(-g * d.steps // d.gen_length // blocks) * blocks)
-  pick = lambda v, default: default if v is None else v
-  return dataclasses.replace(
-      d, gen_length=g, block_length=bl, steps=pick(steps, g),
-      temperature=pick(body.temperature, d.temperature),
-      parallel=pick(body.parallel, d.parallel), threshold=pick(body.threshold,
-                                                               d.threshold),
-      cache=pick(body.cache, d.cache), remasking=pick(body.remasking, d.remasking),
-      cfg_scale=pick(body.cfg_scale, d.cfg_scale), mask_id=engine.config.mask_id)
+  return engine.sampling_for(
+      g, body.block_length, body.steps, temperature=body.temperature,
+      parallel=body.parallel, threshold=body.threshold, cache=body.cache,
+      remasking=body.remasking, cfg_scale=body.cfg_scale)
 
 
 def make_request(body: _Fields, ids: np.ndarray, engine: Engine,
