@@ -6,7 +6,7 @@ r"""An OpenAI-compatible server over a checkpoint (see dllm_jax/serving/server.p
       -d '{"prompt": "def ", "max_tokens": 64, "steps": 32, "seed": 1}'
 
 Requests arriving within --batch_window_ms of each other run as one batch (up
-to --max_batch rows); more than --max_queue waiting answers 429; a request not
+to --max_batch rows, --batch_max_wait_ms at most); more than --max_queue waiting answers 429; a request not
 answered within --timeout_s answers 504. SIGTERM (or Ctrl-C) stops accepting,
 answers every accepted request, then exits 0.
 """
@@ -29,7 +29,15 @@ _PROMPT_BUCKETS = flags.DEFINE_list(
     'the next); default: 16, 32, 64, ... up to the model length.')
 _MAX_QUEUE = flags.DEFINE_integer('max_queue', 256, 'Most waiting requests (then 429).')
 _WINDOW_MS = flags.DEFINE_float('batch_window_ms', 10.0,
-                                'How long the first request waits for others.')
+                                'A batch closes when no request came for this long.')
+_MAX_WAIT_MS = flags.DEFINE_float(
+    'batch_max_wait_ms', None, 'Longest a first request waits for others while '
+    'they keep arriving (default: 5 x --batch_window_ms).')
+_GEN_LENGTH = flags.DEFINE_integer('gen_length', None, 'Default max_tokens (default: '
+                                   "the run's sample settings).")
+_STEPS = flags.DEFINE_integer('steps', None, 'Default denoising steps.')
+_BLOCK_LENGTH = flags.DEFINE_integer('block_length', None, 'Default block length.')
+_TEMPERATURE = flags.DEFINE_float('temperature', None, 'Default temperature.')
 _TIMEOUT_S = flags.DEFINE_float('timeout_s', 300.0, 'Request timeout (then 504).')
 _MAX_TOKENS = flags.DEFINE_integer('max_tokens', 256, 'Largest max_tokens accepted.')
 _WARMUP = flags.DEFINE_list(
@@ -54,11 +62,16 @@ def main(argv):
       opts['prompt_buckets'] = [int(n) for n in _PROMPT_BUCKETS.value]
     engine = (Engine.from_workdir(_WORKDIR.value, **opts) if _WORKDIR.value else
               Engine.from_hf_dir(_HF_DIR.value, **opts))
+    engine.default_sampling = engine.sampling_for(
+        _GEN_LENGTH.value, _BLOCK_LENGTH.value, _STEPS.value,
+        temperature=_TEMPERATURE.value)
     limits = server.Limits(max_tokens=min(_MAX_TOKENS.value, engine.config.max_len),
                            timeout_s=_TIMEOUT_S.value)
     batcher = batcher_lib.Batcher(engine, max_batch=_MAX_BATCH.value,
                                   max_queue=_MAX_QUEUE.value,
-                                  window_s=_WINDOW_MS.value / 1e3)
+                                  window_s=_WINDOW_MS.value / 1e3,
+                                  max_wait_s=(None if _MAX_WAIT_MS.value is None
+                                              else _MAX_WAIT_MS.value / 1e3))
     lengths = [int(n) for n in _WARMUP.value]
     warmup = lambda: engine.warmup([(None, n, b) for n in lengths
                                     for b in engine.batch_sizes])

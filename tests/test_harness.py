@@ -91,7 +91,8 @@ def test_harness_runner_scores_local_tasks(tasks):
   lm, path, lls = tasks
   assert get_model('dllm_jax') is type(lm)
   out = lm_eval.simple_evaluate(model=lm, tasks=['dllm_mc', 'dllm_gen'],
-                                task_manager=TaskManager(include_path=path),
+                                task_manager=TaskManager(include_path=path,
+                                                         include_defaults=False),
                                 log_samples=True)
   assert out['results']['dllm_mc']['acc,none'] == 0.5
   assert out['results']['dllm_gen']['exact_match,none'] == 0.5

@@ -1,9 +1,10 @@
 """Request batching for the server: one worker thread in front of the `Engine`.
 
 Requests are queued (`submit`, bounded: a full queue raises `QueueFull`); the
-worker waits for the first, then `window_s` for more to arrive (or until
-`max_batch` are queued), takes up to `max_batch` and runs them as one
-`Engine.generate` call, which groups them by settings and prompt bucket.
+worker waits for the first, then for more while they keep coming (until none
+arrived for `window_s`, `max_batch` are queued, or `max_wait_s` passed since
+the first), takes up to `max_batch` and runs them as one `Engine.generate`
+call, which groups them by settings and prompt bucket.
 Requests cancelled while queued (client gone, timed out) never run.
 
 Continuous batching: `_take` is the one place where requests join a batch. A
@@ -37,9 +38,10 @@ class Batcher:
   """Collects requests and runs them in engine batches on a worker thread."""
 
   def __init__(self, engine: Engine, *, max_batch: int = 32, max_queue: int = 256,
-               window_s: float = 0.01):
+               window_s: float = 0.01, max_wait_s: float | None = None):
     self.engine, self.max_batch = engine, max_batch
     self.max_queue, self.window_s = max_queue, window_s
+    self.max_wait_s = 5 * window_s if max_wait_s is None else max_wait_s
     self._queue: collections.deque[Job] = collections.deque()
     self._cv = threading.Condition()
     self._stopping = False
@@ -83,9 +85,10 @@ class Batcher:
         self._cv.wait()
       if not self._queue:
         return []
-      deadline = self._queue[0].enqueued + self.window_s
+      # A burst of clients arrives over a few ms: wait while it lasts.
+      cap = self._queue[0].enqueued + self.max_wait_s
       while len(self._queue) < self.max_batch and not self._stopping:
-        left = deadline - time.monotonic()
+        left = min(self._queue[-1].enqueued + self.window_s, cap) - time.monotonic()
         if left <= 0:
           break
         self._cv.wait(left)
