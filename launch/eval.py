@@ -62,14 +62,29 @@ def _read_jsonl(path, keys):
   return rows
 
 
+def _generate_mode(engine) -> None:
+  """Exact match of each row's answer, sampled with seed + i, cut at --until."""
+  from dllm_jax.serving import Request  # pylint: disable=g-import-not-at-top
+  from dllm_jax.serving.server import apply_stop  # pylint: disable=g-import-not-at-top
+  rows = _read_jsonl(_DATA.value, ('prompt', 'answer'))
+  sampling = engine.sampling_for(_GEN_LENGTH.value, _BLOCK_LENGTH.value, _STEPS.value,
+                                 temperature=_TEMPERATURE.value,
+                                 cfg_scale=_CFG_SCALE.value)
+  stops = [u.encode().decode('unicode_escape') for u in _UNTIL.value]
+  done = engine.generate([Request(r['prompt'], sampling, seed=_SEED.value + i)
+                          for i, r in enumerate(rows)])
+  correct = sum(apply_stop(c.text, stops)[0] == r['answer'] for c, r in zip(done, rows))
+  print(f'\n| examples | exact match |\n|---|---|\n| {len(rows)} | '
+        f'{correct / len(rows):.3f} |')
+
+
 def main(argv):
   cli.start(argv)
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from dllm_jax import likelihood  # pylint: disable=g-import-not-at-top
-  from dllm_jax.serving import Engine, Request  # pylint: disable=g-import-not-at-top
-  from dllm_jax.serving.server import apply_stop  # pylint: disable=g-import-not-at-top
+  from dllm_jax.serving import Engine  # pylint: disable=g-import-not-at-top
   from dllm_jax.training import checkpoint, trainer  # pylint: disable=g-import-not-at-top
   from launch.configs import default  # pylint: disable=g-import-not-at-top
 
@@ -130,17 +145,7 @@ def main(argv):
       return
 
     if _MODE.value == 'generate':
-      rows = _read_jsonl(_DATA.value, ('prompt', 'answer'))
-      sampling = engine.sampling_for(_GEN_LENGTH.value, _BLOCK_LENGTH.value,
-                                     _STEPS.value, temperature=_TEMPERATURE.value,
-                                     cfg_scale=_CFG_SCALE.value)
-      stops = [u.encode().decode('unicode_escape') for u in _UNTIL.value]
-      done = engine.generate([Request(r['prompt'], sampling, seed=_SEED.value + i)
-                              for i, r in enumerate(rows)])
-      answers = [apply_stop(c.text, stops)[0] for c in done]
-      correct = sum(a == r['answer'] for a, r in zip(answers, rows))
-      print(f'\n| examples | exact match |\n|---|---|\n| {len(rows)} | '
-            f'{correct / len(rows):.3f} |')
+      _generate_mode(engine)
       return
 
     rows = _read_jsonl(_DATA.value, ('prompt', 'choices', 'label'))

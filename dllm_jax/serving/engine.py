@@ -26,7 +26,6 @@ The coupling to the sampler's internals lives in `_row_sampler` and
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import threading

@@ -215,42 +215,44 @@ def create_app(engine: Engine, batcher: Batcher, limits: Limits,
     return {'object': 'list', 'data': [{'id': engine.name, 'object': 'model',
                                         'created': 0, 'owned_by': 'dllm_jax'}]}
 
-  async def answer(body: _Fields, ids: np.ndarray, request: fastapi.Request,
-                   chat: bool):
-    req = make_request(body, ids, engine, limits)
-    done = await _result(batcher.submit(req), request, limits)
-    if done is None:
-      return responses.Response(status_code=499)
-    text, stopped = apply_stop(done.text, body.stop)
-    reason = 'stop' if stopped else done.finish_reason
-    head = {'id': f'{"chatcmpl" if chat else "cmpl"}-{uuid.uuid4().hex[:24]}',
-            'created': int(time.time()), 'model': engine.name, 'seed': req.seed}
-    if body.stream:
-      pieces = block_texts(engine, done, req.sampling.block_length, text)
-      return responses.StreamingResponse(
-          _events(head, pieces, reason, chat), media_type='text/event-stream')
-    ends = np.isin(done.tokens, (engine.tokenizer.eos_id, engine.tokenizer.eot_id))
-    n_answer = (len(engine.tokenizer.encode(text)) if stopped else
-                int(np.argmax(ends)) if ends.any() else len(done.tokens))
-    usage = {'prompt_tokens': len(ids), 'completion_tokens': n_answer,
-             'total_tokens': len(ids) + n_answer, 'nfe': done.nfe}
-    choice = ({'index': 0, 'message': {'role': 'assistant', 'content': text},
-               'finish_reason': reason} if chat else
-              {'index': 0, 'text': text, 'finish_reason': reason, 'logprobs': None})
-    return {**head, 'object': 'chat.completion' if chat else 'text_completion',
-            'choices': [choice], 'usage': usage}
-
   @app.post('/v1/completions')
   async def completions(body: CompletionBody, request: fastapi.Request):
     ids = engine.encode(body.prompt, chat=False)
-    return await answer(body, ids, request, chat=False)
+    return await _answer(engine, batcher, limits, body, ids, request, chat=False)
 
   @app.post('/v1/chat/completions')
   async def chat_completions(body: ChatBody, request: fastapi.Request):
     ids = engine.encode_chat([m.model_dump() for m in body.messages])
-    return await answer(body, ids, request, chat=True)
+    return await _answer(engine, batcher, limits, body, ids, request, chat=True)
 
   return app
+
+
+async def _answer(engine: Engine, batcher: Batcher, limits: Limits, body: _Fields,
+                  ids: np.ndarray, request: fastapi.Request, chat: bool):
+  """Queues the request and answers it: JSON, or events when streaming."""
+  req = make_request(body, ids, engine, limits)
+  done = await _result(batcher.submit(req), request, limits)
+  if done is None:
+    return responses.Response(status_code=499)
+  text, stopped = apply_stop(done.text, body.stop)
+  reason = 'stop' if stopped else done.finish_reason
+  head = {'id': f'{"chatcmpl" if chat else "cmpl"}-{uuid.uuid4().hex[:24]}',
+          'created': int(time.time()), 'model': engine.name, 'seed': req.seed}
+  if body.stream:
+    pieces = block_texts(engine, done, req.sampling.block_length, text)
+    return responses.StreamingResponse(
+        _events(head, pieces, reason, chat), media_type='text/event-stream')
+  ends = np.isin(done.tokens, (engine.tokenizer.eos_id, engine.tokenizer.eot_id))
+  n_answer = (len(engine.tokenizer.encode(text)) if stopped else
+              int(np.argmax(ends)) if ends.any() else len(done.tokens))
+  usage = {'prompt_tokens': len(ids), 'completion_tokens': n_answer,
+           'total_tokens': len(ids) + n_answer, 'nfe': done.nfe}
+  choice = ({'index': 0, 'message': {'role': 'assistant', 'content': text},
+             'finish_reason': reason} if chat else
+            {'index': 0, 'text': text, 'finish_reason': reason, 'logprobs': None})
+  return {**head, 'object': 'chat.completion' if chat else 'text_completion',
+          'choices': [choice], 'usage': usage}
 
 
 async def _events(head: dict, pieces: list[str], reason: str, chat: bool):
