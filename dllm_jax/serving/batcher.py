@@ -1,10 +1,12 @@
 """Request batching for the server: one worker thread in front of the `Engine`.
 
 Requests are queued (`submit`, bounded: a full queue raises `QueueFull`); the
-worker waits for the first, then for more while they keep coming (until none
-arrived for `window_s`, `max_batch` are queued, or `max_wait_s` passed since
-the first), takes up to `max_batch` and runs them as one `Engine.generate`
-call, which groups them by settings and prompt bucket.
+worker waits for the first, then for as many as the last batch had (the
+clients it answered tend to come back together; one client never waits) while
+they keep coming: until none arrived for `window_s` (counted from the end of
+the last batch at the earliest) or `max_wait_s` passed since the first. It
+takes up to `max_batch` and runs them as one `Engine.generate` call, which
+groups them by settings and prompt bucket.
 Requests cancelled while queued (client gone, timed out) never run.
 
 Continuous batching: `_take` is the one place where requests join a batch. A
@@ -46,6 +48,7 @@ class Batcher:
     self._cv = threading.Condition()
     self._stopping = False
     self.running = 0  # Requests in the batch being computed.
+    self._last_size = 1
     self.batches = 0
     self._thread = threading.Thread(target=self._loop, name='batcher', daemon=True)
 
@@ -80,15 +83,21 @@ class Batcher:
 
   def _take(self) -> list[Job]:
     """Up to `max_batch` live jobs, after the collection window; [] at the end."""
+    free = time.monotonic()
     with self._cv:
       while not self._queue and not self._stopping:
         self._cv.wait()
       if not self._queue:
         return []
-      # A burst of clients arrives over a few ms: wait while it lasts.
-      cap = self._queue[0].enqueued + self.max_wait_s
-      while len(self._queue) < self.max_batch and not self._stopping:
-        left = min(self._queue[-1].enqueued + self.window_s, cap) - time.monotonic()
+      # Wait for about as many requests as the last batch answered (its clients
+      # tend to come back together; a lone client does not wait at all), while
+      # they keep arriving: else closed-loop clients split into groups that
+      # alternate in half-empty batches.
+      want = min(self.max_batch, self._last_size)
+      cap = max(self._queue[0].enqueued, free) + self.max_wait_s
+      while len(self._queue) < want and not self._stopping:
+        last = max(self._queue[-1].enqueued, free)
+        left = min(last + self.window_s, cap) - time.monotonic()
         if left <= 0:
           break
         self._cv.wait(left)
@@ -98,6 +107,7 @@ class Batcher:
         if job.future.set_running_or_notify_cancel():  # False: cancelled.
           jobs.append(job)
       self.running = len(jobs)
+      self._last_size = max(1, len(jobs))
       return jobs
 
   def _loop(self) -> None:
