@@ -28,7 +28,7 @@ _PROMPT = flags.DEFINE_string('prompt', 'The quick brown fox ', 'Prompt text.')
 _GEN_LENGTH = flags.DEFINE_integer('gen_length', 32, 'Generated tokens per request.')
 _BLOCK_LENGTH = flags.DEFINE_integer('block_length', 16, 'Block length.')
 _STEPS = flags.DEFINE_integer('steps', 16, 'Denoising steps.')
-_WINDOW_MS = flags.DEFINE_float('batch_window_ms', 10.0, 'Server batch window.')
+_WINDOW_MS = flags.DEFINE_float('batch_window_ms', 20.0, 'Server batch window.')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed runs of each row (best kept).')
 
 

@@ -5,9 +5,9 @@ r"""An OpenAI-compatible server over a checkpoint (see dllm_jax/serving/server.p
   curl localhost:8000/v1/completions -H 'Content-Type: application/json' \
       -d '{"prompt": "def ", "max_tokens": 64, "steps": 32, "seed": 1}'
 
-Requests arriving within --batch_window_ms of each other run as one batch (up
-to --max_batch rows, --batch_max_wait_ms at most); more than --max_queue waiting answers 429; a request not
-answered within --timeout_s answers 504. SIGTERM (or Ctrl-C) stops accepting,
+Requests arriving together run as one batch of up to --max_batch rows (see
+--batch_window_ms, --batch_max_wait_ms); more than --max_queue waiting answers
+429; a request not answered within --timeout_s answers 504. SIGTERM (or Ctrl-C) stops accepting,
 answers every accepted request, then exits 0.
 """
 
@@ -28,11 +28,11 @@ _PROMPT_BUCKETS = flags.DEFINE_list(
     'prompt_buckets', None, 'Compiled prompt lengths (a prompt is left-padded up to '
     'the next); default: 16, 32, 64, ... up to the model length.')
 _MAX_QUEUE = flags.DEFINE_integer('max_queue', 256, 'Most waiting requests (then 429).')
-_WINDOW_MS = flags.DEFINE_float('batch_window_ms', 10.0,
+_WINDOW_MS = flags.DEFINE_float('batch_window_ms', 20.0,
                                 'A batch closes when no request came for this long.')
 _MAX_WAIT_MS = flags.DEFINE_float(
     'batch_max_wait_ms', None, 'Longest a first request waits for others while '
-    'they keep arriving (default: 5 x --batch_window_ms).')
+    'they keep arriving (default: 10 x --batch_window_ms).')
 _GEN_LENGTH = flags.DEFINE_integer('gen_length', None, 'Default max_tokens (default: '
                                    "the run's sample settings).")
 _STEPS = flags.DEFINE_integer('steps', None, 'Default denoising steps.')

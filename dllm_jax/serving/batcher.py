@@ -40,10 +40,10 @@ class Batcher:
   """Collects requests and runs them in engine batches on a worker thread."""
 
   def __init__(self, engine: Engine, *, max_batch: int = 32, max_queue: int = 256,
-               window_s: float = 0.01, max_wait_s: float | None = None):
+               window_s: float = 0.02, max_wait_s: float | None = None):
     self.engine, self.max_batch = engine, max_batch
     self.max_queue, self.window_s = max_queue, window_s
-    self.max_wait_s = 5 * window_s if max_wait_s is None else max_wait_s
+    self.max_wait_s = 10 * window_s if max_wait_s is None else max_wait_s
     self._queue: collections.deque[Job] = collections.deque()
     self._cv = threading.Condition()
     self._stopping = False

@@ -51,12 +51,13 @@ class Request:
   Attributes:
     prompt: text (encoded after a BOS token, or as a user turn of the chat
       format when `chat`), or token ids [P] used as given.
-    sampling: the sampler knobs (`gen_length` is the number of new tokens).
+    sampling: the sampler knobs (`gen_length` is the number of new tokens);
+      None: the engine's defaults.
     seed: the row's PRNG seed in [0, 2**32): same seed, same answer.
     chat: render a text prompt with the tokenizer's chat template.
   """
   prompt: str | Sequence[int] | np.ndarray
-  sampling: gen.SamplingConfig = gen.SamplingConfig()
+  sampling: gen.SamplingConfig | None = None
   seed: int = 0
   chat: bool = False
 
