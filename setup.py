@@ -31,13 +31,21 @@ setup(
         'tokenizers>=0.20',  # A local tokenizer.json (LLaDA's).
         'sentencepiece>=0.2',  # SentencePiece tokenizers (and training them).
         'jinja2>=3.1',  # Chat templates, rendered in Jinja's sandbox.
+        'fastapi>=0.115',  # launch.serve: the OpenAI-compatible HTTP API.
+        'uvicorn>=0.30',
         'numpy>=1.26',
     ],
     extras_require={
         # matplotlib: the experiments' plots and the notebook test; hypothesis:
-        # the config checks' and the fuzzed inputs' property tests.
-        'test': ['pytest>=8', 'matplotlib>=3.8', 'hypothesis>=6.100'],
+        # the config checks' and the fuzzed inputs' property tests; openai,
+        # httpx: tests/test_serve.py talks to the real server; lm-eval: the
+        # harness model's tests.
+        'test': ['pytest>=8', 'matplotlib>=3.8', 'hypothesis>=6.100', 'openai>=1.40',
+                 'httpx>=0.27', 'lm-eval>=0.4.13'],
+        # lm-evaluation-harness (model `dllm_jax`; needs no torch).
+        'eval': ['lm-eval>=0.4.13'],
         # The independent PyTorch LLaDA forward of tests/test_interop.py (CPU build).
         'torch': ['torch==2.13.0'],
     },
+    entry_points={'console_scripts': ['dllm-lm-eval = launch.lm_eval:main']},
 )

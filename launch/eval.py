@@ -6,8 +6,13 @@ r"""Likelihood evaluation of a checkpoint (LLaDA's Monte Carlo ELBO); prints tab
   python -m launch.eval --workdir=/tmp/dllm --mode=pairs --data=pairs.jsonl
   # Multiple choice by likelihood, {"prompt": ..., "choices": [...], "label": i}:
   python -m launch.eval --workdir=/tmp/dllm --mode=choice --data=mc.jsonl
+  # Exact match of sampled answers, {"prompt": ..., "answer": ...}, cut at --until:
+  python -m launch.eval --workdir=/tmp/dllm --mode=generate --data=qa.jsonl \
+      --gen_length=32 --until='\n'
 
-Prompts are encoded after a BOS token, as training documents start.
+Prompts are encoded after a BOS token, as training documents start. Example i
+uses the key fold_in(key(seed), i) (choice) or seed + i (generate): the same
+numbers as the lm-evaluation-harness model `dllm_jax` on the same data.
 """
 
 import json
@@ -19,7 +24,7 @@ from absl import app, flags
 
 from launch import cli
 
-MODES = ('heldout', 'pairs', 'choice')
+MODES = ('heldout', 'pairs', 'choice', 'generate')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir written by launch.train.',
                                required=True)
 _MODE = flags.DEFINE_enum('mode', 'heldout', MODES, 'What to evaluate.')
@@ -29,6 +34,13 @@ _MC_NUM = flags.DEFINE_integer('mc_num', 128, 'Monte Carlo samples per sequence.
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 16, 'Monte Carlo batch size.')
 _CFG_SCALE = flags.DEFINE_float('cfg_scale', 0.0, 'Classifier-free guidance scale.')
 _SEED = flags.DEFINE_integer('seed', 0, 'PRNG seed.')
+_GEN_LENGTH = flags.DEFINE_integer('gen_length', None, 'Generated tokens (generate '
+                                   "mode; default: the run's sample settings).")
+_STEPS = flags.DEFINE_integer('steps', None, 'Denoising steps (generate mode).')
+_BLOCK_LENGTH = flags.DEFINE_integer('block_length', None, 'Block length (generate).')
+_TEMPERATURE = flags.DEFINE_float('temperature', 0.0, 'Temperature (generate mode).')
+_UNTIL = flags.DEFINE_multi_string('until', [], 'Stop sequences (generate mode; '
+                                   'backslash escapes such as \\n are decoded).')
 
 # Bad values end the program at flag parsing, in one line, before any restore.
 for _flag in (_NUM_ROWS, _MC_NUM, _BATCH_SIZE):
@@ -57,6 +69,22 @@ def _read_jsonl(path, keys):
   return rows
 
 
+def _generate_mode(engine) -> None:
+  """Exact match of each row's answer, sampled with seed + i, cut at --until."""
+  from dllm_jax.serving import Request  # pylint: disable=g-import-not-at-top
+  from dllm_jax.serving.server import apply_stop  # pylint: disable=g-import-not-at-top
+  rows = _read_jsonl(_DATA.value, ('prompt', 'answer'))
+  sampling = engine.sampling_for(_GEN_LENGTH.value, _BLOCK_LENGTH.value, _STEPS.value,
+                                 temperature=_TEMPERATURE.value,
+                                 cfg_scale=_CFG_SCALE.value)
+  stops = [u.encode().decode('unicode_escape') for u in _UNTIL.value]
+  done = engine.generate([Request(r['prompt'], sampling, seed=_SEED.value + i)
+                          for i, r in enumerate(rows)])
+  correct = sum(apply_stop(c.text, stops)[0] == r['answer'] for c, r in zip(done, rows))
+  print(f'\n| examples | exact match |\n|---|---|\n| {len(rows)} | '
+        f'{correct / len(rows):.3f} |')
+
+
 def main(argv):
   cli.start(argv)
   import jax  # pylint: disable=g-import-not-at-top
@@ -65,6 +93,7 @@ def main(argv):
   from dllm_jax import likelihood  # pylint: disable=g-import-not-at-top
   from dllm_jax import workdir as checkpoint  # pylint: disable=g-import-not-at-top
   from dllm_jax.data.datasets import make_dataset  # pylint: disable=g-import-not-at-top
+  from dllm_jax.serving import Engine  # pylint: disable=g-import-not-at-top
   from launch.configs import default  # pylint: disable=g-import-not-at-top
 
   with cli.one_line_errors():
@@ -72,7 +101,8 @@ def main(argv):
       raise ValueError(f'--mode={_MODE.value} needs --data=FILE.jsonl.')
     if _MODE.value != 'heldout' and not os.path.isfile(_DATA.value):
       raise FileNotFoundError(f'--data={_DATA.value}: no such file.')
-    cfg, params, tok = checkpoint.restore_for_inference(_WORKDIR.value)
+    engine = Engine.from_workdir(_WORKDIR.value)
+    cfg, params, tok = engine.config, engine.params, engine.tokenizer
     data_cfg = checkpoint.read_meta(_WORKDIR.value)['config']['data']
     seq_len = data_cfg['seq_len']
     opts = dict(config=cfg, mc_num=_MC_NUM.value, batch_size=_BATCH_SIZE.value,
@@ -122,6 +152,10 @@ def main(argv):
         lls.append(ll)
         print(f'| {i} | {len(answer)} | {ll:.3f} | {ll / len(answer):.3f} |')
       print(f'\nmean log-likelihood {np.mean(lls):.3f} nats over {len(rows)} pairs')
+      return
+
+    if _MODE.value == 'generate':
+      _generate_mode(engine)
       return
 
     rows = _read_jsonl(_DATA.value, ('prompt', 'choices', 'label'))

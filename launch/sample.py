@@ -39,7 +39,7 @@ _NOISE = flags.DEFINE_enum('noise', 'jax', ['jax', 'counter'],
 _CHAT = flags.DEFINE_bool('chat', None, 'Format the prompt as a user turn of the '
                           'SFT chat format (default: on for SFT checkpoints).')
 _NUM_SAMPLES = flags.DEFINE_integer('num_samples', None, 'Completions to draw.')
-_SEED = flags.DEFINE_integer('seed', 0, 'PRNG seed.')
+_SEED = flags.DEFINE_integer('seed', 0, 'PRNG seed (sample i uses seed + i).')
 
 # Bad values end the program at flag parsing, in one line, before any restore.
 _positive = lambda v: v > 0
@@ -54,31 +54,30 @@ cli.check_divides(_BLOCK_LENGTH, _GEN_LENGTH)
 
 def main(argv):
   cli.start(argv)
-  import jax  # pylint: disable=g-import-not-at-top
-  from dllm_jax.sampling import generate as gen  # pylint: disable=g-import-not-at-top
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from dllm_jax.serving import Engine, Request  # pylint: disable=g-import-not-at-top
   from dllm_jax import workdir as checkpoint  # pylint: disable=g-import-not-at-top
-  from dllm_jax.sampling.text import sample_text  # pylint: disable=g-import-not-at-top
   with cli.one_line_errors():
-    model_cfg, params, tokenizer = checkpoint.restore_for_inference(_WORKDIR.value)
-    meta = checkpoint.read_meta(_WORKDIR.value)
-    defaults = meta['config']['sample']
-    pick = lambda flag, name: defaults[name] if flag.value is None else flag.value
-    sampling = gen.SamplingConfig(
-        steps=pick(_STEPS, 'steps'), gen_length=pick(_GEN_LENGTH, 'gen_length'),
+    engine = Engine.from_workdir(_WORKDIR.value)
+    defaults = engine.default_sampling
+    pick = lambda flag, name: getattr(defaults, name) if flag.value is None else flag.value
+    sampling = dataclasses.replace(
+        defaults, steps=pick(_STEPS, 'steps'), gen_length=pick(_GEN_LENGTH, 'gen_length'),
         block_length=pick(_BLOCK_LENGTH, 'block_length'),
         temperature=pick(_TEMPERATURE, 'temperature'), cfg_scale=_CFG_SCALE.value,
         remasking=_REMASKING.value, logits_eos_inf=_LOGITS_EOS_INF.value,
         confidence_eos_eot_inf=_CONF_EOS_EOT_INF.value, parallel=_PARALLEL.value,
         threshold=_THRESHOLD.value, factor=_FACTOR.value, cache=_CACHE.value,
         noise=_NOISE.value)
-    prompt = pick(_PROMPT, 'prompt')
-    chat = (meta['config']['train']['objective'] == 'sft' if _CHAT.value is None
-            else _CHAT.value)
-    texts = sample_text(params, model_cfg, tokenizer, prompt, sampling,
-                        jax.random.key(_SEED.value),
-                        pick(_NUM_SAMPLES, 'num_samples'), chat=chat)
-  for i, text in enumerate(texts):
-    print(f'--- sample {i} ---\n{prompt}{text}', flush=True)
+    sample_cfg = checkpoint.read_meta(_WORKDIR.value)['config']['sample']
+    prompt = sample_cfg['prompt'] if _PROMPT.value is None else _PROMPT.value
+    num = sample_cfg['num_samples'] if _NUM_SAMPLES.value is None else _NUM_SAMPLES.value
+    chat = engine.chat if _CHAT.value is None else _CHAT.value
+    # Sample i draws from seed + i: each sample is reproducible on its own.
+    out = engine.generate([Request(prompt, sampling, seed=_SEED.value + i, chat=chat)
+                           for i in range(num)])
+  for i, c in enumerate(out):
+    print(f'--- sample {i} ---\n{prompt}{c.text}', flush=True)
 
 
 if __name__ == '__main__':

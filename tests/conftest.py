@@ -32,3 +32,15 @@ def small_run_config():
 @pytest.fixture
 def free_port():
   return support.free_port()
+
+
+@pytest.fixture(scope='session')
+def random_workdir(tmp_path_factory):
+  """A workdir with a random-weight checkpoint of `support.small_config()`
+  (one layer; sampling defaults: 8 new tokens in blocks of 4, 4 steps); do not write to it."""
+  config = support.small_config()
+  config.model.n_layers = 1  # Compiles faster.
+  config.sample.gen_length, config.sample.block_length, config.sample.steps = 8, 4, 4
+  workdir = tmp_path_factory.mktemp('random_workdir')
+  support.write_random_checkpoint(workdir, config)
+  return str(workdir)

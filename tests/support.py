@@ -63,3 +63,33 @@ def read_batch_log(workdir) -> list[str]:
       step, digest = line.split()
       seen[int(step)] = digest
   return [seen[s] for s in sorted(seen)]
+
+
+def write_random_checkpoint(workdir, config=None, seed=0) -> None:
+  """A workdir holding random parameters of `config` (default `small_config()`)
+  as a step-0 checkpoint that `restore_for_inference` reads, without training
+  (a training run's compile costs tens of seconds on a loaded CPU)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from dllm_jax import model, models  # pylint: disable=g-import-not-at-top
+  from dllm_jax.data.tokenizer import ByteTokenizer  # pylint: disable=g-import-not-at-top
+  from dllm_jax.training import checkpoint, trainer  # pylint: disable=g-import-not-at-top
+  config = config or small_config()
+  tok = ByteTokenizer()
+  cfg = trainer.model_config(config, tok)
+  params = jax.jit(model.init_params, static_argnums=0)(cfg, jax.random.key(seed))
+  meta = checkpoint.make_meta(0, {'config': config.to_dict(),
+                                  'model_config': models.config_to_dict(cfg),
+                                  'tokenizer': tok.to_dict()})
+  mngr = checkpoint.make_manager(str(workdir), async_save=False)
+  mngr.save(0, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                       meta=ocp.args.JsonSave(meta)))
+  mngr.wait_until_finished()
+  mngr.close()
+
+
+def start_server(args, timeout_s=180.0):
+  """Starts `python -m launch.serve` with `args` on a free port and waits for
+  /health; returns (process, base URL). The caller ends the process."""
+  from launch import serve_process  # pylint: disable=g-import-not-at-top
+  return serve_process.start(args, timeout_s=timeout_s)

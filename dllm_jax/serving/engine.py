@@ -1,0 +1,315 @@
+"""The inference engine: parameters, tokenizer and compiled samplers in one place.
+
+  engine = Engine.from_workdir('/tmp/dllm')          # or Engine.from_hf_dir(DIR)
+  engine.warmup([(SamplingConfig(...), 32, 8)])      # compile ahead (optional)
+  out = engine.generate([Request('def ', sampling, seed=1), Request([257, 100], ...)])
+  out[0].text, out[0].tokens                         # one Completion per request
+
+Requests of different lengths and settings are grouped by their static sampler
+settings and their prompt-length bucket (left-padded to the bucket with a
+prompt mask), and each group runs as batches whose size is rounded up to a
+power of two; every (settings, prompt bucket, batch bucket) triple is compiled
+once and cached.
+
+Batch invariance: each row runs the sampler on its own, with its own PRNG key
+`jax.random.key(seed)` (`jax.vmap` over rows of a one-row sampler call), so a
+request's answer does not depend on what else shares its batch: the same
+request alone, or in any batch, with the same seed gives the same tokens (at
+any temperature; up to float rounding of batched matmuls, which greedy ties
+could in principle expose). A request alone equals `dllm_jax.generate` on its
+prompt with `jax.random.key(seed)`.
+
+The coupling to the sampler's internals lives in `_row_sampler` and
+`_group_key` alone: when sampler knobs become traced, they leave the group key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import threading
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dllm_jax import model as model_lib
+from dllm_jax.data import sft
+from dllm_jax.presets import ModelConfig
+from dllm_jax.sampling import generate as gen
+
+PROMPT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+MAX_SEED = 2**32 - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+  """One generation request.
+
+  Attributes:
+    prompt: text (encoded after a BOS token, or as a user turn of the chat
+      format when `chat`), or token ids [P] used as given.
+    sampling: the sampler knobs (`gen_length` is the number of new tokens);
+      None: the engine's defaults.
+    seed: the row's PRNG seed in [0, 2**32): same seed, same answer.
+    chat: render a text prompt with the tokenizer's chat template.
+  """
+  prompt: str | Sequence[int] | np.ndarray
+  sampling: gen.SamplingConfig | None = None
+  seed: int = 0
+  chat: bool = False
+
+
+@dataclasses.dataclass
+class Completion:
+  """One request's answer: `tokens` [gen_length] (and the step that committed
+  each, [gen_length]), decoded `text` (up to EOS / end-of-turn), the model
+  evaluations its row took, and `finish_reason` ('stop' when the model ended
+  the answer, else 'length')."""
+  tokens: np.ndarray
+  commit_step: np.ndarray
+  text: str
+  nfe: int
+  prompt_tokens: int
+  finish_reason: str
+
+
+def powers_of_two(limit: int) -> tuple[int, ...]:
+  """1, 2, 4, ... up to `limit` (and `limit` itself)."""
+  sizes = [1]
+  while sizes[-1] * 2 < limit:
+    sizes.append(sizes[-1] * 2)
+  return tuple(sorted({*sizes, limit}))
+
+
+def hf_model_config(path: str, tokenizer, dtype: str | None = None) -> ModelConfig:
+  """The `ModelConfig` of a local Hugging Face directory's `config.json` (the
+  LLaDA family; the special ids come from its tokenizer)."""
+  file = os.path.join(path, 'config.json')
+  if not os.path.isfile(file):
+    raise FileNotFoundError(f'no config.json in {path!r}.')
+  with open(file) as f:
+    c = json.load(f)
+  family = str(c.get('model_type') or ''.join(c.get('architectures', []))).lower()
+  if 'llada' not in family:
+    raise ValueError(f'{file}: model family {family!r} is not supported; known: llada.')
+  if c.get('n_kv_heads', c['n_heads']) != c['n_heads']:
+    raise ValueError(f'{file}: n_kv_heads={c["n_kv_heads"]} != n_heads='
+                     f'{c["n_heads"]} (grouped-query attention) is not supported.')
+  fields = dict(
+      vocab_size=int(c.get('embedding_size') or c['vocab_size']), d_model=c['d_model'],
+      n_layers=c['n_layers'], n_heads=c['n_heads'], d_ff=c['mlp_hidden_size'],
+      max_len=c['max_sequence_length'], rope_theta=float(c.get('rope_theta', 10000.0)),
+      norm_eps=float(c.get('rms_norm_eps', 1e-5)),
+      **{f'{r}_id': getattr(tokenizer, f'{r}_id')
+         for r in ('mask', 'bos', 'eos', 'eot', 'pad')})
+  if dtype is not None:
+    fields.update(dtype=dtype, param_dtype=dtype)
+  return ModelConfig(**fields)
+
+
+class Engine:
+  """Parameters, tokenizer, and a cache of compiled samplers by bucket."""
+
+  def __init__(self, params: model_lib.Params, config: ModelConfig, tokenizer, *,
+               default_sampling: gen.SamplingConfig | None = None, chat: bool = False,
+               max_batch: int = 64, batch_sizes: Sequence[int] | None = None,
+               prompt_buckets: Sequence[int] = PROMPT_BUCKETS, name: str = 'dllm_jax'):
+    """Args: `default_sampling` for requests that bring none, `chat` whether
+    text prompts default to the chat format (SFT checkpoints), `max_batch` the
+    largest batch one compiled call runs, `batch_sizes` the compiled batch
+    sizes (a batch is padded up to the next; default powers of two up to
+    `max_batch`), `name` the model's name (server)."""
+    self.params, self.config, self.tokenizer = params, config, tokenizer
+    self.default_sampling = default_sampling or gen.SamplingConfig()
+    self.chat, self.name = chat, name
+    self.batch_sizes = tuple(sorted(batch_sizes or powers_of_two(max_batch)))
+    self.max_batch = self.batch_sizes[-1]
+    self.prompt_buckets = tuple(sorted(prompt_buckets))
+    self._compiled = {}
+    self._lock = threading.Lock()
+
+  @classmethod
+  def from_workdir(cls, workdir: str, *, step: int | None = None,
+                   dtype: str | None = None, **kwargs) -> Engine:
+    """The latest (or given) checkpoint of a training workdir (Orbax); the
+    run's sample settings become the default, and SFT runs default to chat."""
+    from dllm_jax import workdir as checkpoint  # pylint: disable=g-import-not-at-top
+    config, params, tokenizer = checkpoint.restore_for_inference(
+        workdir, step=step, dtype=dtype)
+    meta = checkpoint.read_meta(workdir, step)
+    s = meta['config']['sample']
+    defaults = gen.SamplingConfig(steps=s['steps'], gen_length=s['gen_length'],
+                                  block_length=s['block_length'],
+                                  temperature=s['temperature'])
+    kwargs.setdefault('default_sampling', defaults)
+    kwargs.setdefault('chat', meta['config']['train']['objective'] == 'sft')
+    kwargs.setdefault('name', os.path.basename(os.path.abspath(workdir)))
+    return cls(params, config, tokenizer, **kwargs)
+
+  @classmethod
+  def from_hf_dir(cls, path: str, *, dtype: str | None = None, **kwargs) -> Engine:
+    """A local Hugging Face directory (config.json, safetensors, tokenizer.json)
+    of the LLaDA family; chat defaults on when the tokenizer has a template."""
+    from dllm_jax.data.hf_tokenizer import HFTokenizer  # pylint: disable=g-import-not-at-top
+    from dllm_jax.interop import llada_hf  # pylint: disable=g-import-not-at-top
+    tokenizer = HFTokenizer(path)
+    config = hf_model_config(path, tokenizer, dtype)
+    params = llada_hf.load_params(path, config)
+    kwargs.setdefault('chat', bool(tokenizer.chat_template))
+    kwargs.setdefault('name', os.path.basename(os.path.abspath(path)))
+    return cls(params, config, tokenizer, **kwargs)
+
+  # --- requests -> rows ---------------------------------------------------------
+
+  def encode(self, prompt: str | Sequence[int] | np.ndarray,
+             chat: bool = False) -> np.ndarray:
+    """Prompt ids [P]: text after BOS, or as a user turn (chat), or ids as given."""
+    if isinstance(prompt, str):
+      if chat:
+        return sft.prompt_ids(self.tokenizer, [{'role': 'user', 'content': prompt}])
+      return self.tokenizer.encode(prompt, add_bos=True)
+    return np.asarray(prompt, np.int32).reshape(-1)
+
+  def encode_chat(self, messages: list[dict]) -> np.ndarray:
+    """Prompt ids [P] of a conversation, up to where the assistant answers."""
+    return sft.prompt_ids(self.tokenizer, messages)
+
+  def resolve(self, sampling: gen.SamplingConfig | None) -> gen.SamplingConfig:
+    """The knobs with the model's mask id filled in."""
+    sampling = sampling or self.default_sampling
+    if sampling.mask_id is None:
+      sampling = dataclasses.replace(sampling, mask_id=self.config.mask_id)
+    return sampling
+
+  def sampling_for(self, gen_length: int | None = None, block_length: int | None = None,
+                   steps: int | None = None, **knobs) -> gen.SamplingConfig:
+    """The default settings with some changed. Unset `block_length` is the
+    default's when it divides `gen_length`, else `gen_length`; unset `steps`
+    keeps the default's tokens per step (at least one step per block)."""
+    d = self.default_sampling
+    g = d.gen_length if gen_length is None else gen_length
+    bl = block_length or (d.block_length if g % d.block_length == 0 else g)
+    if steps is None and bl > 0 and g % bl == 0:
+      blocks = g // bl
+      steps = max(blocks, -(-g * d.steps // d.gen_length // blocks) * blocks)
+    knobs = {k: v for k, v in knobs.items() if v is not None}
+    return self.resolve(dataclasses.replace(d, gen_length=g, block_length=bl,
+                                            steps=g if steps is None else steps, **knobs))
+
+  def check(self, ids: np.ndarray, sampling: gen.SamplingConfig, seed: int) -> None:
+    """Raises ValueError (one line) if the request cannot run."""
+    sampling.validate(len(ids), self.config.max_len)
+    if not 0 <= seed <= MAX_SEED:
+      raise ValueError(f'seed must be in [0, {MAX_SEED}], got {seed}.')
+    if np.any(ids == sampling.mask_id):
+      raise ValueError(f'the prompt contains the mask token (id {sampling.mask_id}).')
+    if np.any((ids < 0) | (ids >= self.config.vocab_size)):
+      raise ValueError(f'prompt ids must be in [0, {self.config.vocab_size}).')
+
+  def prompt_bucket(self, n: int, gen_length: int) -> int:
+    """The padded prompt length of an n-token prompt: the smallest bucket >= n
+    that fits the model with the answer (else the largest that does)."""
+    room = self.config.max_len - gen_length
+    fits = [b for b in self.prompt_buckets if n <= b <= room]
+    return fits[0] if fits else max(n, room)
+
+  def batch_bucket(self, n: int) -> int:
+    """The compiled batch size an n-row batch (n <= max_batch) is padded to."""
+    return next(b for b in self.batch_sizes if b >= n)
+
+  def _group_key(self, sampling: gen.SamplingConfig, n: int):
+    """Requests with equal keys share one compiled call."""
+    return sampling, self.prompt_bucket(n, sampling.gen_length)
+
+  # --- compiled samplers -------------------------------------------------------
+
+  def _row_sampler(self, sampling: gen.SamplingConfig, prompt_len: int, batch: int):
+    """The compiled (params, prompts [B, P], masks [B, P], seeds [B]) ->
+    (tokens [B, G], commit_step [B, G], nfe [B]); one per bucket triple."""
+    key = (sampling, prompt_len, batch)
+    with self._lock:
+      if key in self._compiled:
+        return self._compiled[key]
+
+    def row(params, prompt, mask, seed):
+      # A one-row batch with its own key: nothing couples rows.
+      st = gen.sample(params, prompt[None], jax.random.key(seed), config=self.config,
+                      sampling=sampling, prompt_mask=mask[None])
+      return st.tokens[0, prompt_len:], st.commit_step[0, prompt_len:], st.nfe
+
+    fn = jax.jit(jax.vmap(row, in_axes=(None, 0, 0, 0)))
+    shape = lambda dtype: jax.ShapeDtypeStruct((batch, prompt_len), dtype)
+    compiled = fn.lower(self.params, shape(jnp.int32), shape(jnp.bool_),
+                        jax.ShapeDtypeStruct((batch,), jnp.uint32)).compile()
+    with self._lock:
+      self._compiled[key] = compiled
+    return compiled
+
+  def warmup(self, buckets: Sequence[tuple[gen.SamplingConfig | None, int, int]]) -> int:
+    """Compiles (sampling, prompt length, batch size) buckets ahead; returns how
+    many were new. Lengths and sizes are rounded up to their buckets."""
+    before = len(self._compiled)
+    for sampling, n, b in buckets:
+      sampling = self.resolve(sampling)
+      sampling.validate(n, self.config.max_len)
+      self._row_sampler(sampling, self.prompt_bucket(n, sampling.gen_length),
+                        self.batch_bucket(min(b, self.max_batch)))
+    return len(self._compiled) - before
+
+  @property
+  def num_compiled(self) -> int:
+    return len(self._compiled)
+
+  # --- generation --------------------------------------------------------------
+
+  def generate(self, requests: Sequence[Request | str | Sequence[int]]) -> list[Completion]:
+    """Answers every request (in order); see the module docstring for batching.
+
+    Raises:
+      ValueError: a request cannot run (its index and why).
+    """
+    rows = []
+    for i, r in enumerate(requests):
+      r = r if isinstance(r, Request) else Request(r, self.default_sampling,
+                                                   chat=self.chat)
+      ids, sampling = self.encode(r.prompt, r.chat), self.resolve(r.sampling)
+      try:
+        self.check(ids, sampling, r.seed)
+      except ValueError as e:
+        raise ValueError(f'request {i}: {e}') from None
+      rows.append((ids, sampling, r.seed))
+    groups: dict = {}
+    for i, (ids, sampling, _) in enumerate(rows):
+      groups.setdefault(self._group_key(sampling, len(ids)), []).append(i)
+    out: list[Completion | None] = [None] * len(rows)
+    for (sampling, p), members in groups.items():
+      for c in range(0, len(members), self.max_batch):
+        chunk = members[c:c + self.max_batch]
+        results = self._run(sampling, p, [rows[i][0] for i in chunk],
+                            [rows[i][2] for i in chunk])
+        for i, res in zip(chunk, results):
+          out[i] = res
+    return out
+
+  def _run(self, sampling: gen.SamplingConfig, p: int, prompts: list[np.ndarray],
+           seeds: list[int]) -> list[Completion]:
+    """One batch: rows padded to `p` tokens and to a power-of-two row count."""
+    n = len(prompts)
+    b = self.batch_bucket(n)
+    padded = list(prompts) + [prompts[-1]] * (b - n)  # Spare rows: discarded.
+    tokens, mask = gen.pad_prompts(padded, self.config.pad_id)
+    extra = p - tokens.shape[1]
+    tokens = np.pad(tokens, ((0, 0), (extra, 0)), constant_values=self.config.pad_id)
+    mask = np.pad(mask, ((0, 0), (extra, 0)))
+    seeds = np.asarray(list(seeds) + [seeds[-1]] * (b - n), np.uint32)
+    fn = self._row_sampler(sampling, p, b)
+    out, steps, nfe = jax.device_get(fn(self.params, tokens, mask, seeds))
+    ends = (self.tokenizer.eos_id, self.tokenizer.eot_id)
+    return [Completion(tokens=out[i], commit_step=steps[i],
+                       text=self.tokenizer.decode(out[i]), nfe=int(nfe[i]),
+                       prompt_tokens=len(prompts[i]),
+                       finish_reason='stop' if np.isin(out[i], ends).any() else 'length')
+            for i in range(n)]

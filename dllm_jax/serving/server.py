@@ -1,0 +1,270 @@
+"""An OpenAI-compatible HTTP API over an `Engine` (FastAPI; run by launch.serve).
+
+  POST /v1/completions        {"prompt": "...", "max_tokens": 16, ...}
+  POST /v1/chat/completions   {"messages": [{"role": "user", "content": "..."}]}
+  GET  /v1/models, GET /health
+
+Diffusion settings ride along as extra request fields (`steps`, `block_length`,
+`parallel`, `threshold`, `cache`, `remasking`, `cfg_scale`; `temperature` and
+`seed` are OpenAI's own). With `"stream": true` the answer comes as server-sent
+events, one per committed block, then `data: [DONE]`. The blocks are sent once
+the request's batch finishes (the sampler runs every block in one compiled
+call); block-by-block delivery comes with a block-diffusion sampler.
+
+Bad input is HTTP 400 with a one-line `error.message`; a full queue is 429; a
+request that waits past `timeout_s` is 504.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import secrets
+import time
+import uuid
+from typing import Literal
+
+import fastapi
+import numpy as np
+import pydantic
+from fastapi import responses
+
+from dllm_jax.sampling import generate as gen
+from dllm_jax.serving.batcher import Batcher, QueueFull
+from dllm_jax.serving.engine import MAX_SEED, Completion, Engine, Request
+
+
+class _Fields(pydantic.BaseModel):
+  """The fields both endpoints accept; anything else is an error."""
+  model_config = pydantic.ConfigDict(extra='forbid')
+  model: str | None = None
+  max_tokens: int | None = None
+  temperature: float | None = None
+  seed: int | None = None
+  stream: bool = False
+  stop: str | list[str] | None = None
+  n: int = 1
+  user: str | None = None
+  # Diffusion settings.
+  steps: int | None = None
+  block_length: int | None = None
+  parallel: Literal['fixed', 'threshold', 'factor'] | None = None
+  threshold: float | None = None
+  cache: Literal['none', 'prefix', 'dual'] | None = None
+  remasking: Literal['low_confidence', 'random'] | None = None
+  cfg_scale: float | None = None
+
+
+class CompletionBody(_Fields):
+  prompt: str | list[int]
+
+
+class Message(pydantic.BaseModel):
+  model_config = pydantic.ConfigDict(extra='forbid')
+  role: str
+  content: str
+
+
+class ChatBody(_Fields):
+  messages: list[Message] = pydantic.Field(min_length=1)
+
+
+class BadRequest(Exception):
+  """A request the server refuses: (status, one-line message)."""
+
+  def __init__(self, status: int, message: str):
+    super().__init__(message)
+    self.status = status
+
+
+def _error(status: int, message: str, kind: str = 'invalid_request_error'):
+  return responses.JSONResponse(
+      {'error': {'message': message, 'type': kind, 'code': status}}, status_code=status)
+
+
+def _one_line(exc: pydantic.ValidationError | fastapi.exceptions.RequestValidationError) -> str:
+  e = exc.errors()[0]
+  where = '.'.join(str(x) for x in e.get('loc', ()) if x != 'body') or 'body'
+  if e.get('type') == 'json_invalid':
+    return f'malformed JSON: {e.get("ctx", {}).get("error", e.get("msg"))}.'
+  if e.get('type') == 'extra_forbidden':
+    return f'unknown field {where!r}.'
+  return f'{where}: {e.get("msg")}.'
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+  """Server limits (flags of launch.serve)."""
+  max_tokens: int = 256
+  timeout_s: float = 300.0
+
+
+def sampling_of(body: _Fields, engine: Engine, limits: Limits) -> gen.SamplingConfig:
+  """The request's sampler knobs: its fields over the engine's defaults."""
+  g = engine.default_sampling.gen_length if body.max_tokens is None else body.max_tokens
+  if not 0 < g <= limits.max_tokens:
+    raise BadRequest(400, f'max_tokens must be in [1, {limits.max_tokens}], got {g}.')
+  if body.block_length is not None and body.block_length <= 0:
+    raise BadRequest(400, f'block_length must be positive, got {body.block_length}.')
+  return engine.sampling_for(
+      g, body.block_length, body.steps, temperature=body.temperature,
+      parallel=body.parallel, threshold=body.threshold, cache=body.cache,
+      remasking=body.remasking, cfg_scale=body.cfg_scale)
+
+
+def make_request(body: _Fields, ids: np.ndarray, engine: Engine,
+                 limits: Limits) -> Request:
+  """A checked engine request, or BadRequest(400, why)."""
+  if body.model is not None and body.model != engine.name:
+    raise BadRequest(400, f'unknown model {body.model!r}; this server has '
+                     f'{engine.name!r}.')
+  if body.n != 1:
+    raise BadRequest(400, f'n must be 1, got {body.n}.')
+  sampling = sampling_of(body, engine, limits)
+  seed = secrets.randbelow(MAX_SEED + 1) if body.seed is None else body.seed
+  try:
+    engine.check(ids, sampling, seed)
+  except ValueError as e:
+    raise BadRequest(400, str(e)) from None
+  return Request(ids, sampling, seed=seed)
+
+
+def apply_stop(text: str, stop: str | list[str] | None) -> tuple[str, bool]:
+  """Text up to the first stop sequence, and whether one was found."""
+  stops = [stop] if isinstance(stop, str) else (stop or [])
+  cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
+  return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def block_texts(engine: Engine, done: Completion, block_length: int,
+                final: str) -> list[str]:
+  """The final text split at block boundaries: piece k is what block k added."""
+  pieces, sent = [], 0
+  for end in range(block_length, len(done.tokens) + 1, block_length):
+    prefix = engine.tokenizer.decode(done.tokens[:end])
+    n = 0
+    while n < min(len(prefix), len(final)) and prefix[n] == final[n]:
+      n += 1
+    n = len(final) if end == len(done.tokens) else max(n, sent)
+    pieces.append(final[sent:n])
+    sent = n
+  return pieces
+
+
+async def _until_disconnect(request: fastapi.Request) -> None:
+  while (await request.receive())['type'] != 'http.disconnect':
+    pass
+
+
+async def _result(job, request: fastapi.Request, limits: Limits) -> Completion | None:
+  """The request's completion; None if the client left (its job is cancelled,
+  so a queued request never runs); BadRequest(504) past the timeout."""
+  answer = asyncio.wrap_future(job)
+  gone = asyncio.ensure_future(_until_disconnect(request))
+  try:
+    await asyncio.wait({answer, gone}, timeout=limits.timeout_s,
+                       return_when=asyncio.FIRST_COMPLETED)
+  finally:
+    gone.cancel()
+  if answer.done():
+    return answer.result()
+  job.cancel()
+  if gone.done() and not gone.cancelled():
+    return None
+  raise BadRequest(504, f'no answer within {limits.timeout_s:g} s; retry later.')
+
+
+def create_app(engine: Engine, batcher: Batcher, limits: Limits,
+               warmup=None) -> fastapi.FastAPI:
+  """The FastAPI app; its lifespan starts the batcher (after `warmup()`, if
+  given) and, at shutdown, lets it finish every accepted request."""
+  import contextlib  # pylint: disable=g-import-not-at-top
+
+  @contextlib.asynccontextmanager
+  async def lifespan(_):
+    if warmup is not None:
+      await asyncio.to_thread(warmup)
+    batcher.start()
+    yield
+    await asyncio.to_thread(batcher.stop)
+
+  app = fastapi.FastAPI(title='dllm_jax', lifespan=lifespan)
+
+  @app.exception_handler(fastapi.exceptions.RequestValidationError)
+  async def invalid(_, exc):
+    return _error(400, _one_line(exc))
+
+  @app.exception_handler(BadRequest)
+  async def refused(_, exc: BadRequest):
+    return _error(exc.status, str(exc), 'invalid_request_error' if exc.status < 500
+                  else 'timeout')
+
+  @app.exception_handler(QueueFull)
+  async def full(_, exc: QueueFull):
+    return _error(429, str(exc), 'rate_limit_exceeded')
+
+  @app.get('/health')
+  async def health():
+    return {'status': 'ok', 'model': engine.name, 'queued': batcher.queued,
+            'running': batcher.running, 'batches': batcher.batches,
+            'compiled': engine.num_compiled}
+
+  @app.get('/v1/models')
+  async def models():
+    return {'object': 'list', 'data': [{'id': engine.name, 'object': 'model',
+                                        'created': 0, 'owned_by': 'dllm_jax'}]}
+
+  @app.post('/v1/completions')
+  async def completions(body: CompletionBody, request: fastapi.Request):
+    ids = engine.encode(body.prompt, chat=False)
+    return await _answer(engine, batcher, limits, body, ids, request, chat=False)
+
+  @app.post('/v1/chat/completions')
+  async def chat_completions(body: ChatBody, request: fastapi.Request):
+    ids = engine.encode_chat([m.model_dump() for m in body.messages])
+    return await _answer(engine, batcher, limits, body, ids, request, chat=True)
+
+  return app
+
+
+async def _answer(engine: Engine, batcher: Batcher, limits: Limits, body: _Fields,
+                  ids: np.ndarray, request: fastapi.Request, chat: bool):
+  """Queues the request and answers it: JSON, or events when streaming."""
+  req = make_request(body, ids, engine, limits)
+  done = await _result(batcher.submit(req), request, limits)
+  if done is None:
+    return responses.Response(status_code=499)
+  text, stopped = apply_stop(done.text, body.stop)
+  reason = 'stop' if stopped else done.finish_reason
+  head = {'id': f'{"chatcmpl" if chat else "cmpl"}-{uuid.uuid4().hex[:24]}',
+          'created': int(time.time()), 'model': engine.name, 'seed': req.seed}
+  if body.stream:
+    pieces = block_texts(engine, done, req.sampling.block_length, text)
+    return responses.StreamingResponse(
+        _events(head, pieces, reason, chat), media_type='text/event-stream')
+  ends = np.isin(done.tokens, (engine.tokenizer.eos_id, engine.tokenizer.eot_id))
+  n_answer = (len(engine.tokenizer.encode(text)) if stopped else
+              int(np.argmax(ends)) if ends.any() else len(done.tokens))
+  usage = {'prompt_tokens': len(ids), 'completion_tokens': n_answer,
+           'total_tokens': len(ids) + n_answer, 'nfe': done.nfe}
+  choice = ({'index': 0, 'message': {'role': 'assistant', 'content': text},
+             'finish_reason': reason} if chat else
+            {'index': 0, 'text': text, 'finish_reason': reason, 'logprobs': None})
+  return {**head, 'object': 'chat.completion' if chat else 'text_completion',
+          'choices': [choice], 'usage': usage}
+
+
+async def _events(head: dict, pieces: list[str], reason: str, chat: bool):
+  """Server-sent events: one per block, the last with the finish reason."""
+  kind = 'chat.completion.chunk' if chat else 'text_completion'
+  for k, piece in enumerate(pieces):
+    last = k == len(pieces) - 1
+    if chat:
+      delta = {'content': piece, **({'role': 'assistant'} if k == 0 else {})}
+      choice = {'index': 0, 'delta': delta, 'finish_reason': reason if last else None}
+    else:
+      choice = {'index': 0, 'text': piece, 'logprobs': None,
+                'finish_reason': reason if last else None}
+    yield f'data: {json.dumps({**head, "object": kind, "choices": [choice]})}\n\n'
+  yield 'data: [DONE]\n\n'

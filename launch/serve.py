@@ -1,0 +1,99 @@
+r"""An OpenAI-compatible server over a checkpoint (see dllm_jax/serving/server.py).
+
+  python -m launch.serve --workdir=/tmp/dllm --port=8000
+  python -m launch.serve --hf_dir=/path/to/LLaDA-8B-Instruct --dtype=bfloat16
+  curl localhost:8000/v1/completions -H 'Content-Type: application/json' \
+      -d '{"prompt": "def ", "max_tokens": 64, "steps": 32, "seed": 1}'
+
+Requests arriving together run as one batch of up to --max_batch rows (see
+--batch_window_ms, --batch_max_wait_ms); more than --max_queue waiting answers
+429; a request not answered within --timeout_s answers 504. SIGTERM (or Ctrl-C) stops accepting,
+answers every accepted request, then exits 0.
+"""
+
+from absl import app, flags
+
+from launch import cli
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir written by launch.train.')
+_HF_DIR = flags.DEFINE_string('hf_dir', None, 'Local Hugging Face directory (LLaDA).')
+_DTYPE = flags.DEFINE_string('dtype', None, 'Compute dtype override (bfloat16, ...).')
+_HOST = flags.DEFINE_string('host', '127.0.0.1', 'Address to listen on.')
+_PORT = flags.DEFINE_integer('port', 8000, 'Port to listen on.')
+_MAX_BATCH = flags.DEFINE_integer('max_batch', 32, 'Most requests in one batch.')
+_BATCH_SIZES = flags.DEFINE_list(
+    'batch_sizes', None, 'Compiled batch sizes (a batch is padded up to the next); '
+    'default: powers of two up to --max_batch.')
+_PROMPT_BUCKETS = flags.DEFINE_list(
+    'prompt_buckets', None, 'Compiled prompt lengths (a prompt is left-padded up to '
+    'the next); default: 16, 32, 64, ... up to the model length.')
+_MAX_QUEUE = flags.DEFINE_integer('max_queue', 256, 'Most waiting requests (then 429).')
+_WINDOW_MS = flags.DEFINE_float('batch_window_ms', 20.0,
+                                'A batch closes when no request came for this long.')
+_MAX_WAIT_MS = flags.DEFINE_float(
+    'batch_max_wait_ms', None, 'Longest a first request waits for others while '
+    'they keep arriving (default: 10 x --batch_window_ms).')
+_GEN_LENGTH = flags.DEFINE_integer('gen_length', None, 'Default max_tokens (default: '
+                                   "the run's sample settings).")
+_STEPS = flags.DEFINE_integer('steps', None, 'Default denoising steps.')
+_BLOCK_LENGTH = flags.DEFINE_integer('block_length', None, 'Default block length.')
+_TEMPERATURE = flags.DEFINE_float('temperature', None, 'Default temperature.')
+_TIMEOUT_S = flags.DEFINE_float('timeout_s', 300.0, 'Request timeout (then 504).')
+_MAX_TOKENS = flags.DEFINE_integer('max_tokens', 256, 'Largest max_tokens accepted.')
+_WARMUP = flags.DEFINE_list(
+    'warmup', ['32'], 'Prompt lengths to compile ahead at the default settings, '
+    'for every batch size (empty: compile on first use).')
+
+
+def main(argv):
+  cli.start(argv)
+  import uvicorn  # pylint: disable=g-import-not-at-top
+  from dllm_jax.serving import batcher as batcher_lib  # pylint: disable=g-import-not-at-top
+  from dllm_jax.serving import server  # pylint: disable=g-import-not-at-top
+  from dllm_jax.serving.engine import Engine  # pylint: disable=g-import-not-at-top
+
+  with cli.one_line_errors():
+    if bool(_WORKDIR.value) == bool(_HF_DIR.value):
+      raise ValueError('give exactly one of --workdir and --hf_dir.')
+    opts = dict(dtype=_DTYPE.value, max_batch=_MAX_BATCH.value)
+    if _BATCH_SIZES.value:
+      opts['batch_sizes'] = [int(b) for b in _BATCH_SIZES.value]
+    if _PROMPT_BUCKETS.value:
+      opts['prompt_buckets'] = [int(n) for n in _PROMPT_BUCKETS.value]
+    engine = (Engine.from_workdir(_WORKDIR.value, **opts) if _WORKDIR.value else
+              Engine.from_hf_dir(_HF_DIR.value, **opts))
+    engine.default_sampling = engine.sampling_for(
+        _GEN_LENGTH.value, _BLOCK_LENGTH.value, _STEPS.value,
+        temperature=_TEMPERATURE.value)
+    limits = server.Limits(max_tokens=min(_MAX_TOKENS.value, engine.config.max_len),
+                           timeout_s=_TIMEOUT_S.value)
+    batcher = batcher_lib.Batcher(engine, max_batch=_MAX_BATCH.value,
+                                  max_queue=_MAX_QUEUE.value,
+                                  window_s=_WINDOW_MS.value / 1e3,
+                                  max_wait_s=(None if _MAX_WAIT_MS.value is None
+                                              else _MAX_WAIT_MS.value / 1e3))
+    lengths = [int(n) for n in _WARMUP.value]
+    warmup = lambda: engine.warmup([(None, n, b) for n in lengths
+                                    for b in engine.batch_sizes])
+    api = server.create_app(engine, batcher, limits, warmup=warmup if lengths else None)
+  print(f'serving {engine.name} on http://{_HOST.value}:{_PORT.value}', flush=True)
+  _server_class()(uvicorn.Config(api, host=_HOST.value, port=_PORT.value, log_level='warning',
+                         timeout_graceful_shutdown=_TIMEOUT_S.value)).run()
+
+
+def _server_class():
+  import uvicorn  # pylint: disable=g-import-not-at-top
+
+  class Server(uvicorn.Server):
+    """uvicorn re-raises a caught SIGTERM after its graceful shutdown (the exit
+    status then says 'killed'); a requested stop that drained cleanly exits 0."""
+
+    def handle_exit(self, sig, frame):
+      super().handle_exit(sig, frame)
+      getattr(self, '_captured_signals', []).clear()
+
+  return Server
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=cli.parse_flags)

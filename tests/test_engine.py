@@ -1,0 +1,89 @@
+"""serving.Engine: batching does not change answers; buckets; HF directories."""
+
+import dataclasses
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from dllm_jax import ByteTokenizer, SamplingConfig, generate, model, presets
+from dllm_jax.serving import Engine, Request
+from dllm_jax.serving import engine as engine_lib
+
+CFG = presets.get_preset('tiny', d_model=32, n_layers=1, n_heads=2, d_ff=64, max_len=64)
+
+
+@pytest.fixture(scope='module')
+def engine():
+  params = jax.jit(model.init_params, static_argnums=0)(CFG, jax.random.key(0))
+  return Engine(params, CFG, ByteTokenizer(), batch_sizes=(4,),
+                prompt_buckets=(16,))
+
+
+def test_a_request_alone_equals_it_inside_a_batch(engine):
+  """Greedy and sampled requests, of different lengths, in one call: each row
+  has its own key, so its batch-mates do not change its answer."""
+  greedy = SamplingConfig(steps=4, gen_length=8, block_length=4)
+  hot = dataclasses.replace(greedy, temperature=0.8)
+  reqs = [Request('hello', hot, seed=3), Request('a longer prompt', greedy, seed=5),
+          Request([257, 1, 2], hot, seed=7), Request('hello', hot, seed=4),
+          Request('hello', greedy, seed=1), Request('abc', greedy, seed=2)]
+  batch = engine.generate(reqs)
+  assert engine.num_compiled == 2  # One per settings (one prompt and batch bucket).
+  for r, b in zip(reqs, batch):
+    alone = engine.generate([r])[0]
+    np.testing.assert_array_equal(b.tokens, alone.tokens)
+    np.testing.assert_array_equal(b.commit_step, alone.commit_step)
+    assert b.text == alone.text and b.prompt_tokens == len(engine.encode(r.prompt))
+  assert not np.array_equal(batch[0].tokens, batch[3].tokens)  # Seeds matter.
+  ref = generate(engine.params, engine.encode('hello')[None], jax.random.key(3),
+                 config=CFG, sampling=hot)  # Alone, a request is `generate`.
+  np.testing.assert_array_equal(np.asarray(ref)[0, -8:], batch[0].tokens)
+
+
+def test_buckets_and_bad_requests(engine):
+  assert engine_lib.powers_of_two(24) == (1, 2, 4, 8, 16, 24)
+  assert [engine.batch_bucket(n) for n in (1, 3, 4)] == [4, 4, 4]
+  assert engine.prompt_bucket(5, 8) == 16 and engine.prompt_bucket(20, 8) == 56
+  assert engine.prompt_bucket(60, 4) == 60
+  sc = SamplingConfig(steps=4, gen_length=8, block_length=4)
+  assert engine.warmup([(sc, 3, 1)]) == 0  # Compiled by the test above.
+  assert engine.num_compiled == 2
+  with pytest.raises(ValueError, match='request 1: prompt length 60'):
+    engine.generate([Request('x', sc), Request('x' * 59, sc)])
+  with pytest.raises(ValueError, match='seed must be in'):
+    engine.generate([Request('x', sc, seed=-1)])
+
+
+def test_engine_from_a_hugging_face_directory(tmp_path):
+  """config.json + safetensors + tokenizer.json in the LLaDA layout."""
+  from tokenizers import Tokenizer, models, pre_tokenizers
+  from dllm_jax.data.hf_tokenizer import LLADA_SPECIAL_TOKENS
+  from dllm_jax.interop import llada_hf
+  words = ['hello', 'world', '<unk>'] + sorted(set(LLADA_SPECIAL_TOKENS.values()))
+  tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)},
+                                   unk_token='<unk>'))
+  tok.pre_tokenizer = pre_tokenizers.Whitespace()
+  tok.add_special_tokens(words[3:])
+  tok.save(str(tmp_path / 'tokenizer.json'))
+  ids = {r: words.index(t) for r, t in LLADA_SPECIAL_TOKENS.items()}
+  cfg = dataclasses.replace(CFG, vocab_size=64, **{f'{r}_id': i for r, i in ids.items()})
+  params = jax.jit(model.init_params, static_argnums=0)(cfg, jax.random.key(1))
+  llada_hf.save_params(params, cfg, str(tmp_path))
+  with open(tmp_path / 'config.json', 'w') as f:
+    json.dump({'model_type': 'llada', 'd_model': 32, 'n_layers': 1, 'n_heads': 2,
+               'n_kv_heads': 2, 'mlp_hidden_size': 64, 'max_sequence_length': 64,
+               'vocab_size': 64, 'rope_theta': cfg.rope_theta,
+               'rms_norm_eps': cfg.norm_eps}, f)
+  eng = Engine.from_hf_dir(str(tmp_path))
+  assert eng.config == cfg and eng.name == os.path.basename(tmp_path)
+  bf16 = lambda x: np.asarray(x).astype(jax.numpy.bfloat16).astype(np.float32)
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(bf16(a), np.asarray(b)),
+               params, eng.params)  # save_params writes bfloat16.
+  np.testing.assert_array_equal(eng.encode('hello world'), [ids['bos'], 0, 1])
+  with open(tmp_path / 'config.json', 'w') as f:
+    json.dump({'model_type': 'gpt2'}, f)
+  with pytest.raises(ValueError, match="model family 'gpt2' is not supported"):
+    Engine.from_hf_dir(str(tmp_path))

@@ -1,0 +1,131 @@
+"""lm-evaluation-harness model `dllm_jax`: the harness's own runner on local
+tasks (YAML and JSONL written here, nothing downloaded) gives the numbers
+launch.eval gives on the same data."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from dllm_jax import likelihood
+from dllm_jax.serving import Request
+from tests.support import REPO
+
+lm_eval = pytest.importorskip('lm_eval')
+
+MC_YAML = """task: dllm_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: prompt
+doc_to_choice: choices
+doc_to_target: label
+target_delimiter: ""
+metric_list:
+  - metric: acc
+"""
+GEN_YAML = """task: dllm_gen
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_text: prompt
+doc_to_target: answer
+target_delimiter: ""
+generation_kwargs:
+  until: ["\\n"]
+metric_list:
+  - metric: exact_match
+"""
+# Prompt and answer over 32 bytes: every ELBO call shares the 64-token bucket.
+MC = [('Complete the sentence. The cat sat on the', [' mat', ' moon', ' sky']),
+      ('Simple arithmetic, please answer: 1 + 1 =', [' 2', ' 3']),
+      ('A question of geography. Paris is in', [' France', ' Peru']),
+      ('Some physics for the curious. Water is', [' wet', ' dry', ' red'])]
+GEN = ['Say hi:', 'Count: 1 2', 'abc', 'Once upon']
+MODEL_ARGS = dict(mc_num=8, mc_batch_size=4, seed=3, gen_length=8, block_length=4,
+                  steps=4)
+
+
+@pytest.fixture(scope='module')
+def tasks(random_workdir, tmp_path_factory):
+  """The model, and task files whose expected scores are known: labels and
+  answers are chosen from the model's own scores so that half are right."""
+  os.environ.setdefault('HF_DATASETS_OFFLINE', '1')
+  os.environ.setdefault('HF_HUB_OFFLINE', '1')
+  from dllm_jax.serving import harness
+  lm = harness.DllmJaxLM(workdir=random_workdir, **MODEL_ARGS)
+  e, key = lm.engine, jax.random.key(MODEL_ARGS['seed'])
+  path = tmp_path_factory.mktemp('tasks')
+  mc_rows, lls = [], []
+  for i, (prompt, choices) in enumerate(MC):  # As launch.eval --mode=choice.
+    ll = [likelihood.log_likelihood(
+        e.params, e.tokenizer.encode(prompt, add_bos=True), e.tokenizer.encode(c),
+        jax.random.fold_in(key, i), config=e.config, mc_num=8, batch_size=4)
+          for c in choices]
+    lls.append(ll)
+    label = int(np.argmax(ll)) if i % 2 == 0 else int(np.argmin(ll))
+    mc_rows.append({'prompt': prompt, 'choices': choices, 'label': label})
+  done = e.generate([Request(p, lm.sampling, seed=3 + i) for i, p in enumerate(GEN)])
+  gen_rows = [{'prompt': p, 'answer': c.text.split('\n')[0] if i % 2 == 0 else 'no'}
+              for i, (p, c) in enumerate(zip(GEN, done))]
+  for name, rows, yaml in (('mc', mc_rows, MC_YAML), ('gen', gen_rows, GEN_YAML)):
+    with open(path / f'{name}.jsonl', 'w') as f:
+      f.writelines(json.dumps(r) + '\n' for r in rows)
+    (path / f'{name}.yaml').write_text(yaml.format(data=path / f'{name}.jsonl'))
+  return lm, str(path), lls
+
+
+def test_harness_runner_scores_local_tasks(tasks):
+  from lm_eval.api.registry import get_model
+  from lm_eval.tasks import TaskManager
+  lm, path, lls = tasks
+  assert get_model('dllm_jax') is type(lm)
+  out = lm_eval.simple_evaluate(model=lm, tasks=['dllm_mc', 'dllm_gen'],
+                                task_manager=TaskManager(include_path=path,
+                                                         include_defaults=False),
+                                log_samples=True)
+  assert out['results']['dllm_mc']['acc,none'] == 0.5
+  assert out['results']['dllm_gen']['exact_match,none'] == 0.5
+  for s in out['samples']['dllm_mc']:
+    got = [r[0][0] for r in s['resps']]
+    np.testing.assert_allclose(got, lls[s['doc_id']], rtol=1e-6)
+
+
+def test_rolling_loglikelihood_sums_windows(tasks):
+  from lm_eval.api.instance import Instance
+  lm = tasks[0]
+  text = 'x' * 100  # Longer than the model (64): two windows.
+  req = Instance('loglikelihood_rolling', {}, (text,), 0, ('t', 0, 1))
+  (total,) = lm.loglikelihood_rolling([req])
+  assert np.isfinite(total) and total < 0
+
+
+@pytest.mark.slow
+def test_launch_eval_and_the_lm_eval_cli_agree(tasks, random_workdir):
+  """`launch.eval` prints the scores the harness gives; `python -m
+  launch.lm_eval` runs the harness CLI with the model registered."""
+  _, path, _ = tasks
+  run = lambda *a: subprocess.run([sys.executable, '-m', *a], cwd=REPO, text=True,
+                                  capture_output=True, timeout=600)
+  common = [f'--workdir={random_workdir}', '--mc_num=8', '--batch_size=4', '--seed=3']
+  r = run('launch.eval', *common, '--mode=choice', f'--data={path}/mc.jsonl')
+  assert r.returncode == 0 and '| 4 | 0.500 |' in r.stdout, r.stderr[-2000:]
+  r = run('launch.eval', *common, '--mode=generate', f'--data={path}/gen.jsonl',
+          '--gen_length=8', '--block_length=4', '--steps=4', '--until=\\n')
+  assert r.returncode == 0 and '| 4 | 0.500 |' in r.stdout, r.stderr[-2000:]
+  args = ','.join(f'{k}={v}' for k, v in MODEL_ARGS.items())
+  r = run('launch.lm_eval', '--model', 'dllm_jax', '--model_args',
+          f'workdir={random_workdir},{args}', '--tasks', 'dllm_mc,dllm_gen',
+          '--include_path', path)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert '0.5' in r.stdout, r.stdout[-3000:]

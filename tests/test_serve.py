@@ -1,0 +1,165 @@
+"""launch.serve as a real subprocess on 127.0.0.1, over a random-weight tiny
+checkpoint: the OpenAI client and plain HTTP, bad input, load, a full queue,
+a client that leaves, SIGTERM. One server for the module (its last test stops it)."""
+
+import concurrent.futures
+import json
+import signal
+import time
+
+import httpx
+import pytest
+
+from tests import support
+
+openai = pytest.importorskip('openai')
+
+# Settings no other test uses: a request with them compiles first (seconds),
+# which holds the worker busy while a test does something else.
+SLOW = {'temperature': 0.5, 'steps': 8}
+
+
+@pytest.fixture(scope='module')
+def server(random_workdir):
+  proc, url = support.start_server([
+      f'--workdir={random_workdir}', '--max_batch=8', '--batch_sizes=8',
+      '--max_queue=64', '--prompt_buckets=32', '--warmup=32', '--max_tokens=16', '--batch_window_ms=20'])
+  yield proc, url
+  if proc.poll() is None:
+    proc.kill()
+    proc.wait()
+
+
+@pytest.fixture(scope='module')
+def client(server):
+  return openai.OpenAI(base_url=server[1] + '/v1', api_key='none', max_retries=0)
+
+
+def complete(url, **body):
+  r = httpx.post(url + '/v1/completions', json=body, timeout=120)
+  assert r.status_code == 200, r.text
+  return r.json()['choices'][0]['text']
+
+
+def wait_busy(url):
+  """Until the worker is computing a batch."""
+  for _ in range(400):
+    if httpx.get(url + '/health').json()['running']:
+      return
+    time.sleep(0.01)
+  raise AssertionError('the worker never started the slow request')
+
+
+def test_models_health_completion_and_chat(server, client):
+  url = server[1]
+  health = httpx.get(url + '/health').json()
+  assert health['status'] == 'ok' and health['compiled'] == 1
+  name = client.models.list().data[0].id
+  out = client.completions.create(model=name, prompt='hello', seed=3)
+  assert out.choices[0].finish_reason in ('stop', 'length')
+  assert out.usage.prompt_tokens == 6  # BOS + 5 bytes.
+  again = client.completions.create(model=name, prompt='hello', seed=3)
+  assert again.choices[0].text == out.choices[0].text  # Same seed, same answer.
+  chat = client.chat.completions.create(
+      model=name, messages=[{'role': 'user', 'content': 'hi'}], seed=4,
+      extra_body={'steps': 4, 'block_length': 4})
+  assert chat.choices[0].message.role == 'assistant'
+  assert isinstance(chat.choices[0].message.content, str)
+
+
+def test_streaming_sends_one_event_per_block(server, client):
+  url = server[1]
+  whole = complete(url, prompt='abc', seed=5)
+  with httpx.stream('POST', url + '/v1/completions', timeout=60,
+                    json={'prompt': 'abc', 'seed': 5, 'stream': True}) as r:
+    lines = [l for l in r.iter_lines() if l.startswith('data: ')]
+  assert lines[-1] == 'data: [DONE]'
+  events = [json.loads(l[len('data: '):]) for l in lines[:-1]]
+  assert len(events) == 2  # 8 tokens in blocks of 4.
+  assert ''.join(e['choices'][0]['text'] for e in events) == whole
+  assert events[-1]['choices'][0]['finish_reason'] is not None
+  name = client.models.list().data[0].id
+  chat = dict(model=name, messages=[{'role': 'user', 'content': 'hi'}], seed=4)
+  stream = client.chat.completions.create(**chat, stream=True)
+  text = ''.join(c.choices[0].delta.content or '' for c in stream)
+  plain = client.chat.completions.create(**chat)
+  assert text == plain.choices[0].message.content
+
+
+@pytest.mark.parametrize('body, reason', [
+    ('{"prompt": "x",', 'malformed JSON'),
+    ({'prompt': 'x', 'top_k': 3}, "unknown field 'top_k'"),
+    ({'prompt': 'x' * 60}, 'exceeds the model max_len 64'),
+    ({'prompt': 'x', 'max_tokens': 17}, 'max_tokens must be in [1, 16]'),
+    ({'prompt': 'x', 'max_tokens': 8, 'block_length': 3}, 'not divisible by block_length'),
+    ({'prompt': 'x', 'temperature': -0.1}, 'temperature must be >= 0'),
+    ({'prompt': 'x', 'seed': -1}, 'seed must be in'),
+    ({'prompt': 'x', 'model': 'gpt-4'}, "unknown model 'gpt-4'"),
+])
+def test_bad_input_is_400_with_one_line_and_server_keeps_serving(server, body, reason):
+  url = server[1]
+  r = (httpx.post(url + '/v1/completions', content=body, timeout=30,
+                  headers={'content-type': 'application/json'}) if isinstance(body, str)
+       else httpx.post(url + '/v1/completions', json=body, timeout=30))
+  assert r.status_code == 400, r.text
+  message = r.json()['error']['message']
+  assert reason in message and '\n' not in message, message
+  assert complete(url, prompt='ok', seed=1) is not None
+
+
+def test_64_concurrent_clients_get_their_own_answers(server):
+  """Each answer equals the same request sent alone (same seed), whatever
+  batch it shared."""
+  url = server[1]
+  requests = [{'prompt': f'p{i}' * (1 + i % 4), 'seed': i} for i in range(8)]
+  alone = [complete(url, **r) for r in requests]
+  jobs = [(c, k % len(requests)) for c in range(64) for k in (c, c + 3, c + 5)]
+
+  def client_run(c):
+    with httpx.Client(timeout=120) as http:
+      out = []
+      for cc, k in jobs:
+        if cc == c:
+          r = http.post(url + '/v1/completions', json=requests[k])
+          out.append((k, r.status_code, r.json()['choices'][0]['text']))
+      return out
+
+  with concurrent.futures.ThreadPoolExecutor(64) as pool:
+    results = [x for part in pool.map(client_run, range(64)) for x in part]
+  assert len(results) == len(jobs) == 192
+  for k, status, text in results:
+    assert status == 200 and text == alone[k]
+  assert httpx.get(url + '/health').json()['batches'] < 192  # Requests were batched.
+
+
+def test_leaving_client_full_queue_and_sigterm(server):
+  """While the worker is busy: a streaming client that gives up frees its
+  place; a flood finds the queue full (429, never a hang); SIGTERM then
+  answers every accepted request and exits 0."""
+  proc, url = server
+  pool = concurrent.futures.ThreadPoolExecutor(80)
+  post = lambda body: httpx.post(url + '/v1/completions', json=body, timeout=120)
+  slow = pool.submit(post, {'prompt': 'slow', **SLOW})
+  wait_busy(url)
+  with pytest.raises(httpx.ReadTimeout):
+    with httpx.stream('POST', url + '/v1/completions', timeout=0.5,
+                      json={'prompt': 'gone', 'stream': True}) as r:
+      r.read()
+  for _ in range(100):
+    if httpx.get(url + '/health').json()['queued'] == 0:
+      break
+    time.sleep(0.02)
+  assert httpx.get(url + '/health').json()['queued'] == 0
+  flood = [pool.submit(post, {'prompt': 'q', 'seed': i}) for i in range(72)]
+  for _ in range(500):  # Until all are queued or refused.
+    refused = sum(f.done() and f.result().status_code == 429 for f in flood)
+    if refused + httpx.get(url + '/health').json()['queued'] == 72:
+      break
+    time.sleep(0.02)
+  assert httpx.get(url + '/health').json()['running'] == 1  # Still the slow one.
+  proc.send_signal(signal.SIGTERM)
+  codes = [f.result().status_code for f in flood]
+  assert codes.count(429) == 72 - 64 and codes.count(200) == 64, codes
+  assert slow.result().status_code == 200
+  assert proc.wait(60) == 0
+  pool.shutdown()
