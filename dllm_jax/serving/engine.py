@@ -181,7 +181,7 @@ class Engine:
     """The knobs with the model's mask id filled in."""
     sampling = sampling or self.default_sampling
     if sampling.mask_id is None:
-      sampling = dataclasses.replace(sampling, mask_id=self.config.mask_id)
+      sampling = dataclasses.replace(sampling, mask_id=self.config.ids.mask)
     return sampling
 
   def sampling_for(self, gen_length: int | None = None, block_length: int | None = None,
@@ -300,9 +300,9 @@ class Engine:
     n = len(prompts)
     b = self.batch_bucket(n)
     padded = list(prompts) + [prompts[-1]] * (b - n)  # Spare rows: discarded.
-    tokens, mask = gen.pad_prompts(padded, self.config.pad_id)
+    tokens, mask = gen.pad_prompts(padded, self.config.ids.pad)
     extra = p - tokens.shape[1]
-    tokens = np.pad(tokens, ((0, 0), (extra, 0)), constant_values=self.config.pad_id)
+    tokens = np.pad(tokens, ((0, 0), (extra, 0)), constant_values=self.config.ids.pad)
     mask = np.pad(mask, ((0, 0), (extra, 0)))
     seeds = np.asarray(list(seeds) + [seeds[-1]] * (b - n), np.uint32)
     fn = self._row_sampler(sampling, p, b)
