@@ -126,3 +126,11 @@ def test_a_lock_naming_this_process_or_a_silent_live_pid_is_stale(tmp_path):
   with pytest.warns(UserWarning, match=r'no heartbeat for 30\d s'):
     with workdir_lock.WorkdirLock(str(tmp_path), stale_after_s=60):
       pass
+
+
+def test_object_store_workdirs_are_not_locked(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  with pytest.warns(UserWarning, match='no workdir lock on gs://bucket/run'):
+    with workdir_lock.hold('gs://bucket/run') as lock:
+      assert lock is None
+  assert not os.listdir(tmp_path)  # No local 'gs:' folder.

@@ -184,6 +184,11 @@ def hold(workdir: str, **options) -> Iterator[WorkdirLock | None]:
   processes learn whether it succeeded (and refuse with it). Yields the lock on
   process 0, None elsewhere."""
   import jax  # pylint: disable=g-import-not-at-top
+  if '://' in workdir:  # gs:// etc.: no O_EXCL or pids there; Orbax writes it.
+    warnings.warn(f'no workdir lock on {workdir} (only local or shared POSIX '
+                  'filesystems); make sure no other run writes there.')
+    yield None
+    return
   lock = WorkdirLock(workdir, **options) if jax.process_index() == 0 else None
   error = None
   if lock is not None:
