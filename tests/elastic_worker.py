@@ -56,7 +56,9 @@ def main(workdir, segments, check_batch_change=False):
   def recording_restore(*args, **kwargs):  # The trainer's own restore path.
     out = restore(*args, **kwargs)
     if out is not None:
-      restored.append({'step': out[0], 'fingerprint': checkpoint.fingerprint(out[1])})
+      state, _ = out
+      restored.append({'step': int(state.step),
+                       'fingerprint': checkpoint.fingerprint(state.params)})
     return out
 
   ts.make_train_step = recording_step

@@ -29,12 +29,14 @@ def _fail_step(monkeypatch, step, err=errno.ENOSPC):
 
 
 def _tiny_state(value):
-  return types.SimpleNamespace(params={'w': np.full((4,), value, np.float32)},
-                               opt_state={'m': np.zeros((4,), np.float32)})
+  return types.SimpleNamespace(step=np.int32(value),
+                               params={'w': np.full((4,), value, np.float32)},
+                               opt_state={'m': np.zeros((4,), np.float32)},
+                               guard={'skipped': np.int32(0)})
 
 
 def _save(mngr, step):
-  checkpoint.save(mngr, step, _tiny_state(step), None, checkpoint.make_meta(step, {}))
+  checkpoint.save_state(mngr, _tiny_state(step), None, {})
 
 
 def test_async_save_failure_surfaces_names_the_path_and_keeps_older_steps(
@@ -72,7 +74,7 @@ def test_sync_save_failure_names_the_step_and_path(tmp_path, monkeypatch):
                      match=r'cannot write checkpoint step 2 to .*checkpoints/2 '
                      r'\(Permission denied: .*\); the run stops; the checkpoints '
                      r'already there \(steps 1\) stay restorable'):
-    checkpoint.save(mngr, 2, state, it, checkpoint.make_meta(2, {}))
+    checkpoint.save_state(mngr, state, it, {})
   assert checkpoint.make_manager(str(tmp_path)).all_steps() == [1]
 
 
