@@ -29,11 +29,15 @@ import numpy as np
 from dllm_jax import model as model_lib
 from dllm_jax.presets import ModelConfig
 from dllm_jax.sampling import logits_source
-from dllm_jax.sampling.config import CACHES, Knobs, SamplingConfig  # pylint: disable=unused-import
-from dllm_jax.sampling.logits_source import CachedModel, LogitsFn  # pylint: disable=unused-import
+from dllm_jax.sampling.config import CACHES, Knobs, SamplingConfig
+from dllm_jax.sampling.logits_source import CachedModel, LogitsFn
 from dllm_jax.sampling.loop import SamplerState, denoise
-from dllm_jax.sampling.rules import RULES, select_factor, select_threshold  # pylint: disable=unused-import
+from dllm_jax.sampling.rules import RULES, select_factor, select_threshold
 
+__all__ = ['CACHES', 'CachedModel', 'Knobs', 'LogitsFn', 'PARALLEL', 'PROMPT_BUCKETS',
+           'SamplerState', 'SamplingConfig', 'bucket_length', 'compilations', 'denoise',
+           'generate', 'infill', 'infill_sample', 'pad_prompts', 'sample',
+           'select_factor', 'select_threshold']
 PARALLEL = tuple(RULES)
 # Default prompt buckets: powers of two; longer prompts round up to a multiple
 # of the largest.
