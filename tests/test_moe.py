@@ -4,6 +4,7 @@ export, training hooks, sampling with every cache, and the one-line errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -37,12 +38,11 @@ def test_grouped_dispatch_equals_every_expert_on_every_token(router):
                         norm_topk_prob=bias is not None, scaling=2.5)
   if bias is not None:
     assert int(jnp.max(idx)) < 4
-  got = moe.grouped_ffn(x, idx, w, gate_up, down)
-  want = moe.dense_reference(x, idx, w, gate_up, down)
-  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-  g_got = jax.grad(lambda gu: jnp.sum(moe.grouped_ffn(x, idx, w, gu, down) ** 2))(gate_up)
-  g_want = jax.grad(lambda gu: jnp.sum(moe.dense_reference(x, idx, w, gu, down) ** 2))(
-      gate_up)
+  both = jax.jit(lambda f, gu: jax.value_and_grad(
+      lambda g: jnp.sum(f(x, idx, w, g, down) ** 2))(gu), static_argnums=0)
+  (got, g_got), (want, g_want) = (both(moe.grouped_ffn, gate_up),
+                                  both(moe.dense_reference, gate_up))
+  np.testing.assert_allclose(got, want, rtol=1e-5)
   np.testing.assert_allclose(g_got, g_want, rtol=1e-4, atol=1e-4)
 
 
@@ -140,7 +140,7 @@ def _one_step(cfg, objective, batch):
   opt, sched = opt_lib.make_optimizer(
       lr=1e-3, total_steps=10, warmup_steps=0, decay_fraction=0.0, final_lr_ratio=1.0,
       b1=0.9, b2=0.95, weight_decay=0.1, clip_norm=1.0)
-  state = ts.init_train_state(cfg, opt, jax.random.key(0))
+  state = jax.jit(lambda k: ts.init_train_state(cfg, opt, k))(jax.random.key(0))
   before = jax.tree.map(np.asarray, state.params)
   step = ts.make_train_step(cfg, opt, sched, objective=objective)
   state, metrics = step(state, batch, jax.random.key(1))
@@ -167,10 +167,11 @@ def test_aux_loss_option_and_active_parameter_flops():
   cfg = models.get_preset('llada_moe_tiny', n_layers=1, max_len=64)
   tokens = np.random.default_rng(1).integers(0, 256, (2, 16))
   spec = model.default_attention(cfg)
-  params = model.init_params(cfg, jax.random.key(0))
-  fwd = lambda c: models.of(c).forward_aux(params, tokens, spec, config=c)[1]['loss']
-  assert float(fwd(cfg)) == 0.0
-  assert float(fwd(cfg.__class__(**{**cfg.__dict__, 'aux_loss_coef': 0.01}))) > 0.0
+  params = jax.jit(lambda k: model.init_params(cfg, k))(jax.random.key(0))
+  fwd = jax.jit(lambda p, c: models.of(c).forward_aux(p, tokens, spec, config=c)[1][
+      'loss'], static_argnums=1)
+  assert float(fwd(params, cfg)) == 0.0
+  assert float(fwd(params, dataclasses.replace(cfg, aux_loss_coef=0.01))) > 0.0
   mini = models.get_preset('llada2_mini')
   assert 1.3e9 < mini.num_active_params() < 1.5e9 < 16e9 < mini.num_params() < 16.5e9
   assert mini.forward_flops_per_token(0) < 2.2 * mini.num_active_params()
@@ -199,12 +200,16 @@ def test_every_sampler_and_cache_runs_on_both_families(preset, caches):
 
 def test_cached_window_equals_the_full_forward():
   cfg = models.get_preset('llada2_tiny', n_layers=2, max_len=64)
-  params = model.init_params(cfg, jax.random.key(0))
+  params = jax.jit(lambda k: model.init_params(cfg, k))(jax.random.key(0))
   tokens = np.random.default_rng(2).integers(0, 256, (1, 12))
   spec = model.default_attention(cfg)
-  full = moe_transformer.forward(params, tokens, spec, config=cfg)
-  _, cache = moe_transformer.prefill(params, tokens, spec, config=cfg,
-                                     output_window=(0, 12))
-  got, _ = moe_transformer.window(params, tokens[:, 4:8], 4, cache, spec, config=cfg,
-                                  output_length=4)
+
+  @jax.jit
+  def both(p):
+    full = moe_transformer.forward(p, tokens, spec, config=cfg)
+    _, cache = moe_transformer.prefill(p, tokens, spec, config=cfg,
+                                       output_window=(0, 12))
+    return full, moe_transformer.window(p, tokens[:, 4:8], 4, cache, spec, config=cfg,
+                                        output_length=4)[0]
+  full, got = both(params)
   np.testing.assert_allclose(got, full[:, 4:8], rtol=1e-5, atol=1e-5)
