@@ -104,8 +104,8 @@ def main(argv):
   del argv
   cfg = models.get_preset(_PRESET.value, dtype=_DTYPE.value,
                           param_dtype=_PARAM_DTYPE.value)
-  print(f'{_PRESET.value}: {cfg.num_params() / 1e9:.3f}B parameters, '
-        f'{cfg.num_active_params() / 1e9:.3f}B active; {jax.devices()[0].device_kind}',
+  print(f'{_PRESET.value}: {cfg.num_params() / 1e6:,.2f}M parameters, '
+        f'{cfg.num_active_params() / 1e6:,.2f}M active; {jax.devices()[0].device_kind}',
         flush=True)
   if 'train' not in _SKIP.value:
     bench_train(cfg)

@@ -17,7 +17,8 @@ import dllm_jax
 from dllm_jax import model, models
 from dllm_jax.interop import hf, moe_hf
 from dllm_jax.models import moe, moe_transformer
-from dllm_jax.training import optimizer as opt_lib, train_step as ts
+from dllm_jax.training import optimizer as opt_lib, train_step as ts, trainer
+from tests.support import small_config
 
 torch = pytest.importorskip('torch')
 from tests import moe_reference as ref  # pylint: disable=g-import-not-at-top
@@ -213,3 +214,18 @@ def test_cached_window_equals_the_full_forward():
                                         output_length=4)[0]
   full, got = both(params)
   np.testing.assert_allclose(got, full[:, 4:8], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('preset', ['llada2_tiny', 'llada_moe_tiny'])
+def test_trainer_pretrains_an_moe_preset_and_restores_it(tmp_path, preset):
+  config = small_config(steps=2, log_every=1, checkpoint_every=2)
+  config.model.preset = preset
+  config.model.d_model = config.model.n_layers = config.model.n_heads = None
+  config.model.d_ff = None
+  config.sample.num_samples = 0
+  state = trainer.train(config, str(tmp_path))
+  cfg, params, _ = dllm_jax.restore_for_inference(str(tmp_path))
+  assert type(cfg).family == models.get_preset(preset).family
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(state.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
