@@ -26,7 +26,8 @@ from tests import moe_reference as ref  # pylint: disable=g-import-not-at-top
 CONFIGS = {'llada2': ref.LLADA2_CONFIG, 'llada_moe': ref.LLADA_MOE_CONFIG}
 
 
-@pytest.mark.parametrize('router', ['softmax', 'sigmoid'])
+@pytest.mark.parametrize('router', [pytest.param('softmax', marks=pytest.mark.slow),
+                                    'sigmoid'])
 def test_grouped_dispatch_equals_every_expert_on_every_token(router):
   keys = jax.random.split(jax.random.key(0), 4)
   x = jax.random.normal(keys[0], (24, 16))
@@ -164,7 +165,16 @@ def test_train_step_balances_the_router_bias_outside_the_optimizer():
                          before['layers'][1]['moe']['router']['kernel'])
 
 
-def test_aux_loss_option_and_active_parameter_flops():
+def test_active_parameters_and_flops():
+  mini = models.get_preset('llada2_mini')
+  assert 1.3e9 < mini.num_active_params() < 1.5e9 < 16e9 < mini.num_params() < 16.5e9
+  assert mini.forward_flops_per_token(0) < 2.2 * mini.num_active_params()
+  flash = models.get_preset('llada2_flash')
+  assert 6.0e9 < flash.num_active_params() < 6.3e9 and 1.0e11 < flash.num_params()
+
+
+@pytest.mark.slow
+def test_aux_loss_option():
   cfg = models.get_preset('llada_moe_tiny', n_layers=1, max_len=64)
   tokens = np.random.default_rng(1).integers(0, 256, (2, 16))
   spec = model.default_attention(cfg)
@@ -173,16 +183,13 @@ def test_aux_loss_option_and_active_parameter_flops():
       'loss'], static_argnums=1)
   assert float(fwd(params, cfg)) == 0.0
   assert float(fwd(params, dataclasses.replace(cfg, aux_loss_coef=0.01))) > 0.0
-  mini = models.get_preset('llada2_mini')
-  assert 1.3e9 < mini.num_active_params() < 1.5e9 < 16e9 < mini.num_params() < 16.5e9
-  assert mini.forward_flops_per_token(0) < 2.2 * mini.num_active_params()
 
 
 @pytest.mark.parametrize('preset,caches', [
-    ('llada2_tiny', [('none', 'fixed'), ('dual', 'threshold')]),
+    ('llada2_tiny', [('dual', 'threshold')]),
     ('llada_moe_tiny', [('prefix', 'factor')]),
-    pytest.param('llada2_tiny', [('prefix', 'fixed'), ('none', 'factor')],
-                 marks=pytest.mark.slow),
+    pytest.param('llada2_tiny', [('none', 'fixed'), ('prefix', 'fixed'),
+                                 ('none', 'factor')], marks=pytest.mark.slow),
     pytest.param('llada_moe_tiny', [('none', 'threshold'), ('dual', 'fixed')],
                  marks=pytest.mark.slow),
 ])

@@ -43,8 +43,8 @@ def _check(results, shape):
   assert got['experts_shard'] == [8 // expert, 64 // fsdp, 2, 32 // tensor], got
 
 
-# Expert x data, and expert x fsdp x tensor: every axis split in the default run.
-@pytest.mark.parametrize('shape', ['(2, 1, 1, 4)', '(1, 2, 2, 2)'])
+# Expert x fsdp x tensor in the default run; expert x data and the rest: slow.
+@pytest.mark.parametrize('shape', ['(1, 2, 2, 2)'])
 def test_train_step_on_an_expert_mesh_equals_one_device(expert_meshes, shape):
   _check(expert_meshes, shape)
 
