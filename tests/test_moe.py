@@ -206,6 +206,7 @@ def test_every_sampler_and_cache_runs_on_both_families(preset, caches):
     assert out.shape == (2, 14) and not np.any(out == cfg.ids.mask), (cache, parallel)
 
 
+@pytest.mark.slow
 def test_cached_window_equals_the_full_forward():
   cfg = models.get_preset('llada2_tiny', n_layers=2, max_len=64)
   params = jax.jit(lambda k: model.init_params(cfg, k))(jax.random.key(0))
