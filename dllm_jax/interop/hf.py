@@ -20,12 +20,14 @@ import jax
 import numpy as np
 
 from dllm_jax import model as model_lib, models
+from dllm_jax.models.base import HFTensor
 
 INDEX_FILE = 'model.safetensors.index.json'
 
 
-def name_map(cfg) -> Iterator[tuple[str, tuple, bool]]:
-  """(Hugging Face name, dllm_jax path, transpose?) for every parameter."""
+def name_map(cfg) -> Iterator[tuple[str, tuple, bool] | models.base.HFTensor]:
+  """(Hugging Face name, dllm_jax path, transpose?) for every parameter, or an
+  `HFTensor` (several tensors -> one parameter)."""
   family = models.of(cfg)
   if family.hf_name_map is None:
     raise ValueError(f'model family {family.name!r} has no Hugging Face layout.')
@@ -76,21 +78,37 @@ def load_params(path: str, cfg, *,
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   params: dict = {}
   handles = {}
+  def read(hf_name):
+    if hf_name not in files:
+      raise ValueError(f'{path}: tensor {hf_name!r} is missing (is this a '
+                       f'{models.of(cfg).name} checkpoint of the config\'s shape?).')
+    fname = files[hf_name]
+    if fname not in handles:
+      handles[fname] = safe_open(fname, framework='numpy').__enter__()
+    return handles[fname].get_tensor(hf_name)
+
   try:
-    for hf_name, our_path, transpose in name_map(cfg):
-      if hf_name not in files:
-        raise ValueError(f'{path}: tensor {hf_name!r} is missing (is this a '
-                         f'{models.of(cfg).name} checkpoint of the config\'s shape?).')
-      fname = files[hf_name]
-      if fname not in handles:
-        handles[fname] = safe_open(fname, framework='numpy').__enter__()
-      array = handles[fname].get_tensor(hf_name)
-      array = array.T if transpose else array
+    for entry in name_map(cfg):
+      if isinstance(entry, HFTensor):
+        hf_name, our_path = entry.hf_names[0], entry.path
+        arrays = [read(n) for n in entry.hf_names]
+        odd = [(n, a.shape) for n, a in zip(entry.hf_names, arrays)
+               if a.shape != arrays[0].shape]
+        if odd:
+          raise ValueError(f'{odd[0][0]}: shape {odd[0][1]} differs from '
+                           f'{hf_name}\'s {arrays[0].shape}.')
+        array = entry.to_ours(arrays)
+        dest = np.dtype(entry.dtype) if entry.dtype else target
+      else:
+        hf_name, our_path, transpose = entry
+        array = read(hf_name)
+        array = array.T if transpose else array
+        dest = target
       if array.shape != expected[our_path]:
         raise ValueError(f'{hf_name}: shape {array.shape} (as dllm_jax) does not match '
                          f'the config\'s {expected[our_path]}.')
       sharding = sharding_for(our_path, array.shape) if sharding_for else device
-      _set(params, our_path, jax.device_put(array.astype(target), sharding))
+      _set(params, our_path, jax.device_put(array.astype(dest), sharding))
   finally:
     for h in handles.values():
       h.__exit__(None, None, None)
@@ -114,14 +132,22 @@ def save_params(params: model_lib.Params, cfg, path: str, *,
   flat = dict(_flatten(params))
   target = np.dtype(jax.numpy.dtype(dtype))
   shards, current, size = [], {}, 0
-  for hf_name, our_path, transpose in name_map(cfg):
-    array = np.asarray(jax.device_get(flat[our_path])).astype(target)
-    array = np.ascontiguousarray(array.T if transpose else array)
-    if current and size + array.nbytes > max_shard_bytes:
-      shards.append(current)
-      current, size = {}, 0
-    current[hf_name] = array
-    size += array.nbytes
+  for entry in name_map(cfg):
+    if isinstance(entry, HFTensor):
+      value = np.asarray(jax.device_get(flat[entry.path]))
+      dest = np.dtype(entry.dtype) if entry.dtype else target
+      tensors = zip(entry.hf_names, entry.to_hf(value.astype(dest)))
+    else:
+      hf_name, our_path, transpose = entry
+      array = np.asarray(jax.device_get(flat[our_path])).astype(target)
+      tensors = [(hf_name, array.T if transpose else array)]
+    for hf_name, array in tensors:
+      array = np.ascontiguousarray(array)
+      if current and size + array.nbytes > max_shard_bytes:
+        shards.append(current)
+        current, size = {}, 0
+      current[hf_name] = array
+      size += array.nbytes
   shards.append(current)
   weight_map, total = {}, 0
   for i, shard in enumerate(shards):

@@ -19,7 +19,8 @@ from typing import Any
 from dllm_jax.data import tokenizer as tokenizer_lib
 from dllm_jax.models.base import Family, Params
 
-_BUILTIN = ('dllm_jax.models.llada',)
+_BUILTIN = ('dllm_jax.models.llada', 'dllm_jax.models.llada_moe',
+            'dllm_jax.models.llada2')
 _FAMILIES: dict[str, Family] = {}
 _loaded = False
 

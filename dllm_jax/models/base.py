@@ -28,9 +28,23 @@ fields `vocab_size`, `max_len`, `dtype`, `param_dtype`, `causal` and `ids`
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 Params = dict  # Nested dict of arrays, as `nnx.to_pure_dict` returns.
+
+
+class HFTensor(NamedTuple):
+  """An `hf_name_map` entry beyond (name, path, transpose?): one parameter made
+  of several Hugging Face tensors (e.g. per-expert matrices stacked [E, ...]).
+  `to_ours(arrays)` builds the parameter from the tensors of `hf_names` (numpy,
+  in that order); `to_hf(array)` inverts it; `dtype` (e.g. 'float32' for a
+  router) overrides the parameter dtype on load and save."""
+
+  hf_names: Sequence[str]
+  path: tuple
+  to_ours: Callable[[list], Any]
+  to_hf: Callable[[Any], list]
+  dtype: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +58,13 @@ class Family:
   or is None for a family without released weights.
   `compute_fields` are config fields that change how, not what, the model
   computes (dtype, remat, ...): a resume may change them.
+
+  Optional training hooks (None for a family without them; a mixture of experts
+  uses both): `forward_aux(params, tokens, attention, positions, *, config)
+  -> (logits, aux)` with aux['loss'] (a scalar the train step adds to the
+  loss), aux['metrics'] (scalars it logs) and anything `after_step` needs;
+  `after_step(new_params, old_params, aux, *, config) -> params` runs on the
+  parameters after each optimizer update (e.g. a router's load-balancing bias).
   """
 
   name: str
@@ -57,3 +78,5 @@ class Family:
   check_mesh: Callable[[Any, Mapping[str, int]], None] = lambda config, shape: None
   hf_name_map: Callable[[Any], Any] | None = None
   compute_fields: tuple[str, ...] = ()
+  forward_aux: Callable[..., Any] | None = None
+  after_step: Callable[..., Params] | None = None

@@ -1,8 +1,11 @@
-"""Device meshes from config: axes `data`, `fsdp`, `tensor`.
+"""Device meshes from config: axes `data`, `fsdp`, `tensor` (and `expert`).
 
   data    pure data parallelism (parameters replicated)
   fsdp    data parallelism with parameters and optimizer state sharded (ZeRO-3)
   tensor  Megatron-style tensor parallelism (heads, FFN width, vocabulary)
+  expert  expert parallelism (mixture-of-experts weights split by expert; the
+          batch too, so it is data parallelism for everything else); only
+          present in the mesh when its size is > 1
 
 One size may be -1: it takes the devices that are left. `dcn_data` > 1 builds a
 hybrid mesh for several slices / nodes: the data axis is split across them (over
@@ -18,6 +21,7 @@ import numpy as np
 from jax.experimental import mesh_utils
 
 AXES = ('data', 'fsdp', 'tensor')
+EXPERT_AXES = ('data', 'fsdp', 'expert', 'tensor')  # A mesh with expert > 1.
 
 
 def resolve_shape(data: int = -1, fsdp: int = 1, tensor: int = 1,
@@ -42,9 +46,21 @@ def resolve_shape(data: int = -1, fsdp: int = 1, tensor: int = 1,
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, dcn_data: int = 1,
-              devices=None) -> jax.sharding.Mesh:
-  """A mesh over all (or the given) devices, axis types Auto (GSPMD)."""
+              devices=None, expert: int = 1) -> jax.sharding.Mesh:
+  """A mesh over all (or the given) devices, axis types Auto (GSPMD); with
+  `expert` > 1 it has a fourth axis, `expert` (before `tensor`)."""
   devices = jax.devices() if devices is None else list(devices)
+  if expert != 1:
+    if expert < 1 or len(devices) % expert:
+      raise ValueError(f'mesh.expert={expert} does not divide the {len(devices)} '
+                       'devices.')
+    if dcn_data != 1:
+      raise ValueError('mesh.expert > 1 with dcn_data > 1 is not supported.')
+    d, f, t = resolve_shape(data, fsdp, tensor, len(devices) // expert)
+    grid = mesh_utils.create_device_mesh((d, f, expert, t), devices=devices,
+                                         allow_split_physical_axes=True)
+    return jax.sharding.Mesh(np.asarray(grid), EXPERT_AXES,
+                             axis_types=(jax.sharding.AxisType.Auto,) * 4)
   shape = resolve_shape(data, fsdp, tensor, len(devices))
   auto = (jax.sharding.AxisType.Auto,) * 3
   if dcn_data == 1:
@@ -65,11 +81,11 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, dcn_data: int = 1,
 
 
 def from_config(mesh_config) -> jax.sharding.Mesh:
-  """`config.mesh` (data, fsdp, tensor, dcn_data) -> mesh."""
+  """`config.mesh` (data, fsdp, tensor, dcn_data, expert) -> mesh."""
   return make_mesh(mesh_config.data, mesh_config.fsdp, mesh_config.tensor,
-                   mesh_config.dcn_data)
+                   mesh_config.dcn_data, expert=getattr(mesh_config, 'expert', 1))
 
 
 def data_parallel_size(mesh: jax.sharding.Mesh) -> int:
-  """Devices the batch is split over (data x fsdp)."""
-  return mesh.shape['data'] * mesh.shape['fsdp']
+  """Devices the batch is split over (data x fsdp, x expert if present)."""
+  return mesh.shape['data'] * mesh.shape['fsdp'] * dict(mesh.shape).get('expert', 1)

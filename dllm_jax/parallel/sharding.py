@@ -19,7 +19,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 # logical axis -> mesh axis (or axes, or None: replicated).
 LOGICAL_RULES: dict[str, str | tuple[str, ...] | None] = {
-    'batch': ('data', 'fsdp'),  # Activations' batch: every data-parallel device.
+    # Activations' batch: every data-parallel device (`expert` is one too).
+    'batch': ('data', 'fsdp', 'expert'),
     'length': None,
     'act_embed': None,  # Activations' model dimension.
     'embed': 'fsdp',  # Parameters' model dimension: sharded by FSDP.
@@ -28,16 +29,22 @@ LOGICAL_RULES: dict[str, str | tuple[str, ...] | None] = {
     'mlp': 'tensor',  # FFN width.
     'vocab': 'tensor',  # Embedding rows, output-head columns, logits.
     'norm': None,  # RMSNorm weights.
+    'experts': 'expert',  # Mixture-of-experts weights' expert dimension.
 }
 
 def spec(logical: Sequence[str | None], shape: Sequence[int] | None = None,
          mesh: Any = None, rules: dict | None = None) -> P:
-  """Logical axes -> PartitionSpec; with `shape` and `mesh`, axes that do not
-  divide their dimension are dropped."""
+  """Logical axes -> PartitionSpec; with `mesh`, mesh axes it lacks (e.g.
+  `expert` in a mesh without one) are dropped, and with `shape` too, axes that
+  do not divide their dimension."""
   rules = LOGICAL_RULES if rules is None else rules
   out = []
   for i, name in enumerate(logical):
     axes = rules[name] if name is not None else None
+    if axes is not None and mesh is not None:
+      kept = tuple(a for a in ((axes,) if isinstance(axes, str) else axes)
+                   if a in mesh.axis_names)
+      axes = None if not kept else kept[0] if len(kept) == 1 else kept
     if axes is not None and shape is not None and mesh is not None:
       size = math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
       if shape[i] % size:
@@ -99,7 +106,7 @@ def with_shardings(abstract, shardings) -> Any:
 
 def batch_sharding(mesh) -> NamedSharding:
   """Leading (batch) axis over every data-parallel device."""
-  return NamedSharding(mesh, spec(('batch',)))
+  return NamedSharding(mesh, spec(('batch',), mesh=mesh))
 
 
 def replicated(mesh) -> NamedSharding:

@@ -16,6 +16,7 @@ them through `RunConfig.fixed_keys()`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from typing import Any, Callable, ClassVar, Mapping
 
@@ -263,6 +264,7 @@ class MeshSection(Section):
   fsdp: int = knob(1, range=Range(1, also=(-1,)))
   tensor: int = knob(1, range=Range(1, also=(-1,)))
   dcn_data: int = knob(1, range=Range(1))
+  expert: int = knob(1, range=Range(1))  # Expert parallelism (mixtures of experts).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -358,14 +360,15 @@ def check_run(run: RunConfig, model_cfg, tokenizer) -> None:
 def check_mesh(run: RunConfig, model_cfg, mesh_shape: Mapping[str, int]) -> None:
   """One-line ValueErrors for a batch or model that does not fit the mesh."""
   t = run.train
-  dp = mesh_shape['data'] * mesh_shape['fsdp']
+  axes = [a for a in ('data', 'fsdp', 'expert') if a in mesh_shape]
+  dp = math.prod(mesh_shape[a] for a in axes)
   micro = t.batch_size // t.grad_accum_steps
   if micro % dp:
     raise ValueError(
         f'train.batch_size={t.batch_size} (microbatches of {micro} with '
         f'grad_accum_steps={t.grad_accum_steps}) is not divisible by the data-parallel '
-        f'size mesh.data x mesh.fsdp = {mesh_shape["data"]} x {mesh_shape["fsdp"]} '
-        f'= {dp}.')
+        f'size {" x ".join("mesh." + a for a in axes)} = '
+        f'{" x ".join(str(mesh_shape[a]) for a in axes)} = {dp}.')
   models.of(model_cfg).check_mesh(model_cfg, dict(mesh_shape))
 
 

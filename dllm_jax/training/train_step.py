@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dllm_jax import diffusion, objectives
+from dllm_jax import diffusion, models, objectives
 from dllm_jax import model as model_lib
 from dllm_jax.presets import ModelConfig
 
@@ -53,6 +53,30 @@ def _split_microbatches(lb: diffusion.LossBatch, n: int) -> diffusion.LossBatch:
   return jax.tree.map(split, lb)
 
 
+# Model-family training hooks (models/base.py: Family.forward_aux, after_step):
+# a family with `forward_aux` gives (logits, aux); aux['loss'] is added to the
+# loss (split evenly over microbatches), aux['metrics'] are logged, and the
+# whole aux (averaged over microbatches) goes to `after_step(new_params,
+# old_params, aux)` after the optimizer update. Other families: no change.
+def _logits_and_aux(model_cfg, params, lb: diffusion.LossBatch):
+  """(logits, aux): a family with router statistics (`Family.forward_aux`,
+  mixtures of experts) returns them and an auxiliary loss; others none."""
+  family = models.of(model_cfg)
+  if family.forward_aux is None:
+    return model_lib.forward(params, lb.inputs, positions=lb.positions,
+                             config=model_cfg, attention=lb.attention), {}
+  return family.forward_aux(params, lb.inputs, lb.attention, lb.positions,
+                            config=model_cfg)
+
+
+def _after_step(model_cfg, new_params, old_params, aux):
+  """The family's update after the optimizer's (the MoE expert-bias balance)."""
+  family = models.of(model_cfg)
+  if family.after_step is None:
+    return new_params
+  return family.after_step(new_params, old_params, aux, config=model_cfg)
+
+
 def make_train_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformation,
                     schedule: optax.Schedule, *, objective: str = 'pretrain',
                     grad_accum_steps: int = 1,
@@ -94,30 +118,33 @@ def make_train_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformat
                                  stratified_t=stratified_t)
 
   def loss_fn(params, lb: diffusion.LossBatch, step):
-    logits = model_lib.forward(params, lb.inputs, positions=lb.positions,
-                               config=model_cfg, attention=lb.attention)
+    logits, aux = _logits_and_aux(model_cfg, params, lb)
     loss = diffusion.loss_from_logits(logits, lb)
+    if 'loss' in aux:
+      loss = loss + aux['loss'] / grad_accum_steps
     if debug_nan_step >= 0:
       loss = loss + jnp.where(step == debug_nan_step, jnp.nan, 0.0)
-    return loss
+    return loss, aux
 
-  grad_fn = jax.value_and_grad(loss_fn)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
   def train_step(state: TrainState, batch: Mapping[str, jax.Array],
                  key: jax.Array) -> tuple[TrainState, dict[str, Any]]:
     lb = make_loss_batch(batch, jax.random.fold_in(key, state.step), settings)
     if grad_accum_steps == 1:
-      loss, grads = grad_fn(state.params, lb, state.step)
+      (loss, aux), grads = grad_fn(state.params, lb, state.step)
     else:
       def micro(carry, mb):
-        loss, grads = grad_fn(state.params, mb, state.step)
-        return jax.tree.map(jnp.add, carry, (loss, grads)), None
+        (loss, aux), grads = grad_fn(state.params, mb, state.step)
+        return jax.tree.map(jnp.add, carry, (loss, grads)), aux
       zeros = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, state.params))
-      (loss, grads), _ = jax.lax.scan(micro, zeros,
-                                      _split_microbatches(lb, grad_accum_steps))
+      (loss, grads), aux = jax.lax.scan(micro, zeros,
+                                        _split_microbatches(lb, grad_accum_steps))
+      aux = jax.tree.map(lambda a: jnp.mean(a, 0), aux)
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    params = _after_step(model_cfg, optax.apply_updates(state.params, updates),
+                         state.params, aux)
 
     g = state.guard
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -136,6 +163,7 @@ def make_train_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformat
         'learning_rate': schedule(state.step),
         'masked_tokens': jnp.sum(lb.weights > 0),
         'skipped_updates': guard['skipped'],
+        **aux.get('metrics', {}),
     }
     return TrainState(step=state.step + 1, params=keep(params, state.params),
                       opt_state=keep(opt_state, state.opt_state), guard=guard), metrics

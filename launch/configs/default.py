@@ -38,6 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.mesh.fsdp = 1
   config.mesh.tensor = 1
   config.mesh.dcn_data = 1
+  config.mesh.expert = 1  # Expert parallelism (mixture-of-experts presets).
 
   config.data = ml_collections.ConfigDict()
   # stdlib (the built-in corpus, via TFDS) | tfds:NAME | array_record:GLOB |

@@ -1,0 +1,85 @@
+"""The `llada_moe` family: LLaDA-MoE (7B total, 1B active) mask predictor.
+
+Every layer a mixture of experts: softmax router (float32), top-k experts whose
+weights are the softmax probabilities, not renormalised nor scaled; no shared
+expert in the released shape; separate q/k/v/o projections with a per-head
+RMSNorm of queries and keys before a full-width RoPE. The network is
+`models/moe_transformer.py`'s; this module holds the config class, presets and
+the Hugging Face names (`model.layers.N.self_attn.q_proj.weight`, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, Iterator
+
+from dllm_jax.data import tokenizer as tokenizer_lib
+from dllm_jax.models import moe_hf_names as names
+from dllm_jax.models import moe_transformer as mt
+from dllm_jax.models.base import Family
+from dllm_jax.models.llada import BYTE_VOCAB
+
+
+@dataclasses.dataclass(frozen=True)
+class LLaDAMoEConfig(mt.MoEConfig):
+  family: ClassVar[str] = 'llada_moe'
+
+
+# The LLaDA2 / Ling vocabulary's documented ids (mask 156895, EOS = pad 156892,
+# BOS 156891); end of turn is taken as EOS here: a tokenizer loaded from the
+# checkpoint's own files (interop/moe_hf.py: tokenizer) supplies the real ids.
+RELEASED_IDS = tokenizer_lib.SpecialIds(mask=156_895, bos=156_891, eos=156_892,
+                                        eot=156_892, pad=156_892)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # LLaDA-MoE-7B-A1B (values from third-party config copies: check a released
+    # config.json; interop/moe_hf.py reads it and says where it differs).
+    'llada_moe_7b': dict(
+        vocab_size=157_184, d_model=2048, n_layers=16, n_heads=16, n_kv_heads=16,
+        head_dim=128, d_ff=8192, n_experts=64, top_k=8, moe_d_ff=1024,
+        router='softmax', rope_theta=50_000.0, norm_eps=1e-5, max_len=8192,
+        ids=RELEASED_IDS),
+    # The same structure at CPU size (byte vocabulary).
+    'llada_moe_tiny': dict(
+        vocab_size=BYTE_VOCAB, d_model=64, n_layers=2, n_heads=4, n_kv_heads=4,
+        head_dim=16, d_ff=128, n_experts=8, top_k=2, moe_d_ff=32, router='softmax',
+        max_len=512),
+}
+
+
+def hf_name_map(cfg: mt.MoEConfig) -> Iterator[Any]:
+  """Hugging Face names of every parameter (LLaDA-MoE layout): `model.
+  embed_tokens.weight`; `model.layers.N.self_attn.{q,k,v,o}_proj.weight`,
+  `self_attn.{q,k}_norm.weight`; `input_layernorm`, `post_attention_layernorm`;
+  `mlp.gate.weight` [E, D]; experts per `cfg.hf_layout`: 'experts'
+  `mlp.experts.{e}.{gate,up,down}_proj.weight`, 'fused' `mlp.experts.{gate,up,
+  down}_proj` [E, out, in], 'w13' `mlp.w1` [E, 2I, D] and `mlp.w2` [E, D, I];
+  optional `mlp.shared_expert.*`; `model.norm.weight`; `lm_head.weight`."""
+  yield 'model.embed_tokens.weight', ('embed', 'embedding'), False
+  for i in range(cfg.n_layers):
+    p = f'model.layers.{i}.'
+    for ours in ('q', 'k', 'v', 'o'):
+      yield f'{p}self_attn.{ours}_proj.weight', ('layers', i, 'attn', ours, 'kernel'), True
+    for ours in ('q_norm', 'k_norm'):
+      yield f'{p}self_attn.{ours}.weight', ('layers', i, 'attn', ours, 'weight'), False
+    yield from names.norms(p, i)
+    if i < cfg.first_k_dense:
+      yield from names.swiglu(f'{p}mlp.', ('layers', i, 'mlp'))
+      continue
+    yield from names.router(f'{p}mlp.gate.weight', ('layers', i, 'moe'))
+    if cfg.expert_bias:
+      yield from names.bias(f'{p}mlp.expert_bias', ('layers', i, 'moe'))
+    yield from names.experts(cfg, p + 'mlp.', ('layers', i, 'moe', 'experts'),
+                             w13=(f'{p}mlp.w1', f'{p}mlp.w2'))
+    if cfg.shared_d_ff:
+      yield from names.swiglu(f'{p}mlp.shared_expert.', ('layers', i, 'moe', 'shared'))
+  yield 'model.norm.weight', ('final_norm', 'weight'), False
+  yield 'lm_head.weight', ('head', 'kernel'), True
+
+
+FAMILY = Family(
+    name='llada_moe', config_cls=LLaDAMoEConfig, presets=PRESETS,
+    init_params=mt.init_params, forward=mt.forward, prefill=mt.prefill,
+    window=mt.window, param_axes=mt.param_axes, check_mesh=mt.check_mesh,
+    hf_name_map=hf_name_map, compute_fields=mt.COMPUTE_FIELDS,
+    forward_aux=mt.forward_aux, after_step=mt.after_step)

@@ -1,0 +1,132 @@
+"""The config of the mixture-of-experts mask predictors (`llada_moe`, `llada2`
+subclass it with their family name); its parameter and FLOP counts."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from dllm_jax import attention as attention_lib
+from dllm_jax.data import tokenizer as tokenizer_lib
+from dllm_jax.models import moe as moe_lib
+from dllm_jax.models.llada import DTYPES, REMAT_POLICIES
+
+HF_LAYOUTS = ('experts', 'fused', 'w13')
+
+
+@dataclasses.dataclass(frozen=True)
+class MoEConfig:
+  """Shape and numerics of an MoE mask predictor (a family subclasses it)."""
+
+  vocab_size: int
+  d_model: int
+  n_layers: int
+  n_heads: int
+  n_kv_heads: int
+  head_dim: int
+  d_ff: int  # Dense layers' FFN width.
+  n_experts: int
+  top_k: int
+  moe_d_ff: int  # Each expert's FFN width.
+  max_len: int
+  shared_d_ff: int = 0  # Shared experts' total width (0: none).
+  first_k_dense: int = 0
+  router: str = 'softmax'  # softmax | sigmoid (models/moe.py: route).
+  expert_bias: bool = False  # A selection-only bias per expert (sigmoid routers).
+  n_group: int = 1
+  topk_group: int = 1
+  norm_topk_prob: bool = False
+  routed_scaling: float = 1.0
+  fused_qkv: bool = False
+  rope_theta: float = 50_000.0
+  rotary_fraction: float = 1.0  # RoPE on the first fraction of each head.
+  norm_eps: float = 1e-5
+  init_std: float = 0.02
+  causal: bool = False
+  dtype: str = 'float32'
+  param_dtype: str = 'float32'
+  attention_impl: str | None = None
+  remat: str = 'none'
+  # Training-only knobs (the function computed is the same):
+  capacity_factor: float = 0.0  # Expert-parallel send buffers; 0: dropless.
+  aux_loss_coef: float = 0.0  # Switch-style load-balance loss (0: off).
+  bias_update_rate: float = 0.0  # Aux-loss-free balance: bias += rate * sign(..).
+  hf_layout: str = 'experts'  # experts | fused | w13 (interop/moe_hf.py).
+  ids: tokenizer_lib.SpecialIds = tokenizer_lib.BYTE_IDS
+
+  def __post_init__(self):
+    checks = [
+        (self.n_heads % self.n_kv_heads == 0,
+         f'n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}.'),
+        (self.n_experts % self.n_group == 0,
+         f'n_experts={self.n_experts} is not divisible by n_group={self.n_group}.'),
+        (0 < self.top_k <= self.n_experts,
+         f'top_k={self.top_k} must be in [1, n_experts={self.n_experts}].'),
+        (self.topk_group <= self.n_group,
+         f'topk_group={self.topk_group} exceeds n_group={self.n_group}.'),
+        (self.rotary_dim % 2 == 0, f'rotary dim {self.rotary_dim} must be even.'),
+        (self.router in moe_lib.ROUTERS,
+         f'router={self.router!r} is not one of {moe_lib.ROUTERS}.'),
+        (self.remat in REMAT_POLICIES,
+         f'remat={self.remat!r} is not one of {REMAT_POLICIES}.'),
+        (self.hf_layout in HF_LAYOUTS,
+         f'hf_layout={self.hf_layout!r} is not one of {HF_LAYOUTS}.'),
+        (self.attention_impl in attention_lib.IMPLEMENTATIONS,
+         f'attention_impl={self.attention_impl!r} is not one of '
+         f'{attention_lib.IMPLEMENTATIONS}.'),
+    ] + [(getattr(self, n) in DTYPES, f'{n}={getattr(self, n)!r} is not one of {DTYPES}.')
+         for n in ('dtype', 'param_dtype')]
+    for ok, message in checks:
+      if not ok:
+        raise ValueError(message)
+    self.ids.check_vocab(self.vocab_size)
+
+  mask_id = property(lambda self: self.ids.mask)
+  bos_id = property(lambda self: self.ids.bos)
+  eos_id = property(lambda self: self.ids.eos)
+  eot_id = property(lambda self: self.ids.eot)
+  pad_id = property(lambda self: self.ids.pad)
+
+  @property
+  def rotary_dim(self) -> int:
+    return int(self.head_dim * self.rotary_fraction)
+
+  @property
+  def moe_layers(self) -> range:
+    return range(self.first_k_dense, self.n_layers)
+
+  def _attn_params(self) -> int:
+    d, dh = self.d_model, self.head_dim
+    return d * (self.n_heads + 2 * self.n_kv_heads) * dh + self.n_heads * dh * d
+
+  def _counts(self, experts_used: int) -> int:
+    d = self.d_model
+    per_layer = self._attn_params() + 2 * self.head_dim + 2 * d
+    moe = (d * self.n_experts + self.n_experts * self.expert_bias +
+           3 * experts_used * d * self.moe_d_ff + 3 * d * self.shared_d_ff)
+    return (self.n_layers * per_layer + self.first_k_dense * 3 * d * self.d_ff +
+            len(self.moe_layers) * moe + 2 * self.vocab_size * d + d)
+
+  def num_params(self) -> int:
+    """Parameter count (embedding, output head and every expert included)."""
+    return self._counts(self.n_experts)
+
+  def num_active_params(self) -> int:
+    """Parameters one token uses: the top_k routed experts, not all of them."""
+    return self._counts(self.top_k)
+
+  def forward_flops_per_token(self, seq_len: int) -> float:
+    """Matmul FLOPs of one forward pass per token (active experts only; every
+    query attends to all keys)."""
+    d = self.d_model
+    attention = 2 * self._attn_params() + 4 * seq_len * self.n_heads * self.head_dim
+    moe = 2 * (d * self.n_experts + 3 * self.top_k * d * self.moe_d_ff +
+               3 * d * self.shared_d_ff)
+    return (self.n_layers * attention + self.first_k_dense * 6 * d * self.d_ff +
+            len(self.moe_layers) * moe + 2 * d * self.vocab_size)
+
+
+
+def bf16_bytes(cfg: MoEConfig) -> int:
+  """Bytes of the parameters at bfloat16 (float32 router and biases)."""
+  return 2 * cfg.num_params() + 2 * len(cfg.moe_layers) * cfg.n_experts * (
+      cfg.d_model + cfg.expert_bias)

@@ -1,0 +1,63 @@
+"""Hugging Face name-map pieces shared by the `llada_moe` and `llada2` families:
+norms, dense SwiGLU, routers, and the three expert layouts stacked into our
+`gate_up` [E, D, 2, I] / `down` [E, I, D] (base.HFTensor entries)."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+from dllm_jax.models.base import HFTensor
+
+
+def norms(p: str, i: int) -> Iterator[tuple]:
+  yield f'{p}input_layernorm.weight', ('layers', i, 'attn_norm', 'weight'), False
+  yield f'{p}post_attention_layernorm.weight', ('layers', i, 'ffn_norm', 'weight'), False
+
+
+def swiglu(p: str, ours: tuple) -> Iterator[tuple]:
+  for name in ('gate', 'up', 'down'):
+    yield f'{p}{name}_proj.weight', ours + (name, 'kernel'), True
+
+
+def router(name: str, ours: tuple) -> Iterator[HFTensor]:
+  yield HFTensor((name,), ours + ('router', 'kernel'), lambda a: a[0].T,
+                 lambda x: [x.T], 'float32')
+
+
+def bias(name: str, ours: tuple) -> Iterator[HFTensor]:
+  yield HFTensor((name,), ours + ('expert_bias',), lambda a: a[0], lambda x: [x],
+                 'float32')
+
+
+def _t(a: np.ndarray) -> np.ndarray:
+  return np.swapaxes(a, -1, -2)
+
+
+def experts(cfg, p: str, ours: tuple, w13: tuple[str, str]) -> Iterator[HFTensor]:
+  """The routed experts in `cfg.hf_layout`: 'experts' (one [out, in] matrix per
+  expert), 'fused' ({gate,up,down}_proj [E, out, in], no .weight) or 'w13'
+  (w13 [E, 2I, D]: gate rows then up rows; w2 [E, D, I])."""
+  e = cfg.n_experts
+  gate_up, down = ours + ('gate_up',), ours + ('down',)
+  if cfg.hf_layout == 'experts':
+    names = lambda proj: [f'{p}experts.{j}.{proj}_proj.weight' for j in range(e)]
+    yield HFTensor(
+        names('gate') + names('up'), gate_up,
+        lambda a: np.stack([_t(np.stack(a[:e])), _t(np.stack(a[e:]))], axis=2),
+        lambda x: [x[j, :, 0].T for j in range(e)] + [x[j, :, 1].T for j in range(e)])
+    yield HFTensor(names('down'), down, lambda a: _t(np.stack(a)),
+                   lambda x: [x[j].T for j in range(e)])
+  elif cfg.hf_layout == 'fused':
+    yield HFTensor((f'{p}experts.gate_proj', f'{p}experts.up_proj'), gate_up,
+                   lambda a: np.stack([_t(a[0]), _t(a[1])], axis=2),
+                   lambda x: [_t(x[:, :, 0]), _t(x[:, :, 1])])
+    yield HFTensor((f'{p}experts.down_proj',), down, lambda a: _t(a[0]),
+                   lambda x: [_t(x)])
+  else:
+    yield HFTensor(
+        (w13[0],), gate_up,
+        lambda a: a[0].reshape(e, 2, -1, a[0].shape[-1]).transpose(0, 3, 1, 2),
+        lambda x: [x.transpose(0, 2, 3, 1).reshape(e, -1, x.shape[1])])
+    yield HFTensor((w13[1],), down, lambda a: _t(a[0]), lambda x: [_t(x)])
