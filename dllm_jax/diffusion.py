@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from dllm_jax.attention import AttentionSpec
+
 EPS = 1e-3
 RANDOM_LENGTH_PROB = 0.01
 
@@ -47,6 +49,9 @@ class LossBatch:
   weights: jax.Array  # [B, L] float; 0 where no loss is taken.
   denom: jax.Array  # [] float, shared by the whole batch.
   kv_lengths: jax.Array | None = None  # [B] int: keys kept per row (no mask).
+  # The whole attention rule (then segment_ids/kv_lengths are None), e.g. block
+  # diffusion's explicit mask over [x_t, x_0].
+  attention: AttentionSpec | None = None
 
 
 def sample_noise(key: jax.Array, shape: tuple[int, int],

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dllm_jax import diffusion
+from dllm_jax import block_diffusion, diffusion
 from dllm_jax import model as model_lib
 from dllm_jax.presets import ModelConfig
 
@@ -59,7 +59,7 @@ def make_train_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformat
                     random_length_prob: float = diffusion.RANDOM_LENGTH_PROB,
                     stratified_t: bool = False, nonfinite: str = 'stop',
                     debug_nan_step: int = -1, state_shardings=None,
-                    batch_sharding=None):
+                    batch_sharding=None, block_options=None):
   """Builds the jitted step.
 
   The step draws its masking noise from `fold_in(key, state.step)`, so a resumed
@@ -74,7 +74,8 @@ def make_train_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformat
 
   With `state_shardings` (a TrainState of shardings, `parallel.sharding`) and
   `batch_sharding`, the step is jitted with those in/out shardings (metrics and
-  key replicated); the state is donated either way.
+  key replicated); the state is donated either way. `block_options`
+  (`block_diffusion.BlockDiffusionOptions`) configure objective='block_diffusion'.
 
   Returns:
     `train_step(state, batch, key) -> (state, metrics)`; `batch` holds `tokens`
@@ -86,8 +87,12 @@ def make_train_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformat
                      f'{NONFINITE_POLICIES}.')
 
   def loss_fn(params, lb: diffusion.LossBatch, step):
-    logits = model_lib.forward(params, lb.inputs, lb.segment_ids, lb.positions,
-                               config=model_cfg, kv_lengths=lb.kv_lengths)
+    if lb.attention is not None:
+      logits = model_lib.forward(params, lb.inputs, positions=lb.positions,
+                                 config=model_cfg, attention=lb.attention)
+    else:
+      logits = model_lib.forward(params, lb.inputs, lb.segment_ids, lb.positions,
+                                 config=model_cfg, kv_lengths=lb.kv_lengths)
     loss = diffusion.loss_from_logits(logits, lb)
     if debug_nan_step >= 0:
       loss = loss + jnp.where(step == debug_nan_step, jnp.nan, 0.0)
@@ -97,10 +102,16 @@ def make_train_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformat
 
   def train_step(state: TrainState, batch: Mapping[str, jax.Array],
                  key: jax.Array) -> tuple[TrainState, dict[str, Any]]:
-    lb = diffusion.make_loss_batch(objective, batch, jax.random.fold_in(key, state.step),
-                                   mask_id=model_cfg.ids.mask,
-                                   random_length_prob=random_length_prob,
-                                   stratified_t=stratified_t)
+    step_key = jax.random.fold_in(key, state.step)
+    if objective == 'block_diffusion':
+      lb = block_diffusion.make_loss_batch(batch, step_key, state.step,
+                                           mask_id=model_cfg.ids.mask,
+                                           options=block_options)
+    else:
+      lb = diffusion.make_loss_batch(objective, batch, step_key,
+                                     mask_id=model_cfg.ids.mask,
+                                     random_length_prob=random_length_prob,
+                                     stratified_t=stratified_t)
     if grad_accum_steps == 1:
       loss, grads = grad_fn(state.params, lb, state.step)
     else:

@@ -28,7 +28,7 @@ from dllm_jax.training import provenance, train_step as ts
 
 _SHAPE_KEYS = ('d_model', 'n_layers', 'n_heads', 'd_ff', 'max_len')
 _COMPUTE_KEYS = ('attention_impl', 'remat', 'scan_layers', 'embed_grad')
-OBJECTIVES = ('pretrain', 'sft', 'next_token')
+OBJECTIVES = ('pretrain', 'sft', 'next_token', 'block_diffusion')
 
 
 def model_config(config: ml_collections.ConfigDict,
@@ -66,6 +66,8 @@ def validate(config: ml_collections.ConfigDict, model_cfg: presets.ModelConfig,
   if t.objective not in OBJECTIVES:
     raise ValueError(f'unknown train.objective {t.objective!r}; known: {OBJECTIVES}.')
   sources.parse_spec(config.data.source)
+  if t.objective == 'block_diffusion':
+    block_options(config).validate(config.data.seq_len)
   if config.data.source == 'stdlib' and t.objective == 'sft':
     raise ValueError("train.objective='sft' needs chat examples (prompt/response "
                      "records); the built-in corpus is pretraining text. See "
@@ -95,6 +97,12 @@ def validate(config: ml_collections.ConfigDict, model_cfg: presets.ModelConfig,
                      f'{tokenizer.name} tokenizer (vocab {tokenizer.vocab_size}, '
                      f'mask id {tokenizer.mask_id}); use a byte-vocabulary preset '
                      '(tiny, small), which adapts to any tokenizer.')
+
+
+def block_options(config: ml_collections.ConfigDict):
+  """`block_diffusion.BlockDiffusionOptions` of `config.train.block`."""
+  from dllm_jax import block_diffusion  # pylint: disable=g-import-not-at-top
+  return block_diffusion.BlockDiffusionOptions(**config.train.block.to_dict())
 
 
 def check_parallel(config: ml_collections.ConfigDict, model_cfg: presets.ModelConfig,
@@ -293,7 +301,8 @@ def _train(config, workdir, stop_after, tokenizer, model_cfg, mesh) -> ts.TrainS
       grad_accum_steps=t.grad_accum_steps, random_length_prob=t.random_length_prob,
       stratified_t=t.stratified_t, nonfinite=t.nonfinite,
       debug_nan_step=t.debug_nan_step, state_shardings=state_sh,
-      batch_sharding=batch_sh).lower(abstract, _abstract_batch(config, batch_sh),
+      batch_sharding=batch_sh,
+      block_options=block_options(config) if t.objective == 'block_diffusion' else None).lower(abstract, _abstract_batch(config, batch_sh),
                                      step_key).compile()
   mem = train_step.memory_analysis()
   _log(f'train step compiled in {time.time() - t0:.1f} s' + (
