@@ -97,7 +97,8 @@ class BlockDiffusionOptions:
     if self.grow_every <= 0:
       return jnp.asarray(self.block_size, jnp.int32)
     doublings = jnp.asarray(step, jnp.int32) // self.grow_every
-    grown = self.grow_from * jnp.left_shift(1, jnp.minimum(doublings, 30))
+    most = len(self.sizes()) - 1  # Capped before the shift can overflow.
+    grown = self.grow_from * jnp.left_shift(1, jnp.minimum(doublings, most))
     return jnp.minimum(grown, self.block_size).astype(jnp.int32)
 
 
@@ -123,8 +124,12 @@ def block_mask(positions: jax.Array, block_size: jax.Array | int,
   return mask[:, None]
 
 
-def _noise_levels(key, positions, block_size, options, b, l):
-  """t per token [B, L] (row or block level)."""
+def noise_levels(key: jax.Array, positions: jax.Array, block_size: jax.Array | int,
+                 options: BlockDiffusionOptions) -> jax.Array:
+  """The noise level t of every token [B, L] (one per row, or one per block:
+  block k of every document in a row shares one draw). `make_loss_batch` uses
+  the first half of `jax.random.split(key)`."""
+  b, l = positions.shape
   if options.noise == 'row':
     t = jax.random.uniform(key, (b, 1), minval=options.t_min, maxval=options.t_max)
     return jnp.broadcast_to(t, (b, l))
@@ -151,7 +156,7 @@ def make_loss_batch(batch: Mapping[str, jax.Array], key: jax.Array,
     pos = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
   block_size = options.block_size_at(step)
   kt, ku = jax.random.split(key)
-  t = _noise_levels(kt, pos, block_size, options, b, l)
+  t = noise_levels(kt, pos, block_size, options)
   maskable = jnp.ones((b, l), bool)
   if seg is not None:
     maskable &= seg != 0
