@@ -195,3 +195,64 @@ def test_bad_input_is_a_one_line_error(tiny_config):
   with pytest.raises(ValueError, match='more than the model max_len 64'):
     block.generate(None, np.zeros((1, 60), np.int32), jax.random.key(0),
                    config=_small(), sampling=sc)
+
+
+@pytest.mark.parametrize('packed', [False, True])
+def test_tile_skipping_attention_equals_dense(packed):
+  from dllm_jax import block_sparse  # pylint: disable=g-import-not-at-top
+  l, b = 16, 4
+  pos = np.arange(l)[None] if not packed else np.array([list(range(6)) + list(range(10))])
+  seg = None if not packed else jnp.asarray([[1] * 6 + [2] * 10])
+  mask = bd.block_mask(jnp.asarray(pos), b, seg)
+  q, k, v = (jax.random.normal(jax.random.key(i), (1, 2 * l, 2, 8)) for i in range(3))
+  pairs = block_sparse.tile_pairs(l, b, 4, packed=packed)
+  assert len(pairs) < (2 * l // 4) ** 2 * (0.55 if packed else 0.35)
+
+  @jax.jit
+  def both(q):
+    tiled = lambda q: block_sparse.attend_tiles(q, k, v, mask, pairs, 4)
+    dense = lambda q: jax.nn.dot_product_attention(q, k, v, mask=mask)
+    return (tiled(q), dense(q), jax.grad(lambda q: tiled(q).sum())(q),
+            jax.grad(lambda q: dense(q).sum())(q))
+  tiled, dense, g_tiled, g_dense = both(q)
+  np.testing.assert_allclose(tiled, dense, atol=1e-5)
+  np.testing.assert_allclose(g_tiled, g_dense, atol=1e-5)
+
+
+def test_block_run_shares_the_ar_twins_shapes_and_checks_its_block_size():
+  """train.init_from of a bidirectional run or of the AR twin loads parameters of
+  the same shapes (the slow test below runs it); a block size that does not
+  divide the row length is a one-line error."""
+  from dllm_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  from dllm_jax.training import trainer  # pylint: disable=g-import-not-at-top
+  from tests import support  # pylint: disable=g-import-not-at-top
+  tok = tokenizer_lib.make_tokenizer('byte')
+  shapes = lambda c: jax.tree.map(lambda x: x.shape, model.abstract_params(
+      trainer.model_config(c, tok)))
+  block_run = support.small_config(objective='block_diffusion')
+  cfg = trainer.model_config(block_run, tok)
+  assert not cfg.causal
+  assert shapes(block_run) == shapes(support.small_config(objective='next_token'))
+  block_run.train.block.block_size = 12
+  with pytest.raises(ValueError, match='block size 12 does not divide the row length 32'):
+    trainer.validate(block_run, cfg, tok)
+
+
+@pytest.mark.slow
+def test_block_diffusion_run_starts_from_the_ar_twin(tmp_path):
+  from dllm_jax.training import checkpoint, trainer  # pylint: disable=g-import-not-at-top
+  from tests import support  # pylint: disable=g-import-not-at-top
+  ar = support.small_config(objective='next_token', steps=2)
+  ar.sample.num_samples = 0
+  ar_state = trainer.train(ar, str(tmp_path / 'ar'))
+  run = support.small_config(objective='block_diffusion', steps=2,
+                             init_from=str(tmp_path / 'ar'))
+  run.train.block.block_size = 8
+  run.train.block.grow_every, run.train.block.grow_from = 1, 2
+  run.optimizer.lr = 0.0  # The parameters stay the twin's: they were loaded.
+  run.sample.num_samples = 1  # The end-of-run sample takes the block sampler.
+  state = trainer.train(run, str(tmp_path / 'bd'))
+  assert checkpoint.fingerprint(state.params) == checkpoint.fingerprint(ar_state.params)
+  meta = checkpoint.read_meta(str(tmp_path / 'bd'))
+  block.check_model(trainer.model_config(run), block.BlockSamplingConfig(
+      block_length=8), meta)

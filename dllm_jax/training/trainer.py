@@ -178,6 +178,12 @@ def sample_text(params, model_cfg: presets.ModelConfig, tokenizer,
   a user turn of the SFT chat format when `chat`."""
   ids = (sft_lib.prompt_ids(tokenizer, [{'role': 'user', 'content': prompt}])
          if chat else tokenizer.encode(prompt, add_bos=True))
+  if not isinstance(sampling, gen.SamplingConfig):  # A block-diffusion run.
+    from dllm_jax.sampling import block  # pylint: disable=g-import-not-at-top
+    out = block.generate(params, np.tile(ids, (num_samples, 1)), key,
+                         config=model_cfg, sampling=sampling)
+    return [tokenizer.decode(row[:n]) for row, n in
+            zip(np.asarray(out.tokens), np.asarray(out.lengths))]
   tokens = gen.generate(params, np.tile(ids, (num_samples, 1)), key, config=model_cfg,
                         sampling=sampling)
   if jax.process_count() > 1:  # A global array: every host gets all rows.
@@ -383,6 +389,11 @@ def _train(config, workdir, stop_after, tokenizer, model_cfg, mesh) -> ts.TrainS
   s = config.sample
   sampling = gen.SamplingConfig(steps=s.steps, gen_length=s.gen_length,
                                 block_length=s.block_length, temperature=s.temperature)
+  if t.objective == 'block_diffusion':
+    from dllm_jax.sampling import block  # pylint: disable=g-import-not-at-top
+    sampling = block.BlockSamplingConfig(
+        gen_length=s.gen_length, block_length=t.block.block_size,
+        steps=t.block.block_size, temperature=s.temperature)
   if end == t.steps and s.num_samples > 0:
     try:
       texts = sample_text(state.params, model_cfg, tokenizer, s.prompt, sampling,
