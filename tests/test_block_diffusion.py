@@ -109,18 +109,19 @@ def test_threshold_rules_equal_llada2_and_dinfer():
   is_mask = rng.random((6, 8)) < 0.7
   is_mask[:, 0] = True
   x = np.where(is_mask, 39, x)
-  cand, conf = remasking.candidates_and_confidence(
-      jnp.asarray(logits), jax.random.key(0), temperature=0.0,
-      remasking='low_confidence', mask_id=39, eos_id=1, eot_id=2)
+  cand, conf = jax.jit(lambda l: remasking.candidates_and_confidence(
+      l, jax.random.key(0), temperature=0.0, remasking='low_confidence', mask_id=39,
+      eos_id=1, eot_id=2))(jnp.asarray(logits))
+  select = jax.jit(block.select, static_argnums=3)
   for thr in (0.3, 0.6, 0.9):
     sc = block.BlockSamplingConfig(threshold=thr, threshold_rule='dinfer')
-    got = block.select(conf, jnp.asarray(is_mask), jnp.ones(6, jnp.int32), sc)
+    got = select(conf, jnp.asarray(is_mask), jnp.ones(6, jnp.int32), sc)
     x0, want = ref.dinfer_threshold(logits, is_mask, x, 39, thr)
     np.testing.assert_array_equal(np.asarray(got), want)
     np.testing.assert_array_equal(np.asarray(cand)[want], x0[want])
     for n in (1, 3):  # LLaDA2: > thr if at least n of them, else the top n.
-      got = block.select(conf, jnp.asarray(is_mask), jnp.full(6, n), sc.__class__(
-          threshold=thr))
+      got = select(conf, jnp.asarray(is_mask), jnp.full(6, n, jnp.int32),
+                   block.BlockSamplingConfig(threshold=thr))
       p = ref.softmax(logits).max(-1)
       for r in range(6):
         c = np.where(is_mask[r], p[r], -np.inf)
@@ -197,7 +198,7 @@ def test_bad_input_is_a_one_line_error(tiny_config):
                    config=_small(), sampling=sc)
 
 
-@pytest.mark.parametrize('packed', [False, True])
+@pytest.mark.parametrize('packed', [pytest.param(False, marks=pytest.mark.slow), True])
 def test_tile_skipping_attention_equals_dense(packed):
   from dllm_jax import block_sparse  # pylint: disable=g-import-not-at-top
   l, b = 16, 4
