@@ -164,6 +164,36 @@ def test_cached_sampler_equals_uncached_and_llada2_on_ragged_rows(sharp):
   assert int(outs[True].nfe) < 4 * 6  # The threshold took several tokens a step.
 
 
+def test_one_editing_step_equals_llada21():
+  """One LLaDA2.1 step (mask threshold with at least 1, edits of committed answer
+  tokens above the editing threshold), rows with and without masks left."""
+  rng = np.random.default_rng(1)
+  blk = np.array([[5, MASK, 7, MASK], [5, 6, 7, 8], [9, 9, MASK, MASK]])
+  cand = rng.integers(0, 12, blk.shape)
+  conf = rng.random(blk.shape).astype(np.float32)
+  sc = block.BlockSamplingConfig(threshold=0.7, min_tokens=1, editing_threshold=0.3,
+                                 max_post_steps=2)
+  s = dict(settled=jnp.zeros(3, bool), done=jnp.zeros(3, bool), step=jnp.int32(0),
+           post=jnp.asarray([0, 2, 0]))
+  new, settled, post = block._commit(  # pylint: disable=protected-access
+      jnp.asarray(blk), jnp.asarray(cand), jnp.asarray(conf), s, jnp.asarray([4]),
+      jnp.asarray([1, 0, 2]), sc=sc, ids=_small().ids.__class__(
+          mask=MASK, bos=0, eos=1, eot=2, pad=3))
+  for r, prompt_end in enumerate([1, 0, 2]):
+    active = blk[r] == MASK
+    c = np.where(active, conf[r], -np.inf)
+    take = (c > 0.7) if (c > 0.7).sum() >= 1 else np.isin(np.arange(4), [np.argmax(c)])
+    take &= active
+    edit = ~active & (np.arange(4) >= prompt_end) & (conf[r] > 0.3) & (cand[r] != blk[r])
+    want = np.where(take | edit, cand[r], blk[r])
+    np.testing.assert_array_equal(np.asarray(new[r]), want)
+  # Row 1 had no masks: its third step without masks exceeds max_post_steps=2.
+  assert bool(settled[1]) and int(post[1]) == 3
+  # Rows 0 and 2 started with masks: never settled in this step (max_post_steps).
+  np.testing.assert_array_equal(np.asarray(settled)[[0, 2]], [False, False])
+
+
+@pytest.mark.slow
 def test_token_editing_equals_llada21(sharp):
   cfg, params = sharp
   sc = block.BlockSamplingConfig(gen_length=12, block_length=4, threshold=0.7,
