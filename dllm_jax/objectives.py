@@ -5,17 +5,13 @@ its model call runs under, and how a batch becomes a `diffusion.LossBatch`.
   obj.schema(batch_size, seq_len, packing)    # {field: shape} of a data batch
   lb = obj.loss_batch(batch, key, settings)   # inputs, attention, targets, ...
 
-Adding an objective (e.g. block diffusion) is one function and one entry:
+Adding an objective is one function and one entry (`block_diffusion` below is
+one):
 
-  def _block_diffusion(batch, key, s: Settings) -> diffusion.LossBatch:
-    noise = diffusion.sample_noise(key, batch['tokens'].shape, 0.0, s.stratified_t)
-    return my_loss_batch(batch, noise, mask_id=s.ids.mask,
-                         attention=attention.block_causal(BLOCK, segment_ids=...))
+  def _mine(batch, key, s: Settings, step=None) -> diffusion.LossBatch: ...
+  register(Objective('mine', _mine, schema=text_schema, data='text'))
 
-  register(Objective('block_diffusion', _block_diffusion, schema=text_schema,
-                     data='text'))
-
-The trainer then accepts `--config.train.objective=block_diffusion`: the config
+The trainer then accepts `--config.train.objective=mine`: the config
 check, the abstract batch it compiles for, the dataset it reads (`data`) and
 the model's default attention (`causal_model`) all come from the entry. A
 setting the objective needs (a block size) goes into `Settings` and
@@ -25,7 +21,7 @@ setting the objective needs (a block size) goes into `Settings` and
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +41,7 @@ class Settings:
   random_length_prob: float = diffusion.RANDOM_LENGTH_PROB
   stratified_t: bool = False
   eps: float = diffusion.EPS
+  block: Any = None  # block_diffusion.BlockDiffusionOptions (objective block_diffusion).
 
 
 def text_schema(batch_size: int, seq_len: int, packing: str) -> dict[str, tuple]:
@@ -66,8 +63,9 @@ def chat_schema(batch_size: int, seq_len: int, packing: str) -> dict[str, tuple]
 class Objective:
   """A training objective.
 
-  loss_batch(batch, key, settings) -> LossBatch: pure, jittable; `batch` holds
-    the `schema` fields as int32 arrays.
+  loss_batch(batch, key, settings, step) -> LossBatch: pure, jittable; `batch`
+    holds the `schema` fields as int32 arrays; `step` ([] int) is the train
+    step (schedules over training, e.g. a growing block size).
   schema(batch_size, seq_len, packing) -> {field: shape}: the data batch.
   data: the dataset kind it trains on (`DATA_KINDS`).
   attention(batch) -> AttentionSpec: the rule its model call runs under (the
@@ -77,7 +75,7 @@ class Objective:
   """
 
   name: str
-  loss_batch: Callable[[Mapping[str, jax.Array], jax.Array, Settings],
+  loss_batch: Callable[[Mapping[str, jax.Array], jax.Array, Settings, jax.Array],
                        diffusion.LossBatch]
   schema: Callable[[int, int, str], dict[str, tuple]] = text_schema
   data: str = 'text'
@@ -115,22 +113,24 @@ def names() -> tuple[str, ...]:
   return tuple(_OBJECTIVES)
 
 
-def _pretrain(batch, key, s: Settings) -> diffusion.LossBatch:
+def _pretrain(batch, key, s: Settings, step=None) -> diffusion.LossBatch:
+  del step
   noise = diffusion.sample_noise(key, batch['tokens'].shape, s.random_length_prob,
                                  s.stratified_t)
   return diffusion.pretrain_batch(batch, noise, mask_id=s.ids.mask, eps=s.eps,
                                   attention=PRETRAIN.attention(batch))
 
 
-def _sft(batch, key, s: Settings) -> diffusion.LossBatch:
+def _sft(batch, key, s: Settings, step=None) -> diffusion.LossBatch:
+  del step
   # No random truncation: it would cut answers, not documents.
   noise = diffusion.sample_noise(key, batch['tokens'].shape, 0.0, s.stratified_t)
   return diffusion.sft_batch(batch, noise, mask_id=s.ids.mask, eps=s.eps,
                              attention=SFT.attention(batch))
 
 
-def _next_token(batch, key, s: Settings) -> diffusion.LossBatch:
-  del key, s  # Deterministic: no masking noise.
+def _next_token(batch, key, s: Settings, step=None) -> diffusion.LossBatch:
+  del key, s, step  # Deterministic: no masking noise.
   return diffusion.next_token_batch(batch, attention=NEXT_TOKEN.attention(batch))
 
 
@@ -139,3 +139,16 @@ SFT = register(Objective('sft', _sft, schema=chat_schema, data='chat'))
 NEXT_TOKEN = register(Objective(
     'next_token', _next_token, causal_model=True,
     attention=lambda batch: causal(segment_ids=batch.get('segment_ids'))))
+
+
+def _block_diffusion(batch, key, s: Settings, step=None) -> diffusion.LossBatch:
+  from dllm_jax import block_diffusion  # pylint: disable=g-import-not-at-top
+  return block_diffusion.make_loss_batch(batch, key, 0 if step is None else step,
+                                         mask_id=s.ids.mask, options=s.block)
+
+
+# Block diffusion (dllm_jax/block_diffusion.py): [x_t, x_0] side by side under
+# the three-part mask its loss batch carries; block-causal outside training.
+BLOCK_DIFFUSION = register(Objective(
+    'block_diffusion', _block_diffusion,
+    attention=lambda batch: AttentionSpec(segment_ids=batch.get('segment_ids'))))

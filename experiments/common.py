@@ -71,16 +71,19 @@ def model_config(causal: bool, tokenizer=TOKENIZER, **shape) -> presets.ModelCon
 
 
 def train(rows: dict[str, np.ndarray], cfg: presets.ModelConfig, *, steps: int,
-          batch_size: int = 64, lr: float = 3e-3, seed: int = 0, log=print):
-  """Trains on random batches of `rows`; the objective follows `cfg.causal`."""
+          batch_size: int = 64, lr: float = 3e-3, seed: int = 0, log=print,
+          objective: str | None = None, block_options=None):
+  """Trains on random batches of `rows`; the objective follows `cfg.causal`
+  unless given ('block_diffusion' takes `block_options`)."""
   opt, sched = optimizer_lib.make_optimizer(
       lr=lr, total_steps=steps, warmup_steps=min(100, steps // 10),
       decay_fraction=0.3, final_lr_ratio=0.1, b1=0.9, b2=0.95, weight_decay=0.1,
       clip_norm=1.0)
   state = jax.jit(lambda k: ts.init_train_state(cfg, opt, k))(jax.random.key(seed))
-  step = ts.make_train_step(cfg, opt, sched,
-                            objective='next_token' if cfg.causal else 'pretrain',
-                            random_length_prob=0.0, stratified_t=True)
+  objective = objective or ('next_token' if cfg.causal else 'pretrain')
+  step = ts.make_train_step(cfg, opt, sched, objective=objective,
+                            random_length_prob=0.0, stratified_t=True,
+                            block_options=block_options)
   rng = np.random.default_rng(seed)
   key = jax.random.key(seed + 1)
   t0 = time.time()
@@ -88,6 +91,6 @@ def train(rows: dict[str, np.ndarray], cfg: presets.ModelConfig, *, steps: int,
     idx = rng.integers(0, len(rows['tokens']), batch_size)
     state, metrics = step(state, {k: v[idx] for k, v in rows.items()}, key)
     if (i + 1) % max(steps // 5, 1) == 0:
-      log(f'  {"AR" if cfg.causal else "diffusion"} step {i + 1}/{steps}  loss '
+      log(f'  {objective} step {i + 1}/{steps}  loss '
           f'{float(metrics["loss"]):.3f}  {time.time() - t0:.0f} s')
   return state.params

@@ -17,6 +17,12 @@ def sample_text(params, model_cfg, tokenizer, prompt: str,
   token, or as a user turn of the SFT chat format when `chat`."""
   ids = (sft_lib.prompt_ids(tokenizer, [{'role': 'user', 'content': prompt}])
          if chat else tokenizer.encode(prompt, add_bos=True))
+  if not isinstance(sampling, gen.SamplingConfig):  # A block-diffusion run.
+    from dllm_jax.sampling import block  # pylint: disable=g-import-not-at-top
+    out = block.generate(params, np.tile(ids, (num_samples, 1)), key,
+                         config=model_cfg, sampling=sampling)
+    return [tokenizer.decode(row[:n]) for row, n in
+            zip(np.asarray(out.tokens), np.asarray(out.lengths))]
   tokens = gen.generate(params, np.tile(ids, (num_samples, 1)), key, config=model_cfg,
                         sampling=sampling)
   if jax.process_count() > 1:  # A global array: every host gets all rows.

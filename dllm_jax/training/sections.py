@@ -22,7 +22,7 @@ from typing import Any, Callable, ClassVar, Mapping
 
 import jax
 
-from dllm_jax import models, objectives, presets
+from dllm_jax import block_diffusion, models, objectives, presets
 from dllm_jax.attention import IMPLEMENTATIONS
 from dllm_jax.data import pipeline, sources, tokenizer as tokenizer_lib
 from dllm_jax.models.llada import DTYPES, EMBED_GRADS, REMAT_POLICIES
@@ -137,7 +137,11 @@ class Section:
       where = f'{cls.NAME}.' if cls.NAME else ''
       raise ValueError(f"unknown config key '{where}{unknown[0]}'; known: "
                        f'{sorted(known)}.')
-    return cls(**{k: values[k] for k in values})
+    hints = typing.get_type_hints(cls)
+    nested = lambda k, v: (hints[k].of(v) if isinstance(hints[k], type) and
+                           issubclass(hints[k], Section) and
+                           not isinstance(v, Section) else v)
+    return cls(**{k: nested(k, values[k]) for k in values})
 
   @classmethod
   def fixed_fields(cls) -> tuple[str, ...]:
@@ -222,6 +226,24 @@ class DataSection(Section):
 
 
 @dataclasses.dataclass(frozen=True)
+class BlockSection(Section):
+  """`train.block`: objective block_diffusion's knobs (dllm_jax/block_diffusion.py)."""
+
+  NAME: ClassVar[str] = 'train.block'
+  block_size: int = knob(32, range=Range(1))  # Must divide data.seq_len.
+  noise: str = knob('row', choices=block_diffusion.NOISES)  # row: LLaDA2, block: BD3-LM.
+  t_min: float = knob(0.3, range=Range(0, 1))
+  t_max: float = knob(0.8, range=Range(0, 1))
+  eps: float = knob(1e-3, range=Range(0, 1))
+  weight: str = knob('none', choices=block_diffusion.WEIGHTS)
+  grow_every: int = knob(0, range=Range(0))  # > 0: grow the block size.
+  grow_from: int = knob(1, range=Range(1))
+
+  def options(self) -> block_diffusion.BlockDiffusionOptions:
+    return block_diffusion.BlockDiffusionOptions(**dataclasses.asdict(self))
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainSection(Section):
   NAME: ClassVar[str] = 'train'
   objective: str = knob('pretrain', choices=objectives.names, fixed=True)
@@ -238,6 +260,7 @@ class TrainSection(Section):
   nonfinite: str = knob('stop', choices=NONFINITE_POLICIES)
   record_batches: bool = knob(False)
   debug_nan_step: int = knob(-1, range=Range(-1))
+  block: BlockSection = dataclasses.field(default_factory=BlockSection)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -349,6 +372,10 @@ def check_run(run: RunConfig, model_cfg, tokenizer) -> None:
   if run.data.seq_len > model_cfg.max_len:
     raise ValueError(f'data.seq_len={run.data.seq_len} exceeds the model max_len '
                      f'{model_cfg.max_len}.')
+  if t.objective == 'block_diffusion':
+    t.block.options().validate(run.data.seq_len)
+    if model_cfg.causal:
+      raise ValueError('train.objective=block_diffusion needs a bidirectional model.')
   if (tokenizer.vocab_size > model_cfg.vocab_size or
       tokenizer.special_ids != model_cfg.ids):
     raise ValueError(f'model preset {run.model.preset!r} does not match the '
@@ -375,7 +402,7 @@ def check_mesh(run: RunConfig, model_cfg, mesh_shape: Mapping[str, int]) -> None
 def field_table() -> list[tuple[str, str, str, bool]]:
   """(key, default, allowed, fixed on resume) for every field of every section."""
   rows = []
-  for owner in (RunConfig,) + SECTIONS:
+  for owner in (RunConfig,) + SECTIONS + (BlockSection,):
     hints = typing.get_type_hints(owner)
     for f in dataclasses.fields(owner):
       if not f.metadata:

@@ -83,7 +83,7 @@ def make_train_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformat
                     random_length_prob: float = diffusion.RANDOM_LENGTH_PROB,
                     stratified_t: bool = False, nonfinite: str = 'stop',
                     debug_nan_step: int = -1, state_shardings=None,
-                    batch_sharding=None):
+                    batch_sharding=None, block_options=None):
   """Builds the jitted step.
 
   The step draws its masking noise from `fold_in(key, state.step)`, so a resumed
@@ -115,7 +115,7 @@ def make_train_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformat
   make_loss_batch = objectives.get(objective).loss_batch
   settings = objectives.Settings(ids=model_cfg.ids,
                                  random_length_prob=random_length_prob,
-                                 stratified_t=stratified_t)
+                                 stratified_t=stratified_t, block=block_options)
 
   def loss_fn(params, lb: diffusion.LossBatch, step):
     logits, aux = _logits_and_aux(model_cfg, params, lb)
@@ -130,7 +130,8 @@ def make_train_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformat
 
   def train_step(state: TrainState, batch: Mapping[str, jax.Array],
                  key: jax.Array) -> tuple[TrainState, dict[str, Any]]:
-    lb = make_loss_batch(batch, jax.random.fold_in(key, state.step), settings)
+    lb = make_loss_batch(batch, jax.random.fold_in(key, state.step), settings,
+                         state.step)
     if grad_accum_steps == 1:
       (loss, aux), grads = grad_fn(state.params, lb, state.step)
     else:

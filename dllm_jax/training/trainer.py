@@ -149,7 +149,7 @@ def _compile_step(run: RunConfig, model_cfg, optimizer, schedule, abstract, mesh
       grad_accum_steps=t.grad_accum_steps, random_length_prob=t.random_length_prob,
       stratified_t=t.stratified_t, nonfinite=t.nonfinite,
       debug_nan_step=t.debug_nan_step, state_shardings=state_sh,
-      batch_sharding=batch_sh).lower(
+      batch_sharding=batch_sh, block_options=t.block.options()).lower(
           abstract,
           run.objective.abstract_batch(t.batch_size, run.data.seq_len,
                                        run.data.packing, batch_sh),
@@ -222,6 +222,11 @@ def _print_samples(run: RunConfig, params, model_cfg, tokenizer, key) -> None:
   s = run.sample
   sampling = gen.SamplingConfig(steps=s.steps, gen_length=s.gen_length,
                                 block_length=s.block_length, temperature=s.temperature)
+  if run.train.objective == 'block_diffusion':
+    from dllm_jax.sampling import block  # pylint: disable=g-import-not-at-top
+    b = run.train.block.block_size
+    sampling = block.BlockSamplingConfig(gen_length=s.gen_length, block_length=b,
+                                         steps=b, temperature=s.temperature)
   try:
     texts = sample_text(params, model_cfg, tokenizer, s.prompt, sampling, key,
                         s.num_samples, chat=run.objective.data == 'chat')

@@ -1,0 +1,332 @@
+"""Block-diffusion sampling with an exact KV cache (LLaDA2 / dInfer), one jitted loop.
+
+The canvas is cut into blocks of `block_length` counted from each row's position
+0 (the prompt included, as LLaDA2 aligns them). Attention is block-causal, so
+the keys/values of a finished block never change: the prompt's whole blocks are
+prefilled once, each step runs only the current block against the cache, and a
+finished block's keys/values are written once from its final tokens (a separate
+forward, or fused into the next block's first step with `fuse_write`). Inside
+a block, masked positions are committed by the `fixed`, `threshold` or `factor`
+rule; `editing_threshold` > 0 adds LLaDA2.1's token editing. A row stops at the
+end of the block in which it produced EOS (its length is returned); the loop
+stops when every row has, all inside one `lax.while_loop`.
+
+Rows with different prompt lengths share one canvas: row b is shifted right by a
+whole number of blocks so that every row's first generated block is the same
+canvas block; the slots before it are padding (its own segment, never
+attended by the row), and RoPE positions restart at the row's first token, so
+each row computes exactly what it would alone.
+
+  out = generate(params, prompts, key, config=cfg, sampling=BlockSamplingConfig(),
+                 prompt_lengths=lengths)   # out.tokens [B, gen], out.lengths [B]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dllm_jax import model as model_lib
+from dllm_jax.attention import AttentionSpec
+from dllm_jax.sampling import remasking
+from dllm_jax.sampling.generate import select_factor
+
+PARALLEL = ('fixed', 'threshold', 'factor')
+THRESHOLD_RULES = ('llada2', 'dinfer')
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSamplingConfig:
+  """Knobs of the block sampler (hashable: static under jit).
+
+  steps: per block; the fixed schedule commits block_length / steps tokens per
+    step, split evenly (LLaDA2's `_get_num_transfer_tokens`).
+  parallel: 'fixed' (the schedule's n_s most confident), 'threshold' or
+    'factor' (Fast-dLLM: the largest n whose n-th confidence >= 1 - factor/(n+1)).
+  threshold_rule: 'llada2' every masked position with confidence > threshold if
+    there are at least n_s of them, else the n_s most confident; 'dinfer'
+    confidence >= min(threshold, best - 1e-5) (at least the best one).
+  min_tokens: > 0 replaces the schedule's n_s by this constant (LLaDA2.1's
+    `num_to_transfer`).
+  editing_threshold: > 0 turns on LLaDA2.1 token editing: a committed answer
+    token of the current block whose candidate differs and has probability >
+    this is rewritten; the block ends when a step with no masks edits nothing, or
+    after max_post_steps steps without masks.
+  cache: False recomputes the whole canvas each step (the reference).
+  fuse_write: write a finished block's keys/values in the next block's first
+    step (a 2-block window) instead of a separate forward.
+  """
+
+  gen_length: int = 256
+  block_length: int = 32
+  steps: int = 32
+  parallel: str = 'threshold'
+  threshold_rule: str = 'llada2'
+  threshold: float = 0.95
+  factor: float = 1.0
+  min_tokens: int = 0
+  temperature: float = 0.0
+  editing_threshold: float = 0.0
+  max_post_steps: int = 16
+  cache: bool = True
+  fuse_write: bool = False
+
+  def validate(self) -> None:
+    """One-line ValueErrors for bad values."""
+    for name in ('gen_length', 'block_length', 'steps'):
+      if getattr(self, name) <= 0:
+        raise ValueError(f'{name} must be positive, got {getattr(self, name)}.')
+    if self.parallel not in PARALLEL:
+      raise ValueError(f'unknown parallel rule {self.parallel!r}; known: {PARALLEL}.')
+    if self.threshold_rule not in THRESHOLD_RULES:
+      raise ValueError(f'unknown threshold_rule {self.threshold_rule!r}; known: '
+                       f'{THRESHOLD_RULES}.')
+    if not 0.0 < self.threshold <= 1.0:
+      raise ValueError(f'threshold must be in (0, 1], got {self.threshold}.')
+    if self.temperature < 0 or self.min_tokens < 0 or self.max_post_steps < 0:
+      raise ValueError('temperature, min_tokens and max_post_steps must be >= 0.')
+    if self.fuse_write and not self.cache:
+      raise ValueError('fuse_write needs cache=True.')
+
+
+@flax.struct.dataclass
+class BlockSample:
+  tokens: jax.Array  # [B, gen_length] int32; EOS after each row's length.
+  lengths: jax.Array  # [B] int32: tokens up to and including the first EOS.
+  nfe: jax.Array  # [] int32: model forwards of the loop (the batch's steps).
+
+
+def transfer_schedule(block_length: int, steps: int) -> np.ndarray:
+  """Tokens per step [steps]: block_length / steps, the remainder on the first."""
+  n = np.full(steps, block_length // steps, np.int32)
+  n[:block_length % steps] += 1
+  return n
+
+
+def select(confidence: jax.Array, eligible: jax.Array, n: jax.Array,
+           sc: BlockSamplingConfig) -> jax.Array:
+  """Positions to commit [B, W] from confidences [B, W], masked positions
+  `eligible` [B, W] and the step's n_s [B] (at-least / fixed count)."""
+  if sc.parallel == 'factor':
+    return select_factor(confidence, eligible, sc.factor)
+  top = remasking.select_top_k(confidence, eligible, n)
+  if sc.parallel == 'fixed':
+    return top
+  if sc.threshold_rule == 'dinfer':
+    best = jnp.max(jnp.where(eligible, confidence, -jnp.inf), axis=1, keepdims=True)
+    cut = jnp.clip(best - 1e-5, -1000.0, sc.threshold)
+    return eligible & (confidence >= cut)
+  high = eligible & (confidence > sc.threshold)
+  enough = high.sum(axis=1, keepdims=True) >= n[:, None]
+  return jnp.where(enough, high, top)
+
+
+def check_model(config, sc: BlockSamplingConfig, meta: dict | None = None) -> None:
+  """One-line ValueErrors for a model the block sampler cannot run: the causal
+  autoregressive twin, or a checkpoint (its `meta`, `checkpoint.read_meta`)
+  trained without blocks or with another block size."""
+  if getattr(config, 'causal', False):
+    raise ValueError('the block sampler needs a block-diffusion model; this config '
+                     'is causal (the autoregressive twin: use sampling/autoregressive.py).')
+  if meta is None:
+    return
+  train = meta.get('config', {}).get('train', {})
+  objective = train.get('objective')
+  if objective != 'block_diffusion':
+    raise ValueError(f'the checkpoint was trained with objective {objective!r}, '
+                     'without blocks; the block sampler needs train.objective='
+                     "'block_diffusion' (use sampling/generate.py for it).")
+  trained = train.get('block', {}).get('block_size')
+  if trained is not None and trained != sc.block_length:
+    raise ValueError(f'block_length={sc.block_length} differs from the block size '
+                     f'{trained} the checkpoint was trained with.')
+
+
+def layout(prompt_lengths: np.ndarray, block: int, gen: int):
+  """Static canvas layout of ragged prompts: (first generated block K, blocks
+  after it N, per-row shifts s [B], per-row last block [B])."""
+  first = prompt_lengths // block
+  k = int(first.max())
+  own = -(-(prompt_lengths + gen) // block) - first  # Blocks each row generates.
+  n = int(own.max())
+  shift = (k - first) * block
+  return k, n, shift.astype(np.int32), (k + own - 1).astype(np.int32)
+
+
+def _canvas(prompts, prompt_lengths, shift, t, ids):
+  """Canvas [B, T] (padding, prompt, MASK...), segment ids and RoPE positions."""
+  i = jnp.arange(t)[None, :]
+  src = i - shift[:, None]
+  in_prompt = (src >= 0) & (src < prompt_lengths[:, None])
+  tok = jnp.take_along_axis(prompts, jnp.clip(src, 0, prompts.shape[1] - 1), axis=1)
+  x = jnp.where(in_prompt, tok, jnp.where(src < 0, ids.pad, ids.mask))
+  seg = (src >= 0).astype(jnp.int32)
+  return x.astype(jnp.int32), seg, jnp.maximum(src, 0).astype(jnp.int32)
+
+
+def _step_logits(params, x, k, cache, pending, spec, pos, *, config, sc, b):
+  """Logits [B, b, V] of block k (and the updated cache)."""
+  start = k * b
+  if not sc.cache:
+    return model_lib.forward(params, x, positions=pos, config=config,
+                             attention=spec, output_window=(start, b)), cache
+
+  def one(cache):
+    return model_lib.forward_window(
+        params, jax.lax.dynamic_slice_in_dim(x, start, b, axis=1), start, cache,
+        positions=pos, config=config, output_length=b, attention=spec)
+
+  if not sc.fuse_write:
+    return one(cache)
+
+  def two(cache):  # The finished block's final keys/values, then this block.
+    logits, cache = model_lib.forward_window(
+        params, jax.lax.dynamic_slice_in_dim(x, start - b, 2 * b, axis=1), start - b,
+        cache, positions=pos, config=config, output_length=2 * b, attention=spec)
+    return logits[:, b:], cache
+  return jax.lax.cond(pending, two, one, cache)
+
+
+def _write_block(params, x, k, cache, spec, pos, *, config, b):
+  """Writes block k's keys/values from its final tokens (one forward)."""
+  _, cache = model_lib.forward_window(
+      params, jax.lax.dynamic_slice_in_dim(x, k * b, b, axis=1), k * b, cache,
+      positions=pos, config=config, output_length=1, attention=spec)
+  return cache
+
+
+def _commit(blk, cand, conf, s, sched, prompt_end_in_blk, *, sc, ids):
+  """One step's decisions for block tokens blk [B, b]: (new block, settled [B],
+  post [B]); `s` is the loop state."""
+  b = blk.shape[1]
+  is_mask = blk == ids.mask
+  active = ~s['settled'] & ~s['done']
+  n = jnp.full(blk.shape[:1], sched[jnp.minimum(s['step'], len(sched) - 1)])
+  if sc.min_tokens:
+    n = jnp.full_like(n, sc.min_tokens)
+  take = select(conf, is_mask, n, sc) & active[:, None]
+  edit = jnp.zeros_like(take)
+  if sc.editing_threshold > 0:
+    answer = jnp.arange(b)[None, :] >= prompt_end_in_blk[:, None]
+    edit = (~is_mask & answer & (conf > sc.editing_threshold) & (cand != blk)
+            & active[:, None])
+  new = jnp.where(take | edit, cand, blk)
+  left = jnp.any(new == ids.mask, axis=1)
+  if sc.editing_threshold > 0:
+    quiet = ~jnp.any(is_mask, axis=1) & ~jnp.any(edit, axis=1)
+    post = s['post'] + (~left).astype(jnp.int32)
+    finished = quiet | (~left & (post > sc.max_post_steps))
+  else:
+    post, finished = s['post'], ~left
+  return new, s['settled'] | (active & finished), post
+
+
+@functools.partial(jax.jit, static_argnames=('config', 'sc', 'k0', 'n_blocks'))
+def _sample(params, prompts, prompt_lengths, shift, last_block, key, *, config,
+            sc: BlockSamplingConfig, k0: int, n_blocks: int) -> BlockSample:
+  ids, b = config.ids, sc.block_length
+  t = (k0 + n_blocks) * b
+  x, seg, pos = _canvas(prompts, prompt_lengths, shift, t, ids)
+  spec = AttentionSpec(segment_ids=seg, block_size=b)
+  prompt_end = shift + prompt_lengths  # Canvas index of each row's first answer slot.
+  sched = jnp.asarray(transfer_schedule(b, sc.steps))
+  cache = None
+  if sc.cache:  # A zero cache of the whole canvas, then the prompt's whole blocks.
+    shapes = jax.eval_shape(lambda: model_lib.forward_with_cache(
+        params, x, positions=pos, config=config, attention=spec,
+        output_window=(0, 1))[1])
+    cache = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+    if k0:
+      _, cache = model_lib.forward_window(params, x[:, :k0 * b], 0, cache,
+                                          positions=pos, config=config,
+                                          output_length=1, attention=spec)
+  bsz = x.shape[0]
+  s = dict(x=x, cache=cache, k=jnp.int32(k0), step=jnp.int32(0),
+           post=jnp.zeros(bsz, jnp.int32), settled=jnp.zeros(bsz, bool),
+           done=jnp.zeros(bsz, bool), pending=jnp.bool_(False), nfe=jnp.int32(0),
+           key=key)
+
+  def body(s):
+    k, x = s['k'], s['x']
+    logits, cache = _step_logits(params, x, k, s['cache'], s['pending'], spec, pos,
+                                 config=config, sc=sc, b=b)
+    key, sub = jax.random.split(s['key'])
+    cand, conf = remasking.candidates_and_confidence(
+        logits, sub, temperature=sc.temperature, remasking='low_confidence',
+        mask_id=ids.mask, eos_id=ids.eos, eot_id=ids.eot)
+    blk = jax.lax.dynamic_slice_in_dim(x, k * b, b, axis=1)
+    new, settled, post = _commit(blk, cand, conf, s, sched,
+                                 jnp.clip(prompt_end - k * b, 0, b), sc=sc, ids=ids)
+    x = jax.lax.dynamic_update_slice_in_dim(x, new, k * b, axis=1)
+    block_done = jnp.all(settled | s['done'])
+    # A row stops after a block holding EOS in its answer, or after its last block.
+    answer = k * b + jnp.arange(b)[None, :] >= prompt_end[:, None]
+    eos = jnp.any((new == ids.eos) & answer, axis=1)
+    done = s['done'] | (block_done & (eos | (k >= last_block)))
+    more = block_done & ~jnp.all(done)
+    nfe = s['nfe'] + 1
+    if sc.cache and not sc.fuse_write:
+      cache = jax.lax.cond(more, lambda c: _write_block(params, x, k, c, spec, pos,
+                                                        config=config, b=b),
+                           lambda c: c, cache)
+      nfe = nfe + more.astype(jnp.int32)
+    return dict(x=x, cache=cache, k=k + block_done.astype(jnp.int32),
+                step=jnp.where(block_done, 0, s['step'] + 1),
+                post=jnp.where(block_done, 0, post),
+                settled=jnp.where(block_done, done, settled), done=done,
+                pending=more & sc.fuse_write, nfe=nfe, key=key)
+
+  s = jax.lax.while_loop(lambda s: ~jnp.all(s['done']), body, s)
+  return _finish(s['x'], prompt_end, sc.gen_length, ids, s['nfe'])
+
+
+def _finish(x, prompt_end, gen, ids, nfe) -> BlockSample:
+  """Each row's answer [B, gen] cut after its first EOS (inclusive)."""
+  idx = prompt_end[:, None] + jnp.arange(gen)[None, :]
+  out = jnp.take_along_axis(x, jnp.minimum(idx, x.shape[1] - 1), axis=1)
+  is_eos = out == ids.eos
+  first = jnp.where(jnp.any(is_eos, axis=1), jnp.argmax(is_eos, axis=1) + 1, gen)
+  out = jnp.where(jnp.arange(gen)[None, :] < first[:, None], out, ids.eos)
+  return BlockSample(tokens=out, lengths=first.astype(jnp.int32), nfe=nfe)
+
+
+def generate(params, prompts, key: jax.Array, *, config,
+             sampling: BlockSamplingConfig,
+             prompt_lengths=None, meta: dict | None = None) -> BlockSample:
+  """Block-diffusion sampling of a batch of prompts.
+
+  Args:
+    params: model parameters.
+    prompts: int [B, P] (right-padded when `prompt_lengths` is given).
+    key: randomness (temperature > 0).
+    config: the model config (bidirectional: not the causal twin).
+    sampling: the knobs.
+    prompt_lengths: int [B] host array (ragged prompts), default all P.
+    meta: the checkpoint's meta, if any: checked to be a block-diffusion run.
+
+  Returns:
+    `BlockSample`: tokens [B, gen_length] (EOS after each row's length), lengths
+    [B], nfe (forwards of the batch).
+  """
+  sampling.validate()
+  check_model(config, sampling, meta)
+  prompts = np.asarray(prompts, np.int32)
+  lengths = (np.full(prompts.shape[0], prompts.shape[1], np.int32)
+             if prompt_lengths is None else np.asarray(prompt_lengths, np.int32))
+  if lengths.min() < 1 or lengths.max() > prompts.shape[1]:
+    raise ValueError(f'prompt_lengths must be in [1, {prompts.shape[1]}], got '
+                     f'{lengths.tolist()}.')
+  k0, n, shift, last = layout(lengths, sampling.block_length, sampling.gen_length)
+  t = (k0 + n) * sampling.block_length
+  if t > config.max_len:
+    raise ValueError(f'the canvas needs {t} positions (prompt, gen_length '
+                     f'{sampling.gen_length}, whole blocks of {sampling.block_length}), '
+                     f'more than the model max_len {config.max_len}.')
+  return _sample(params, jnp.asarray(prompts), jnp.asarray(lengths), jnp.asarray(shift),
+                 jnp.asarray(last), key, config=config, sc=sampling, k0=k0,
+                 n_blocks=n)

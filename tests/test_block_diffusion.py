@@ -1,0 +1,289 @@
+"""Block diffusion: the [x_t, x_0] objective against its definition and a NumPy
+loss, the clean copy against a block-causal forward, the cached sampler against
+the uncached one and NumPy transcriptions of LLaDA2 / LLaDA2.1 / dInfer, and the
+one-line errors."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dllm_jax import attention, block_diffusion as bd, diffusion, model, presets
+from dllm_jax.sampling import block, remasking
+from tests import block_reference as ref
+
+MASK = 260  # The tiny preset's mask id (byte vocabulary).
+
+
+def _small(**kw):
+  return presets.get_preset('tiny', n_layers=2, d_model=32, n_heads=4, d_ff=64,
+                            max_len=64, **kw)
+
+
+@pytest.fixture(scope='module')
+def sharp():
+  """A random 2-layer model with a scaled head: confident enough (0.2-0.99) for
+  the threshold rules to matter; EOS is a token it often predicts."""
+  cfg = _small()
+  cfg = dataclasses.replace(cfg, ids=dataclasses.replace(cfg.ids, eos=163))
+  params = model.init_params(cfg, jax.random.key(0))
+  params['ff_out']['kernel'] = params['ff_out']['kernel'] * 60
+  return cfg, params
+
+
+def test_mask_equals_the_hand_built_one():
+  pos = np.array([[0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 0, 1]])
+  seg = np.array([[1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 0, 0]])
+  got = np.asarray(bd.block_mask(jnp.asarray(pos), 2, jnp.asarray(seg)))[0, 0]
+  np.testing.assert_array_equal(got, ref.three_part_mask(pos[0], 2, seg[0]))
+  got = np.asarray(bd.block_mask(jnp.asarray(pos[:, :6]), 3))[0, 0]
+  np.testing.assert_array_equal(got, ref.three_part_mask(pos[0, :6], 3))
+
+
+def test_clean_copy_equals_a_block_causal_forward(tiny_config, tiny_params):
+  tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, 250)
+
+  @jax.jit
+  def both_ways(params, tokens):
+    lb = bd.make_loss_batch({'tokens': tokens}, jax.random.key(0), mask_id=MASK,
+                            options=bd.BlockDiffusionOptions(block_size=4))
+    both = jnp.concatenate([tokens, tokens], axis=1)  # x_t = x_0.
+    out = model.forward(params, both, positions=lb.positions, config=tiny_config,
+                        attention=lb.attention)
+    return out, model.forward(params, tokens, config=tiny_config,
+                              attention=attention.block_causal(4))
+  out, plain = both_ways(tiny_params, tokens)
+  np.testing.assert_allclose(out[:, 16:], plain, atol=2e-5)
+  np.testing.assert_allclose(out[:, :16], plain, atol=2e-5)  # Same context, too.
+
+
+@pytest.mark.parametrize('opts', [bd.BlockDiffusionOptions(block_size=4),
+                                  bd.BlockDiffusionOptions(block_size=4, noise='block',
+                                                           weight='inv_t')])
+def test_loss_equals_numpy_on_packed_sft_rows(opts):
+  b, l, v = 3, 12, 260
+  tokens = jax.random.randint(jax.random.key(1), (b, l), 0, 250)
+  seg = jnp.asarray([[1] * 8 + [2] * 4, [1] * 12, [1] * 6 + [0] * 6])
+  pos = jnp.asarray([list(range(8)) + list(range(4)), list(range(12)),
+                     list(range(6)) + [0] * 6])
+  batch = {'tokens': tokens, 'segment_ids': seg, 'positions': pos,
+           'prompt_lengths': jnp.asarray([2, 3, 0])}
+  key = jax.random.key(3)
+  logits = jax.random.normal(jax.random.key(4), (b, 2 * l, v)) * 3
+
+  @jax.jit
+  def loss(batch):
+    lb = bd.make_loss_batch(batch, key, mask_id=MASK, options=opts)
+    return lb, diffusion.loss_from_logits(logits, lb)
+  lb, got = loss(batch)
+  got = float(got)
+  xt = np.asarray(lb.inputs[:, :l])
+  maskable = (np.asarray(seg) != 0) & (np.arange(l)[None] >= np.array([[2], [3], [0]]))
+  assert not ((xt == MASK) & ~maskable).any()  # Padding and prompts stay clean.
+  t = np.asarray(bd.noise_levels(jax.random.split(key)[0], pos, 4, opts))
+  if opts.noise == 'row':
+    assert ((t >= 0.3) & (t <= 0.8)).all() and (t == t[:, :1]).all()
+  want = ref.block_loss(np.asarray(logits[:, :l]), np.asarray(tokens), xt, MASK,
+                        maskable, None if opts.weight == 'none' else t)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  np.testing.assert_array_equal(np.asarray(lb.weights[:, l:]), 0)
+
+
+def test_block_size_schedule_and_bad_block_sizes():
+  opts = bd.BlockDiffusionOptions(block_size=16, grow_every=10, grow_from=2)
+  assert [int(opts.block_size_at(s)) for s in (0, 9, 10, 25, 1000)] == [2, 2, 4, 8, 16]
+  assert opts.sizes() == [2, 4, 8, 16]
+  with pytest.raises(ValueError, match='block size 12 does not divide the row length 64'):
+    bd.BlockDiffusionOptions(block_size=12).validate(64)
+  with pytest.raises(ValueError, match='unknown block noise'):
+    bd.BlockDiffusionOptions(noise='token').validate(64)
+
+
+def test_threshold_rules_equal_llada2_and_dinfer():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(6, 8, 40)).astype(np.float32) * 4
+  logits[..., 39] = -30  # The mask id is never the argmax (see block.select).
+  x = rng.integers(0, 39, (6, 8))
+  is_mask = rng.random((6, 8)) < 0.7
+  is_mask[:, 0] = True
+  x = np.where(is_mask, 39, x)
+  cand, conf = jax.jit(lambda l: remasking.candidates_and_confidence(
+      l, jax.random.key(0), temperature=0.0, remasking='low_confidence', mask_id=39,
+      eos_id=1, eot_id=2))(jnp.asarray(logits))
+  select = jax.jit(block.select, static_argnums=3)
+  for thr in (0.3, 0.6, 0.9):
+    sc = block.BlockSamplingConfig(threshold=thr, threshold_rule='dinfer')
+    got = select(conf, jnp.asarray(is_mask), jnp.ones(6, jnp.int32), sc)
+    x0, want = ref.dinfer_threshold(logits, is_mask, x, 39, thr)
+    np.testing.assert_array_equal(np.asarray(got), want)
+    np.testing.assert_array_equal(np.asarray(cand)[want], x0[want])
+    for n in (1, 3):  # LLaDA2: > thr if at least n of them, else the top n.
+      got = select(conf, jnp.asarray(is_mask), jnp.full(6, n, jnp.int32),
+                   block.BlockSamplingConfig(threshold=thr))
+      p = ref.softmax(logits).max(-1)
+      for r in range(6):
+        c = np.where(is_mask[r], p[r], -np.inf)
+        high = c > thr
+        want_r = high if high.sum() >= n else np.isin(
+            np.arange(8), np.argsort(-c, kind='stable')[:min(n, is_mask[r].sum())])
+        np.testing.assert_array_equal(np.asarray(got[r]), want_r)
+
+
+def _reference_logits(cfg, params, block_length):
+  fwd = jax.jit(lambda x: model.forward(params, x, config=cfg,
+                                        attention=attention.block_causal(block_length)))
+  return lambda x: np.asarray(fwd(jnp.asarray(x, jnp.int32)))
+
+
+PROMPTS = np.random.default_rng(0).integers(3, 250, (3, 11)).astype(np.int32)
+LENGTHS = np.array([11, 5, 8])
+
+
+def test_cached_sampler_equals_uncached_and_llada2_on_ragged_rows(sharp):
+  """Rows of prompt lengths 11, 5, 8 (blocks of 4): EOS ends rows 0 and 2 in
+  different blocks, row 1 runs to gen_length; the cache changes nothing."""
+  cfg, params = sharp
+  outs = {}
+  for cache in (False, True):
+    sc = block.BlockSamplingConfig(gen_length=16, block_length=4, steps=4,
+                                   threshold=0.5, cache=cache)
+    outs[cache] = block.generate(params, PROMPTS, jax.random.key(0), config=cfg,
+                                 sampling=sc, prompt_lengths=LENGTHS)
+  np.testing.assert_array_equal(outs[True].tokens, outs[False].tokens)
+  np.testing.assert_array_equal(outs[True].lengths, outs[False].lengths)
+  logits_fn = _reference_logits(cfg, params, 4)
+  for r in range(3):
+    want, _ = ref.llada2_generate(logits_fn, PROMPTS[r, :LENGTHS[r]], gen_length=16,
+                                  block_length=4, steps=4, threshold=0.5, eos_id=163,
+                                  mask_id=MASK)
+    n = int(outs[True].lengths[r])
+    np.testing.assert_array_equal(np.asarray(outs[True].tokens[r, :n]), want)
+  assert sorted(np.asarray(outs[True].lengths).tolist()) == [13, 14, 16]
+  assert int(outs[True].nfe) < 4 * 6  # The threshold took several tokens a step.
+
+
+def test_one_editing_step_equals_llada21():
+  """One LLaDA2.1 step (mask threshold with at least 1, edits of committed answer
+  tokens above the editing threshold), rows with and without masks left."""
+  rng = np.random.default_rng(1)
+  blk = np.array([[5, MASK, 7, MASK], [5, 6, 7, 8], [9, 9, MASK, MASK]])
+  cand = rng.integers(0, 12, blk.shape)
+  conf = rng.random(blk.shape).astype(np.float32)
+  sc = block.BlockSamplingConfig(threshold=0.7, min_tokens=1, editing_threshold=0.3,
+                                 max_post_steps=2)
+  s = dict(settled=jnp.zeros(3, bool), done=jnp.zeros(3, bool), step=jnp.int32(0),
+           post=jnp.asarray([0, 2, 0]))
+  new, settled, post = block._commit(  # pylint: disable=protected-access
+      jnp.asarray(blk), jnp.asarray(cand), jnp.asarray(conf), s, jnp.asarray([4]),
+      jnp.asarray([1, 0, 2]), sc=sc, ids=_small().ids.__class__(
+          mask=MASK, bos=0, eos=1, eot=2, pad=3))
+  for r, prompt_end in enumerate([1, 0, 2]):
+    active = blk[r] == MASK
+    c = np.where(active, conf[r], -np.inf)
+    take = (c > 0.7) if (c > 0.7).sum() >= 1 else np.isin(np.arange(4), [np.argmax(c)])
+    take &= active
+    edit = ~active & (np.arange(4) >= prompt_end) & (conf[r] > 0.3) & (cand[r] != blk[r])
+    want = np.where(take | edit, cand[r], blk[r])
+    np.testing.assert_array_equal(np.asarray(new[r]), want)
+  # Row 1 had no masks: its third step without masks exceeds max_post_steps=2.
+  assert bool(settled[1]) and int(post[1]) == 3
+  # Rows 0 and 2 started with masks: never settled in this step (max_post_steps).
+  np.testing.assert_array_equal(np.asarray(settled)[[0, 2]], [False, False])
+
+
+@pytest.mark.slow
+def test_token_editing_equals_llada21(sharp):
+  cfg, params = sharp
+  sc = block.BlockSamplingConfig(gen_length=12, block_length=4, threshold=0.7,
+                                 min_tokens=1, editing_threshold=0.3,
+                                 max_post_steps=3)
+  out = block.generate(params, PROMPTS[:2], jax.random.key(0), config=cfg,
+                       sampling=sc, prompt_lengths=LENGTHS[:2])
+  logits_fn = _reference_logits(cfg, params, 4)
+  edits = 0
+  for r in range(2):
+    want, _, e = ref.llada21_generate(
+        logits_fn, PROMPTS[r, :LENGTHS[r]], gen_length=12, block_length=4,
+        threshold=0.7, editing_threshold=0.3, max_post_steps=3, eos_id=163,
+        mask_id=MASK)
+    edits += e
+    n = int(out.lengths[r])
+    np.testing.assert_array_equal(np.asarray(out.tokens[r, :n]), want)
+  assert edits > 0  # The test exercises editing.
+
+
+def test_bad_input_is_a_one_line_error(tiny_config):
+  sc = block.BlockSamplingConfig(gen_length=8, block_length=4)
+  with pytest.raises(ValueError, match='causal'):
+    block.check_model(presets.get_preset('tiny', causal=True), sc)
+  with pytest.raises(ValueError, match="objective 'pretrain', without blocks"):
+    block.check_model(tiny_config, sc, {'config': {'train': {'objective': 'pretrain'}}})
+  with pytest.raises(ValueError, match='block_length=4 differs from the block size 32'):
+    block.check_model(tiny_config, sc, {'config': {'train': {
+        'objective': 'block_diffusion', 'block': {'block_size': 32}}}})
+  with pytest.raises(ValueError, match='more than the model max_len 64'):
+    block.generate(None, np.zeros((1, 60), np.int32), jax.random.key(0),
+                   config=_small(), sampling=sc)
+
+
+@pytest.mark.parametrize('packed', [pytest.param(False, marks=pytest.mark.slow), True])
+def test_tile_skipping_attention_equals_dense(packed):
+  from dllm_jax import block_sparse  # pylint: disable=g-import-not-at-top
+  l, b = 16, 4
+  pos = np.arange(l)[None] if not packed else np.array([list(range(6)) + list(range(10))])
+  seg = None if not packed else jnp.asarray([[1] * 6 + [2] * 10])
+  mask = bd.block_mask(jnp.asarray(pos), b, seg)
+  q, k, v = (jax.random.normal(jax.random.key(i), (1, 2 * l, 2, 8)) for i in range(3))
+  pairs = block_sparse.tile_pairs(l, b, 4, packed=packed)
+  assert len(pairs) < (2 * l // 4) ** 2 * (0.55 if packed else 0.35)
+
+  @jax.jit
+  def both(q):
+    tiled = lambda q: block_sparse.attend_tiles(q, k, v, mask, pairs, 4)
+    dense = lambda q: jax.nn.dot_product_attention(q, k, v, mask=mask)
+    return (tiled(q), dense(q), jax.grad(lambda q: tiled(q).sum())(q),
+            jax.grad(lambda q: dense(q).sum())(q))
+  tiled, dense, g_tiled, g_dense = both(q)
+  np.testing.assert_allclose(tiled, dense, atol=1e-5)
+  np.testing.assert_allclose(g_tiled, g_dense, atol=1e-5)
+
+
+def test_block_run_shares_the_ar_twins_shapes_and_checks_its_block_size():
+  """train.init_from of a bidirectional run or of the AR twin loads parameters of
+  the same shapes (the slow test below runs it); a block size that does not
+  divide the row length is a one-line error."""
+  from dllm_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  from dllm_jax.training import sections, trainer  # pylint: disable=g-import-not-at-top
+  from tests import support  # pylint: disable=g-import-not-at-top
+  tok = tokenizer_lib.make_tokenizer('byte')
+  shapes = lambda c: jax.tree.map(lambda x: x.shape, model.abstract_params(
+      trainer.model_config(c, tok)))
+  block_run = support.small_config(objective='block_diffusion')
+  cfg = trainer.model_config(block_run, tok)
+  assert not cfg.causal
+  assert shapes(block_run) == shapes(support.small_config(objective='next_token'))
+  block_run.train.block.block_size = 12
+  with pytest.raises(ValueError, match='block size 12 does not divide the row length 32'):
+    sections.check_run(sections.RunConfig.of(block_run), cfg, tok)
+
+
+@pytest.mark.slow
+def test_block_diffusion_run_starts_from_the_ar_twin(tmp_path):
+  from dllm_jax.training import checkpoint, trainer  # pylint: disable=g-import-not-at-top
+  from tests import support  # pylint: disable=g-import-not-at-top
+  ar = support.small_config(objective='next_token', steps=2)
+  ar.sample.num_samples = 0
+  ar_state = trainer.train(ar, str(tmp_path / 'ar'))
+  run = support.small_config(objective='block_diffusion', steps=2,
+                             init_from=str(tmp_path / 'ar'))
+  run.train.block.block_size = 8
+  run.train.block.grow_every, run.train.block.grow_from = 1, 2
+  run.optimizer.lr = 0.0  # The parameters stay the twin's: they were loaded.
+  run.sample.num_samples = 1  # The end-of-run sample takes the block sampler.
+  state = trainer.train(run, str(tmp_path / 'bd'))
+  assert checkpoint.fingerprint(state.params) == checkpoint.fingerprint(ar_state.params)
+  meta = checkpoint.read_meta(str(tmp_path / 'bd'))
+  block.check_model(trainer.model_config(run), block.BlockSamplingConfig(
+      block_length=8), meta)
