@@ -21,7 +21,7 @@ from dllm_jax.training.sections import RunConfig
 from launch.configs import default
 from tests.support import REPO
 
-_OWNERS = (RunConfig,) + sections.SECTIONS
+_OWNERS = (RunConfig,) + sections.ALL_SECTIONS
 
 
 def _checked_fields():

@@ -305,6 +305,8 @@ class SampleSection(Section):
 
 SECTIONS = (ModelSection, DataSection, TrainSection, OptimizerSection, MeshSection,
             SampleSection)
+# Every section, nested ones (train.block) included.
+ALL_SECTIONS = SECTIONS + (BlockSection,)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -402,7 +404,7 @@ def check_mesh(run: RunConfig, model_cfg, mesh_shape: Mapping[str, int]) -> None
 def field_table() -> list[tuple[str, str, str, bool]]:
   """(key, default, allowed, fixed on resume) for every field of every section."""
   rows = []
-  for owner in (RunConfig,) + SECTIONS + (BlockSection,):
+  for owner in (RunConfig,) + ALL_SECTIONS:
     hints = typing.get_type_hints(owner)
     for f in dataclasses.fields(owner):
       if not f.metadata:
