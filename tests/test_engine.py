@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from dllm_jax import ByteTokenizer, SamplingConfig, generate, model, presets
+from dllm_jax.data.tokenizer import SpecialIds
 from dllm_jax.serving import Engine, Request
 from dllm_jax.serving import engine as engine_lib
 
@@ -69,7 +70,7 @@ def test_engine_from_a_hugging_face_directory(tmp_path):
   tok.add_special_tokens(words[3:])
   tok.save(str(tmp_path / 'tokenizer.json'))
   ids = {r: words.index(t) for r, t in LLADA_SPECIAL_TOKENS.items()}
-  cfg = dataclasses.replace(CFG, vocab_size=64, **{f'{r}_id': i for r, i in ids.items()})
+  cfg = dataclasses.replace(CFG, vocab_size=64, ids=SpecialIds(**ids))
   params = jax.jit(model.init_params, static_argnums=0)(cfg, jax.random.key(1))
   llada_hf.save_params(params, cfg, str(tmp_path))
   with open(tmp_path / 'config.json', 'w') as f:

@@ -103,8 +103,7 @@ def hf_model_config(path: str, tokenizer, dtype: str | None = None) -> ModelConf
       n_layers=c['n_layers'], n_heads=c['n_heads'], d_ff=c['mlp_hidden_size'],
       max_len=c['max_sequence_length'], rope_theta=float(c.get('rope_theta', 10000.0)),
       norm_eps=float(c.get('rms_norm_eps', 1e-5)),
-      **{f'{r}_id': getattr(tokenizer, f'{r}_id')
-         for r in ('mask', 'bos', 'eos', 'eot', 'pad')})
+      ids=tokenizer.special_ids)
   if dtype is not None:
     fields.update(dtype=dtype, param_dtype=dtype)
   return ModelConfig(**fields)
@@ -151,14 +150,27 @@ class Engine:
 
   @classmethod
   def from_hf_dir(cls, path: str, *, dtype: str | None = None, **kwargs) -> Engine:
-    """A local Hugging Face directory (config.json, safetensors, tokenizer.json)
-    of the LLaDA family; chat defaults on when the tokenizer has a template."""
-    from dllm_jax.data.hf_tokenizer import HFTokenizer  # pylint: disable=g-import-not-at-top
-    from dllm_jax.interop import llada_hf  # pylint: disable=g-import-not-at-top
-    tokenizer = HFTokenizer(path)
-    config = hf_model_config(path, tokenizer, dtype)
-    params = llada_hf.load_params(path, config)
-    kwargs.setdefault('chat', bool(tokenizer.chat_template))
+    """A local Hugging Face directory (config.json, safetensors, tokenizer.json);
+    the family is picked from its config.json: LLaDA-MoE and LLaDA2 through
+    `interop/moe_hf.py`, dense LLaDA otherwise. Chat defaults on when the
+    tokenizer has a template."""
+    from dllm_jax.interop import moe_hf  # pylint: disable=g-import-not-at-top
+    file = os.path.join(path, 'config.json')
+    if not os.path.isfile(file):
+      raise FileNotFoundError(f'no config.json in {path!r}.')
+    with open(file) as f:
+      hf_config = json.load(f)
+    if 'llada2' in str(hf_config.get('model_type', '')) or 'num_experts' in hf_config:
+      tokenizer = moe_hf.tokenizer(path)
+      overrides = {} if dtype is None else dict(dtype=dtype, param_dtype=dtype)
+      config, params = moe_hf.load(path, **overrides)
+    else:
+      from dllm_jax.data.hf_tokenizer import HFTokenizer  # pylint: disable=g-import-not-at-top
+      from dllm_jax.interop import llada_hf  # pylint: disable=g-import-not-at-top
+      tokenizer = HFTokenizer(path)
+      config = hf_model_config(path, tokenizer, dtype)
+      params = llada_hf.load_params(path, config)
+    kwargs.setdefault('chat', bool(getattr(tokenizer, 'chat_template', None)))
     kwargs.setdefault('name', os.path.basename(os.path.abspath(path)))
     return cls(params, config, tokenizer, **kwargs)
 
