@@ -255,7 +255,7 @@ def test_block_run_shares_the_ar_twins_shapes_and_checks_its_block_size():
   the same shapes (the slow test below runs it); a block size that does not
   divide the row length is a one-line error."""
   from dllm_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
-  from dllm_jax.training import sections, trainer  # pylint: disable=g-import-not-at-top
+  from dllm_jax.training import run_checks, sections, trainer  # pylint: disable=g-import-not-at-top
   from tests import support  # pylint: disable=g-import-not-at-top
   tok = tokenizer_lib.make_tokenizer('byte')
   shapes = lambda c: jax.tree.map(lambda x: x.shape, model.abstract_params(
@@ -266,7 +266,7 @@ def test_block_run_shares_the_ar_twins_shapes_and_checks_its_block_size():
   assert shapes(block_run) == shapes(support.small_config(objective='next_token'))
   block_run.train.block.block_size = 12
   with pytest.raises(ValueError, match='block size 12 does not divide the row length 32'):
-    sections.check_run(sections.RunConfig.of(block_run), cfg, tok)
+    run_checks.check_run(sections.RunConfig.of(block_run), cfg, tok)
 
 
 @pytest.mark.slow

@@ -26,7 +26,8 @@ from dllm_jax.parallel import mesh as mesh_lib, multihost, sharding
 from dllm_jax.sampling import generate as gen
 from dllm_jax.sampling.text import sample_text
 from dllm_jax.training import checkpoint, optimizer as optimizer_lib, preemption
-from dllm_jax.training import progress, provenance, sections, train_step as ts
+from dllm_jax.training import progress, provenance, run_checks
+from dllm_jax.training import train_step as ts
 from dllm_jax.training import elastic, workdir_lock
 from dllm_jax.training.progress import log
 from dllm_jax.training.sections import RunConfig
@@ -42,7 +43,7 @@ def model_config(config: Config, tokenizer: tokenizer_lib.Tokenizer | None = Non
 
 def check_parallel(config: Config, model_cfg, mesh: jax.sharding.Mesh) -> None:
   """One-line ValueErrors for a batch or model that does not fit the mesh."""
-  sections.check_mesh(RunConfig.of(config), model_cfg, dict(mesh.shape))
+  run_checks.check_mesh(RunConfig.of(config), model_cfg, dict(mesh.shape))
 
 
 def _check_finite(state: ts.TrainState, last_saved: int | None) -> None:
@@ -96,9 +97,9 @@ def train(config: Config, workdir: str, *,
   run = RunConfig.of(config)
   tokenizer = tokenizer_lib.make_tokenizer(run.data.tokenizer)
   model_cfg = run.model.model_config(run.objective.causal_model, tokenizer)
-  sections.check_run(run, model_cfg, tokenizer)
+  run_checks.check_run(run, model_cfg, tokenizer)
   mesh = mesh_lib.from_config(run.mesh)
-  sections.check_mesh(run, model_cfg, dict(mesh.shape))
+  run_checks.check_mesh(run, model_cfg, dict(mesh.shape))
   with workdir_lock.hold(workdir), jax.set_mesh(mesh):  # One writer per workdir.
     return _train(run, workdir, stop_after, tokenizer, model_cfg, mesh)
 
