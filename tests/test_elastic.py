@@ -38,6 +38,7 @@ def _check(out, segments):
     assert out['batch_change'].endswith('Differences: config.train.batch_size: 8 -> 4')
 
 
+@pytest.mark.slow  # ~45 s: a run on 2 simulated devices, resumed on 1.
 def test_resume_from_two_devices_on_one(tmp_path):
   segments = [[2, [1, 2, 1]], [3, [1, 1, 1]]]  # fsdp 2 -> one device.
   _check(_elastic(tmp_path, segments), segments)
