@@ -68,6 +68,17 @@ class Tokenizer(Protocol):
   def special_ids(self) -> SpecialIds: ...
 
 
+class WithSpecialIds:
+  """`mask_id`, `bos_id`, ... read from a dataclass's `ids` record (model
+  configs: the older per-id names, kept for callers)."""
+
+  mask_id = property(lambda self: self.ids.mask)
+  bos_id = property(lambda self: self.ids.bos)
+  eos_id = property(lambda self: self.ids.eos)
+  eot_id = property(lambda self: self.ids.eot)
+  pad_id = property(lambda self: self.ids.pad)
+
+
 # Byte tokenizer ids: 0..255 are the bytes themselves, then the specials.
 BYTE_PAD_ID = 256
 BYTE_BOS_ID = 257

@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Iterator
 from dllm_jax.models import moe_hf_names as names
 from dllm_jax.models import moe_transformer as mt
 from dllm_jax.models.base import Family
-from dllm_jax.models.llada import BYTE_VOCAB
+from dllm_jax.models.llada_config import BYTE_VOCAB
 from dllm_jax.models.llada_moe import RELEASED_IDS
 
 

@@ -15,7 +15,7 @@ EMBED_GRADS = ('scatter', 'onehot')
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(tokenizer_lib.WithSpecialIds):
   """Shape and numerics of the mask predictor (hashable: used as a static jit arg)."""
 
   family: ClassVar[str] = 'llada'
@@ -64,12 +64,6 @@ class ModelConfig:
       raise ValueError(f'attention_impl={self.attention_impl!r} is not one of '
                        f'{attention_lib.IMPLEMENTATIONS}.')
     self.ids.check_vocab(self.vocab_size)
-
-  mask_id = property(lambda self: self.ids.mask)
-  bos_id = property(lambda self: self.ids.bos)
-  eos_id = property(lambda self: self.ids.eos)
-  eot_id = property(lambda self: self.ids.eot)
-  pad_id = property(lambda self: self.ids.pad)
 
   @property
   def head_dim(self) -> int:

@@ -17,7 +17,7 @@ from dllm_jax.data import tokenizer as tokenizer_lib
 from dllm_jax.models import moe_hf_names as names
 from dllm_jax.models import moe_transformer as mt
 from dllm_jax.models.base import Family
-from dllm_jax.models.llada import BYTE_VOCAB
+from dllm_jax.models.llada_config import BYTE_VOCAB
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,13 +8,13 @@ import dataclasses
 from dllm_jax import attention as attention_lib
 from dllm_jax.data import tokenizer as tokenizer_lib
 from dllm_jax.models import moe as moe_lib
-from dllm_jax.models.llada import DTYPES, REMAT_POLICIES
+from dllm_jax.models.llada_config import DTYPES, REMAT_POLICIES
 
 HF_LAYOUTS = ('experts', 'fused', 'w13')
 
 
 @dataclasses.dataclass(frozen=True)
-class MoEConfig:
+class MoEConfig(tokenizer_lib.WithSpecialIds):
   """Shape and numerics of an MoE mask predictor (a family subclasses it)."""
 
   vocab_size: int
@@ -79,12 +79,6 @@ class MoEConfig:
       if not ok:
         raise ValueError(message)
     self.ids.check_vocab(self.vocab_size)
-
-  mask_id = property(lambda self: self.ids.mask)
-  bos_id = property(lambda self: self.ids.bos)
-  eos_id = property(lambda self: self.ids.eos)
-  eot_id = property(lambda self: self.ids.eot)
-  pad_id = property(lambda self: self.ids.pad)
 
   @property
   def rotary_dim(self) -> int:
