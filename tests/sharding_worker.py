@@ -19,6 +19,7 @@ def main():
   jax.config.update('jax_platforms', 'cpu')
   jax.config.update('jax_num_cpu_devices', 8)
   from dllm_jax import presets  # pylint: disable=g-import-not-at-top
+  from dllm_jax.models import llada  # pylint: disable=g-import-not-at-top
   from dllm_jax.parallel import mesh as mesh_lib, multihost, sharding  # pylint: disable=g-import-not-at-top
   from dllm_jax.sampling import generate as gen  # pylint: disable=g-import-not-at-top
   from dllm_jax.training import optimizer as opt_lib, train_step as ts  # pylint: disable=g-import-not-at-top
@@ -38,7 +39,7 @@ def main():
     with jax.set_mesh(mesh):
       init_fn = lambda k: ts.init_train_state(model_cfg, opt, k)
       abstract = jax.eval_shape(init_fn, jax.random.key(0))
-      state_sh = sharding.state_shardings(abstract, mesh)
+      state_sh = sharding.state_shardings(abstract, mesh, llada.param_axes)
       state = jax.jit(init_fn, out_shardings=state_sh)(jax.random.key(0))
       batch_sh = sharding.batch_sharding(mesh)
       step = ts.make_train_step(model_cfg, opt, sched, state_shardings=state_sh,
@@ -80,7 +81,8 @@ def main():
   for shape in [(2, 2, 2), (1, 1, 8)]:
     mesh = mesh_lib.make_mesh(*shape)
     with jax.set_mesh(mesh):
-      sharded = jax.device_put(params, sharding.param_shardings(params, mesh))
+      sharded = jax.device_put(params, sharding.param_shardings(params, mesh,
+                                                                 llada.param_axes))
       got = np.asarray(gen.generate(sharded, prompts, jax.random.key(2), config=cfg,
                                     sampling=sampling))
     out['sampler'][str(shape)] = bool(np.array_equal(got, want))

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from dllm_jax import model, presets
+from dllm_jax.models import llada
 from dllm_jax.parallel import mesh as mesh_lib, sharding
 from dllm_jax.training import trainer
 from tests.support import REPO, small_config
@@ -56,7 +57,7 @@ def test_logical_rules_name_every_parameter():
   cfg = presets.get_preset('tiny')
   params = model.abstract_params(cfg)
   axes = {'/'.join(str(sharding._key_name(k)) for k in path):  # pylint: disable=protected-access
-          sharding.param_logical_axes(path, x.ndim)
+          sharding.param_logical_axes(path, x.ndim, llada.param_axes)
           for path, x in jax.tree_util.tree_flatten_with_path(params)[0]}
   assert axes['wte/embedding'] == ('vocab', 'embed')
   assert axes['ff_out/kernel'] == ('embed', 'vocab')  # The output head.

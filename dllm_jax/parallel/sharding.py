@@ -57,29 +57,23 @@ def _key_name(k) -> Any:
   return getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))
 
 
-def _llada_axes():
-  from dllm_jax.models import llada  # pylint: disable=g-import-not-at-top
-  return llada.param_axes
-
-
 def param_logical_axes(path: Sequence[Any], ndim: int,
-                       param_axes=None) -> tuple[str | None, ...]:
+                       param_axes) -> tuple[str | None, ...]:
   """Logical axes of the parameter at `path` (keys of the params dict), by the
-  model family's `param_axes` (default: the `llada` family's)."""
-  param_axes = param_axes or _llada_axes()
+  model family's `param_axes` (`models.of(config).param_axes`)."""
   return tuple(param_axes(tuple(_key_name(k) for k in path), ndim))
 
 
-def param_shardings(abstract_params, mesh, param_axes=None) -> Any:
+def param_shardings(abstract_params, mesh, param_axes) -> Any:
   """NamedSharding per parameter (tree like `abstract_params`); `param_axes` is
-  the model family's (`models.of(config).param_axes`; default `llada`)."""
+  the model family's (`models.of(config).param_axes`)."""
   def one(path, x):
     axes = param_logical_axes(path, x.ndim, param_axes)
     return NamedSharding(mesh, spec(axes, x.shape, mesh))
   return jax.tree_util.tree_map_with_path(one, abstract_params)
 
 
-def state_shardings(abstract_state, mesh, param_axes=None) -> Any:
+def state_shardings(abstract_state, mesh, param_axes) -> Any:
   """Shardings for a train state: parameters by the rules; optimizer moments
   like the parameter whose path they end with; everything else replicated."""
   params = getattr(abstract_state, 'params', abstract_state)
