@@ -8,6 +8,10 @@ path that computes it:
   * nothing but causality and key lengths: `jax.nn.dot_product_attention` with
     `is_causal` / `key_value_seq_lengths` and no mask (cuDNN's unmasked flash
     kernels on a GPU);
+  * documents packed in a row (segments and nothing else) with
+    implementation 'cudnn_packed': cuDNN's packed (ragged) layout, one flash
+    attention per document and no mask (Hopper or newer; rows whose documents
+    do not fit its static count take the masked path, see `attend_packed`);
   * anything else (segments, blocks, an explicit mask, a query window that is
     not the whole sequence): one boolean mask [B, 1, Q, K] built here.
 
@@ -22,7 +26,11 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-IMPLEMENTATIONS = (None, 'xla', 'cudnn')
+IMPLEMENTATIONS = (None, 'xla', 'cudnn', 'cudnn_packed')
+# The most documents one row may hold on the packed cuDNN path: a static shape
+# (cuDNN's per-segment softmax statistics are [B * MAX_SEGMENTS, H, T]); a batch
+# with a row over it takes the masked path instead.
+MAX_SEGMENTS = 16
 
 
 @flax.struct.dataclass
@@ -125,11 +133,17 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, spec: AttentionSpec, *,
     spec: the rules; its arrays cover the K keys.
     q_start: None when the queries are the keys' own positions (Q == K);
       otherwise the key index of the first query (a window against a cache).
-    implementation: 'xla' or 'cudnn' (`choose_implementation`).
+    implementation: 'xla', 'cudnn' or 'cudnn_packed' (`choose_implementation`;
+      'cudnn_packed' is 'cudnn' but for specs of segments alone).
 
   Returns:
     [B, Q, Hq, D].
   """
+  if implementation == 'cudnn_packed':
+    if (q_start is None and spec.segment_ids is not None and spec.mask is None
+        and not spec.block_size and not spec.causal and spec.kv_lengths is None):
+      return attend_packed(q, k, v, spec.segment_ids)
+    implementation = 'cudnn'
   if q_start is None:
     # Causality and key lengths go to the kernel as flags (no mask tensor: the
     # unmasked fast path when nothing else is asked); only the other rules
@@ -142,3 +156,64 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, spec: AttentionSpec, *,
   mask = build_mask(spec, q.shape[1], k.shape[1], q_start)
   return jax.nn.dot_product_attention(q, k, v, mask=mask,
                                       implementation=implementation)
+
+
+def packed_layout(segment_ids: jax.Array, max_segments: int = MAX_SEGMENTS):
+  """cuDNN's packed description of rows made of runs of equal segment ids.
+
+  Args:
+    segment_ids: [B, T] int.
+    max_segments: M, the static number of runs a row may have.
+
+  Returns:
+    (seqlens [B, M], offsets [B, M + 1], fits []): run lengths and run starts
+    (token index in the row), -1 past each row's run count; `fits` is true when
+    every row has at most M runs and no id appears in two runs (then one
+    attention per run equals the segment mask exactly; padding, one run of id 0,
+    attends to itself as it does under the mask).
+  """
+  b, t = segment_ids.shape
+  m = min(max_segments, t)
+  pos = jnp.arange(t, dtype=jnp.int32)
+  new = jnp.concatenate([jnp.ones((b, 1), bool),
+                         segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+  runs = new.sum(axis=1, dtype=jnp.int32)  # [B]
+  srt = jnp.sort(segment_ids, axis=1)
+  distinct = 1 + jnp.sum(srt[:, 1:] != srt[:, :-1], axis=1, dtype=jnp.int32)
+  starts = jnp.sort(jnp.where(new, pos, t), axis=1)[:, :m]  # [B, m], t past `runs`
+  idx = jnp.arange(m, dtype=jnp.int32)[None]
+  live = idx < runs[:, None]
+  ends = jnp.concatenate([starts[:, 1:], jnp.full((b, 1), t, jnp.int32)], axis=1)
+  ends = jnp.where(idx + 1 < runs[:, None], ends, t)
+  seqlens = jnp.where(live, ends - starts, -1).astype(jnp.int32)
+  offsets = jnp.concatenate([jnp.where(live, starts, -1),
+                             jnp.full((b, 1), -1, jnp.int32)], axis=1).astype(jnp.int32)
+  fits = jnp.all((runs <= m) & (runs == distinct))
+  return seqlens, offsets, fits
+
+
+def attend_packed(q: jax.Array, k: jax.Array, v: jax.Array,
+                  segment_ids: jax.Array,
+                  max_segments: int = MAX_SEGMENTS) -> jax.Array:
+  """Bidirectional attention within each document of packed rows on cuDNN's
+  packed layout (no [B, 1, T, T] mask: each document is its own flash
+  attention). Falls back, by `lax.cond`, to the masked cuDNN path when a row has
+  more than `max_segments` documents or an id split over two runs.
+
+  q: [B, T, Hq, D]; k, v: [B, T, Hkv, D]; segment_ids: [B, T]. Returns [B, T, Hq, D].
+  """
+  # A private JAX entry point: jax.nn.dot_product_attention has no packed form.
+  from jax._src.cudnn import fused_attention_stablehlo as cudnn_fa  # pylint: disable=g-import-not-at-top
+  seqlens, offsets, fits = packed_layout(segment_ids, max(2, max_segments))
+
+  def packed(q, k, v):
+    return cudnn_fa.dot_product_attention(
+        q, k, v, q_seqlen=seqlens, kv_seqlen=seqlens, q_offsets=offsets,
+        kv_offsets=offsets, scale=float(q.shape[-1]) ** -0.5,
+        mask_type=cudnn_fa.MaskType.NO_MASK, qkv_layout='BTNH')
+
+  def masked(q, k, v):
+    mask = build_mask(AttentionSpec(segment_ids=segment_ids), q.shape[1], k.shape[1])
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation='cudnn')
+
+  return jax.lax.cond(fits, packed, masked, q, k, v)

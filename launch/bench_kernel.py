@@ -31,6 +31,13 @@ _TWIN_SPLITS = flags.DEFINE_list(
     'first is the reference the others are compared with).')
 _INTERPRET = flags.DEFINE_bool('interpret', False, 'Run the kernel in Pallas '
                                'interpret mode (any backend; slow: for testing).')
+_HEAD_DIM = flags.DEFINE_integer(
+    'head_dim', 0, 'If > 0, also time the output head (hidden [rows, head_dim] x '
+    '[head_dim, vocab], bf16) alone and followed by the candidate pass, at '
+    '--head_rows: what writing and re-reading the logits costs, i.e. what a kernel '
+    'fusing the head into the candidate pass could save at most.')
+_HEAD_ROWS = flags.DEFINE_list('head_rows', ['32', '1024', '12288'],
+                               'Rows of the --head_dim timing.')
 _BANDWIDTH = flags.DEFINE_float('bandwidth', 3.0e12, 'Memory bandwidth for the floor '
                                 '(bytes/s; H100 SXM ~3.0e12 measured).')
 
@@ -86,6 +93,8 @@ def main(argv):
         table.append([r, temperature, floor, name, ms, t_twin / ms,
                       f'{np.mean(got == want):.4f}'])
         print(f'  rows {r}, temperature {temperature}, {name}: {ms:.3f} ms', flush=True)
+  if _HEAD_DIM.value:
+    table += _head_rows(timed, seed, run_kernel, shapes[0] if shapes else None)
   print(f'\nvocab {_VOCAB.value}, bf16 logits, on {dev.device_kind}; kernel shape '
         'rows:tile:splits:lanes:warps:stages (splits 0: automatic); "x first": '
         'speed-up over the first row of its group\n')
@@ -95,6 +104,40 @@ def main(argv):
   for r, t, floor, name, ms, x, same in table:
     ms_s, x_s = ('-', '-') if ms is None else (f'{ms:.3f}', f'{x:.2f}')
     print(f'| {r} | {t} | {floor:.3f} | {name} | {ms_s} | {x_s} | {same} |')
+
+
+def _head_rows(timed, seed, run_kernel, shape):
+  """Rows of the head timing: head alone, head + twin, head + kernel (temperature 0).
+
+  The floor is reading the head's weights and writing the logits once."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from dllm_jax.sampling import fused  # pylint: disable=g-import-not-at-top
+  d, v = _HEAD_DIM.value, _VOCAB.value
+  w = (jax.random.normal(jax.random.key(2), (d, v)) * d ** -0.5).astype(jnp.bfloat16)
+  kw = dict(temperature=0.0, mask_id=v - 128)
+  head = lambda h: jnp.dot(h, w, preferred_element_type=jnp.float32).astype(jnp.bfloat16)
+  rows = []
+  for r in map(int, _HEAD_ROWS.value):
+    h = jax.random.normal(jax.random.key(3), (r, d)).astype(jnp.bfloat16)
+    floor = 1e3 * (d * v * 2 + r * v * 2) / _BANDWIDTH.value
+    impls = [(f'head {d} x {v} alone', lambda h: head(h)),
+             ('head, then XLA twin', lambda h: fused.candidates_jnp(head(h), seed, **kw))]
+    if run_kernel and shape is not None:
+      impls.append((f'head, then kernel {shape.name()}', lambda h: fused.candidates_pallas(
+          head(h), seed, kernel=shape, interpret=_INTERPRET.value, **kw)))
+    t_first = None
+    for name, fn in impls:
+      try:
+        ms = timed(jax.jit(fn), h)
+      except Exception as e:  # pylint: disable=broad-except
+        print(f'  {name} failed: {" ".join(str(e).split())[:200]}', flush=True)
+        rows.append([r, 0.0, floor, name, None, None, 'failed'])
+        continue
+      t_first = t_first or ms
+      rows.append([r, 0.0, floor, name, ms, t_first / ms, '-'])
+      print(f'  rows {r}, {name}: {ms:.3f} ms', flush=True)
+  return rows
 
 
 if __name__ == '__main__':

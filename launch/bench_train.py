@@ -8,9 +8,11 @@ Random tokens, the pretraining objective, AdamW. The list flags (--batch,
 --grad_accum_steps, --segments, --remat, --embed_grad) give one row per position (a flag with
 one value applies to every row); each row's step is compiled ahead of time, then
 --steps steps are timed after --warmup untimed ones, and the next row starts.
-`--segments=true` passes segment ids (one document per row), as packed data does:
-attention then takes its masked path; without them the pretraining batch is
-mask-free (the 1% random-length cut is a key length). FLOPs are analytic
+`--segments=true` passes segment ids (one document per row), `--segments=N` N
+documents of random lengths per row, as packed data does: attention then takes its
+masked path, or with `--attention_impl=cudnn_packed` cuDNN's packed layout (no
+mask); without segments the pretraining batch is mask-free (the 1% random-length
+cut is a key length). FLOPs are analytic
 (dllm_jax/flops.py); rematerialised work is not counted.
 """
 
@@ -26,8 +28,11 @@ _SEQ_LEN = flags.DEFINE_integer('seq_len', 128, 'Sequence length.')
 _BATCH = flags.DEFINE_list('batch', ['32'], 'Global batch size of each row.')
 _ACCUM = flags.DEFINE_list('grad_accum_steps', ['1'], 'Gradient accumulation steps.')
 _SEGMENTS = flags.DEFINE_list('segments', ['false'],
-                              'Pass segment ids (the masked attention path): '
-                              'true, false or both.')
+                              'Pass segment ids: false, true (one document per '
+                              'row) or N (N documents of random lengths per row).')
+_ATTENTION = flags.DEFINE_list('attention_impl', ['default'],
+                               'Attention implementation per row: default (the '
+                               "config's choice), xla, cudnn or cudnn_packed.")
 _REMAT = flags.DEFINE_list('remat', ['none'], 'Rematerialisation policies.')
 _EMBED_GRAD = flags.DEFINE_list('embed_grad', ['scatter'],
                                 'Input-embedding gradient: scatter or onehot.')
@@ -39,22 +44,37 @@ _PROFILE_DIR = flags.DEFINE_string(
 _PROFILE_STEPS = flags.DEFINE_integer('profile_steps', 2, 'Steps traced per row.')
 
 
-def _bool(text: str) -> bool:
-  if text.lower() not in ('true', 'false'):
-    raise app.UsageError(f'--segments takes true/false, not {text!r}.')
-  return text.lower() == 'true'
+def _documents(text: str) -> int:
+  low = text.lower()
+  if low in ('true', 'false'):
+    return int(low == 'true')
+  if not low.isdigit():
+    raise app.UsageError(f'--segments takes true, false or a document count, not {text!r}.')
+  return int(low)
 
 
-def _rows() -> list[tuple[int, int, bool, str, str]]:
-  """(batch, accum, segments, remat, embed_grad) per row: the list flags
-  zipped, single values broadcast."""
-  lists = [_BATCH.value, _ACCUM.value, _SEGMENTS.value, _REMAT.value, _EMBED_GRAD.value]
+def _attention(text: str) -> str | None:
+  if text == 'default':
+    return None
+  if text not in ('xla', 'cudnn', 'cudnn_packed'):
+    raise app.UsageError(f'--attention_impl takes default, xla, cudnn or '
+                         f'cudnn_packed, not {text!r}.')
+  return text
+
+
+def _rows() -> list[tuple[int, int, int, str, str, str | None]]:
+  """(batch, accum, documents, remat, embed_grad, attention_impl) per row: the
+  list flags zipped, single values broadcast."""
+  lists = [_BATCH.value, _ACCUM.value, _SEGMENTS.value, _REMAT.value, _EMBED_GRAD.value,
+           _ATTENTION.value]
   n = max(len(v) for v in lists)
   if any(len(v) not in (1, n) for v in lists):
-    raise app.UsageError('--batch, --grad_accum_steps, --segments, --remat and '
-                         f'--embed_grad each take one value or {n} (one per row).')
-  b, a, s, r, e = ([v[0]] * n if len(v) == 1 else v for v in lists)
-  return [(int(b[i]), int(a[i]), _bool(s[i]), r[i], e[i]) for i in range(n)]
+    raise app.UsageError('--batch, --grad_accum_steps, --segments, --remat, '
+                         f'--embed_grad and --attention_impl each take one value or '
+                         f'{n} (one per row).')
+  b, a, s, r, e, i = ([v[0]] * n if len(v) == 1 else v for v in lists)
+  return [(int(b[j]), int(a[j]), _documents(s[j]), r[j], e[j], _attention(i[j]))
+          for j in range(n)]
 
 
 def main(argv):
@@ -68,13 +88,14 @@ def main(argv):
   peak = flops.peak_flops(dev.device_kind)
   seq = _SEQ_LEN.value
   rows = []
-  for row, (batch_size, accum, segments, remat, embed_grad) in enumerate(runs):
+  for row, (batch_size, accum, segments, remat, embed_grad, impl) in enumerate(runs):
     cfg = presets.get_preset(
         _PRESET.value, dtype=_DTYPE.value, param_dtype=_PARAM_DTYPE.value,
-        remat=remat, embed_grad=embed_grad,
+        remat=remat, embed_grad=embed_grad, attention_impl=impl,
         max_len=max(seq, presets.PRESETS[_PRESET.value]['max_len']))
     name = (f'{batch_size} x {seq}' + (f', accum {accum}' if accum > 1 else '')
-            + (', segments' if segments else '')
+            + (f', {segments} document{"s" * (segments > 1)}' if segments else '')
+            + (f', {impl}' if impl else '')
             + (f', remat {remat}' if remat != 'none' else '')
             + (f', {embed_grad} embedding grad' if embed_grad != 'scatter' else ''))
     print(f'== {name}', flush=True)

@@ -25,14 +25,25 @@ class StepTiming:
   loss: float  # Of the last step run.
 
 
+def document_ids(seq_len: int, documents: int, seed: int = 0) -> jax.Array:
+  """[seq_len] segment ids 1..documents of random contiguous lengths."""
+  if documents == 1:
+    return jnp.ones((seq_len,), jnp.int32)
+  cuts = jax.random.choice(jax.random.key(seed), jnp.arange(1, seq_len),
+                           (documents - 1,), replace=False)
+  starts = jnp.zeros((seq_len,), jnp.int32).at[cuts].set(1)
+  return 1 + jnp.cumsum(starts)
+
+
 def time_train_step(cfg: ModelConfig, batch_size: int, seq_len: int, *, steps: int,
                     warmup: int = 1, grad_accum_steps: int = 1,
-                    segments: bool = False, profile_dir: str | None = None,
+                    segments: int = 0, profile_dir: str | None = None,
                     profile_steps: int = 2, log=print) -> StepTiming:
   """Compiles and times the train step of `cfg` on a [batch_size, seq_len] batch.
 
-  `segments`: pass one-document segment ids (the masked attention path packed
-  data takes). `profile_dir`: afterwards trace `profile_steps` more steps there
+  `segments`: pass segment ids of that many documents per row (0: none; the
+  documents' lengths are random, the same in every row; what packed data
+  passes). `profile_dir`: afterwards trace `profile_steps` more steps there
   (Perfetto trace included, for `launch.profile_summary`). Compile errors (most
   often out of memory) propagate.
   """
@@ -44,7 +55,8 @@ def time_train_step(cfg: ModelConfig, batch_size: int, seq_len: int, *, steps: i
   tokens = jax.random.randint(jax.random.key(1), (batch_size, seq_len), 0, cfg.ids.mask)
   batch = {'tokens': tokens}
   if segments:
-    batch['segment_ids'] = jnp.ones_like(tokens)
+    batch['segment_ids'] = jnp.broadcast_to(
+        document_ids(seq_len, segments), tokens.shape).astype(jnp.int32)
   key = jax.random.key(2)
   t0 = time.perf_counter()
   compiled = step.lower(state, batch, key).compile()

@@ -92,3 +92,36 @@ def test_a_spec_is_causal_or_block_causal_not_both():
     attention.AttentionSpec(causal=True, block_size=4)
   with pytest.raises(ValueError, match='positive'):
     attention.block_causal(0)
+
+
+def _packed_layout_reference(seg, m):
+  """NumPy: run lengths / starts padded with -1, and whether the rows fit."""
+  b, t = seg.shape
+  lens, offs, fits = -np.ones((b, m), np.int32), -np.ones((b, m + 1), np.int32), True
+  for r in range(b):
+    starts = [0] + [i for i in range(1, t) if seg[r, i] != seg[r, i - 1]]
+    fits &= len(starts) <= m and len(starts) == len(set(seg[r].tolist()))
+    bounds = starts + [t]
+    for j, s in enumerate(starts[:m]):
+      offs[r, j] = s
+      lens[r, j] = (bounds[j + 1] if j + 1 < m else t) - s
+  return lens, offs, fits
+
+
+@pytest.mark.parametrize('rows', [
+    [[1, 1, 1, 2, 2, 0, 0, 0], [1, 1, 1, 1, 1, 1, 1, 1]],  # docs + padding; one doc
+    [[1, 2, 3, 4, 5, 6, 7, 7], [1, 1, 1, 1, 1, 1, 1, 1]],  # more runs than M
+    [[3, 3, 1, 1, 3, 3, 0, 0], [2, 2, 2, 2, 2, 2, 2, 2]],  # an id in two runs
+])
+def test_packed_layout_equals_numpy(rows):
+  """The cuDNN packed description (attention.attend_packed on a GPU;
+  tests/test_gpu.py compares that path with XLA's masked attention)."""
+  seg = np.array(rows, np.int32)
+  got = attention.packed_layout(jnp.asarray(seg), 4)
+  want = _packed_layout_reference(seg, 4)
+  np.testing.assert_array_equal(np.asarray(got[0])[np.asarray(got[0]) >= 0],
+                                want[0][want[0] >= 0])
+  if want[2]:
+    np.testing.assert_array_equal(np.asarray(got[0]), want[0])
+    np.testing.assert_array_equal(np.asarray(got[1]), want[1])
+  assert bool(got[2]) == want[2]

@@ -28,12 +28,12 @@ def _table(text, header):
 
 def test_bench_train_rows_and_profile_summary(tmp_path):
   out = _run('launch.bench_train', '--seq_len=32', '--batch=4,8',
-             '--grad_accum_steps=1,2', '--segments=false,true',
+             '--grad_accum_steps=1,2', '--segments=false,3',
              '--embed_grad=scatter,onehot', '--steps=1', '--warmup=1',
              f'--profile_dir={tmp_path}', '--profile_steps=1')
   rows = _table(out, '| batch x seq |')
   assert [r[0] for r in rows] == [
-      '4 x 32', '8 x 32, accum 2, segments, onehot embedding grad']
+      '4 x 32', '8 x 32, accum 2, 3 documents, onehot embedding grad']
   assert all(float(r[1]) > 0 for r in rows)  # step ms
   summary = _run('launch.profile_summary', str(tmp_path / 'row1'), '--top=5')
   kinds = _table(summary, '| kind |')
@@ -43,8 +43,13 @@ def test_bench_train_rows_and_profile_summary(tmp_path):
 
 def test_bench_kernel_times_each_implementation_in_interpret_mode():
   out = _run('launch.bench_kernel', '--vocab=1000', '--rows=16', '--repeats=1',
-             '--interpret', '--twin_splits=1,4', '--kernels=16:256:1:0:8,4:128:0:1:4')
+             '--interpret', '--twin_splits=1,4', '--kernels=16:256:1:0:8,4:128:0:1:4',
+             '--head_dim=32', '--head_rows=16')
   rows = _table(out, '| rows |')
+  head = [r[3] for r in rows if r[3].startswith('head')]
+  assert head == ['head 32 x 1000 alone', 'head, then XLA twin',
+                  'head, then kernel 16:256:1:0:8:2']
+  rows = [r for r in rows if not r[3].startswith('head')]
   names = ['XLA twin', 'XLA twin, 4 splits', 'kernel 16:256:1:0:8:2',
            'kernel 4:128:0:1:4:2']
   assert [(r[1], r[3]) for r in rows] == [(t, n) for t in ('0.0', '1.0') for n in names]
