@@ -23,7 +23,7 @@ _VOCAB = flags.DEFINE_integer('vocab', 126_464, 'Vocabulary size.')
 _ROWS = flags.DEFINE_list('rows', ['384', '12288'], 'Rows (batch x positions).')
 _REPEATS = flags.DEFINE_integer('repeats', 20, 'Timed runs.')
 _KERNELS = flags.DEFINE_list(
-    'kernels', ['16:2048:1:0:8', '16:2048:0:0:8', '8:1024:0:0:4', '4:1024:0:1:4',
+    'kernels', ['8:1024:0:0:4', '16:2048:1:0:8', '16:2048:0:0:8', '4:1024:0:1:4',
                 '8:512:0:1:4'],
     'Kernel launch shapes rows:tile:splits:lanes:warps[:stages] to time.')
 _TWIN_SPLITS = flags.DEFINE_list(

@@ -72,20 +72,10 @@ def hf_name_map(cfg: mt.MoEConfig) -> Iterator[Any]:
     yield f'{p}attention.query_layernorm.weight', attn + ('q_norm', 'weight'), False
     yield f'{p}attention.key_layernorm.weight', attn + ('k_norm', 'weight'), False
     yield from names.norms(p, i)
-    if i < cfg.first_k_dense:
-      yield from names.swiglu(f'{p}mlp.', ('layers', i, 'mlp'))
-      continue
-    moe = ('layers', i, 'moe')
-    yield from names.router(f'{p}mlp.gate.weight', moe)
-    if cfg.expert_bias:
-      yield from names.bias(f'{p}mlp.gate.expert_bias', moe)
-    yield from names.experts(cfg, p + 'mlp.', moe + ('experts',),
-                             w13=(f'{p}mlp.experts.w13_weight',
-                                  f'{p}mlp.experts.w2_weight'))
-    if cfg.shared_d_ff:
-      yield from names.swiglu(f'{p}mlp.shared_experts.', moe + ('shared',))
-  yield 'model.norm.weight', ('final_norm', 'weight'), False
-  yield 'lm_head.weight', ('head', 'kernel'), True
+    yield from names.feed_forward(
+        cfg, p, i, bias_name='mlp.gate.expert_bias', shared='mlp.shared_experts.',
+        w13=(f'{p}mlp.experts.w13_weight', f'{p}mlp.experts.w2_weight'))
+  yield from names.final()
 
 
 FAMILY = Family(

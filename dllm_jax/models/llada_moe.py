@@ -63,18 +63,10 @@ def hf_name_map(cfg: mt.MoEConfig) -> Iterator[Any]:
     for ours in ('q_norm', 'k_norm'):
       yield f'{p}self_attn.{ours}.weight', ('layers', i, 'attn', ours, 'weight'), False
     yield from names.norms(p, i)
-    if i < cfg.first_k_dense:
-      yield from names.swiglu(f'{p}mlp.', ('layers', i, 'mlp'))
-      continue
-    yield from names.router(f'{p}mlp.gate.weight', ('layers', i, 'moe'))
-    if cfg.expert_bias:
-      yield from names.bias(f'{p}mlp.expert_bias', ('layers', i, 'moe'))
-    yield from names.experts(cfg, p + 'mlp.', ('layers', i, 'moe', 'experts'),
-                             w13=(f'{p}mlp.w1', f'{p}mlp.w2'))
-    if cfg.shared_d_ff:
-      yield from names.swiglu(f'{p}mlp.shared_expert.', ('layers', i, 'moe', 'shared'))
-  yield 'model.norm.weight', ('final_norm', 'weight'), False
-  yield 'lm_head.weight', ('head', 'kernel'), True
+    yield from names.feed_forward(cfg, p, i, bias_name='mlp.expert_bias',
+                                  shared='mlp.shared_expert.',
+                                  w13=(f'{p}mlp.w1', f'{p}mlp.w2'))
+  yield from names.final()
 
 
 FAMILY = Family(

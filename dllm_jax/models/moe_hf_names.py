@@ -1,10 +1,11 @@
 """Hugging Face name-map pieces shared by the `llada_moe` and `llada2` families:
-norms, dense SwiGLU, routers, and the three expert layouts stacked into our
-`gate_up` [E, D, 2, I] / `down` [E, I, D] (base.HFTensor entries)."""
+norms, dense SwiGLU, routers, the three expert layouts stacked into our
+`gate_up` [E, D, 2, I] / `down` [E, I, D] (base.HFTensor entries), a layer's
+whole feed-forward part and the final norm and head."""
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -61,3 +62,26 @@ def experts(cfg, p: str, ours: tuple, w13: tuple[str, str]) -> Iterator[HFTensor
         lambda a: a[0].reshape(e, 2, -1, a[0].shape[-1]).transpose(0, 3, 1, 2),
         lambda x: [x.transpose(0, 2, 3, 1).reshape(e, -1, x.shape[1])])
     yield HFTensor((w13[1],), down, lambda a: _t(a[0]), lambda x: [_t(x)])
+
+
+def feed_forward(cfg, p: str, i: int, *, bias_name: str, w13: tuple[str, str],
+                 shared: str) -> Iterator[Any]:
+  """Layer i's feed-forward names under prefix `p` ('model.layers.{i}.'): a dense
+  SwiGLU below `cfg.first_k_dense`, else the router, its optional expert bias
+  (`p + bias_name`), the experts (`w13`: the family's fused pair names) and the
+  optional shared expert (`p + shared`)."""
+  if i < cfg.first_k_dense:
+    yield from swiglu(f'{p}mlp.', ('layers', i, 'mlp'))
+    return
+  moe = ('layers', i, 'moe')
+  yield from router(f'{p}mlp.gate.weight', moe)
+  if cfg.expert_bias:
+    yield from bias(p + bias_name, moe)
+  yield from experts(cfg, p + 'mlp.', moe + ('experts',), w13=w13)
+  if cfg.shared_d_ff:
+    yield from swiglu(p + shared, moe + ('shared',))
+
+
+def final() -> Iterator[tuple]:
+  yield 'model.norm.weight', ('final_norm', 'weight'), False
+  yield 'lm_head.weight', ('head', 'kernel'), True

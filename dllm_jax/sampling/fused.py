@@ -123,11 +123,13 @@ class KernelConfig:
     reduced once at the end) instead of reducing every tile.
   num_warps, num_stages: Triton's.
   """
-  rows: int = 16
-  tile: int = 2048
-  splits: int = 1
+  # Default: the fastest of `launch.bench_kernel`'s shapes on an H200 at 384 and
+  # 12,288 rows, temperature 0 (experiments/perf_notes.md, 2026-11-27, session 6).
+  rows: int = 8
+  tile: int = 1024
+  splits: int = 0
   lanes: bool = False
-  num_warps: int = 8
+  num_warps: int = 4
   num_stages: int = 2
 
   @classmethod
@@ -252,15 +254,18 @@ def candidates_pallas(logits: jax.Array, seed: jax.Array, *, temperature: float,
   return cand[:r], conf[:r]
 
 
-# Measured on one H100 (`launch.bench_kernel`, vocabulary 126,464, bf16 logits,
-# experiments/perf_notes.md), default launch shape: at temperature 0 the kernel
-# beats the twin at 384 rows (0.69 vs 0.86 ms) but is 9% slower at 12,288; with
-# Gumbel noise it is 3.4x-5.4x slower. One program per 16 rows walks the whole
-# vocabulary, so its time is about 0.6-0.7 ms per wave of ~2,000 rows and does
-# not shrink below 384 rows, where the twin gets cheaper. So it is dispatched
-# only in the measured range where it won: temperature 0 and
-# KERNEL_ROWS[0] <= rows <= KERNEL_ROWS[1] (the sampler's rows: batch x block).
-KERNEL_ROWS = (384, 2048)
+# Measured (`launch.bench_kernel`, vocabulary 126,464, bf16 logits,
+# experiments/perf_notes.md). On one H100 the first launch shape (16 rows per
+# program walking the whole vocabulary) beat the twin only at 384 rows,
+# temperature 0. On one H200 (session 6) the default shape above (8 rows, 1,024
+# columns per tile, the vocabulary split over enough programs for ~1,024 in
+# flight) beats the twin at temperature 0 at both 384 rows (0.237 vs 0.284 ms)
+# and 12,288 rows (2.64 vs 3.27 ms); with Gumbel noise it is slower than the
+# twin at both (0.42 vs 0.38 ms with the twin's 16 splits; 8.38 vs 6.96 ms). So
+# it is dispatched only where it won: temperature 0 and KERNEL_ROWS[0] <= rows
+# <= KERNEL_ROWS[1] (the sampler's rows: batch x block); below 384 rows nothing
+# was measured and the twin stays.
+KERNEL_ROWS = (384, 12288)
 
 
 def _probe(interpret: bool = False) -> None:
