@@ -143,8 +143,11 @@ class RowBatch:
     """One block for every live row: [(row, answer tokens so far [end], finished)]."""
     live = self.live
     fn = self._compiled(self.b)
-    self.carry, answer = fn(self.engine.params, self.prompts, self.masks, self.seeds,
-                            self.carry, self.block, self.fresh)
+    # Copies: on CPU a NumPy argument may be read in place after the call
+    # returns (asynchronous dispatch), and these arrays change next.
+    host = [a.copy() for a in (self.prompts, self.masks, self.seeds)]
+    self.carry, answer = fn(self.engine.params, *host, self.carry, self.block.copy(),
+                            self.fresh.copy())
     self.fresh[:] = False
     answer = np.asarray(jax.device_get(answer))
     self.block[live] += 1
