@@ -18,6 +18,8 @@ runs such requests whole through `Engine.generate`.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -60,6 +62,14 @@ def _row_fn(engine: Engine, sampling: gen.SamplingConfig, p: int):
   return row, walk_of
 
 
+@functools.lru_cache(maxsize=64)
+def _row_carry(engine: Engine, sampling: gen.SamplingConfig, p: int):
+  """Shapes of one row's carry (traced once per settings: a batch opens fast)."""
+  _, walk_of = _row_fn(engine, sampling, p)
+  return jax.eval_shape(lambda: walk_of(engine.params, jnp.zeros(p, jnp.int32),
+                                        jnp.zeros(p, bool), jnp.uint32(0)).init())
+
+
 class RowBatch:
   """Rows of one (sampling, prompt bucket p) stepping block by block; `jobs[i]`
   is the owner of row i (None: free)."""
@@ -84,10 +94,8 @@ class RowBatch:
 
   def _specs(self, b: int):
     """Shapes of (prompts, masks, seeds, carry, block, fresh) for b rows."""
-    _, walk_of = _row_fn(self.engine, self.sampling, self.p)
     s = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype)
-    one = jax.eval_shape(lambda: walk_of(self.engine.params, jnp.zeros(self.p, jnp.int32),
-                                         jnp.zeros(self.p, bool), jnp.uint32(0)).init())
+    one = _row_carry(self.engine, self.sampling, self.p)
     carry = jax.tree.map(lambda a: s((b, *a.shape), a.dtype), one)
     return (s((b, self.p), jnp.int32), s((b, self.p), jnp.bool_), s((b,), jnp.uint32),
             carry, s((b,), jnp.int32), s((b,), jnp.bool_))
@@ -157,9 +165,8 @@ class RowBatch:
 
   def completion(self, i: int, tokens: np.ndarray, prompt_tokens: int) -> Completion:
     """Row i's finished answer (call before it leaves)."""
-    state = self.carry[0]
-    steps = np.asarray(jax.device_get(state.commit_step[i, 0, self.p:]))
-    return self.engine.completion(tokens, steps, int(state.nfe[i]), prompt_tokens)
+    steps, nfe = jax.device_get((self.carry[0].commit_step, self.carry[0].nfe))
+    return self.engine.completion(tokens, steps[i, 0, self.p:], int(nfe[i]), prompt_tokens)
 
 
 def warmup(engine: Engine, sampling: gen.SamplingConfig | None, n: int, b: int) -> None:
