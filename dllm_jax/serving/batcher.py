@@ -12,8 +12,8 @@ the next one. Batches are re-packed to the compiled batch size their live rows
 need (`Engine.batch_sizes`), at most `max_batch` rows each.
 
 When nothing is in flight the worker waits for the first request, then for as
-many as the last batch started with (closed-loop clients come back together;
-one client never waits) while they keep coming: until none arrived for
+many as it answered since it was last idle (their clients tend to come back
+together; one client never waits) while they keep coming: until none arrived for
 `window_s` or `max_wait_s` passed since the first. Requests whose settings
 cannot step block by block (the prefix cache) run whole through
 `Engine.generate` when taken.
@@ -69,7 +69,7 @@ class Batcher:
     self._cv = threading.Condition()
     self._stopping = False
     self._live: dict[tuple, stepper.RowBatch] = {}
-    self._last_size = 1
+    self._answered = 0  # Requests answered since the worker was last idle.
     # Counters (/health): batches opened, requests that joined a running batch,
     # requests dropped because their client left, block calls and rows in them.
     self.running = 0  # Rows in flight.
@@ -119,7 +119,8 @@ class Batcher:
       self._cv.wait()
     if not self._queue:
       return
-    want = min(self.max_batch, self._last_size)
+    want = min(self.max_batch, max(1, self._answered))
+    self._answered = 0
     cap = max(self._queue[0].enqueued, free) + self.max_wait_s
     while len(self._queue) < want and not self._stopping:
       last = max(self._queue[-1].enqueued, free)
@@ -160,7 +161,6 @@ class Batcher:
         rb = self._live[key] = stepper.RowBatch(
             self.engine, key[0], key[1], self.engine.batch_bucket(len(jobs)))
         self.batches += 1
-        self._last_size = len(jobs)
       else:
         self.joined += len(jobs)
       rb.fit(len(rb.live) + len(jobs))
@@ -179,6 +179,7 @@ class Batcher:
       else:
         for j, r in zip(chunk, results):
           j.future.set_result(r)
+        self._answered += len(chunk)
 
   def _step(self, key: tuple, rb: stepper.RowBatch) -> None:
     """One block of a batch: drops rows whose client left, answers finished rows."""
@@ -202,6 +203,7 @@ class Batcher:
         if finished:
           job.future.set_result(rb.completion(i, tokens, len(job.ids)))
           rb.leave(i)
+          self._answered += 1
         elif job.on_block is not None:
           try:
             job.on_block(tokens)
