@@ -12,8 +12,8 @@ the next one. Batches are re-packed to the compiled batch size their live rows
 need (`Engine.batch_sizes`), at most `max_batch` rows each.
 
 When nothing is in flight the worker waits for the first request, then for as
-many as it answered since it was last idle (their clients tend to come back
-together; one client never waits) while they keep coming: until none arrived for
+many as its last block call answered (their clients tend to come back together;
+one client never waits) while they keep coming: until none arrived for
 `window_s` or `max_wait_s` passed since the first. Requests whose settings
 cannot step block by block (the prefix cache) run whole through
 `Engine.generate` when taken.
@@ -69,7 +69,7 @@ class Batcher:
     self._cv = threading.Condition()
     self._stopping = False
     self._live: dict[tuple, stepper.RowBatch] = {}
-    self._answered = 0  # Requests answered since the worker was last idle.
+    self._answered = 1  # Requests answered together last (by the last block call).
     # Counters (/health): batches opened, requests that joined a running batch,
     # requests dropped because their client left, block calls and rows in them.
     self.running = 0  # Rows in flight.
@@ -120,7 +120,6 @@ class Batcher:
     if not self._queue:
       return
     want = min(self.max_batch, max(1, self._answered))
-    self._answered = 0
     cap = max(self._queue[0].enqueued, free) + self.max_wait_s
     while len(self._queue) < want and not self._stopping:
       last = max(self._queue[-1].enqueued, free)
@@ -179,10 +178,12 @@ class Batcher:
       else:
         for j, r in zip(chunk, results):
           j.future.set_result(r)
-        self._answered += len(chunk)
+        self._answered = len(chunk)
 
-  def _step(self, key: tuple, rb: stepper.RowBatch) -> None:
-    """One block of a batch: drops rows whose client left, answers finished rows."""
+  def _step(self, key: tuple, rb: stepper.RowBatch) -> int:
+    """One block of a batch: drops rows whose client left, answers finished
+    rows; returns how many."""
+    answered = 0
     for i in rb.live:
       if rb.jobs[i].abandoned:
         rb.leave(i)
@@ -203,7 +204,7 @@ class Batcher:
         if finished:
           job.future.set_result(rb.completion(i, tokens, len(job.ids)))
           rb.leave(i)
-          self._answered += 1
+          answered += 1
         elif job.on_block is not None:
           try:
             job.on_block(tokens)
@@ -211,14 +212,16 @@ class Batcher:
             job.cancel()  # Nobody to send to (the server's loop is gone).
     if not rb.live:
       del self._live[key]
+    return answered
 
   def _loop(self) -> None:
     while True:
       joins, whole = self._take()
       self._admit(joins)
       self._run_whole(whole)
-      for key, rb in list(self._live.items()):
-        self._step(key, rb)
+      answered = sum(self._step(key, rb) for key, rb in list(self._live.items()))
+      if answered:
+        self._answered = answered
       self.running = sum(len(rb.live) for rb in self._live.values())
       with self._cv:
         if self._stopping and not self._queue and not self._live:

@@ -62,6 +62,15 @@ def _row_fn(engine: Engine, sampling: gen.SamplingConfig, p: int):
   return row, walk_of
 
 
+# One compiled call per shape (not one per leaf and operation, eagerly).
+_take_rows = jax.jit(lambda tree, idx: jax.tree.map(lambda a: a[idx], tree))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _zeros(specs):
+  return jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), specs)
+
+
 @functools.lru_cache(maxsize=64)
 def _row_carry(engine: Engine, sampling: gen.SamplingConfig, p: int):
   """Shapes of one row's carry (traced once per settings: a batch opens fast)."""
@@ -117,13 +126,13 @@ class RowBatch:
       self.seeds = np.zeros(b, np.uint32)
       self.block = np.full(b, self.num_blocks, np.int32)
       self.fresh = np.zeros(b, bool)
-      self.carry = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), self._specs(b)[3])
+      self.carry = _zeros(self._specs(b)[3])
       self.jobs, self.b = [None] * b, b
       return
     idx = np.asarray(keep + [0] * (b - len(keep)))  # Spare rows: copies, freed below.
     for name in ('prompts', 'masks', 'seeds', 'block', 'fresh'):
       setattr(self, name, getattr(self, name)[idx].copy())
-    self.carry = jax.tree.map(lambda a: a[jnp.asarray(idx)], self.carry)
+    self.carry = _take_rows(self.carry, idx)
     self.jobs = [self.jobs[i] for i in keep] + [None] * (b - len(keep))
     self.block[len(keep):] = self.num_blocks
     self.b = b
