@@ -155,14 +155,20 @@ class Batcher:
 
   def _admit(self, joins: dict[tuple, list[Job]]) -> None:
     for key, jobs in joins.items():
-      rb = self._live.get(key)
-      if rb is None:
-        rb = self._live[key] = stepper.RowBatch(
-            self.engine, key[0], key[1], self.engine.batch_bucket(len(jobs)))
-        self.batches += 1
-      else:
-        self.joined += len(jobs)
-      rb.fit(len(rb.live) + len(jobs))
+      try:
+        rb = self._live.get(key)
+        if rb is None:
+          rb = stepper.RowBatch(self.engine, key[0], key[1],
+                                self.engine.batch_bucket(len(jobs)))
+          self._live[key] = rb
+          self.batches += 1
+        else:
+          self.joined += len(jobs)
+        rb.fit(len(rb.live) + len(jobs))
+      except Exception as e:  # pylint: disable=broad-except
+        for job in jobs:  # Requests are checked before queueing: should not happen.
+          job.future.set_exception(e)
+        continue
       for job in jobs:
         rb.admit(job, job.ids, job.request.seed)
     self.running = sum(len(rb.live) for rb in self._live.values())

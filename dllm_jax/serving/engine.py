@@ -19,8 +19,9 @@ any temperature; up to float rounding of batched matmuls, which greedy ties
 could in principle expose). A request alone equals `dllm_jax.generate` on its
 prompt with `jax.random.key(seed)`.
 
-The coupling to the sampler's internals lives in `_row_sampler` and
-`_group_key` alone: when sampler knobs become traced, they leave the group key.
+The coupling to the sampler's internals lives in `_row_sampler`, `_group_key`
+and `stepper._row_fn` (the server's block-by-block rows) alone: when sampler
+knobs become traced, they leave the group key.
 """
 
 from __future__ import annotations
