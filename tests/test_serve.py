@@ -86,6 +86,18 @@ def test_streaming_sends_one_event_per_block(server, client):
   assert text == plain.choices[0].message.content
 
 
+def test_stream_text_waits_for_what_could_still_change():
+  """A character split across blocks, and a stop sequence that may be
+  starting, wait for the next block; the pieces add up to the final text."""
+  from dllm_jax import ByteTokenizer
+  from dllm_jax.serving.server import StreamText, apply_stop
+  stream, answer = StreamText(ByteTokenizer(), stop='XY'), list('abéXYz'.encode())
+  pieces = [stream.push(answer[:end]) for end in (3, 5, 6)]
+  assert pieces == ['a', 'bé', '']  # b'ab\xc3' -> 'a'; 'abéX' holds 'X' back.
+  final, stopped = apply_stop(ByteTokenizer().decode(answer), 'XY')
+  assert stopped and ''.join(pieces) + stream.finish(final) == final == 'abé'
+
+
 @pytest.mark.parametrize('body, reason', [
     ('{"prompt": "x",', 'malformed JSON'),
     ({'prompt': 'x', 'top_k': 3}, "unknown field 'top_k'"),
