@@ -62,13 +62,20 @@ def _row_fn(engine: Engine, sampling: gen.SamplingConfig, p: int):
   return row, walk_of
 
 
-# One compiled call per shape (not one per leaf and operation, eagerly).
-_take_rows = jax.jit(lambda tree, idx: jax.tree.map(lambda a: a[idx], tree))
-
-
 @functools.partial(jax.jit, static_argnums=0)
 def _zeros(specs):
   return jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), specs)
+
+
+@functools.lru_cache(maxsize=256)
+def _repack(engine: Engine, sampling: gen.SamplingConfig, p: int, b: int, new_b: int):
+  """The compiled (carry of b rows, rows to keep [new_b]) -> carry of new_b
+  rows: one call (not one eager op per leaf), compiled ahead of time so that
+  a carry from the step (whatever its sharding) never recompiles it."""
+  one = _row_carry(engine, sampling, p)
+  specs = jax.tree.map(lambda a: jax.ShapeDtypeStruct((b, *a.shape), a.dtype), one)
+  take = jax.jit(lambda tree, idx: jax.tree.map(lambda a: a[idx], tree))
+  return take.lower(specs, jax.ShapeDtypeStruct((new_b,), jnp.int32)).compile()
 
 
 @functools.lru_cache(maxsize=64)
@@ -132,7 +139,8 @@ class RowBatch:
     idx = np.asarray(keep + [0] * (b - len(keep)))  # Spare rows: copies, freed below.
     for name in ('prompts', 'masks', 'seeds', 'block', 'fresh'):
       setattr(self, name, getattr(self, name)[idx].copy())
-    self.carry = _take_rows(self.carry, idx)
+    self.carry = _repack(self.engine, self.sampling, self.p, self.b, b)(
+        self.carry, idx.astype(np.int32))
     self.jobs = [self.jobs[i] for i in keep] + [None] * (b - len(keep))
     self.block[len(keep):] = self.num_blocks
     self.b = b
@@ -179,12 +187,15 @@ class RowBatch:
 
 
 def warmup(engine: Engine, sampling: gen.SamplingConfig | None, n: int, b: int) -> None:
-  """Compiles the block step for an n-token prompt in a batch of b rows."""
+  """Compiles the block step for an n-token prompt in a batch of b rows, and
+  the re-packing of such a batch to every compiled batch size."""
   sampling = engine.resolve(sampling)
   sampling.validate(n, engine.config.max_len)
+  b = engine.batch_bucket(min(b, engine.max_batch))
   if not steppable(sampling):
     engine.warmup([(sampling, n, b)])
     return
-  RowBatch(engine, sampling, engine.prompt_bucket(n, sampling.gen_length),
-           engine.batch_bucket(min(b, engine.max_batch)))._compiled(
-               engine.batch_bucket(min(b, engine.max_batch)))
+  rows = RowBatch(engine, sampling, engine.prompt_bucket(n, sampling.gen_length), b)
+  rows._compiled(b)  # pylint: disable=protected-access
+  for size in engine.batch_sizes:
+    _repack(engine, sampling, rows.p, b, size)
