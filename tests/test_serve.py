@@ -227,6 +227,22 @@ def test_a_client_that_leaves_mid_stream_frees_its_row(server):
   assert now['row_blocks'] - before['row_blocks'] < 16 + 3 * 2  # Not all 16 blocks.
 
 
+@pytest.mark.slow
+def test_prefix_cache_runs_whole_and_dual_cache_steps(server):
+  """The prefix cache cannot step block by block: one event with the whole
+  answer; the dual cache steps: one event per block. Both equal non-streamed."""
+  url = server[1]
+  for cache, blocks in (('prefix', 1), ('dual', 2)):
+    body = {'prompt': 'cache', 'seed': 9, 'cache': cache, 'max_tokens': 8,
+            'block_length': 4}
+    plain = complete(url, **body)
+    with httpx.stream('POST', url + '/v1/completions', timeout=120,
+                      json={**body, 'stream': True}) as r:
+      events = [e for _, e in data_events(r)]
+    assert len(events) == blocks
+    assert ''.join(e['choices'][0]['text'] for e in events) == plain
+
+
 def test_leaving_client_full_queue_and_sigterm(server):
   """While the worker is busy: a streaming client that gives up frees its
   place; a flood finds the queue full (429, never a hang); SIGTERM then
