@@ -144,9 +144,9 @@ def test_64_concurrent_clients_get_their_own_answers(server):
   assert httpx.get(url + '/health').json()['batches'] < 192  # Requests were batched.
 
 
-# 16 blocks of one token, 16 steps each: long enough (hundreds of ms) that a
+# 16 blocks of one token, 64 steps each: long enough (a second or so) that a
 # test acts while the request computes; one compilation shared by the tests.
-LONG = {'max_tokens': 16, 'block_length': 1, 'steps': 256}
+LONG = {'max_tokens': 16, 'block_length': 1, 'steps': 1024}
 
 
 def health(url):

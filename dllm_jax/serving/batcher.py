@@ -14,7 +14,9 @@ need (`Engine.batch_sizes`), at most `max_batch` rows each.
 When nothing is in flight the worker waits for the first request, then for as
 many as its last block call answered (their clients tend to come back together;
 one client never waits) while they keep coming: until none arrived for
-`window_s` or `max_wait_s` passed since the first. Requests whose settings
+`window_s` or `max_wait_s` passed since the first. With rows in flight, after a
+round that answered some, it waits up to one `window_s` for as many to arrive,
+so that returning clients join the next block instead of idling through it. Requests whose settings
 cannot step block by block (the prefix cache) run whole through
 `Engine.generate` when taken.
 """
@@ -69,7 +71,8 @@ class Batcher:
     self._cv = threading.Condition()
     self._stopping = False
     self._live: dict[tuple, stepper.RowBatch] = {}
-    self._answered = 1  # Requests answered together last (by the last block call).
+    # Requests answered together last, and by the latest round of block calls.
+    self._answered, self._just_answered = 1, 0
     # Counters (/health): batches opened, requests that joined a running batch,
     # requests dropped because their client left, block calls and rows in them.
     self.running = 0  # Rows in flight.
@@ -112,17 +115,17 @@ class Batcher:
 
   # --- the worker -------------------------------------------------------------------
 
-  def _wait_for_first(self) -> None:
-    """With nothing in flight: waits for requests (see the module docstring)."""
+  def _gather(self, want: int, busy: bool) -> None:
+    """Waits for up to `want` requests while they keep coming, each within
+    `window_s` of the last: idle, after waiting for the first, for at most
+    `max_wait_s`; busy (rows in flight), for at most one window."""
     free = time.monotonic()
-    while not self._queue and not self._stopping:
+    while not busy and not self._queue and not self._stopping:
       self._cv.wait()
-    if not self._queue:
-      return
-    want = min(self.max_batch, max(1, self._answered))
-    cap = max(self._queue[0].enqueued, free) + self.max_wait_s
+    start = max(self._queue[0].enqueued, free) if self._queue and not busy else free
+    cap = start + (self.window_s if busy else self.max_wait_s)
     while len(self._queue) < want and not self._stopping:
-      last = max(self._queue[-1].enqueued, free)
+      last = max(self._queue[-1].enqueued, free) if self._queue else free
       left = min(last + self.window_s, cap) - time.monotonic()
       if left <= 0:
         break
@@ -133,7 +136,9 @@ class Batcher:
     run whole; the rest stay queued in order."""
     with self._cv:
       if not self._live:
-        self._wait_for_first()
+        self._gather(min(self.max_batch, self._answered), busy=False)
+      elif self._just_answered:  # Their clients may be about to come back.
+        self._gather(self._just_answered, busy=True)
       room = {k: self.max_batch - len(rb.live) for k, rb in self._live.items()}
       joins, whole, keep = {}, [], collections.deque()
       for job in self._queue:
@@ -226,6 +231,7 @@ class Batcher:
       self._admit(joins)
       self._run_whole(whole)
       answered = sum(self._step(key, rb) for key, rb in list(self._live.items()))
+      self._just_answered = answered
       if answered:
         self._answered = answered
       self.running = sum(len(rb.live) for rb in self._live.values())
