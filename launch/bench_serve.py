@@ -42,11 +42,15 @@ def _engine_run(engine, sampling, b):
 
 
 def _server_run(url, c):
-  """(seconds, mean batch size) for --requests requests from c concurrent
-  clients (asyncio tasks on one connection pool: light on the client side)."""
+  """(seconds, mean batch size: rows per block call) for --requests requests
+  from c concurrent clients (asyncio tasks on one connection pool: light on
+  the client side)."""
   import asyncio  # pylint: disable=g-import-not-at-top
   import httpx  # pylint: disable=g-import-not-at-top
-  batches = lambda: httpx.get(url + '/health').json()['batches']
+
+  def counts():
+    h = httpx.get(url + '/health').json()
+    return h['row_blocks'], h['block_calls']
 
   async def run():
     limits = httpx.Limits(max_connections=c, max_keepalive_connections=c)
@@ -59,11 +63,12 @@ def _server_run(url, c):
       seeds = list(range(_REQUESTS.value))
       await asyncio.gather(*(client(seeds[i::c]) for i in range(c)))
 
-  before = batches()
+  rows0, calls0 = counts()
   t0 = time.perf_counter()
   asyncio.run(run())
   dt = time.perf_counter() - t0
-  return dt, _REQUESTS.value / max(1, batches() - before)
+  rows, calls = counts()
+  return dt, (rows - rows0) / max(1, calls - calls0)
 
 
 def main(argv):

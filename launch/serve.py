@@ -6,9 +6,11 @@ r"""An OpenAI-compatible server over a checkpoint (see dllm_jax/serving/server.p
       -d '{"prompt": "def ", "max_tokens": 64, "steps": 32, "seed": 1}'
 
 Requests arriving together run as one batch of up to --max_batch rows (see
---batch_window_ms, --batch_max_wait_ms); more than --max_queue waiting answers
-429; a request not answered within --timeout_s answers 504. SIGTERM (or Ctrl-C) stops accepting,
-answers every accepted request, then exits 0.
+--batch_window_ms, --batch_max_wait_ms), stepped block by block: requests that
+arrive later join at the next block boundary, finished rows leave. More than
+--max_queue waiting answers 429; a request not answered within --timeout_s
+answers 504. SIGTERM (or Ctrl-C) stops accepting, answers every accepted
+request, then exits 0.
 """
 
 from absl import app, flags
@@ -49,7 +51,7 @@ def main(argv):
   cli.start(argv)
   import uvicorn  # pylint: disable=g-import-not-at-top
   from dllm_jax.serving import batcher as batcher_lib  # pylint: disable=g-import-not-at-top
-  from dllm_jax.serving import server  # pylint: disable=g-import-not-at-top
+  from dllm_jax.serving import server, stepper  # pylint: disable=g-import-not-at-top
   from dllm_jax.serving.engine import Engine  # pylint: disable=g-import-not-at-top
 
   with cli.one_line_errors():
@@ -73,8 +75,8 @@ def main(argv):
                                   max_wait_s=(None if _MAX_WAIT_MS.value is None
                                               else _MAX_WAIT_MS.value / 1e3))
     lengths = [int(n) for n in _WARMUP.value]
-    warmup = lambda: engine.warmup([(None, n, b) for n in lengths
-                                    for b in engine.batch_sizes])
+    warmup = lambda: [stepper.warmup(engine, None, n, b) for n in lengths
+                      for b in engine.batch_sizes]
     api = server.create_app(engine, batcher, limits, warmup=warmup if lengths else None)
   print(f'serving {engine.name} on http://{_HOST.value}:{_PORT.value}', flush=True)
   _server_class()(uvicorn.Config(api, host=_HOST.value, port=_PORT.value, log_level='warning',

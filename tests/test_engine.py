@@ -1,4 +1,5 @@
-"""serving.Engine: batching does not change answers; buckets; HF directories."""
+"""serving.Engine: batching does not change answers; buckets; HF directories;
+the server's block-by-block stepper equals the one-call sampler."""
 
 import dataclasses
 import json
@@ -12,6 +13,7 @@ from dllm_jax import ByteTokenizer, SamplingConfig, generate, model, presets
 from dllm_jax.data.tokenizer import SpecialIds
 from dllm_jax.serving import Engine, Request
 from dllm_jax.serving import engine as engine_lib
+from dllm_jax.serving import stepper
 
 CFG = presets.get_preset('tiny', d_model=32, n_layers=1, n_heads=2, d_ff=64, max_len=64)
 
@@ -56,6 +58,59 @@ def test_buckets_and_bad_requests(engine):
     engine.generate([Request('x', sc), Request('x' * 59, sc)])
   with pytest.raises(ValueError, match='seed must be in'):
     engine.generate([Request('x', sc, seed=-1)])
+
+
+def step_rows(engine, arrivals):
+  """Steps `stepper.RowBatch` rows that join at the given block boundaries:
+  arrivals [(boundary, Request)] (one sampling setting) -> Completions."""
+  sc = engine.resolve(arrivals[0][1].sampling)
+  ids = [engine.encode(r.prompt) for _, r in arrivals]
+  rows = stepper.RowBatch(engine, sc, engine.prompt_bucket(max(map(len, ids)),
+                                                           sc.gen_length), 1)
+  out, boundary = {}, 0
+  while len(out) < len(arrivals):
+    for k, (at, r) in enumerate(arrivals):
+      if at == boundary:
+        rows.fit(len(rows.live) + 1)
+        rows.admit(k, ids[k], r.seed)
+    for i, tokens, finished in rows.step():
+      if finished:
+        out[rows.jobs[i]] = rows.completion(i, tokens, len(ids[rows.jobs[i]]))
+        rows.leave(i)
+    rows.fit(len(rows.live))
+    boundary += 1
+  return [out[k] for k in range(len(arrivals))]
+
+
+def assert_same(a, b):
+  np.testing.assert_array_equal(a.tokens, b.tokens)
+  np.testing.assert_array_equal(a.commit_step, b.commit_step)
+  assert a.nfe == b.nfe and a.text == b.text
+
+
+def test_rows_stepped_block_by_block_equal_the_one_call_sampler(engine):
+  """Rows joining at different block boundaries (one into a row another left)
+  answer token for token what `Engine.generate` runs in one call."""
+  hot = SamplingConfig(steps=4, gen_length=8, block_length=4, temperature=0.8)
+  arrivals = [(0, Request('hello', hot, seed=3)), (1, Request('a longer prompt', hot, seed=5)),
+              (2, Request([257, 1, 2], hot, seed=7))]
+  for (_, r), got in zip(arrivals, step_rows(engine, arrivals)):
+    assert_same(got, engine.generate([r])[0])
+
+
+@pytest.mark.slow
+def test_block_steps_equal_one_call_with_caches_rules_and_repacking():
+  params = jax.jit(model.init_params, static_argnums=0)(CFG, jax.random.key(0))
+  eng = Engine(params, CFG, ByteTokenizer(), batch_sizes=(1, 2, 4), prompt_buckets=(16,))
+  base = SamplingConfig(steps=8, gen_length=8, block_length=2, temperature=0.7)
+  for sc in (base, dataclasses.replace(base, cache='dual', parallel='threshold',
+                                       threshold=0.5, steps=4),
+             dataclasses.replace(base, cfg_scale=1.5, remasking='random')):
+    arrivals = [(0, Request('hello', sc, seed=1)), (1, Request('abc', sc, seed=2)),
+                (1, Request('a longer prompt', sc, seed=3)), (3, Request('x', sc, seed=4))]
+    for (_, r), got in zip(arrivals, step_rows(eng, arrivals)):
+      assert_same(got, eng.generate([r])[0])
+  assert not stepper.steppable(dataclasses.replace(base, cache='prefix'))
 
 
 def test_engine_from_a_hugging_face_directory(tmp_path):

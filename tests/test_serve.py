@@ -86,6 +86,18 @@ def test_streaming_sends_one_event_per_block(server, client):
   assert text == plain.choices[0].message.content
 
 
+def test_stream_text_waits_for_what_could_still_change():
+  """A character split across blocks, and a stop sequence that may be
+  starting, wait for the next block; the pieces add up to the final text."""
+  from dllm_jax import ByteTokenizer
+  from dllm_jax.serving.server import StreamText, apply_stop
+  stream, answer = StreamText(ByteTokenizer(), stop='XY'), list('abéXYz'.encode())
+  pieces = [stream.push(answer[:end]) for end in (3, 5, 6)]
+  assert pieces == ['a', 'bé', '']  # b'ab\xc3' -> 'a'; 'abéX' holds 'X' back.
+  final, stopped = apply_stop(ByteTokenizer().decode(answer), 'XY')
+  assert stopped and ''.join(pieces) + stream.finish(final) == final == 'abé'
+
+
 @pytest.mark.parametrize('body, reason', [
     ('{"prompt": "x",', 'malformed JSON'),
     ({'prompt': 'x', 'top_k': 3}, "unknown field 'top_k'"),
@@ -130,6 +142,105 @@ def test_64_concurrent_clients_get_their_own_answers(server):
   for k, status, text in results:
     assert status == 200 and text == alone[k]
   assert httpx.get(url + '/health').json()['batches'] < 192  # Requests were batched.
+
+
+# 16 blocks of one token, 64 steps each: long enough (a second or so) that a
+# test acts while the request computes; one compilation shared by the tests.
+LONG = {'max_tokens': 16, 'block_length': 1, 'steps': 1024}
+
+
+def health(url):
+  return httpx.get(url + '/health').json()
+
+
+def data_events(response):
+  """(arrival time, event) of each server-sent event before [DONE]."""
+  for line in response.iter_lines():
+    if line == 'data: [DONE]':
+      return
+    if line.startswith('data: '):
+      yield time.monotonic(), json.loads(line[len('data: '):])
+
+
+def test_stream_sends_each_block_while_the_request_computes(server):
+  url = server[1]
+  plain = complete(url, prompt='stream', seed=11, **LONG)  # Compiles LONG.
+  before, at_first, events = health(url), None, []
+  with httpx.stream('POST', url + '/v1/completions', timeout=60,
+                    json={'prompt': 'stream', 'seed': 11, 'stream': True, **LONG}) as r:
+    for t, e in data_events(r):
+      events.append(e)
+      if at_first is None:
+        at_first = health(url)
+  assert len(events) == 16  # One per block.
+  assert ''.join(e['choices'][0]['text'] for e in events) == plain
+  assert [e['choices'][0]['finish_reason'] is None for e in events] == [True] * 15 + [False]
+  # The first event came while the request's later blocks were still to run.
+  assert at_first['running'] == 1
+  assert at_first['row_blocks'] - before['row_blocks'] < 16
+
+
+def test_requests_join_a_running_batch_at_block_boundaries(server):
+  """Arriving mid-batch: one with the same settings joins its rows, one with
+  other settings steps beside it and is answered first; all equal alone."""
+  url = server[1]
+  long, same, other = ({'prompt': 'long', 'seed': 21, **LONG},
+                       {'prompt': 'same settings', 'seed': 22, **LONG},
+                       {'prompt': 'short', 'seed': 23})
+  alone = [complete(url, **b) for b in (long, same, other)]
+  timed = lambda b: (complete(url, **b), time.monotonic())
+  before, parts, late = health(url), [], []
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    with httpx.stream('POST', url + '/v1/completions', timeout=60,
+                      json={**long, 'stream': True}) as r:
+      for t, e in data_events(r):
+        parts.append(e['choices'][0]['text'])
+        if len(parts) == 1:
+          late = [pool.submit(timed, same), pool.submit(timed, other)]
+    long_end = time.monotonic()
+    (same_text, _), (other_text, other_end) = [f.result() for f in late]
+  assert [''.join(parts), same_text, other_text] == alone
+  assert other_end < long_end  # Answered while the long batch still ran.
+  after = health(url)
+  assert after['joined'] - before['joined'] >= 1  # `same` joined `long`'s rows.
+  assert after['batches'] - before['batches'] == 2  # `long`'s and `other`'s.
+
+
+def test_a_client_that_leaves_mid_stream_frees_its_row(server):
+  url = server[1]
+  others = [{'prompt': f'other {i}', 'seed': 40 + i} for i in range(3)]
+  alone = [complete(url, **b) for b in others]
+  before = health(url)
+  with concurrent.futures.ThreadPoolExecutor(3) as pool:
+    with httpx.stream('POST', url + '/v1/completions', timeout=60,
+                      json={'prompt': 'leaves', 'seed': 31, 'stream': True, **LONG}) as r:
+      next(data_events(r))
+      answers = [pool.submit(complete, url, **b) for b in others]
+    # The client is gone (its connection closed mid-stream).
+    assert [f.result() for f in answers] == alone
+  for _ in range(500):
+    now = health(url)
+    if now['cancelled'] > before['cancelled'] and now['running'] == 0:
+      break
+    time.sleep(0.01)
+  assert now['cancelled'] == before['cancelled'] + 1 and now['running'] == 0
+  assert now['row_blocks'] - before['row_blocks'] < 16 + 3 * 2  # Not all 16 blocks.
+
+
+@pytest.mark.slow
+def test_prefix_cache_runs_whole_and_dual_cache_steps(server):
+  """The prefix cache cannot step block by block: one event with the whole
+  answer; the dual cache steps: one event per block. Both equal non-streamed."""
+  url = server[1]
+  for cache, blocks in (('prefix', 1), ('dual', 2)):
+    body = {'prompt': 'cache', 'seed': 9, 'cache': cache, 'max_tokens': 8,
+            'block_length': 4}
+    plain = complete(url, **body)
+    with httpx.stream('POST', url + '/v1/completions', timeout=120,
+                      json={**body, 'stream': True}) as r:
+      events = [e for _, e in data_events(r)]
+    assert len(events) == blocks
+    assert ''.join(e['choices'][0]['text'] for e in events) == plain
 
 
 def test_leaving_client_full_queue_and_sigterm(server):

@@ -8,7 +8,8 @@ positions of the block to commit. Scheduled rules run `steps / num_blocks`
 steps per block in a `lax.scan`, skipping (no forward) a step whose schedule
 commits nothing in any row; adaptive rules run a `lax.while_loop` until the
 block has no masks. Blocks are a `lax.scan` (a Python loop with the prefix
-cache, whose window shrinks block by block).
+cache, whose window shrinks block by block). `blocks` hands the same walk out
+one block at a time (the server steps rows block by block).
 """
 
 from __future__ import annotations
@@ -104,6 +105,55 @@ class _Walk:
     return state, carry
 
 
+@dataclasses.dataclass(frozen=True)
+class BlockWalk:
+  """One run's blocks, to be walked one at a time: `init()` is the carry
+  before block 0 (the state and the logits source's carry), `run(carry, block)`
+  the carry after denoising block `block` (traced, except with the prefix
+  cache, whose window width depends on it). `denoise` walks them all."""
+
+  walk: _Walk
+  canvas: jax.Array
+  start: int
+  num_blocks: int
+  scheduled: bool
+
+  def init(self):
+    b, t = self.canvas.shape
+    state = SamplerState(tokens=self.canvas.astype(jnp.int32),
+                         commit_step=jnp.full((b, t), -1, jnp.int32),
+                         nfe=jnp.zeros((), jnp.int32))
+    return state, self.walk.source.init(self.canvas)
+
+  def run(self, carry, block):
+    w = self.walk
+    run_block = w.scheduled_block if self.scheduled else w.adaptive_block
+    return run_block(*carry, self.start + block * w.block_length,
+                     block * w.steps_per_block)
+
+
+def blocks(logits_fn: logits_source.LogitsFn | None, canvas: jax.Array,
+           segment_ids: jax.Array | None, positions: jax.Array | None,
+           key: jax.Array, *, sampling: SamplingConfig, start: int, eos_id: int,
+           eot_id: int, knobs: Knobs | None = None, rule=None, proposer=None,
+           cached: logits_source.CachedModel | None = None) -> BlockWalk:
+  """The `BlockWalk` of one run; arguments as for `denoise`."""
+  sc = sampling
+  num_blocks = (canvas.shape[1] - start) // sc.block_length
+  knobs = Knobs.of(sc) if knobs is None else knobs
+  rule = rules.RULES[sc.parallel]() if rule is None else rule
+  if proposer is None:
+    proposer = proposers.PROPOSERS[sc.noise](
+        remasking=sc.remasking, mask_id=sc.mask_id, eos_id=eos_id, eot_id=eot_id,
+        logits_eos_inf=sc.logits_eos_inf,
+        confidence_eos_eot_inf=sc.confidence_eos_eot_inf)
+  source = logits_source.build(canvas, segment_ids, positions, sampling=sc,
+                               knobs=knobs, logits_fn=logits_fn, cached=cached)
+  walk = _Walk(source, proposer, rule, key, knobs, sc.mask_id, sc.block_length,
+               sc.steps // num_blocks)
+  return BlockWalk(walk, canvas, start, num_blocks, rule.scheduled)
+
+
 def denoise(logits_fn: logits_source.LogitsFn | None, canvas: jax.Array,
             segment_ids: jax.Array | None, positions: jax.Array | None,
             key: jax.Array, *, sampling: SamplingConfig, start: int, eos_id: int,
@@ -128,30 +178,14 @@ def denoise(logits_fn: logits_source.LogitsFn | None, canvas: jax.Array,
   Returns:
     the final `SamplerState`.
   """
-  sc = sampling
-  b, t = canvas.shape
-  num_blocks = (t - start) // sc.block_length
-  knobs = Knobs.of(sc) if knobs is None else knobs
-  rule = rules.RULES[sc.parallel]() if rule is None else rule
-  if proposer is None:
-    proposer = proposers.PROPOSERS[sc.noise](
-        remasking=sc.remasking, mask_id=sc.mask_id, eos_id=eos_id, eot_id=eot_id,
-        logits_eos_inf=sc.logits_eos_inf,
-        confidence_eos_eot_inf=sc.confidence_eos_eot_inf)
-  source = logits_source.build(canvas, segment_ids, positions, sampling=sc,
-                               knobs=knobs, logits_fn=logits_fn, cached=cached)
-  walk = _Walk(source, proposer, rule, key, knobs, sc.mask_id, sc.block_length,
-               sc.steps // num_blocks)
-  run_block = walk.scheduled_block if rule.scheduled else walk.adaptive_block
-  state = SamplerState(tokens=canvas.astype(jnp.int32),
-                       commit_step=jnp.full((b, t), -1, jnp.int32),
-                       nfe=jnp.zeros((), jnp.int32))
-  carry = (state, source.init(canvas))
-  first = lambda block: (start + block * sc.block_length, block * walk.steps_per_block)
-  if sc.cache == 'prefix':  # Static window widths: one traced copy per block.
-    for block in range(num_blocks):
-      carry = run_block(*carry, *first(block))
+  walk = blocks(logits_fn, canvas, segment_ids, positions, key, sampling=sampling,
+                start=start, eos_id=eos_id, eot_id=eot_id, knobs=knobs, rule=rule,
+                proposer=proposer, cached=cached)
+  carry = walk.init()
+  if sampling.cache == 'prefix':  # Static window widths: one traced copy per block.
+    for block in range(walk.num_blocks):
+      carry = walk.run(carry, block)
     return carry[0]
-  carry, _ = jax.lax.scan(lambda c, block: (run_block(*c, *first(block)), None),
-                          carry, jnp.arange(num_blocks))
+  carry, _ = jax.lax.scan(lambda c, block: (walk.run(c, block), None),
+                          carry, jnp.arange(walk.num_blocks))
   return carry[0]

@@ -1,17 +1,24 @@
-"""Request batching for the server: one worker thread in front of the `Engine`.
+"""Request batching for the server: one worker thread in front of the `Engine`,
+with continuous batching at block boundaries.
 
-Requests are queued (`submit`, bounded: a full queue raises `QueueFull`); the
-worker waits for the first, then for as many as the last batch had (the
-clients it answered tend to come back together; one client never waits) while
-they keep coming: until none arrived for `window_s` (counted from the end of
-the last batch at the earliest) or `max_wait_s` passed since the first. It
-takes up to `max_batch` and runs them as one `Engine.generate` call, which
-groups them by settings and prompt bucket.
-Requests cancelled while queued (client gone, timed out) never run.
+Requests are queued (`submit`, bounded: a full queue raises `QueueFull`). The
+worker keeps one `stepper.RowBatch` per (settings, prompt bucket) in flight
+and loops: admit queued requests into free rows of their batch (a new batch
+for new settings), run one block of every batch, hand each streaming row the
+answer so far (`Job.on_block`), answer the rows that finished their last block
+and free them. So a request that arrives while others compute joins at the
+next block boundary, and a row whose client left (`Job.cancel`) is dropped at
+the next one. Batches are re-packed to the compiled batch size their live rows
+need (`Engine.batch_sizes`), at most `max_batch` rows each.
 
-Continuous batching: `_take` is the one place where requests join a batch. A
-block-diffusion sampler that can admit rows at block boundaries would call it
-between blocks (and hand finished rows back) instead of once per batch.
+When nothing is in flight the worker waits for the first request, then for as
+many as its last block call answered (their clients tend to come back together;
+one client never waits) while they keep coming: until none arrived for
+`window_s` or `max_wait_s` passed since the first. With rows in flight, after a
+round that answered some, it waits up to one `window_s` for as many to arrive,
+so that returning clients join the next block instead of idling through it. Requests whose settings
+cannot step block by block (the prefix cache) run whole through
+`Engine.generate` when taken.
 """
 
 from __future__ import annotations
@@ -21,7 +28,11 @@ import concurrent.futures
 import dataclasses
 import threading
 import time
+from typing import Callable
 
+import numpy as np
+
+from dllm_jax.serving import stepper
 from dllm_jax.serving.engine import Engine, Request
 
 
@@ -29,34 +40,51 @@ class QueueFull(Exception):
   """The queue holds `max_queue` requests already."""
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class Job:
+  """A queued request. `on_block(tokens)` (worker thread) gets the answer
+  tokens [end] after each block but the last; `cancel()` drops the request
+  (queued: never runs; running: its row is freed at the next block boundary)."""
   request: Request
   future: concurrent.futures.Future
   enqueued: float
+  on_block: Callable[[np.ndarray], None] | None = None
+  ids: np.ndarray | None = None
+  key: tuple = ()
+  abandoned: bool = False
+
+  def cancel(self) -> None:
+    if not self.future.done():
+      self.abandoned = True
+      self.future.cancel()
 
 
 class Batcher:
-  """Collects requests and runs them in engine batches on a worker thread."""
+  """Collects requests and steps them in engine batches on a worker thread."""
 
   def __init__(self, engine: Engine, *, max_batch: int = 32, max_queue: int = 256,
                window_s: float = 0.02, max_wait_s: float | None = None):
-    self.engine, self.max_batch = engine, max_batch
+    self.engine, self.max_batch = engine, min(max_batch, engine.max_batch)
     self.max_queue, self.window_s = max_queue, window_s
     self.max_wait_s = 10 * window_s if max_wait_s is None else max_wait_s
     self._queue: collections.deque[Job] = collections.deque()
     self._cv = threading.Condition()
     self._stopping = False
-    self.running = 0  # Requests in the batch being computed.
-    self._last_size = 1
-    self.batches = 0
+    self._live: dict[tuple, stepper.RowBatch] = {}
+    # Requests answered together last, and by the latest round of block calls.
+    self._answered, self._just_answered = 1, 0
+    # Counters (/health): batches opened, requests that joined a running batch,
+    # requests dropped because their client left, block calls and rows in them.
+    self.running = 0  # Rows in flight.
+    self.batches = self.joined = self.cancelled = 0
+    self.block_calls = self.row_blocks = 0
     self._thread = threading.Thread(target=self._loop, name='batcher', daemon=True)
 
   def start(self) -> None:
     self._thread.start()
 
   def stop(self) -> None:
-    """Finishes every queued request, then ends the worker."""
+    """Finishes every queued and running request, then ends the worker."""
     with self._cv:
       self._stopping = True
       self._cv.notify_all()
@@ -66,66 +94,147 @@ class Batcher:
   def queued(self) -> int:
     """Requests waiting (those cancelled while queued do not count)."""
     with self._cv:
-      return sum(not j.future.cancelled() for j in self._queue)
+      return sum(not j.abandoned for j in self._queue)
 
-  def submit(self, request: Request) -> concurrent.futures.Future:
-    """Queues a request; its future gets a `Completion` (or the error)."""
-    job = Job(request, concurrent.futures.Future(), time.monotonic())
+  def submit(self, request: Request,
+             on_block: Callable[[np.ndarray], None] | None = None) -> Job:
+    """Queues a request; its `future` gets a `Completion` (or the error)."""
+    ids = self.engine.encode(request.prompt, request.chat)
+    sampling = self.engine.resolve(request.sampling)
+    job = Job(request, concurrent.futures.Future(), time.monotonic(), on_block, ids,
+              (sampling, self.engine.prompt_bucket(len(ids), sampling.gen_length)))
     with self._cv:
       if self._stopping:
         raise QueueFull('the server is shutting down.')
-      if sum(not j.future.cancelled() for j in self._queue) >= self.max_queue:
+      if sum(not j.abandoned for j in self._queue) >= self.max_queue:
         raise QueueFull(f'the queue is full ({self.max_queue} requests waiting); '
                         'retry later.')
       self._queue.append(job)
       self._cv.notify_all()
-    return job.future
+    return job
 
-  def _take(self) -> list[Job]:
-    """Up to `max_batch` live jobs, after the collection window; [] at the end."""
+  # --- the worker -------------------------------------------------------------------
+
+  def _gather(self, want: int, busy: bool) -> None:
+    """Waits for up to `want` requests while they keep coming, each within
+    `window_s` of the last: idle, after waiting for the first, for at most
+    `max_wait_s`; busy (rows in flight), for at most one window."""
     free = time.monotonic()
+    while not busy and not self._queue and not self._stopping:
+      self._cv.wait()
+    start = max(self._queue[0].enqueued, free) if self._queue and not busy else free
+    cap = start + (self.window_s if busy else self.max_wait_s)
+    while len(self._queue) < want and not self._stopping:
+      last = max(self._queue[-1].enqueued, free) if self._queue else free
+      left = min(last + self.window_s, cap) - time.monotonic()
+      if left <= 0:
+        break
+      self._cv.wait(left)
+
+  def _take(self) -> tuple[dict[tuple, list[Job]], list[Job]]:
+    """Queued jobs that fit now: {batch key: jobs} for free rows, and jobs to
+    run whole; the rest stay queued in order."""
     with self._cv:
-      while not self._queue and not self._stopping:
-        self._cv.wait()
-      if not self._queue:
-        return []
-      # Wait for about as many requests as the last batch answered (its clients
-      # tend to come back together; a lone client does not wait at all), while
-      # they keep arriving: else closed-loop clients split into groups that
-      # alternate in half-empty batches.
-      want = min(self.max_batch, self._last_size)
-      cap = max(self._queue[0].enqueued, free) + self.max_wait_s
-      while len(self._queue) < want and not self._stopping:
-        last = max(self._queue[-1].enqueued, free)
-        left = min(last + self.window_s, cap) - time.monotonic()
-        if left <= 0:
-          break
-        self._cv.wait(left)
-      jobs = []
-      while self._queue and len(jobs) < self.max_batch:
-        job = self._queue.popleft()
-        if job.future.set_running_or_notify_cancel():  # False: cancelled.
-          jobs.append(job)
-      self.running = len(jobs)
-      self._last_size = max(1, len(jobs))
-      return jobs
+      if not self._live:
+        self._gather(min(self.max_batch, self._answered), busy=False)
+      elif self._just_answered:  # Their clients may be about to come back.
+        self._gather(self._just_answered, busy=True)
+      room = {k: self.max_batch - len(rb.live) for k, rb in self._live.items()}
+      joins, whole, keep = {}, [], collections.deque()
+      for job in self._queue:
+        fits = (not stepper.steppable(job.key[0]) or
+                room.setdefault(job.key, self.max_batch) > 0)
+        if job.abandoned or job.future.cancelled():
+          self.cancelled += 1
+        elif not fits:
+          keep.append(job)
+        elif not job.future.set_running_or_notify_cancel():  # Cancelled just now.
+          self.cancelled += 1
+        elif not stepper.steppable(job.key[0]):
+          whole.append(job)
+        else:
+          room[job.key] -= 1
+          joins.setdefault(job.key, []).append(job)
+      self._queue = keep
+      return joins, whole
+
+  def _admit(self, joins: dict[tuple, list[Job]]) -> None:
+    for key, jobs in joins.items():
+      try:
+        rb = self._live.get(key)
+        if rb is None:
+          rb = stepper.RowBatch(self.engine, key[0], key[1],
+                                self.engine.batch_bucket(len(jobs)))
+          self._live[key] = rb
+          self.batches += 1
+        else:
+          self.joined += len(jobs)
+        rb.fit(len(rb.live) + len(jobs))
+      except Exception as e:  # pylint: disable=broad-except
+        for job in jobs:  # Requests are checked before queueing: should not happen.
+          job.future.set_exception(e)
+        continue
+      for job in jobs:
+        rb.admit(job, job.ids, job.request.seed)
+    self.running = sum(len(rb.live) for rb in self._live.values())
+
+  def _run_whole(self, jobs: list[Job]) -> None:
+    for c in range(0, len(jobs), self.max_batch):
+      chunk = jobs[c:c + self.max_batch]
+      try:
+        results = self.engine.generate([j.request for j in chunk])
+      except Exception as e:  # pylint: disable=broad-except
+        for j in chunk:  # Requests are checked before queueing: should not happen.
+          j.future.set_exception(e)
+      else:
+        for j, r in zip(chunk, results):
+          j.future.set_result(r)
+        self._answered = len(chunk)
+
+  def _step(self, key: tuple, rb: stepper.RowBatch) -> int:
+    """One block of a batch: drops rows whose client left, answers finished
+    rows; returns how many."""
+    answered = 0
+    for i in rb.live:
+      if rb.jobs[i].abandoned:
+        rb.leave(i)
+        self.cancelled += 1
+    if rb.live:
+      rb.fit(len(rb.live))
+      try:
+        done = rb.step()
+      except Exception as e:  # pylint: disable=broad-except
+        for i in rb.live:
+          rb.jobs[i].future.set_exception(e)
+          rb.leave(i)
+        done = []
+      self.block_calls += 1
+      self.row_blocks += len(done)
+      for i, tokens, finished in done:
+        job = rb.jobs[i]
+        if finished:
+          job.future.set_result(rb.completion(i, tokens, len(job.ids)))
+          rb.leave(i)
+          answered += 1
+        elif job.on_block is not None:
+          try:
+            job.on_block(tokens)
+          except Exception:  # pylint: disable=broad-except
+            job.cancel()  # Nobody to send to (the server's loop is gone).
+    if not rb.live:
+      del self._live[key]
+    return answered
 
   def _loop(self) -> None:
     while True:
-      jobs = self._take()
-      if not jobs:
-        with self._cv:
-          if self._stopping and not self._queue:
-            return
-        continue
-      try:
-        results = self.engine.generate([j.request for j in jobs])
-      except Exception as e:  # pylint: disable=broad-except
-        for j in jobs:  # Requests are checked before queueing: should not happen.
-          j.future.set_exception(e)
-      else:
-        for j, r in zip(jobs, results):
-          j.future.set_result(r)
-      finally:
-        self.running = 0
-        self.batches += 1
+      joins, whole = self._take()
+      self._admit(joins)
+      self._run_whole(whole)
+      answered = sum(self._step(key, rb) for key, rb in list(self._live.items()))
+      self._just_answered = answered
+      if answered:
+        self._answered = answered
+      self.running = sum(len(rb.live) for rb in self._live.values())
+      with self._cv:
+        if self._stopping and not self._queue and not self._live:
+          return

@@ -19,8 +19,9 @@ any temperature; up to float rounding of batched matmuls, which greedy ties
 could in principle expose). A request alone equals `dllm_jax.generate` on its
 prompt with `jax.random.key(seed)`.
 
-The coupling to the sampler's internals lives in `_row_sampler` and
-`_group_key` alone: when sampler knobs become traced, they leave the group key.
+The coupling to the sampler's internals lives in `_row_sampler`, `_group_key`
+and `stepper._row_fn` (the server's block-by-block rows) alone: when sampler
+knobs become traced, they leave the group key.
 """
 
 from __future__ import annotations
@@ -238,13 +239,18 @@ class Engine:
 
   # --- compiled samplers -------------------------------------------------------
 
-  def _row_sampler(self, sampling: gen.SamplingConfig, prompt_len: int, batch: int):
-    """The compiled (params, prompts [B, P], masks [B, P], seeds [B]) ->
-    (tokens [B, G], commit_step [B, G], nfe [B]); one per bucket triple."""
-    key = (sampling, prompt_len, batch)
+  def compile_once(self, key, build):
+    """The compiled function cached under `key`, built by `build()` once."""
     with self._lock:
       if key in self._compiled:
         return self._compiled[key]
+    compiled = build()
+    with self._lock:
+      return self._compiled.setdefault(key, compiled)
+
+  def _row_sampler(self, sampling: gen.SamplingConfig, prompt_len: int, batch: int):
+    """The compiled (params, prompts [B, P], masks [B, P], seeds [B]) ->
+    (tokens [B, G], commit_step [B, G], nfe [B]); one per bucket triple."""
 
     def row(params, prompt, mask, seed):
       # A one-row batch with its own key: nothing couples rows.
@@ -252,13 +258,12 @@ class Engine:
                       sampling=sampling, prompt_mask=mask[None])
       return st.tokens[0, prompt_len:], st.commit_step[0, prompt_len:], st.nfe
 
-    fn = jax.jit(jax.vmap(row, in_axes=(None, 0, 0, 0)))
-    shape = lambda dtype: jax.ShapeDtypeStruct((batch, prompt_len), dtype)
-    compiled = fn.lower(self.params, shape(jnp.int32), shape(jnp.bool_),
-                        jax.ShapeDtypeStruct((batch,), jnp.uint32)).compile()
-    with self._lock:
-      self._compiled[key] = compiled
-    return compiled
+    def build():
+      fn = jax.jit(jax.vmap(row, in_axes=(None, 0, 0, 0)))
+      shape = lambda dtype: jax.ShapeDtypeStruct((batch, prompt_len), dtype)
+      return fn.lower(self.params, shape(jnp.int32), shape(jnp.bool_),
+                      jax.ShapeDtypeStruct((batch,), jnp.uint32)).compile()
+    return self.compile_once((sampling, prompt_len, batch), build)
 
   def warmup(self, buckets: Sequence[tuple[gen.SamplingConfig | None, int, int]]) -> int:
     """Compiles (sampling, prompt length, batch size) buckets ahead; returns how
@@ -319,9 +324,14 @@ class Engine:
     seeds = np.asarray(list(seeds) + [seeds[-1]] * (b - n), np.uint32)
     fn = self._row_sampler(sampling, p, b)
     out, steps, nfe = jax.device_get(fn(self.params, tokens, mask, seeds))
-    ends = (self.tokenizer.eos_id, self.tokenizer.eot_id)
-    return [Completion(tokens=out[i], commit_step=steps[i],
-                       text=self.tokenizer.decode(out[i]), nfe=int(nfe[i]),
-                       prompt_tokens=len(prompts[i]),
-                       finish_reason='stop' if np.isin(out[i], ends).any() else 'length')
+    return [self.completion(out[i], steps[i], int(nfe[i]), len(prompts[i]))
             for i in range(n)]
+
+  def completion(self, tokens: np.ndarray, commit_step: np.ndarray, nfe: int,
+                 prompt_tokens: int) -> Completion:
+    """A row's `Completion` from its answer tokens [G] and commit steps [G]."""
+    ends = (self.tokenizer.eos_id, self.tokenizer.eot_id)
+    return Completion(tokens=tokens, commit_step=commit_step,
+                      text=self.tokenizer.decode(tokens), nfe=nfe,
+                      prompt_tokens=prompt_tokens,
+                      finish_reason='stop' if np.isin(tokens, ends).any() else 'length')

@@ -7,9 +7,10 @@
 Diffusion settings ride along as extra request fields (`steps`, `block_length`,
 `parallel`, `threshold`, `cache`, `remasking`, `cfg_scale`; `temperature` and
 `seed` are OpenAI's own). With `"stream": true` the answer comes as server-sent
-events, one per committed block, then `data: [DONE]`. The blocks are sent once
-the request's batch finishes (the sampler runs every block in one compiled
-call); block-by-block delivery comes with a block-diffusion sampler.
+events, one per block as the worker commits it (the last one with the finish
+reason), then `data: [DONE]`; text that could still change (a stop sequence
+split across blocks, a character split across tokens) waits for the next
+block. A client that leaves frees its row at the next block boundary.
 
 Bad input is HTTP 400 with a one-line `error.message`; a full queue is 429; a
 request that waits past `timeout_s` is 504.
@@ -31,7 +32,7 @@ import pydantic
 from fastapi import responses
 
 from dllm_jax.sampling import generate as gen
-from dllm_jax.serving.batcher import Batcher, QueueFull
+from dllm_jax.serving.batcher import Batcher, Job, QueueFull
 from dllm_jax.serving.engine import MAX_SEED, Completion, Engine, Request
 
 
@@ -137,19 +138,31 @@ def apply_stop(text: str, stop: str | list[str] | None) -> tuple[str, bool]:
   return (text[:cut], True) if cut >= 0 else (text, False)
 
 
-def block_texts(engine: Engine, done: Completion, block_length: int,
-                final: str) -> list[str]:
-  """The final text split at block boundaries: piece k is what block k added."""
-  pieces, sent = [], 0
-  for end in range(block_length, len(done.tokens) + 1, block_length):
-    prefix = engine.tokenizer.decode(done.tokens[:end])
-    n = 0
-    while n < min(len(prefix), len(final)) and prefix[n] == final[n]:
-      n += 1
-    n = len(final) if end == len(done.tokens) else max(n, sent)
-    pieces.append(final[sent:n])
-    sent = n
-  return pieces
+class StreamText:
+  """The text a stream may send so far: `push(tokens)` after a block (the
+  answer tokens up to its end) gives the new text that can no longer change,
+  `finish(text)` the rest of the final text."""
+
+  def __init__(self, tokenizer, stop: str | list[str] | None):
+    self.tokenizer, self.stop, self.sent = tokenizer, stop, ''
+    stops = [stop] if isinstance(stop, str) else (stop or [])
+    self.hold = max((len(s) for s in stops), default=1) - 1
+    self.stopped = False
+
+  def push(self, tokens: np.ndarray) -> str:
+    if self.stopped:
+      return ''
+    # A trailing replacement character may be the head of a split character.
+    text = self.tokenizer.decode(tokens).rstrip('\ufffd')
+    cut, self.stopped = apply_stop(text, self.stop)
+    end = len(cut) if self.stopped else len(text) - self.hold
+    if not text.startswith(self.sent) or end <= len(self.sent):
+      return ''
+    piece, self.sent = text[len(self.sent):end], text[:end]
+    return piece
+
+  def finish(self, final: str) -> str:
+    return final[len(self.sent):]
 
 
 async def _until_disconnect(request: fastapi.Request) -> None:
@@ -157,10 +170,11 @@ async def _until_disconnect(request: fastapi.Request) -> None:
     pass
 
 
-async def _result(job, request: fastapi.Request, limits: Limits) -> Completion | None:
-  """The request's completion; None if the client left (its job is cancelled,
-  so a queued request never runs); BadRequest(504) past the timeout."""
-  answer = asyncio.wrap_future(job)
+async def _result(job: Job, request: fastapi.Request, limits: Limits) -> Completion | None:
+  """The request's completion; None if the client left (its job is cancelled:
+  a queued request never runs, a running row is freed); BadRequest(504) past
+  the timeout."""
+  answer = asyncio.wrap_future(job.future)
   gone = asyncio.ensure_future(_until_disconnect(request))
   try:
     await asyncio.wait({answer, gone}, timeout=limits.timeout_s,
@@ -208,6 +222,8 @@ def create_app(engine: Engine, batcher: Batcher, limits: Limits,
   async def health():
     return {'status': 'ok', 'model': engine.name, 'queued': batcher.queued,
             'running': batcher.running, 'batches': batcher.batches,
+            'joined': batcher.joined, 'cancelled': batcher.cancelled,
+            'block_calls': batcher.block_calls, 'row_blocks': batcher.row_blocks,
             'compiled': engine.num_compiled}
 
   @app.get('/v1/models')
@@ -232,17 +248,20 @@ async def _answer(engine: Engine, batcher: Batcher, limits: Limits, body: _Field
                   ids: np.ndarray, request: fastapi.Request, chat: bool):
   """Queues the request and answers it: JSON, or events when streaming."""
   req = make_request(body, ids, engine, limits)
+  head = {'id': f'{"chatcmpl" if chat else "cmpl"}-{uuid.uuid4().hex[:24]}',
+          'created': int(time.time()), 'model': engine.name, 'seed': req.seed}
+  if body.stream:
+    loop, blocks = asyncio.get_running_loop(), asyncio.Queue()
+    put = lambda item: loop.call_soon_threadsafe(blocks.put_nowait, item)
+    job = batcher.submit(req, on_block=put)
+    job.future.add_done_callback(lambda _: put(None))  # After the last block's.
+    text = StreamText(engine.tokenizer, body.stop)
+    return _Stream(_events(head, job, blocks, text, limits, chat), job)
   done = await _result(batcher.submit(req), request, limits)
   if done is None:
     return responses.Response(status_code=499)
   text, stopped = apply_stop(done.text, body.stop)
   reason = 'stop' if stopped else done.finish_reason
-  head = {'id': f'{"chatcmpl" if chat else "cmpl"}-{uuid.uuid4().hex[:24]}',
-          'created': int(time.time()), 'model': engine.name, 'seed': req.seed}
-  if body.stream:
-    pieces = block_texts(engine, done, req.sampling.block_length, text)
-    return responses.StreamingResponse(
-        _events(head, pieces, reason, chat), media_type='text/event-stream')
   ends = np.isin(done.tokens, (engine.tokenizer.eos_id, engine.tokenizer.eot_id))
   n_answer = (len(engine.tokenizer.encode(text)) if stopped else
               int(np.argmax(ends)) if ends.any() else len(done.tokens))
@@ -255,16 +274,49 @@ async def _answer(engine: Engine, batcher: Batcher, limits: Limits, body: _Field
           'choices': [choice], 'usage': usage}
 
 
-async def _events(head: dict, pieces: list[str], reason: str, chat: bool):
-  """Server-sent events: one per block, the last with the finish reason."""
+def _event(head: dict, piece: str, reason: str | None, first: bool, chat: bool) -> str:
+  if chat:
+    delta = {'content': piece, **({'role': 'assistant'} if first else {})}
+    choice = {'index': 0, 'delta': delta, 'finish_reason': reason}
+  else:
+    choice = {'index': 0, 'text': piece, 'logprobs': None, 'finish_reason': reason}
   kind = 'chat.completion.chunk' if chat else 'text_completion'
-  for k, piece in enumerate(pieces):
-    last = k == len(pieces) - 1
-    if chat:
-      delta = {'content': piece, **({'role': 'assistant'} if k == 0 else {})}
-      choice = {'index': 0, 'delta': delta, 'finish_reason': reason if last else None}
-    else:
-      choice = {'index': 0, 'text': piece, 'logprobs': None,
-                'finish_reason': reason if last else None}
-    yield f'data: {json.dumps({**head, "object": kind, "choices": [choice]})}\n\n'
+  return f'data: {json.dumps({**head, "object": kind, "choices": [choice]})}\n\n'
+
+
+async def _events(head: dict, job: Job, blocks: asyncio.Queue, text: StreamText,
+                  limits: Limits, chat: bool):
+  """Server-sent events: one per block as it is committed (`blocks` gets the
+  answer tokens so far after each, then None when the job ends), the last with
+  the finish reason."""
+  deadline = time.monotonic() + limits.timeout_s
+  sent = 0
+  try:
+    while (tokens := await asyncio.wait_for(
+        blocks.get(), max(0.0, deadline - time.monotonic()))) is not None:
+      yield _event(head, text.push(tokens), None, sent == 0, chat)
+      sent += 1
+  except asyncio.TimeoutError:
+    message = f'no answer within {limits.timeout_s:g} s; retry later.'
+    yield f'data: {json.dumps({"error": {"message": message, "type": "timeout"}})}\n\n'
+    return
+  done = job.future.result()
+  final, stopped = apply_stop(done.text, text.stop)
+  reason = 'stop' if stopped else done.finish_reason
+  yield _event(head, text.finish(final), reason, sent == 0, chat)
   yield 'data: [DONE]\n\n'
+
+
+class _Stream(responses.StreamingResponse):
+  """Events of a job that is cancelled however the response ends (done: no
+  effect; the client left, or the stream was cancelled: its row is freed)."""
+
+  def __init__(self, content, job: Job):
+    super().__init__(content, media_type='text/event-stream')
+    self.job = job
+
+  async def __call__(self, scope, receive, send):
+    try:
+      await super().__call__(scope, receive, send)
+    finally:
+      self.job.cancel()
