@@ -134,11 +134,13 @@ class Engine:
   def from_workdir(cls, workdir: str, *, step: int | None = None,
                    dtype: str | None = None, **kwargs) -> Engine:
     """The latest (or given) checkpoint of a training workdir (Orbax); the
-    run's sample settings become the default, and SFT runs default to chat."""
+    run's sample settings become the default, and SFT runs default to chat. A
+    block-diffusion run is refused (one line): its sampler is `sampling/block.py`."""
     from dllm_jax import workdir as checkpoint  # pylint: disable=g-import-not-at-top
+    meta = checkpoint.read_meta(workdir, step)
+    gen.check_checkpoint(meta)  # Before restoring: a block-diffusion run is refused.
     config, params, tokenizer = checkpoint.restore_for_inference(
         workdir, step=step, dtype=dtype)
-    meta = checkpoint.read_meta(workdir, step)
     s = meta['config']['sample']
     defaults = gen.SamplingConfig(steps=s['steps'], gen_length=s['gen_length'],
                                   block_length=s['block_length'],
