@@ -51,6 +51,9 @@ _CHAT = flags.DEFINE_bool('chat', None, 'Format the prompt as a user turn of the
 _NUM_SAMPLES = flags.DEFINE_integer('num_samples', None, 'Completions to draw.')
 _BLOCK_RULE = flags.DEFINE_enum('block_threshold_rule', 'llada2', ['llada2', 'dinfer'],
                                 'Block sampler, parallel=threshold: whose rule.')
+_BLOCK_CONF = flags.DEFINE_enum('block_confidence', 'tempered', ['tempered', 'plain'],
+                                'Block sampler: rank candidates by softmax(logits / '
+                                'temperature) (LLaDA2) or softmax(logits) (dInfer).')
 _BLOCK_MIN = flags.DEFINE_integer('block_min_tokens', 0, 'Block sampler: > 0 commits '
                                   'at least this many per step (LLaDA2.1).')
 _BLOCK_EDIT = flags.DEFINE_float('block_editing_threshold', 0.0, 'Block sampler: > 0 '
@@ -61,8 +64,8 @@ _BLOCK_CACHE = flags.DEFINE_bool('block_cache', True, 'Block sampler: the exact 
                                  'cache (off: recompute the canvas each step).')
 _BLOCK_FUSE = flags.DEFINE_bool('block_fuse_write', False, "Block sampler: write a "
                                 "finished block's keys/values in the next block's step.")
-_BLOCK_ONLY = (_BLOCK_RULE, _BLOCK_MIN, _BLOCK_EDIT, _BLOCK_POST, _BLOCK_CACHE,
-               _BLOCK_FUSE)
+_BLOCK_ONLY = (_BLOCK_RULE, _BLOCK_CONF, _BLOCK_MIN, _BLOCK_EDIT, _BLOCK_POST,
+               _BLOCK_CACHE, _BLOCK_FUSE)
 # Knobs of the full-sequence sampler alone: given with the block sampler, an error.
 _FULL_ONLY = (_CFG_SCALE, _REMASKING, _LOGITS_EOS_INF, _CONF_EOS_EOT_INF, _CACHE, _NOISE)
 _SEED = flags.DEFINE_integer('seed', 0, 'PRNG seed (sample i uses seed + i).')
@@ -98,7 +101,7 @@ def _block_sampling(meta):
       steps=pick(_STEPS, b), parallel=_PARALLEL.value,
       threshold_rule=_BLOCK_RULE.value, threshold=_THRESHOLD.value,
       factor=_FACTOR.value, min_tokens=_BLOCK_MIN.value,
-      temperature=pick(_TEMPERATURE, s['temperature']),
+      temperature=pick(_TEMPERATURE, s['temperature']), confidence=_BLOCK_CONF.value,
       editing_threshold=_BLOCK_EDIT.value, max_post_steps=_BLOCK_POST.value,
       cache=_BLOCK_CACHE.value, fuse_write=_BLOCK_FUSE.value)
 

@@ -131,6 +131,30 @@ def test_threshold_rules_equal_llada2_and_dinfer():
         np.testing.assert_array_equal(np.asarray(got[r]), want_r)
 
 
+@pytest.mark.parametrize('temperature,confidence', [(0.5, 'tempered'), (2.0, 'plain')])
+def test_tempered_draws_follow_the_tempered_softmax(temperature, confidence):
+  """Gumbel-max draws an exact sample of softmax(logits / T) (what LLaDA2 draws
+  with torch.multinomial): 40,000 draws over a 6-token vocabulary (the mask id 5
+  excluded) pass a chi-square test (a draw from softmax(logits) fails it); the confidence is the candidate's tempered
+  (LLaDA2) or plain (dInfer) probability."""
+  logits = np.array([1.5, 0.0, -1.0, 0.7, -2.5, 3.0], np.float32)
+  ids = presets.get_preset('tiny').ids
+  ids = dataclasses.replace(ids, mask=5, eos=4, eot=4)
+  sc = block.BlockSamplingConfig(temperature=temperature, confidence=confidence)
+  n = 40_000
+  cand, conf = jax.jit(lambda l, k: block.draw(l, k, sc, ids))(
+      jnp.broadcast_to(logits, (2, n // 2, 6)), jax.random.key(7))
+  cand, conf = np.asarray(cand).ravel(), np.asarray(conf).ravel()
+  want = ref.softmax(np.where(np.arange(6) == 5, -np.inf, logits / temperature))
+  counts = np.bincount(cand, minlength=6)
+  assert counts[5] == 0
+  chi2 = np.sum((counts[:5] - n * want[:5]) ** 2 / (n * want[:5]))
+  assert chi2 < 18.47, (counts, n * want)  # p > 0.001 at 4 degrees of freedom.
+  scale = temperature if confidence == 'tempered' else 1.0
+  p = ref.softmax(np.where(np.arange(6) == 5, -np.inf, logits / scale))
+  np.testing.assert_allclose(conf, p[cand], rtol=1e-5)
+
+
 def _reference_logits(cfg, params, block_length):
   fwd = jax.jit(lambda x: model.forward(params, x, config=cfg,
                                         attention=attention.block_causal(block_length)))

@@ -33,6 +33,7 @@ def test_sample_launcher_routes_and_refuses_by_objective(
   block_run = f'--workdir={random_block_workdir}'
   message, out = sample_main(capsys, block_run, '--prompt=ab', '--num_samples=2',
                              '--parallel=threshold', '--block_threshold_rule=dinfer',
+                             '--temperature=0.7', '--block_confidence=plain',
                              '--steps=4')
   assert message is None
   assert out.count('--- sample ') == 2 and '--- sample 1 ---\nab' in out, out
