@@ -18,6 +18,8 @@ with the start of the prompt, not of the answer).
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -45,6 +47,10 @@ class AttentionSpec:
   mask: jax.Array | None = None
   causal: bool = flax.struct.field(pytree_node=False, default=False)
   block_size: int = flax.struct.field(pytree_node=False, default=0)
+  # A `block_sparse.TileLayout` or None (static): attention over full rows then
+  # computes only the (query tile, key tile) pairs it lists (block diffusion's
+  # [x_t, x_0] mask); the mask still applies inside each tile.
+  tiles: Any = flax.struct.field(pytree_node=False, default=None)
 
   def __post_init__(self):
     if self.block_size < 0:
@@ -130,6 +136,10 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, spec: AttentionSpec, *,
   Returns:
     [B, Q, Hq, D].
   """
+  if spec.tiles is not None and q_start is None:  # Skip the tiles the mask rules out.
+    from dllm_jax import block_sparse  # pylint: disable=g-import-not-at-top
+    return block_sparse.attend_layout(q, k, v, build_mask(spec, q.shape[1], k.shape[1]),
+                                      spec.tiles)
   if q_start is None:
     # Causality and key lengths go to the kernel as flags (no mask tensor: the
     # unmasked fast path when nothing else is asked); only the other rules

@@ -274,6 +274,42 @@ def test_tile_skipping_attention_equals_dense(packed):
   np.testing.assert_allclose(g_tiled, g_dense, atol=1e-5)
 
 
+@pytest.mark.parametrize('packed,opts', [
+    (True, bd.BlockDiffusionOptions(block_size=16, grow_every=1, grow_from=4)),
+    pytest.param(False, bd.BlockDiffusionOptions(block_size=8), marks=pytest.mark.slow)])
+def test_tile_skipping_loss_and_gradients_equal_the_dense_mask(packed, opts):
+  """train.block.skip_tiles: a one-layer model's block-diffusion loss and
+  gradients through `attend`'s tile-skipping path equal the dense masked path
+  (packed rows under a growing block size: the union of its sizes' tiles);
+  grouped-query heads at attention level."""
+  cfg = presets.get_preset('tiny', n_layers=1, d_model=32, n_heads=4, d_ff=64,
+                           max_len=64)
+  params = jax.jit(model.init_params, static_argnums=0)(cfg, jax.random.key(0))
+  batch = {'tokens': jax.random.randint(jax.random.key(1), (2, 32), 0, 250)}
+  if packed:
+    batch.update(segment_ids=jnp.asarray([[1] * 13 + [2] * 19] * 2),
+                 positions=jnp.asarray([list(range(13)) + list(range(19))] * 2))
+  tiled = jax.jit(bd.make_loss_batch, static_argnames=('mask_id', 'options'))(
+      batch, jax.random.key(0), 1, mask_id=MASK,
+      options=dataclasses.replace(opts, skip_tiles=True))
+  assert len(tiled.attention.tiles.pairs()) < (64 // opts.block_size) ** 2 * 0.7
+  dense = tiled.replace(attention=tiled.attention.replace(tiles=None))
+
+  @jax.jit  # The static tile layout is part of the spec's tree: two compiles.
+  def grad(params, lb):
+    return jax.value_and_grad(lambda p: diffusion.loss_from_logits(model.forward(
+        p, lb.inputs, positions=lb.positions, config=cfg, attention=lb.attention),
+        lb))(params)
+  (l_dense, g_dense), (l_tiled, g_tiled) = grad(params, dense), grad(params, tiled)
+  np.testing.assert_allclose(l_tiled, l_dense, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), g_tiled,
+               g_dense)
+  q = jax.random.normal(jax.random.key(5), (2, 64, 4, 8))
+  k, v = (jax.random.normal(jax.random.key(i), (2, 64, 2, 8)) for i in (6, 7))
+  gqa = jax.jit(lambda spec: attention.attend(q, k, v, spec))
+  np.testing.assert_allclose(gqa(tiled.attention), gqa(dense.attention), atol=1e-5)
+
+
 def test_block_run_shares_the_ar_twins_shapes_and_checks_its_block_size():
   """train.init_from of a bidirectional run or of the AR twin loads parameters of
   the same shapes (the slow test below runs it); a block size that does not
