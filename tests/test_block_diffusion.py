@@ -135,8 +135,8 @@ def test_threshold_rules_equal_llada2_and_dinfer():
 def test_tempered_draws_follow_the_tempered_softmax(temperature, confidence):
   """Gumbel-max draws an exact sample of softmax(logits / T) (what LLaDA2 draws
   with torch.multinomial): 40,000 draws over a 6-token vocabulary (the mask id 5
-  excluded) pass a chi-square test (a draw from softmax(logits) fails it); the confidence is the candidate's tempered
-  (LLaDA2) or plain (dInfer) probability."""
+  excluded) pass a chi-square test (draws from softmax(logits) fail it); the
+  confidence is the candidate's tempered (LLaDA2) or plain (dInfer) probability."""
   logits = np.array([1.5, 0.0, -1.0, 0.7, -2.5, 3.0], np.float32)
   ids = presets.get_preset('tiny').ids
   ids = dataclasses.replace(ids, mask=5, eos=4, eot=4)
