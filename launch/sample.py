@@ -130,7 +130,7 @@ def _sample_full(prompt: str, num: int, chat) -> list[str]:
   if given:
     raise ValueError(f'{", ".join(given)}: knobs of the block sampler, which runs '
                      'block_diffusion checkpoints (--sampler=block).')
-  engine = Engine.from_workdir(_WORKDIR.value)  # Refuses a block-diffusion run.
+  engine = Engine.from_workdir(_WORKDIR.value)  # Its generate refuses a block run.
   defaults = engine.default_sampling
   pick = lambda flag, name: getattr(defaults, name) if flag.value is None else flag.value
   sampling = dataclasses.replace(
