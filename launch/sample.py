@@ -121,11 +121,13 @@ def _sample_block(meta, prompt: str, num: int, chat: bool) -> list[str]:
           for i in range(num)]
 
 
-def _sample_full(prompt: str, num: int, chat) -> list[str]:
+def _sample_full(meta, prompt: str, num: int, chat) -> list[str]:
   """Completions from the full-sequence sampler (`Engine`); sample i draws from
   seed + i."""
   import dataclasses  # pylint: disable=g-import-not-at-top
+  from dllm_jax.sampling import generate as gen  # pylint: disable=g-import-not-at-top
   from dllm_jax.serving import Engine, Request  # pylint: disable=g-import-not-at-top
+  gen.check_checkpoint(meta)  # A block-diffusion run, before restoring it.
   given = [f'--{f.name}' for f in _BLOCK_ONLY if flags.FLAGS[f.name].present]
   if given:
     raise ValueError(f'{", ".join(given)}: knobs of the block sampler, which runs '
@@ -164,7 +166,7 @@ def main(argv):
               if _CHAT.value is None else _CHAT.value)
       texts = _sample_block(meta, prompt, num, chat)
     else:
-      texts = _sample_full(prompt, num, _CHAT.value)
+      texts = _sample_full(meta, prompt, num, _CHAT.value)
   for i, t in enumerate(texts):
     print(f'--- sample {i} ---\n{prompt}{t}', flush=True)
 

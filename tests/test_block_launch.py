@@ -53,3 +53,16 @@ def test_sample_launcher_routes_and_refuses_by_objective(
     assert message is not None and message.startswith('error: ') and want in message, (
         args, message)
     assert '\n' not in message
+
+
+def test_engine_loads_a_block_run_but_refuses_to_generate(random_block_workdir):
+  """`launch.eval`'s likelihoods still load the parameters through the `Engine`;
+  its full-sequence sampler refuses (the server's per-request check too)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from dllm_jax.serving import Engine  # pylint: disable=g-import-not-at-top
+  engine = Engine.from_workdir(random_block_workdir)
+  want = 'the full-sequence sampler does not apply'
+  with pytest.raises(ValueError, match=want):
+    engine.generate(['ab'])
+  with pytest.raises(ValueError, match=want):
+    engine.check(np.array([1, 2]), engine.resolve(None), 0)
