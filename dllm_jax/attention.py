@@ -22,6 +22,8 @@ with the start of the prompt, not of the answer).
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -53,6 +55,10 @@ class AttentionSpec:
   mask: jax.Array | None = None
   causal: bool = flax.struct.field(pytree_node=False, default=False)
   block_size: int = flax.struct.field(pytree_node=False, default=0)
+  # A `block_sparse.TileLayout` or None (static): attention over full rows then
+  # computes only the (query tile, key tile) pairs it lists (block diffusion's
+  # [x_t, x_0] mask); the mask still applies inside each tile.
+  tiles: Any = flax.struct.field(pytree_node=False, default=None)
 
   def __post_init__(self):
     if self.block_size < 0:
@@ -139,9 +145,16 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, spec: AttentionSpec, *,
   Returns:
     [B, Q, Hq, D].
   """
+  if implementation == 'xla' and spec.tiles is not None and q_start is None:
+    # Skip the tiles the mask rules out (measured on XLA's attention on CPU;
+    # cuDNN's masked flash kernel keeps its own path, unmeasured against this).
+    from dllm_jax import block_sparse  # pylint: disable=g-import-not-at-top
+    return block_sparse.attend_layout(q, k, v, build_mask(spec, q.shape[1], k.shape[1]),
+                                      spec.tiles)
   if implementation == 'cudnn_packed':
     if (q_start is None and spec.segment_ids is not None and spec.mask is None
-        and not spec.block_size and not spec.causal and spec.kv_lengths is None):
+        and not spec.block_size and not spec.causal and spec.kv_lengths is None
+        and spec.tiles is None):
       return attend_packed(q, k, v, spec.segment_ids)
     implementation = 'cudnn'
   if q_start is None:

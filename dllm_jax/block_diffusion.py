@@ -32,7 +32,7 @@ from typing import Mapping
 import jax
 import jax.numpy as jnp
 
-from dllm_jax import diffusion
+from dllm_jax import block_sparse, diffusion
 from dllm_jax.attention import AttentionSpec
 
 NOISES = ('row', 'block')
@@ -50,6 +50,9 @@ class BlockDiffusionOptions:
     BD3-LM's SUBS ELBO).
   grow_every: > 0 grows the block size on a schedule: grow_from, doubled every
     grow_every steps, capped at block_size (LLaDA2's warm-up 1 -> 4 -> 32).
+  skip_tiles: attention computes only the (query tile, key tile) pairs of
+    block_size the mask can allow (`block_sparse`; the union over a growing
+    schedule's sizes), not the dense 2L x 2L scores; same loss and gradients.
   """
 
   block_size: int = 32
@@ -60,6 +63,7 @@ class BlockDiffusionOptions:
   weight: str = 'none'
   grow_every: int = 0
   grow_from: int = 1
+  skip_tiles: bool = False
 
   def sizes(self) -> list[int]:
     """Every block size the schedule uses, smallest first."""
@@ -170,12 +174,16 @@ def make_loss_batch(batch: Mapping[str, jax.Array], key: jax.Array,
     w = jnp.where(masked, 1.0 / t, 0.0)
     denom = jnp.maximum(maskable.sum(), 1).astype(jnp.float32)
   zeros = jnp.zeros_like(w)
+  tiles = None
+  if options.skip_tiles:  # Static: blocks restart per document when positions are given.
+    tiles = block_sparse.TileLayout(l, tuple(options.sizes()), options.block_size,
+                                    packed=batch.get('positions') is not None)
   return as_loss_batch(
       inputs=jnp.concatenate([jnp.where(masked, mask_id, tokens), tokens], axis=1),
       positions=jnp.concatenate([pos, pos], axis=1),
       targets=jnp.concatenate([tokens, tokens], axis=1),
       weights=jnp.concatenate([w, zeros], axis=1), denom=denom,
-      attention=AttentionSpec(mask=block_mask(pos, block_size, seg)))
+      attention=AttentionSpec(mask=block_mask(pos, block_size, seg), tiles=tiles))
 
 
 def as_loss_batch(*, inputs, positions, targets, weights, denom,

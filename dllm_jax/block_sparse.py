@@ -11,9 +11,15 @@ differentiates on every backend; the mask is still applied inside each tile.
 
   pairs = tile_pairs(seq_len, block_size, tile)          # static, host
   out = attend_tiles(q, k, v, mask, pairs, tile)         # [B, 2L, H, D]
+
+Training reaches it through `AttentionSpec.tiles` (a static `TileLayout`), which
+`attention.attend` dispatches to `attend_layout`.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -80,3 +86,54 @@ def attend_tiles(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | Non
   den = jax.ops.segment_sum(jnp.moveaxis(den, 1, 0), qi, num_segments=n)
   out = num / den[..., None]
   return jnp.moveaxis(out, 0, 1).reshape(b, t, h, d).astype(q.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class TileLayout:
+  """The static (hashable) tile structure of an [x_t, x_0] mask: rows of 2 x
+  `seq_len`, blocks of every size in `block_sizes` (a growing block size: the
+  union of their tile pairs), tiles of `tile`; `packed` documents restart
+  their blocks inside a row."""
+
+  seq_len: int
+  block_sizes: tuple[int, ...]
+  tile: int
+  packed: bool = False
+
+  def pairs(self) -> np.ndarray:
+    """(query tile, key tile) pairs [P, 2] any of the block sizes allows."""
+    return _union_pairs(self.seq_len, self.block_sizes, self.tile, self.packed)
+
+
+@functools.lru_cache(maxsize=64)
+def _union_pairs(seq_len: int, block_sizes: tuple[int, ...], tile: int,
+                 packed: bool) -> np.ndarray:
+  n = 2 * seq_len // tile
+  allowed = np.zeros((n, n), bool)
+  for b in block_sizes:
+    p = tile_pairs(seq_len, b, tile, packed)
+    allowed[p[:, 0], p[:, 1]] = True
+  return np.argwhere(allowed).astype(np.int32)
+
+
+def attend_layout(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
+                  layout: TileLayout) -> jax.Array:
+  """`attend_tiles` over `layout`'s tile pairs, grouped-query attention included.
+
+  Args:
+    q: [B, 2L, Hq, D]; k, v: [B, 2L, Hkv, D] with Hkv dividing Hq.
+    mask: bool [B or 1, 1, 2L, 2L] or None.
+    layout: the static tiles (2L must be 2 * layout.seq_len).
+
+  Returns:
+    [B, 2L, Hq, D].
+  """
+  if q.shape[1] != 2 * layout.seq_len or k.shape[1] != q.shape[1]:
+    raise ValueError(f'tile layout of rows 2 x {layout.seq_len} given queries of '
+                     f'{q.shape[1]} and keys of {k.shape[1]} positions.')
+  group = q.shape[2] // k.shape[2]
+  if group > 1:  # Query head h reads key/value head h // group.
+    k, v = jnp.repeat(k, group, axis=2), jnp.repeat(v, group, axis=2)
+  if mask is not None and mask.shape[0] != q.shape[0]:
+    mask = jnp.broadcast_to(mask, (q.shape[0],) + mask.shape[1:])
+  return attend_tiles(q, k, v, mask, layout.pairs(), layout.tile)

@@ -17,16 +17,22 @@ prompt 128, gen 256, block 32, 8 tokens/step): batch 1 >= 1,300 tokens/s, batch
 --what=attention: forward + backward of the [x_t, x_0] attention (2L tokens)
 with a dense masked `jax.nn.dot_product_attention` vs `block_sparse.attend_tiles`
 over the tiles the mask allows; "tiles" is the fraction computed.
+
+--what=train: one whole train step (objective block_diffusion, AdamW) with
+train.block.skip_tiles off and on, per row length L (--seq_len, --batch[0]):
+
+  python -m launch.bench_block --what=train --seq_len=256,512 --block_length=32 \
+      --batch=8
 """
 
 import dataclasses
-import time
 
 from absl import app, flags
 
 from launch import cli
 
-_WHAT = flags.DEFINE_enum('what', 'sampler', ['sampler', 'attention'], 'What to time.')
+_WHAT = flags.DEFINE_enum('what', 'sampler', ['sampler', 'attention', 'train'],
+                          'What to time.')
 _PRESET = flags.DEFINE_string('preset', 'tiny', 'Model preset (random weights).')
 _DTYPE = flags.DEFINE_string('dtype', 'float32', 'Compute and parameter dtype.')
 _BATCH = flags.DEFINE_list('batch', ['1'], 'Batch sizes.')
@@ -40,19 +46,12 @@ _VARIANTS = flags.DEFINE_list('variants', ['uncached', 'cached', 'fused', 'thres
 _SEQ_LEN = flags.DEFINE_list('seq_len', ['256', '512'], 'Row lengths L (attention).')
 _TILE = flags.DEFINE_integer('tile', 0, 'Tile length (0: the block length).')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed runs per variant.')
+_STEPS = flags.DEFINE_integer('steps', 5, 'Timed train steps (--what=train).')
 
 
 def _median_time(run):
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  t0 = time.perf_counter()
-  out = run()
-  compile_s = time.perf_counter() - t0
-  times = []
-  for _ in range(_REPEATS.value):
-    t0 = time.perf_counter()
-    out = run()
-    times.append(time.perf_counter() - t0)
-  return out, float(np.median(times)), compile_s
+  from launch import step_timing  # pylint: disable=g-import-not-at-top
+  return step_timing.median_time(run, _REPEATS.value)
 
 
 def bench_sampler():
@@ -131,10 +130,45 @@ def bench_attention():
     print(f'| {r[0]} | {r[1]:.3f} | {r[2]:.1f} | {r[3]:.1f} | {r[4]:.2f}x | {r[5]:.1e} |')
 
 
+def bench_train():
+  from dllm_jax import block_diffusion as bd, block_sparse, presets  # pylint: disable=g-import-not-at-top
+  from launch import step_timing  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  bl, b = _BLOCK_LENGTH.value, int(_BATCH.value[0])
+  gib = lambda t: ('-' if t.memory is None else
+                   f'{t.memory.temp_size_in_bytes / 2**30:.2f}')
+  rows = []
+  for l in map(int, _SEQ_LEN.value):
+    cfg = presets.get_preset(_PRESET.value, dtype=_DTYPE.value, param_dtype=_DTYPE.value,
+                             max_len=max(l, 64))
+    runs = []
+    for skip in (False, True):
+      opts = bd.BlockDiffusionOptions(block_size=bl, skip_tiles=skip)
+      t = step_timing.time_train_step(cfg, b, l, steps=_STEPS.value, warmup=1,
+                                      objective='block_diffusion', block_options=opts,
+                                      each_step=True, log=lambda _: None)
+      runs.append((min(t.step_seconds), gib(t)))
+      print(f'  L {l}, skip_tiles={skip}: fastest step {1e3 * runs[-1][0]:.0f} ms '
+            f'(mean {1e3 * t.seconds:.0f}), loss {t.loss:.4f}', flush=True)
+    frac = len(block_sparse.TileLayout(l, (bl,), bl).pairs()) / (2 * l // bl) ** 2
+    rows.append((l, frac, runs[0], runs[1], runs[0][0] / runs[1][0]))
+  print(f'\nblock-diffusion train step (forward, backward, AdamW), {_PRESET.value} '
+        f'{_DTYPE.value}, batch {b}, block {bl} (tile {bl}), fastest of '
+        f'{_STEPS.value} steps, on {jax.devices()[0].device_kind}\n')
+  print('| L (input 2L) | tiles computed | dense mask ms | skip_tiles ms | speed-up '
+        '| temp GiB dense / skip |')
+  print('|---|---|---|---|---|---|')
+  for l, frac, dense, tiled, speedup in rows:
+    print(f'| {l} | {frac:.3f} | {1e3 * dense[0]:.0f} | {1e3 * tiled[0]:.0f} | '
+          f'{speedup:.2f}x | {dense[1]} / {tiled[1]} |')
+
+
 def main(argv):
   cli.start(argv)
   if _WHAT.value == 'attention':
     bench_attention()
+  elif _WHAT.value == 'train':
+    bench_train()
   else:
     bench_sampler()
 

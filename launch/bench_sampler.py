@@ -17,8 +17,6 @@ new tokens / denoising steps taken; "agree" is the fraction of generated tokens
 equal to variant (a)'s.
 """
 
-import time
-
 from absl import app, flags
 
 from launch import cli
@@ -52,6 +50,7 @@ def main(argv):
   from dllm_jax.sampling import autoregressive as ar  # pylint: disable=g-import-not-at-top
   from dllm_jax.sampling import generate as gen  # pylint: disable=g-import-not-at-top
   from dllm_jax.training import checkpoint  # pylint: disable=g-import-not-at-top
+  from launch import step_timing  # pylint: disable=g-import-not-at-top
 
   tokenizer = None
   if _WORKDIR.value:
@@ -85,16 +84,7 @@ def main(argv):
   if unknown:
     raise app.UsageError(f'unknown variants {sorted(unknown)}; known: {list(variants)}')
 
-  def timed(run):
-    t0 = time.perf_counter()
-    out = run()
-    compile_s = time.perf_counter() - t0
-    times = []
-    for _ in range(_REPEATS.value):
-      t0 = time.perf_counter()
-      out = run()
-      times.append(time.perf_counter() - t0)
-    return out, float(np.median(times)), compile_s
+  timed = lambda run: step_timing.median_time(run, _REPEATS.value)
 
   rows = []
   for b in map(int, _BATCH.value):

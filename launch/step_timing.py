@@ -1,14 +1,18 @@
-"""Timing one train-step configuration (shared by the benchmark launchers).
+"""Timing shared by the benchmark launchers: one train-step configuration, and
+the median of repeated runs of any callable.
 
-Random tokens, the pretraining objective, AdamW; the step is compiled ahead of
-time, run `warmup` times untimed, then `steps` times on the clock.
+`time_train_step`: random tokens, an objective (default pretraining), AdamW;
+the step is compiled ahead of time, run `warmup` times untimed, then `steps`
+times on the clock. `median_time`: the first call (compile) timed apart.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any
+from typing import Any, Callable
+
+import numpy as np
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +27,21 @@ class StepTiming:
   compile_seconds: float
   memory: Any  # `compiled.memory_analysis()` (None where the backend has none).
   loss: float  # Of the last step run.
+  step_seconds: tuple[float, ...] = ()  # Each timed step (with `each_step`).
+
+
+def median_time(run: Callable[[], Any], repeats: int) -> tuple[Any, float, float]:
+  """(last output, median seconds of `repeats` timed calls, seconds of the first
+  call: compile included). `run` must block until its result is ready."""
+  t0 = time.perf_counter()
+  out = run()
+  compile_s = time.perf_counter() - t0
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    out = run()
+    times.append(time.perf_counter() - t0)
+  return out, float(np.median(times)), compile_s
 
 
 def document_ids(seq_len: int, documents: int, seed: int = 0) -> jax.Array:
@@ -38,20 +57,26 @@ def document_ids(seq_len: int, documents: int, seed: int = 0) -> jax.Array:
 def time_train_step(cfg: ModelConfig, batch_size: int, seq_len: int, *, steps: int,
                     warmup: int = 1, grad_accum_steps: int = 1,
                     segments: int = 0, profile_dir: str | None = None,
-                    profile_steps: int = 2, log=print) -> StepTiming:
+                    profile_steps: int = 2, objective: str = 'pretrain',
+                    block_options=None, each_step: bool = False,
+                    log=print) -> StepTiming:
   """Compiles and times the train step of `cfg` on a [batch_size, seq_len] batch.
 
   `segments`: pass segment ids of that many documents per row (0: none; the
   documents' lengths are random, the same in every row; what packed data
   passes). `profile_dir`: afterwards trace `profile_steps` more steps there
-  (Perfetto trace included, for `launch.profile_summary`). Compile errors (most
-  often out of memory) propagate.
+  (Perfetto trace included, for `launch.profile_summary`). `objective` and
+  `block_options` (a `BlockDiffusionOptions`, objective block_diffusion) go to
+  `make_train_step`. `each_step`: also time every step on its own (waiting for
+  each: on a shared machine the fastest is the least disturbed). Compile errors
+  (most often out of memory) propagate.
   """
   opt, sched = opt_lib.make_optimizer(
       lr=1e-4, total_steps=1000, warmup_steps=10, decay_fraction=0.1,
       final_lr_ratio=0.1, b1=0.9, b2=0.95, weight_decay=0.1, clip_norm=1.0)
   state = jax.jit(lambda k: ts.init_train_state(cfg, opt, k))(jax.random.key(0))
-  step = ts.make_train_step(cfg, opt, sched, grad_accum_steps=grad_accum_steps)
+  step = ts.make_train_step(cfg, opt, sched, grad_accum_steps=grad_accum_steps,
+                            objective=objective, block_options=block_options)
   tokens = jax.random.randint(jax.random.key(1), (batch_size, seq_len), 0, cfg.ids.mask)
   batch = {'tokens': tokens}
   if segments:
@@ -71,9 +96,14 @@ def time_train_step(cfg: ModelConfig, batch_size: int, seq_len: int, *, steps: i
   for _ in range(warmup):
     state, metrics = compiled(state, batch, key)
   jax.block_until_ready(metrics)
+  each = []
   t0 = time.perf_counter()
   for _ in range(steps):
+    t_step = time.perf_counter()
     state, metrics = compiled(state, batch, key)
+    if each_step:
+      jax.block_until_ready(metrics)
+      each.append(time.perf_counter() - t_step)
   jax.block_until_ready(metrics)
   dt = (time.perf_counter() - t0) / steps
   if profile_dir:
@@ -82,4 +112,4 @@ def time_train_step(cfg: ModelConfig, batch_size: int, seq_len: int, *, steps: i
         state, metrics = compiled(state, batch, key)
       jax.block_until_ready(metrics)
   return StepTiming(seconds=dt, compile_seconds=compile_s, memory=mem,
-                    loss=float(metrics['loss']))
+                    loss=float(metrics['loss']), step_seconds=tuple(each))

@@ -44,3 +44,17 @@ def random_workdir(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('random_workdir')
   support.write_random_checkpoint(workdir, config)
   return str(workdir)
+
+
+@pytest.fixture(scope='session')
+def random_block_workdir(tmp_path_factory):
+  """A workdir with a random-weight checkpoint of `support.small_config()` trained
+  (as its meta says) with objective block_diffusion, block size 8 (one layer;
+  sampling defaults: 8 new tokens); do not write to it."""
+  config = support.small_config(objective='block_diffusion')
+  config.model.n_layers = 1  # Compiles faster.
+  config.train.block.block_size = 8
+  config.sample.gen_length, config.sample.block_length, config.sample.steps = 8, 8, 8
+  workdir = tmp_path_factory.mktemp('random_block_workdir')
+  support.write_random_checkpoint(workdir, config)
+  return str(workdir)

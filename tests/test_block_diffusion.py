@@ -131,6 +131,30 @@ def test_threshold_rules_equal_llada2_and_dinfer():
         np.testing.assert_array_equal(np.asarray(got[r]), want_r)
 
 
+@pytest.mark.parametrize('temperature,confidence', [(0.5, 'tempered'), (2.0, 'plain')])
+def test_tempered_draws_follow_the_tempered_softmax(temperature, confidence):
+  """Gumbel-max draws an exact sample of softmax(logits / T) (what LLaDA2 draws
+  with torch.multinomial): 40,000 draws over a 6-token vocabulary (the mask id 5
+  excluded) pass a chi-square test (draws from softmax(logits) fail it); the
+  confidence is the candidate's tempered (LLaDA2) or plain (dInfer) probability."""
+  logits = np.array([1.5, 0.0, -1.0, 0.7, -2.5, 3.0], np.float32)
+  ids = presets.get_preset('tiny').ids
+  ids = dataclasses.replace(ids, mask=5, eos=4, eot=4)
+  sc = block.BlockSamplingConfig(temperature=temperature, confidence=confidence)
+  n = 40_000
+  cand, conf = jax.jit(lambda l, k: block.draw(l, k, sc, ids))(
+      jnp.broadcast_to(logits, (2, n // 2, 6)), jax.random.key(7))
+  cand, conf = np.asarray(cand).ravel(), np.asarray(conf).ravel()
+  want = ref.softmax(np.where(np.arange(6) == 5, -np.inf, logits / temperature))
+  counts = np.bincount(cand, minlength=6)
+  assert counts[5] == 0
+  chi2 = np.sum((counts[:5] - n * want[:5]) ** 2 / (n * want[:5]))
+  assert chi2 < 18.47, (counts, n * want)  # p > 0.001 at 4 degrees of freedom.
+  scale = temperature if confidence == 'tempered' else 1.0
+  p = ref.softmax(np.where(np.arange(6) == 5, -np.inf, logits / scale))
+  np.testing.assert_allclose(conf, p[cand], rtol=1e-5)
+
+
 def _reference_logits(cfg, params, block_length):
   fwd = jax.jit(lambda x: model.forward(params, x, config=cfg,
                                         attention=attention.block_causal(block_length)))
@@ -230,24 +254,76 @@ def test_bad_input_is_a_one_line_error(tiny_config):
 
 @pytest.mark.parametrize('packed', [pytest.param(False, marks=pytest.mark.slow), True])
 def test_tile_skipping_attention_equals_dense(packed):
+  """`attend` given a spec with a tile layout (the union of a growing schedule's
+  block sizes 2 and 4, the mask at size 2; grouped-query heads) equals the
+  dense masked attention, values and gradients."""
   from dllm_jax import block_sparse  # pylint: disable=g-import-not-at-top
   l, b = 16, 4
   pos = np.arange(l)[None] if not packed else np.array([list(range(6)) + list(range(10))])
   seg = None if not packed else jnp.asarray([[1] * 6 + [2] * 10])
-  mask = bd.block_mask(jnp.asarray(pos), b, seg)
-  q, k, v = (jax.random.normal(jax.random.key(i), (1, 2 * l, 2, 8)) for i in range(3))
+  mask = bd.block_mask(jnp.asarray(pos), 2, seg)
+  q = jax.random.normal(jax.random.key(0), (1, 2 * l, 2, 8))
+  k, v = (jax.random.normal(jax.random.key(i), (1, 2 * l, 1, 8)) for i in (1, 2))
   pairs = block_sparse.tile_pairs(l, b, 4, packed=packed)
   assert len(pairs) < (2 * l // 4) ** 2 * (0.55 if packed else 0.35)
+  spec = attention.AttentionSpec(mask=mask, tiles=block_sparse.TileLayout(
+      l, (2, b), 4, packed))
 
   @jax.jit
-  def both(q):
-    tiled = lambda q: block_sparse.attend_tiles(q, k, v, mask, pairs, 4)
-    dense = lambda q: jax.nn.dot_product_attention(q, k, v, mask=mask)
-    return (tiled(q), dense(q), jax.grad(lambda q: tiled(q).sum())(q),
-            jax.grad(lambda q: dense(q).sum())(q))
-  tiled, dense, g_tiled, g_dense = both(q)
+  def both(q, k):
+    tiled = lambda q, k: attention.attend(q, k, v, spec)
+    dense = lambda q, k: jax.nn.dot_product_attention(q, k, v, mask=mask)
+    grad = lambda f: jax.grad(lambda q, k: jnp.sin(f(q, k)).sum(), argnums=(0, 1))
+    return tiled(q, k), dense(q, k), grad(tiled)(q, k), grad(dense)(q, k)
+  tiled, dense, g_tiled, g_dense = both(q, k)
   np.testing.assert_allclose(tiled, dense, atol=1e-5)
-  np.testing.assert_allclose(g_tiled, g_dense, atol=1e-5)
+  np.testing.assert_allclose(g_tiled[0], g_dense[0], atol=1e-5)
+  np.testing.assert_allclose(g_tiled[1], g_dense[1], atol=1e-5)
+
+
+def _packed_rows():
+  """Two rows of 32 tokens, two documents each (13 + 19)."""
+  return {'tokens': jax.random.randint(jax.random.key(1), (2, 32), 0, 250),
+          'segment_ids': jnp.asarray([[1] * 13 + [2] * 19] * 2),
+          'positions': jnp.asarray([list(range(13)) + list(range(19))] * 2)}
+
+
+GROWING = bd.BlockDiffusionOptions(block_size=16, grow_every=1, grow_from=4)
+
+
+def _tiled_and_dense(batch, opts):
+  """The loss batch with skip_tiles, and the same with the dense mask."""
+  tiled = jax.jit(bd.make_loss_batch, static_argnames=('mask_id', 'options'))(
+      batch, jax.random.key(0), 1, mask_id=MASK,
+      options=dataclasses.replace(opts, skip_tiles=True))
+  assert len(tiled.attention.tiles.pairs()) < (64 // opts.block_size) ** 2 * 0.7
+  return tiled, tiled.replace(attention=tiled.attention.replace(tiles=None))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('packed', [True, False])
+def test_tile_skipping_loss_and_gradients_equal_the_dense_mask(tiny_config, tiny_params,
+                                                               packed):
+  """train.block.skip_tiles: the tiny model's block-diffusion loss and gradients
+  through `attend`'s tile-skipping path equal the dense masked path (packed rows
+  under a growing block size; one document per row under a fixed one). Slow
+  (two whole-model gradient compiles); the default twin is
+  `test_tile_skipping_attention_equals_dense`."""
+  batch = _packed_rows()
+  batch = batch if packed else {'tokens': batch['tokens']}
+  opts = GROWING if packed else bd.BlockDiffusionOptions(block_size=8)
+  tiled, dense = _tiled_and_dense(batch, opts)
+
+  @jax.jit  # The static tile layout is part of the spec's tree: two compiles.
+  def grad(params, lb):
+    return jax.value_and_grad(lambda p: diffusion.loss_from_logits(model.forward(
+        p, lb.inputs, positions=lb.positions, config=tiny_config,
+        attention=lb.attention), lb))(params)
+  (l_dense, g_dense), (l_tiled, g_tiled) = (grad(tiny_params, dense),
+                                            grad(tiny_params, tiled))
+  np.testing.assert_allclose(l_tiled, l_dense, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), g_tiled,
+               g_dense)
 
 
 def test_block_run_shares_the_ar_twins_shapes_and_checks_its_block_size():

@@ -38,6 +38,7 @@ from dllm_jax.sampling.generate import select_factor
 
 PARALLEL = ('fixed', 'threshold', 'factor')
 THRESHOLD_RULES = ('llada2', 'dinfer')
+CONFIDENCES = ('tempered', 'plain')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +58,14 @@ class BlockSamplingConfig:
     token of the current block whose candidate differs and has probability >
     this is rewritten; the block ends when a step with no masks edits nothing, or
     after max_post_steps steps without masks.
+  temperature: 0 takes the argmax; > 0 draws each position's candidate from
+    softmax(logits / temperature) by Gumbel-max, argmax(logits / T + G) with G
+    i.i.d. standard Gumbel: an exact sample of that categorical distribution,
+    the one LLaDA2's `generate` draws with `torch.multinomial` (the mask token
+    excluded; no top-k / top-p here).
+  confidence: the probability a candidate is ranked by: 'tempered' under
+    softmax(logits / temperature) (LLaDA2 / LLaDA2.1 `generate`), 'plain' under
+    softmax(logits) (dInfer, LLaDA); the same at temperature 0.
   cache: False recomputes the whole canvas each step (the reference).
   fuse_write: write a finished block's keys/values in the next block's first
     step (a 2-block window) instead of a separate forward.
@@ -71,6 +80,7 @@ class BlockSamplingConfig:
   factor: float = 1.0
   min_tokens: int = 0
   temperature: float = 0.0
+  confidence: str = 'tempered'
   editing_threshold: float = 0.0
   max_post_steps: int = 16
   cache: bool = True
@@ -86,6 +96,8 @@ class BlockSamplingConfig:
     if self.threshold_rule not in THRESHOLD_RULES:
       raise ValueError(f'unknown threshold_rule {self.threshold_rule!r}; known: '
                        f'{THRESHOLD_RULES}.')
+    if self.confidence not in CONFIDENCES:
+      raise ValueError(f'unknown confidence {self.confidence!r}; known: {CONFIDENCES}.')
     if not 0.0 < self.threshold <= 1.0:
       raise ValueError(f'threshold must be in (0, 1], got {self.threshold}.')
     if self.temperature < 0 or self.min_tokens < 0 or self.max_post_steps < 0:
@@ -124,6 +136,20 @@ def select(confidence: jax.Array, eligible: jax.Array, n: jax.Array,
   high = eligible & (confidence > sc.threshold)
   enough = high.sum(axis=1, keepdims=True) >= n[:, None]
   return jnp.where(enough, high, top)
+
+
+def draw(logits: jax.Array, key: jax.Array, sc: BlockSamplingConfig,
+         ids) -> tuple[jax.Array, jax.Array]:
+  """Candidates int32 [B, W] and their confidences float32 [B, W] from logits
+  [B, W, V] (see `temperature` and `confidence` of `BlockSamplingConfig`)."""
+  t = sc.temperature
+  if t > 0 and sc.confidence == 'tempered':
+    # argmax(l / T + G) is argmax(l - T log(-log u)) scaled by 1/T: the same
+    # draw, and the confidence becomes softmax(l / T) at the candidate.
+    logits, t = logits.astype(jnp.float32) / t, 1.0
+  return remasking.candidates_and_confidence(
+      logits, key, temperature=t, remasking='low_confidence', mask_id=ids.mask,
+      eos_id=ids.eos, eot_id=ids.eot)
 
 
 def check_model(config, sc: BlockSamplingConfig, meta: dict | None = None) -> None:
@@ -256,9 +282,7 @@ def _sample(params, prompts, prompt_lengths, shift, last_block, key, *, config,
     logits, cache = _step_logits(params, x, k, s['cache'], s['pending'], spec, pos,
                                  config=config, sc=sc, b=b)
     key, sub = jax.random.split(s['key'])
-    cand, conf = remasking.candidates_and_confidence(
-        logits, sub, temperature=sc.temperature, remasking='low_confidence',
-        mask_id=ids.mask, eos_id=ids.eos, eot_id=ids.eot)
+    cand, conf = draw(logits, sub, sc, ids)
     blk = jax.lax.dynamic_slice_in_dim(x, k * b, b, axis=1)
     new, settled, post = _commit(blk, cand, conf, s, sched,
                                  jnp.clip(prompt_end - k * b, 0, b), sc=sc, ids=ids)

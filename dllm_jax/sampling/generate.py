@@ -120,6 +120,18 @@ def _resolve(sampling: SamplingConfig, config: ModelConfig) -> SamplingConfig:
   return sampling
 
 
+def check_checkpoint(meta: dict | None) -> None:
+  """One-line ValueError for a checkpoint (its `meta`, `workdir.read_meta`) this
+  full-sequence sampler must not run: one trained with block diffusion, whose
+  attention was block-causal (its sampler is `sampling/block.py`)."""
+  train = (meta or {}).get('config', {}).get('train', {})
+  if train.get('objective') == 'block_diffusion':
+    size = train.get('block', {}).get('block_size')
+    raise ValueError(f'the checkpoint was trained with objective block_diffusion '
+                     f'(block size {size}); the full-sequence sampler does not apply: '
+                     'use the block sampler (sampling/block.py; launch.sample picks it).')
+
+
 def _run(params, canvas, canvas_mask, key, config, sampling, start) -> SamplerState:
   seg, pos = _layout(canvas_mask)
   return _sample_model(params, canvas, seg, pos, key, Knobs.of(sampling),

@@ -130,12 +130,15 @@ class Engine:
     self.prompt_buckets = tuple(sorted(prompt_buckets))
     self._compiled = {}
     self._lock = threading.Lock()
+    self.meta = None  # The checkpoint's meta (`from_workdir`): a block run is refused.
 
   @classmethod
   def from_workdir(cls, workdir: str, *, step: int | None = None,
                    dtype: str | None = None, **kwargs) -> Engine:
     """The latest (or given) checkpoint of a training workdir (Orbax); the
-    run's sample settings become the default, and SFT runs default to chat."""
+    run's sample settings become the default, and SFT runs default to chat. A
+    block-diffusion run loads (likelihoods work) but generating from it is
+    refused in one line: its sampler is `sampling/block.py`."""
     from dllm_jax import workdir as checkpoint  # pylint: disable=g-import-not-at-top
     config, params, tokenizer = checkpoint.restore_for_inference(
         workdir, step=step, dtype=dtype)
@@ -147,7 +150,9 @@ class Engine:
     kwargs.setdefault('default_sampling', defaults)
     kwargs.setdefault('chat', meta['config']['train']['objective'] == 'sft')
     kwargs.setdefault('name', os.path.basename(os.path.abspath(workdir)))
-    return cls(params, config, tokenizer, **kwargs)
+    engine = cls(params, config, tokenizer, **kwargs)
+    engine.meta = meta
+    return engine
 
   @classmethod
   def from_hf_dir(cls, path: str, *, dtype: str | None = None, **kwargs) -> Engine:
@@ -214,6 +219,7 @@ class Engine:
 
   def check(self, ids: np.ndarray, sampling: gen.SamplingConfig, seed: int) -> None:
     """Raises ValueError (one line) if the request cannot run."""
+    gen.check_checkpoint(self.meta)
     sampling.validate(len(ids), self.config.max_len)
     if not 0 <= seed <= MAX_SEED:
       raise ValueError(f'seed must be in [0, {MAX_SEED}], got {seed}.')
@@ -268,6 +274,7 @@ class Engine:
   def warmup(self, buckets: Sequence[tuple[gen.SamplingConfig | None, int, int]]) -> int:
     """Compiles (sampling, prompt length, batch size) buckets ahead; returns how
     many were new. Lengths and sizes are rounded up to their buckets."""
+    gen.check_checkpoint(self.meta)
     before = len(self._compiled)
     for sampling, n, b in buckets:
       sampling = self.resolve(sampling)
@@ -286,8 +293,10 @@ class Engine:
     """Answers every request (in order); see the module docstring for batching.
 
     Raises:
-      ValueError: a request cannot run (its index and why).
+      ValueError: a request cannot run (its index and why), or the checkpoint
+        was trained with block diffusion (`gen.check_checkpoint`).
     """
+    gen.check_checkpoint(self.meta)
     rows = []
     for i, r in enumerate(requests):
       r = r if isinstance(r, Request) else Request(r, self.default_sampling,

@@ -236,6 +236,7 @@ class BlockSection(Section):
   weight: str = knob('none', choices=block_diffusion.WEIGHTS)
   grow_every: int = knob(0, range=Range(0))  # > 0: grow the block size.
   grow_from: int = knob(1, range=Range(1))
+  skip_tiles: bool = knob(True)  # Attention skips the tiles the mask rules out.
 
   def options(self) -> block_diffusion.BlockDiffusionOptions:
     return block_diffusion.BlockDiffusionOptions(**dataclasses.asdict(self))

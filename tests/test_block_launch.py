@@ -1,0 +1,68 @@
+"""`launch.sample` routes a block-diffusion checkpoint to the block sampler with
+its trained block size; the full-sequence sampler refuses such a checkpoint and
+the block sampler one trained without blocks, each in one line. The launcher's
+own flag parsing and `main` run in this process (no interpreter start per case)."""
+
+import pytest
+from absl import flags
+
+from launch import cli
+
+
+@pytest.fixture
+def sample_main():
+  """Runs `launch.sample` with the given flags: (exit message or None, stdout)."""
+  from launch import sample  # pylint: disable=g-import-not-at-top
+
+  def run(capsys, *args):
+    flags.FLAGS.unparse_flags()
+    cli.parse_flags(['sample', *args])
+    try:
+      sample.main(['sample'])
+      message = None
+    except SystemExit as e:
+      message = str(e.code)
+    return message, capsys.readouterr().out
+
+  yield run
+  flags.FLAGS.unparse_flags()
+
+
+def test_sample_launcher_routes_and_refuses_by_objective(
+    sample_main, capsys, random_block_workdir, random_workdir):
+  block_run = f'--workdir={random_block_workdir}'
+  message, out = sample_main(capsys, block_run, '--prompt=ab', '--num_samples=2',
+                             '--parallel=threshold', '--block_threshold_rule=dinfer',
+                             '--temperature=0.7', '--block_confidence=plain',
+                             '--steps=4')
+  assert message is None
+  assert out.count('--- sample ') == 2 and '--- sample 1 ---\nab' in out, out
+  refusals = [
+      ((block_run, '--sampler=full'), 'objective block_diffusion (block size 8); '
+       'the full-sequence sampler does not apply'),
+      ((f'--workdir={random_workdir}', '--sampler=block'),
+       "trained with objective 'pretrain', without blocks"),
+      ((block_run, '--block_length=4', '--gen_length=8'),
+       'block_length=4 differs from the block size 8 the checkpoint was trained with'),
+      ((block_run, '--cache=dual'), '--cache: knobs of the full-sequence sampler'),
+      ((f'--workdir={random_workdir}', '--block_fuse_write'),
+       '--block_fuse_write: knobs of the block sampler'),
+  ]
+  for args, want in refusals:
+    message, _ = sample_main(capsys, *args)
+    assert message is not None and message.startswith('error: ') and want in message, (
+        args, message)
+    assert '\n' not in message
+
+
+def test_engine_loads_a_block_run_but_refuses_to_generate(random_block_workdir):
+  """`launch.eval`'s likelihoods still load the parameters through the `Engine`;
+  its full-sequence sampler refuses (the server's per-request check too)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from dllm_jax.serving import Engine  # pylint: disable=g-import-not-at-top
+  engine = Engine.from_workdir(random_block_workdir)
+  want = 'the full-sequence sampler does not apply'
+  with pytest.raises(ValueError, match=want):
+    engine.generate(['ab'])
+  with pytest.raises(ValueError, match=want):
+    engine.check(np.array([1, 2]), engine.resolve(None), 0)
