@@ -11,6 +11,10 @@ import sys
 import numpy as np
 import pytest
 
+import orbax.checkpoint as ocp
+
+from dllm_jax.data import pipeline, shards as data_shards
+from dllm_jax.data.tokenizer import ByteTokenizer
 from dllm_jax.training import checkpoint, elastic, workdir_lock
 from tests.support import REPO, SMALL_CLI, free_port
 
@@ -53,15 +57,86 @@ def test_resume_across_eight_four_and_one_devices_with_other_splits(tmp_path):
   _check(out, segments)
 
 
-def test_another_process_count_is_refused_in_one_line():
-  elastic.check_resume({'step': 4, 'mesh': {'process_count': 1}})  # This run's.
-  elastic.check_resume({'step': 4})  # An older checkpoint without the record.
+@pytest.mark.parametrize('batch, shards, procs, plans', [
+    (8, 2, 2, [[(0, 0, 4)], [(1, 0, 4)]]),  # As many processes as shards.
+    (8, 2, 1, [[(0, 0, 4), (1, 0, 4)]]),  # 2 -> 1: one process reads both.
+    (8, 1, 2, [[(0, 0, 4)], [(0, 4, 8)]]),  # 1 -> 2: each keeps half of shard 0.
+    (12, 2, 3, [[(0, 0, 4)], [(0, 4, 6), (1, 0, 2)], [(1, 2, 6)]]),  # Straddling.
+])
+def test_shard_plan_feeds_every_global_row_once_in_shard_order(batch, shards, procs,
+                                                               plans):
+  got = [[(p.shard, p.start, p.stop) for p in data_shards.shard_plan(batch, shards, i, procs)]
+         for i in range(procs)]
+  assert got == plans
+  owners = [data_shards.owned_shards(data_shards.shard_plan(batch, shards, i, procs))
+            for i in range(procs)]
+  assert sorted(s for o in owners for s in o) == list(range(shards))  # Saved once.
+
+
+def _iterators(source, shard_count, process_count, batch=4):
+  make = lambda s, n, rows: pipeline.pretrain_dataset(
+      source, ByteTokenizer(), seq_len=16, batch_size=rows, seed=3, shard_index=s,
+      shard_count=n, num_epochs=1)  # Finite: Grain reads no further ahead.
+  return [data_shards.ShardedIterator(make, batch_size=batch, process_index=i,
+                                      process_count=process_count,
+                                      shard_count=shard_count)
+          for i in range(process_count)]
+
+
+def _global(its):  # One step's global batch: the processes' rows in order.
+  return np.concatenate([next(it)['tokens'] for it in its])
+
+
+@pytest.mark.parametrize('was, now', [(2, 1), (1, 2)])
+def test_data_position_moves_to_another_process_count(tmp_path, was, now):
+  """The iterator states of a run on `was` processes, saved through the
+  checkpoint handler after 2 steps, continue on `now` processes with the
+  batches of the uninterrupted run (packing 'concat': a step holds a varying
+  number of records)."""
+  with open(tmp_path / 'docs.jsonl', 'w') as f:
+    for i in range(40):
+      f.write(json.dumps({'text': f'doc {i} ' + 'z' * (i % 7) * 3}) + '\n')
+  source = f'jsonl:{tmp_path}/docs.jsonl'
+  its = _iterators(source, was, was)
+  full = [_global(its) for _ in range(5)]
+  its = _iterators(source, was, was)
+  for _ in range(2):
+    _global(its)
+  states = [it.get_state() for it in its]
+  union = {'shard_count': was, 'shards': {s: v for st in states
+                                          for s, v in st['shards'].items()}}
+  mngr = ocp.CheckpointManager(tmp_path / 'ckpt')
+  mngr.save(2, args=ocp.args.Composite(data=elastic.ShardStatesSave(union)))
+  mngr.wait_until_finished()
+  assert sorted(n for n in os.listdir(tmp_path / 'ckpt' / '2' / 'data')
+                if n.endswith('.json')) == [
+      f'shard_{s}-of-{was}.json' for s in range(was)]
+  resumed = _iterators(source, now, now)
+  for it in resumed:
+    mngr.restore(2, args=ocp.args.Composite(data=elastic.ShardStatesRestore(it)))
+    assert it.shard_count == was
+  rest = [_global(resumed) for _ in range(3)]
+  assert all(np.array_equal(a, b) for a, b in zip(rest, full[2:], strict=True))
+  data = tmp_path / 'ckpt' / '2' / 'data'
+  for s in range(was):  # Checkpoints from before shards: one state per process.
+    os.rename(data / f'shard_{s}-of-{was}.json', data / f'process_{s}-of-{was}.json')
+  legacy = _iterators(source, now, now)
+  for it in legacy:
+    mngr.restore(2, args=ocp.args.Composite(data=elastic.ShardStatesRestore(it)))
+  assert np.array_equal(_global(legacy), full[2])
+  assert len({a.tobytes() for a in full}) == 5
+
+
+def test_an_undividable_data_position_is_refused_in_one_line():
+  elastic.check_resume({'step': 4, 'mesh': {'process_count': 1}}, 8)  # This run's.
+  elastic.check_resume({'step': 4}, 8)  # An older checkpoint without the record.
+  elastic.check_resume({'step': 4, 'data_shards': 2, 'mesh': {'process_count': 1}}, 8)
   with pytest.raises(ValueError) as e:
-    elastic.check_resume({'step': 4, 'mesh': {'process_count': 2}})
-  assert str(e.value).startswith('the checkpoint (step 4) was written by 2 '
-                                 'process(es), this run has 1: the data iterator '
-                                 'state is per process')
-  assert '\n' not in str(e.value)
+    elastic.check_resume({'step': 4, 'data_shards': 4}, 6)
+  assert str(e.value) == (
+      'cannot continue the data order of the checkpoint (step 4) on 1 process(es): '
+      'global batch 6 is not a multiple of the 4 data shard(s) the run started with; '
+      'each needs an equal part of every batch.')
 
 
 @pytest.mark.slow
