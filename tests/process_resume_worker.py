@@ -4,11 +4,11 @@ on another process count (started by `tests.support.start_processes`, or alone).
   python -m tests.process_resume_worker WORKDIR STEPS
 
 Joins the processes the environment describes, trains `small_config` (global
-batch 8, a checkpoint every 2 steps, batches recorded) for STEPS steps on a
+batch 8, a checkpoint every 2 steps) for STEPS steps on a
 data-parallel mesh over all devices (resuming WORKDIR's checkpoint if any), and
 process 0 prints one line 'RESULT {json}': the exact loss of every step, the
-fingerprint of the parameters each save held and of those restored
-(`tests.support.record_training`).
+fingerprint of the parameters each save held and of those restored, and a
+digest of every step's global batch (`tests.support.record_training`).
 """
 
 import json
@@ -24,8 +24,7 @@ def main(workdir: str, steps: int) -> None:
   from tests.support import record_training, small_config
   # pylint: enable=g-import-not-at-top
   record = record_training()
-  config = small_config(steps=steps, checkpoint_every=2, log_every=1, batch_size=8,
-                        record_batches=True)
+  config = small_config(steps=steps, checkpoint_every=2, log_every=1, batch_size=8)
   config.mesh.data, config.mesh.fsdp, config.mesh.tensor = jax.device_count(), 1, 1
   config.mesh.dcn_data = jax.process_count()
   config.sample.num_samples = 0  # No sample at the end (its compile is costly).

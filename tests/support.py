@@ -78,9 +78,21 @@ def record_training() -> dict:
   """Patches the trainer's step, save and restore to record, in the dict it
   returns: 'losses' {step: exact loss}, 'saved' {step: fingerprint of the
   parameters saved}, 'restored' [{step, fingerprint}] (the trainer's own
-  restore path). For worker processes (it patches modules for good)."""
-  from dllm_jax.training import checkpoint, train_step as ts  # pylint: disable=g-import-not-at-top
-  out = {'losses': {}, 'saved': {}, 'restored': []}
+  restore path), 'batches' [digest of each step's global batch, all processes'
+  rows]. For worker processes (it patches modules for good)."""
+  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils
+  from dllm_jax.parallel import multihost
+  from dllm_jax.training import checkpoint, progress, train_step as ts
+  # pylint: enable=g-import-not-at-top
+  out = {'losses': {}, 'saved': {}, 'restored': [], 'batches': []}
+  global_batch = multihost.global_batch
+
+  def recording_global_batch(local, sharding):
+    batch = global_batch(local, sharding)
+    tokens = multihost_utils.process_allgather(batch['tokens'], tiled=True)
+    out['batches'].append(progress.batch_fingerprint({'tokens': tokens}))
+    return batch
   make_step, save, restore = (ts.make_train_step, checkpoint.save_state,
                               checkpoint.restore_latest_good)
 
@@ -114,6 +126,7 @@ def record_training() -> dict:
     return restored
 
   ts.make_train_step, checkpoint.save_state = recording_step, recording_save
+  multihost.global_batch = recording_global_batch
   checkpoint.restore_latest_good = recording_restore
   return out
 

@@ -98,7 +98,8 @@ class ShardedIterator(Iterator[dict[str, np.ndarray]]):
     for p in self.plan:
       batch = next(self._iters[p.shard])
       whole = p.start == 0 and p.stop == self.batch_size // self.shard_count
-      pieces.append(batch if whole else {k: v[p.start:p.stop] for k, v in batch.items()})
+      pieces.append(batch if whole else
+                    {k: v[p.start:p.stop] for k, v in batch.items()})
     if len(pieces) == 1:  # One process, one shard: the batch as Grain made it.
       return pieces[0]
     return {k: np.concatenate([b[k] for b in pieces]) for k in pieces[0]}
