@@ -11,10 +11,10 @@ import shutil
 import subprocess
 import sys
 
+import grain
 import numpy as np
-import pytest
-
 import orbax.checkpoint as ocp
+import pytest
 
 from dllm_jax.data import pipeline, shards as data_shards
 from dllm_jax.data.tokenizer import ByteTokenizer
@@ -198,3 +198,19 @@ def test_two_process_run_holds_one_lock(tmp_path):
   assert holder['pid'] == procs[0].pid
   assert [p.returncode for p in procs] == [0, 0], outs
   assert not os.path.exists(workdir_lock.lock_path(str(tmp_path)))  # Released.
+
+
+def test_a_data_position_without_a_read_shard_is_refused_in_one_line():
+  make = lambda s, n, rows: grain.MapDataset.range(s, 64, n).map(
+      lambda x: {'tokens': np.array([x])}).batch(rows).to_iter_dataset()
+  it = data_shards.ShardedIterator(make, batch_size=4, process_index=0,
+                                   process_count=1)
+  saved = data_shards.ShardedIterator(make, batch_size=4, process_index=0,
+                                      process_count=2).get_state()  # Shard 0 only.
+  with pytest.raises(ValueError) as e:
+    it.set_state(saved)
+  assert str(e.value) == ('the data position has no state for shard(s) [1] of 2, '
+                          'which this process reads; it cannot continue the same '
+                          'data order.')
+  it.set_state({**saved, 'shards': {**saved['shards'], 1: saved['shards'][0]}})
+  assert next(it)['tokens'].ravel().tolist() == [0, 2, 1, 3]  # Shard 0's, shard 1's.
