@@ -30,39 +30,12 @@ def main(workdir, segments, check_batch_change=False):
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
   # pylint: disable=g-import-not-at-top
   from dllm_jax.parallel import mesh as mesh_lib
-  from dllm_jax.training import checkpoint, trainer, train_step as ts
-  from tests.support import read_batch_log, small_config
+  from dllm_jax.training import checkpoint, trainer
+  from tests.support import read_batch_log, record_training, small_config
   # pylint: enable=g-import-not-at-top
 
-  losses, restored = {}, []
-  make_step, restore = ts.make_train_step, checkpoint.restore_latest_good
-
-  def recording_step(*args, **kwargs):  # Records every step's exact loss.
-    jitted = make_step(*args, **kwargs)
-
-    class Lowered:
-      def __init__(self, lowered):
-        self.compiled = lowered.compile()
-
-      def compile(self):
-        def run(state, batch, key):
-          state, metrics = self.compiled(state, batch, key)
-          losses[int(state.step)] = float(metrics['loss'])
-          return state, metrics
-        run.memory_analysis = self.compiled.memory_analysis
-        return run
-    return type('Jitted', (), {'lower': lambda self, *a: Lowered(jitted.lower(*a))})()
-
-  def recording_restore(*args, **kwargs):  # The trainer's own restore path.
-    out = restore(*args, **kwargs)
-    if out is not None:
-      state, _ = out
-      restored.append({'step': int(state.step),
-                       'fingerprint': checkpoint.fingerprint(state.params)})
-    return out
-
-  ts.make_train_step = recording_step
-  checkpoint.restore_latest_good = recording_restore
+  record = record_training()
+  losses, restored = record['losses'], record['restored']
 
   def run(path, shape, stop_after=None, **train):
     n = int(np.prod(shape))

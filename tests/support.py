@@ -46,6 +46,91 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
+def start_processes(cmd: list[str], *, count: int = 2,
+                    devices: int = 4) -> list[subprocess.Popen]:
+  """Starts `cmd` (in the repo root) as `count` JAX processes on loopback, each
+  with `devices` CPU devices and the JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES
+  / JAX_PROCESS_ID that `multihost.maybe_initialize` reads (`launch.train` does);
+  stdout and stderr merged, as text. Wait with `wait_processes`."""
+  port = free_port()
+  procs = []
+  for i in range(count):
+    env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'JAX_NUM_CPU_DEVICES': str(devices),
+           'JAX_COORDINATOR_ADDRESS': f'127.0.0.1:{port}',
+           'JAX_NUM_PROCESSES': str(count), 'JAX_PROCESS_ID': str(i)}
+    procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True))
+  return procs
+
+
+def wait_processes(procs: list[subprocess.Popen], timeout: float = 300) -> list[str]:
+  """The outputs of `start_processes`'s processes once all have ended; any still
+  running after `timeout` seconds (or on an error here) is killed."""
+  try:
+    return [p.communicate(timeout=timeout)[0] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+
+
+def record_training() -> dict:
+  """Patches the trainer's step, save and restore to record, in the dict it
+  returns: 'losses' {step: exact loss}, 'saved' {step: fingerprint of the
+  parameters saved}, 'restored' [{step, fingerprint}] (the trainer's own
+  restore path), 'batches' [digest of each step's global batch, all processes'
+  rows]. For worker processes (it patches modules for good)."""
+  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils
+  from dllm_jax.parallel import multihost
+  from dllm_jax.training import checkpoint, progress, train_step as ts
+  # pylint: enable=g-import-not-at-top
+  out = {'losses': {}, 'saved': {}, 'restored': [], 'batches': []}
+  global_batch = multihost.global_batch
+
+  def recording_global_batch(local, sharding):
+    batch = global_batch(local, sharding)
+    tokens = multihost_utils.process_allgather(batch['tokens'], tiled=True)
+    out['batches'].append(progress.batch_fingerprint({'tokens': tokens}))
+    return batch
+  make_step, save, restore = (ts.make_train_step, checkpoint.save_state,
+                              checkpoint.restore_latest_good)
+
+  def recording_step(*args, **kwargs):  # Records every step's exact loss.
+    jitted = make_step(*args, **kwargs)
+
+    class Lowered:
+      def __init__(self, lowered):
+        self.compiled = lowered.compile()
+
+      def compile(self):
+        def run(state, batch, key):
+          state, metrics = self.compiled(state, batch, key)
+          out['losses'][int(state.step)] = float(metrics['loss'])
+          return state, metrics
+        run.memory_analysis = self.compiled.memory_analysis
+        return run
+    return type('Jitted', (), {'lower': lambda self, *a: Lowered(jitted.lower(*a))})()
+
+  def recording_save(mngr, state, *args, **kwargs):
+    step = save(mngr, state, *args, **kwargs)
+    out['saved'][step] = checkpoint.fingerprint(state.params)
+    return step
+
+  def recording_restore(*args, **kwargs):
+    restored = restore(*args, **kwargs)
+    if restored is not None:
+      state, _ = restored
+      out['restored'].append({'step': int(state.step),
+                              'fingerprint': checkpoint.fingerprint(state.params)})
+    return restored
+
+  ts.make_train_step, checkpoint.save_state = recording_step, recording_save
+  multihost.global_batch = recording_global_batch
+  checkpoint.restore_latest_good = recording_restore
+  return out
+
+
 def launch_train(workdir, *overrides) -> subprocess.Popen:
   """`python -m launch.train` on the small CLI config, output piped as text."""
   return subprocess.Popen(

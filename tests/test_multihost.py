@@ -4,7 +4,8 @@ import json
 import subprocess
 import sys
 
-from tests.support import REPO, SMALL_CLI, free_port as _free_port
+from tests.support import (REPO, SMALL_CLI, free_port as _free_port,
+                           start_processes, wait_processes)
 
 
 def _run_two(module, *args, timeout=240):
@@ -44,28 +45,15 @@ def test_launch_train_on_two_processes_restores_on_one_device(tmp_path):
   tensor 2), one checkpoint; a single-device restore has identical parameters
   (the exact fingerprint both training processes print). The mesh is hybrid:
   its data axis spans the processes, as across the nodes of a SLURM job."""
-  import os
   import re
   from dllm_jax.training import checkpoint
-  port = _free_port()
   cmd = [sys.executable, '-m', 'launch.train', f'--workdir={tmp_path}', *SMALL_CLI,
          '--config.train.steps=4', '--config.train.batch_size=8',
          '--config.train.log_every=2', '--config.train.checkpoint_every=4',
          '--config.mesh.data=2', '--config.mesh.fsdp=2', '--config.mesh.tensor=2',
          '--config.mesh.dcn_data=2']  # Hybrid: data across the 2 processes.
-  procs = []
-  for i in range(2):
-    env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'JAX_NUM_CPU_DEVICES': '4',
-           'JAX_COORDINATOR_ADDRESS': f'127.0.0.1:{port}', 'JAX_NUM_PROCESSES': '2',
-           'JAX_PROCESS_ID': str(i)}
-    procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True))
-  try:
-    outs = [p.communicate(timeout=300)[0] for p in procs]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
+  procs = start_processes(cmd)
+  outs = wait_processes(procs)
   for p, out in zip(procs, outs):
     assert p.returncode == 0, out[-3000:]
   assert "mesh: {'data': 2, 'fsdp': 2, 'tensor': 2} over 8 cpu device(s) in 2 " \

@@ -19,8 +19,9 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from dllm_jax.data import shards
 from dllm_jax.errors import CheckpointError
-from dllm_jax.training import save_guard, train_step as ts
+from dllm_jax.training import elastic, save_guard, train_step as ts
 from dllm_jax.workdir import (Restored, checkpoint_dir, describe, on_device,
                               quarantine_dir, read_meta, restore_for_inference,
                               restore_meta)
@@ -70,17 +71,24 @@ def save_state(mngr: ocp.CheckpointManager, state: ts.TrainState, data_iter,
   """Starts an (async) save of `state` at its step; returns that step.
 
   Items: params, opt_state (Orbax arrays), data (the iterator position, if
-  any) and meta (`record` plus the step and the guard's skipped-update count;
-  a saved state never has a bad step, so that count is the whole guard).
+  any: per data shard for a `shards.ShardedIterator`, see `elastic.py`, else
+  Grain's per process) and meta (`record` plus the step, the data shard count
+  and the guard's skipped-update count; a saved state never has a bad step, so
+  that count is the whole guard).
   """
   step = int(jax.device_get(state.step))
   skipped = int(jax.device_get(state.guard['skipped']))
-  items = dict(params=ocp.args.StandardSave(state.params),
+  record = {**record, 'skipped_updates': skipped}
+  if isinstance(data_iter, shards.ShardedIterator):
+    record['data_shards'] = data_iter.shard_count
+    items = dict(data=elastic.ShardStatesSave(data_iter.get_state()))
+  elif data_iter is not None:
+    items = dict(data=grain.checkpoint.CheckpointSave(data_iter))
+  else:
+    items = {}
+  items.update(params=ocp.args.StandardSave(state.params),
                opt_state=ocp.args.StandardSave(state.opt_state),
-               meta=ocp.args.JsonSave(make_meta(step, {**record,
-                                                       'skipped_updates': skipped})))
-  if data_iter is not None:
-    items['data'] = grain.checkpoint.CheckpointSave(data_iter)
+               meta=ocp.args.JsonSave(make_meta(step, record)))
   mngr.save(step, args=ocp.args.Composite(**items))
   return step
 
@@ -97,7 +105,9 @@ def restore_state(mngr: ocp.CheckpointManager, step: int, abstract: ts.TrainStat
   meta = restore_meta(mngr, step) if meta is None else meta
   items = dict(params=ocp.args.StandardRestore(abstract.params),
                opt_state=ocp.args.StandardRestore(abstract.opt_state))
-  if data_iter is not None:
+  if isinstance(data_iter, shards.ShardedIterator):
+    items['data'] = elastic.ShardStatesRestore(data_iter)
+  elif data_iter is not None:
     items['data'] = grain.checkpoint.CheckpointRestore(data_iter)
   r = mngr.restore(step, args=ocp.args.Composite(**items))
   put = lambda x, target: jax.device_put(x, target.sharding)

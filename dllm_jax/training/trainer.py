@@ -118,7 +118,7 @@ def _start(run: RunConfig, workdir: str, model_cfg, tokenizer, optimizer, mesh,
                                  keep_every=run.train.keep_every)
   restored = checkpoint.restore_latest_good(
       mngr, workdir, abstract, data_iter,
-      check_meta=lambda meta: (elastic.check_resume(meta),  # Process count.
+      check_meta=lambda meta: (elastic.check_resume(meta, run.train.batch_size),
                                provenance.check_resume(meta, record)))
   if restored is not None:
     state, saved = restored
@@ -167,7 +167,7 @@ def _train(run: RunConfig, workdir: str, stop_after: int | None, tokenizer,
   record = provenance.run_record(run.to_dict(), model_cfg, tokenizer)
   optimizer, schedule = optimizer_lib.make_optimizer(
       total_steps=t.steps, **dataclasses.asdict(run.optimizer))
-  data_iter = iter(datasets.make_dataset(run, tokenizer))
+  data_iter = datasets.make_train_iterator(run, tokenizer)
   init_key, step_key, sample_key = jax.random.split(jax.random.key(run.seed), 3)
   state, abstract, mngr, last_saved = _start(run, workdir, model_cfg, tokenizer,
                                              optimizer, mesh, data_iter, record,
