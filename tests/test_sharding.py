@@ -95,14 +95,17 @@ def test_logical_rules_name_every_parameter():
   assert sharding.spec(('batch', 'length'), (1, 4), mesh) == jax.P(None, None)
 
 
-def test_remat_and_scan_compute_the_same_function():
+# Both remat policies and the scan in the default run; each on its own: -m slow.
+@pytest.mark.parametrize('variants', [
+    (dict(remat='dots'), dict(scan_layers=True, remat='full')),
+    pytest.param((dict(remat='full'), dict(scan_layers=True)), marks=pytest.mark.slow)])
+def test_remat_and_scan_compute_the_same_function(variants):
   cfg = presets.get_preset('tiny', n_layers=3)
   params = model.init_params(cfg, jax.random.key(0))
   tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, 256)
   loss = lambda p, c: jnp.mean(model.forward(p, tokens, config=c) ** 2)
   want, want_g = jax.value_and_grad(loss)(params, cfg)
-  for kw in (dict(remat='full'), dict(remat='dots'), dict(scan_layers=True),
-             dict(scan_layers=True, remat='full')):
+  for kw in variants:
     got, got_g = jax.value_and_grad(loss)(params, dataclasses.replace(cfg, **kw))
     np.testing.assert_allclose(got, want, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(got_g), jax.tree.leaves(want_g)):
