@@ -11,7 +11,9 @@ from dllm_jax.training import checkpoint, trainer
 from tests.support import read_batch_log as _batch_log, small_config
 
 
-@pytest.mark.parametrize('num_workers', [0, 2])
+# Grain workers under the trainer: -m slow (tests/test_data.py resumes the
+# pipeline with 2 workers exactly in the default run, and num_workers=0 here).
+@pytest.mark.parametrize('num_workers', [0, pytest.param(2, marks=pytest.mark.slow)])
 def test_resumed_run_consumes_exactly_the_uninterrupted_batches(tmp_path, num_workers):
   config = small_config(record_batches=True)
   config.data.num_workers = num_workers
