@@ -43,8 +43,9 @@ def _batch():
   return next(it)
 
 
-# One split in the default run; 4 micro-batches (one row each) too under -m slow.
-@pytest.mark.parametrize('splits', [(1, 2), pytest.param((1, 2, 4), marks=pytest.mark.slow)])
+# Two micro-batches in the default run; four (one row each) too under -m slow.
+@pytest.mark.parametrize('splits', [(1, 2), pytest.param((1, 2, 4), marks=pytest.mark.slow)],
+                         ids=['2', '2_and_4'])
 def test_grad_accumulation_equals_one_big_batch(splits):
   batch = _batch()
   results = []
