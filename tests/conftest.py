@@ -3,10 +3,41 @@ config, a free port. Plain helpers live in tests/support.py."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+
 import jax
 import pytest
 
 from tests import support
+
+_CACHE_ENV = 'JAX_COMPILATION_CACHE_DIR'
+_own_cache = []
+
+
+def pytest_configure(config):
+  """One XLA compilation cache for the whole session, shared with the launcher
+  subprocesses through the environment: many tests compile the same program
+  (a train step of `support.small_config()`, its end-of-run sampler) in a fresh
+  closure or a fresh process, and the second compile then reads it from disk.
+  Only identical programs hit, so what runs is unchanged. A cache directory set
+  by the caller is used as it is."""
+  del config
+  if not os.environ.get(_CACHE_ENV):
+    _own_cache.append(tempfile.mkdtemp(prefix='dllm_jax_tests_xla_cache_'))
+    os.environ[_CACHE_ENV] = _own_cache[0]
+  # Compiles under a second are cached too (the default skips them).
+  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.2')
+  jax.config.update('jax_compilation_cache_dir', os.environ[_CACHE_ENV])
+  jax.config.update('jax_persistent_cache_min_compile_time_secs',
+                    float(os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS']))
+
+
+def pytest_unconfigure(config):
+  del config
+  for path in _own_cache:
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope='session')
@@ -58,3 +89,14 @@ def random_block_workdir(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('random_block_workdir')
   support.write_random_checkpoint(workdir, config)
   return str(workdir)
+
+
+@pytest.fixture(scope='session')
+def trained_workdir(tmp_path_factory):
+  """(workdir, final parameters as numpy) of `support.small_config(steps=2)`
+  trained by `trainer.train` (checkpoints at steps 2 and the end-of-run sample
+  included); do not write to it: copy it (`shutil.copytree`) to resume from it."""
+  from dllm_jax.training import trainer  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path_factory.mktemp('trained_workdir')
+  state = trainer.train(support.small_config(steps=2), str(workdir))
+  return str(workdir), jax.device_get(state.params)

@@ -2,20 +2,26 @@
 one train step on several meshes against one device, and the sampler sharded
 against unsharded. Prints one JSON line of results.
 
-  python -m tests.sharding_worker
+  python -m tests.sharding_worker [all]
+
+By default the 3-D mesh (2, 2, 2) only, which shards every axis; `all`: every
+mesh of MESHES and the sampler on two meshes (tests/test_sharding.py, -m slow).
 """
 
 import dataclasses
 import json
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 4, 2)]
+SAMPLER_MESHES = [(2, 2, 2), (1, 1, 8)]
 
 
 def main():
+  every = sys.argv[1:] == ['all']
   jax.config.update('jax_platforms', 'cpu')
   jax.config.update('jax_num_cpu_devices', 8)
   from dllm_jax import presets  # pylint: disable=g-import-not-at-top
@@ -52,7 +58,7 @@ def main():
 
   ref_loss, ref_params, _, _ = one_step((1, 1, 1))
   out = {'ref_loss': ref_loss, 'meshes': {}}
-  for shape in MESHES:
+  for shape in MESHES if every else [(2, 2, 2)]:
     loss, params, spec, shard_size = one_step(shape)
     diff = max(float(np.max(np.abs(a - b))) for a, b in
                zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)))
@@ -78,7 +84,7 @@ def main():
   want = np.asarray(gen.generate(params, prompts, jax.random.key(2), config=cfg,
                                  sampling=sampling))
   out['sampler'] = {}
-  for shape in [(2, 2, 2), (1, 1, 8)]:
+  for shape in SAMPLER_MESHES if every else SAMPLER_MESHES[:1]:
     mesh = mesh_lib.make_mesh(*shape)
     with jax.set_mesh(mesh):
       sharded = jax.device_put(params, sharding.param_shardings(params, mesh,

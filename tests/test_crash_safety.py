@@ -5,6 +5,7 @@ import glob
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -55,20 +56,25 @@ def test_sigterm_saves_at_the_current_step_and_resumes_there(tmp_path):
   assert lines[-1].startswith(f'resumed from step {step} '), ''.join(lines)
 
 
-def test_kill_9_anywhere_gives_the_uninterrupted_run(tmp_path):
+# The default run kills once, mid-run (40 steps and 8 saves before its end);
+# -m slow kills four times over 200 steps, once during start-up. Timeouts allow
+# for a loaded 2-core machine, where one launch can take minutes.
+@pytest.mark.parametrize('steps,targets', [
+    (60, (20,)), pytest.param(200, (None, 30, 90, 150), marks=pytest.mark.slow)])
+def test_kill_9_anywhere_gives_the_uninterrupted_run(tmp_path, steps, targets):
   """SIGKILL at random moments (starting up, stepping, mid async save), restart
   each time: same final parameters (bitwise) and the same consumed batches."""
-  run = ['--config.train.steps=200', '--config.train.checkpoint_every=5',
+  run = [f'--config.train.steps={steps}', '--config.train.checkpoint_every=5',
          '--config.train.log_every=10', '--config.train.record_batches=True']
   full, crashed = tmp_path / 'full', tmp_path / 'crashed'
   proc = _launch(full, *run)
-  out = proc.communicate(timeout=300)[0]
+  out = proc.communicate(timeout=900)[0]
   assert proc.returncode == 0, out
   rng = random.Random(0)
   # Kill during start-up, then shortly after the log line of a chosen step (a
   # random 0-0.3 s later: inside a step or an async save, at steps that are not
   # multiples of the checkpoint interval too).
-  for target in (None, 30, 90, 150):
+  for target in targets:
     proc = _launch(crashed, *run)
     if target is None:
       time.sleep(1.0)
@@ -79,14 +85,14 @@ def test_kill_9_anywhere_gives_the_uninterrupted_run(tmp_path):
       time.sleep(rng.uniform(0.0, 0.3))
     assert proc.poll() is None, 'the run ended before it could be killed'
     proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=300)
+    proc.communicate(timeout=900)
   proc = _launch(crashed, *run)
-  out = proc.communicate(timeout=300)[0]
+  out = proc.communicate(timeout=900)[0]
   assert proc.returncode == 0, out
   for a, b in zip(jax.tree.leaves(_params(crashed)), jax.tree.leaves(_params(full))):
     np.testing.assert_array_equal(a, b)
   assert _batches(crashed) == _batches(full)
-  assert len(_batches(full)) == 200
+  assert len(_batches(full)) == steps
 
 
 def _corrupt(step_dir, how):
@@ -102,10 +108,24 @@ def _corrupt(step_dir, how):
         os.remove(f)
 
 
+@pytest.fixture(scope='module')
+def four_steps(tmp_path_factory):
+  """A workdir of small_config(steps=4, checkpoint_every=2): checkpoints at
+  steps 2 and 4; tests copy it (`_copy`) before they break or resume it."""
+  workdir = tmp_path_factory.mktemp('four_steps')
+  trainer.train(small_config(steps=4, checkpoint_every=2), str(workdir))
+  return str(workdir)
+
+
+def _copy(workdir, tmp_path):
+  shutil.copytree(workdir, tmp_path / 'run')
+  return tmp_path / 'run'
+
+
 @pytest.mark.parametrize('how', ['truncate', 'missing'])
-def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, how):
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, how, four_steps):
   config = small_config(steps=4, checkpoint_every=2)
-  trainer.train(config, str(tmp_path))
+  tmp_path = _copy(four_steps, tmp_path)
   _corrupt(os.path.join(checkpoint.checkpoint_dir(str(tmp_path)), '4'), how)
   config.train.steps = 6
   with pytest.warns(UserWarning, match='checkpoint at step 4 cannot be restored'):
@@ -114,9 +134,9 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, how):
   assert os.listdir(tmp_path / 'corrupt_checkpoints')
 
 
-def test_no_restorable_checkpoint_is_a_clear_error(tmp_path):
+def test_no_restorable_checkpoint_is_a_clear_error(tmp_path, four_steps):
   config = small_config(steps=4, checkpoint_every=2)
-  trainer.train(config, str(tmp_path))
+  tmp_path = _copy(four_steps, tmp_path)
   for step in ('2', '4'):
     _corrupt(os.path.join(checkpoint.checkpoint_dir(str(tmp_path)), step), 'missing')
   with pytest.warns(UserWarning):
@@ -144,9 +164,10 @@ def test_nan_loss_can_be_skipped_and_counted(tmp_path):
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
 
 
-def test_resume_refuses_a_changed_model_and_logs_harmless_changes(tmp_path, capsys):
-  config = small_config(steps=2)
-  trainer.train(config, str(tmp_path))
+def test_resume_refuses_a_changed_model_and_logs_harmless_changes(tmp_path, capsys,
+                                                                 trained_workdir):
+  tmp_path = tmp_path / 'run'
+  shutil.copytree(trained_workdir[0], tmp_path)  # Two steps of small_config(steps=2).
   meta = checkpoint.read_meta(str(tmp_path))
   assert {'config', 'model_config', 'tokenizer', 'dllm_jax_version', 'jax_version',
           'mesh'} <= set(meta)

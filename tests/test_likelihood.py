@@ -121,13 +121,12 @@ def test_log_likelihood_rejects_bad_input(sharp_model):
                               mc_num=10, batch_size=4)
 
 
-def test_eval_launcher_reports_all_three_modes(tmp_path):
+def test_eval_launcher_reports_all_three_modes(tmp_path, trained_workdir):
   import json
   import subprocess
   import sys
-  from dllm_jax.training import trainer
-  from tests.support import REPO, small_config
-  trainer.train(small_config(steps=2), str(tmp_path / 'run'))
+  from tests.support import REPO
+  run = trained_workdir[0]  # Two steps of small_config(steps=2); only read here.
   pairs, mc = tmp_path / 'pairs.jsonl', tmp_path / 'mc.jsonl'
   pairs.write_text(json.dumps({'prompt': 'import ', 'answer': 'os'}) + '\n')
   mc.write_text(json.dumps({'prompt': 'x = ', 'choices': ['1', '2'], 'label': 0}) + '\n')
@@ -135,13 +134,13 @@ def test_eval_launcher_reports_all_three_modes(tmp_path):
             'mean log-likelihood', f'--mode=choice --data={mc}': '| examples | accuracy |'}
   for args, want in expect.items():
     r = subprocess.run([sys.executable, '-m', 'launch.eval',
-                        f'--workdir={tmp_path / "run"}', '--mc_num=16', '--num_rows=2',
+                        f'--workdir={run}', '--mc_num=16', '--num_rows=2',
                         *args.split()], cwd=REPO, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0 and want in r.stdout, r.stderr[-2000:]
   bad = tmp_path / 'bad.jsonl'
   bad.write_text('{"prompt": "x"}\n')
-  r = subprocess.run([sys.executable, '-m', 'launch.eval', f'--workdir={tmp_path / "run"}',
+  r = subprocess.run([sys.executable, '-m', 'launch.eval', f'--workdir={run}',
                       '--mode=pairs', f'--data={bad}'], cwd=REPO, capture_output=True,
                      text=True, timeout=300)
   assert r.returncode != 0 and "missing key(s) ['answer']" in r.stderr.splitlines()[-1]

@@ -1,4 +1,5 @@
-"""Meshes and logical-axis sharding: 8-device equivalence (subprocess), rules,
+"""Meshes and logical-axis sharding: 8-device equivalence (subprocess; the
+(2, 2, 2) mesh by default, every mesh under -m slow), rules,
 remat / scan over layers, and the errors for a mesh that does not fit."""
 
 import dataclasses
@@ -20,25 +21,44 @@ from tests.support import REPO, small_config
 LR = 1e-3  # tests/sharding_worker.py's learning rate.
 
 
-@pytest.fixture(scope='module')
-def eight_devices():
-  r = subprocess.run([sys.executable, '-m', 'tests.sharding_worker'], cwd=REPO,
-                     capture_output=True, text=True, timeout=600)
+def _run_worker(*args):
+  r = subprocess.run([sys.executable, '-m', 'tests.sharding_worker', *args], cwd=REPO,
+                     capture_output=True, text=True, timeout=1200)
   assert r.returncode == 0, r.stderr[-3000:]
   return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize('shape', ['(8, 1, 1)', '(2, 4, 1)', '(2, 2, 2)', '(1, 4, 2)'])
-def test_one_train_step_on_a_mesh_equals_one_device(eight_devices, shape):
-  got = eight_devices['meshes'][shape]
+@pytest.fixture(scope='module')
+def eight_devices():
+  """The worker's default: the (2, 2, 2) mesh, which shards every axis."""
+  return _run_worker()
+
+
+@pytest.fixture(scope='module')
+def every_mesh():
+  return _run_worker('all')
+
+
+def _check_step(results, shape):
+  got = results['meshes'][shape]
   # Loss: relative 1e-6. Parameters after one AdamW step: the update is about
   # lr * sign(grad), so a summation-order difference in a near-zero gradient can
   # move a parameter by up to ~lr; we allow 1% of lr.
-  np.testing.assert_allclose(got['loss'], eight_devices['ref_loss'], rtol=1e-6)
+  np.testing.assert_allclose(got['loss'], results['ref_loss'], rtol=1e-6)
   assert got['max_param_diff'] <= 1e-2 * LR, got
   assert got['q_proj_spec'] == "P('fsdp', 'tensor')"
   data, fsdp, tensor = eval(shape)  # pylint: disable=eval-used
   assert got['q_proj_shard_elems'] == 64 * 64 // (fsdp * tensor)  # Really sharded.
+
+
+def test_one_train_step_on_a_mesh_equals_one_device(eight_devices):
+  _check_step(eight_devices, '(2, 2, 2)')
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('shape', ['(8, 1, 1)', '(2, 4, 1)', '(2, 2, 2)', '(1, 4, 2)'])
+def test_one_train_step_on_every_mesh_equals_one_device(every_mesh, shape):
+  _check_step(every_mesh, shape)
 
 
 @pytest.mark.parametrize('variant', ['remat_scan', 'onehot_embed_grad'])
@@ -50,7 +70,12 @@ def test_remat_scan_and_onehot_embedding_on_a_mesh_give_the_same_step(
 
 
 def test_sampler_gives_identical_tokens_sharded(eight_devices):
-  assert eight_devices['sampler'] == {'(2, 2, 2)': True, '(1, 1, 8)': True}
+  assert eight_devices['sampler'] == {'(2, 2, 2)': True}
+
+
+@pytest.mark.slow
+def test_sampler_gives_identical_tokens_on_every_mesh(every_mesh):
+  assert every_mesh['sampler'] == {'(2, 2, 2)': True, '(1, 1, 8)': True}
 
 
 def test_logical_rules_name_every_parameter():
@@ -70,14 +95,17 @@ def test_logical_rules_name_every_parameter():
   assert sharding.spec(('batch', 'length'), (1, 4), mesh) == jax.P(None, None)
 
 
-def test_remat_and_scan_compute_the_same_function():
+# Both remat policies and the scan in the default run; each on its own: -m slow.
+@pytest.mark.parametrize('variants', [
+    (dict(remat='dots'), dict(scan_layers=True, remat='full')),
+    pytest.param((dict(remat='full'), dict(scan_layers=True)), marks=pytest.mark.slow)])
+def test_remat_and_scan_compute_the_same_function(variants):
   cfg = presets.get_preset('tiny', n_layers=3)
   params = model.init_params(cfg, jax.random.key(0))
   tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, 256)
   loss = lambda p, c: jnp.mean(model.forward(p, tokens, config=c) ** 2)
   want, want_g = jax.value_and_grad(loss)(params, cfg)
-  for kw in (dict(remat='full'), dict(remat='dots'), dict(scan_layers=True),
-             dict(scan_layers=True, remat='full')):
+  for kw in variants:
     got, got_g = jax.value_and_grad(loss)(params, dataclasses.replace(cfg, **kw))
     np.testing.assert_allclose(got, want, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(got_g), jax.tree.leaves(want_g)):

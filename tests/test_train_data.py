@@ -11,7 +11,9 @@ from dllm_jax.training import checkpoint, trainer
 from tests.support import read_batch_log as _batch_log, small_config
 
 
-@pytest.mark.parametrize('num_workers', [0, 2])
+# Grain workers under the trainer: -m slow (tests/test_data.py resumes the
+# pipeline with 2 workers exactly in the default run, and num_workers=0 here).
+@pytest.mark.parametrize('num_workers', [0, pytest.param(2, marks=pytest.mark.slow)])
 def test_resumed_run_consumes_exactly_the_uninterrupted_batches(tmp_path, num_workers):
   config = small_config(record_batches=True)
   config.data.num_workers = num_workers
@@ -25,13 +27,11 @@ def test_resumed_run_consumes_exactly_the_uninterrupted_batches(tmp_path, num_wo
     np.testing.assert_array_equal(a, b)
 
 
-def test_sft_by_config_from_a_pretrained_run(tmp_path):
-  pre = small_config(steps=2)
-  trainer.train(pre, str(tmp_path / 'pre'))
-  pretrained = checkpoint.restore_for_inference(str(tmp_path / 'pre')).params
+def test_sft_by_config_from_a_pretrained_run(tmp_path, trained_workdir):
+  pre = trained_workdir[0]  # Two pretraining steps.
+  pretrained = checkpoint.restore_for_inference(pre).params
   synthetic_sft.write(str(tmp_path / 'sft'), num_train=64, num_validation=8)
-  config = small_config(steps=3, objective='sft', init_from=str(tmp_path / 'pre'),
-                        log_every=1)
+  config = small_config(steps=3, objective='sft', init_from=pre, log_every=1)
   config.data.source = f'jsonl:{tmp_path}/sft/{{split}}.jsonl'
   config.data.seq_len = 48
   # The first SFT update moves the pretrained parameters by about one lr.

@@ -43,10 +43,13 @@ def _batch():
   return next(it)
 
 
-def test_grad_accumulation_equals_one_big_batch():
+# Two micro-batches in the default run; four (one row each) too under -m slow.
+@pytest.mark.parametrize('splits', [(1, 2), pytest.param((1, 2, 4), marks=pytest.mark.slow)],
+                         ids=['2', '2_and_4'])
+def test_grad_accumulation_equals_one_big_batch(splits):
   batch = _batch()
   results = []
-  for n in (1, 2, 4):
+  for n in splits:
     state, step = _step_setup(n)
     state, metrics = step(state, batch, jax.random.key(1))
     results.append((float(metrics['loss']), float(metrics['grad_norm']), state.params))
@@ -59,22 +62,23 @@ def test_grad_accumulation_equals_one_big_batch():
       np.testing.assert_allclose(a, b, atol=1e-2 * 1e-2)
 
 
-def test_unmasked_truncation_step_equals_the_segment_masked_step():
+# The random length forced on (the `kv_lengths` cut) in the default run; forced
+# off (the plain unmasked step, which the training tests run too) under -m slow.
+@pytest.mark.parametrize('prob', [1.0, pytest.param(0.0, marks=pytest.mark.slow)])
+def test_unmasked_truncation_step_equals_the_segment_masked_step(prob):
   """A batch without segment ids cuts the 1%-of-batches random length with
-  `kv_lengths` (no attention mask); it must equal the one-segment masked step,
-  here with the random length forced on and, separately, off."""
+  `kv_lengths` (no attention mask); it must equal the one-segment masked step."""
   tokens = _batch()['tokens']
-  for prob in (1.0, 0.0):
-    out = []
-    for batch in ({'tokens': tokens},
-                  {'tokens': tokens, 'segment_ids': np.ones_like(tokens)}):
-      state, step = _step_setup(1, random_length_prob=prob)
-      state, metrics = step(state, batch, jax.random.key(3))
-      out.append((float(metrics['loss']), float(metrics['grad_norm']), state.params))
-    np.testing.assert_allclose(out[0][0], out[1][0], rtol=1e-5)
-    np.testing.assert_allclose(out[0][1], out[1][1], rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(out[0][2]), jax.tree.leaves(out[1][2])):
-      np.testing.assert_allclose(a, b, atol=1e-2 * 1e-2)
+  out = []
+  for batch in ({'tokens': tokens},
+                {'tokens': tokens, 'segment_ids': np.ones_like(tokens)}):
+    state, step = _step_setup(1, random_length_prob=prob)
+    state, metrics = step(state, batch, jax.random.key(3))
+    out.append((float(metrics['loss']), float(metrics['grad_norm']), state.params))
+  np.testing.assert_allclose(out[0][0], out[1][0], rtol=1e-5)
+  np.testing.assert_allclose(out[0][1], out[1][1], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(out[0][2]), jax.tree.leaves(out[1][2])):
+    np.testing.assert_allclose(a, b, atol=1e-2 * 1e-2)
 
 
 def test_train_step_reduces_loss_on_a_fixed_batch():
@@ -100,13 +104,12 @@ def test_interrupted_run_resumes_to_the_same_parameters(tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
-def test_restore_for_inference_on_one_device(tmp_path):
-  config = small_config(steps=2)
-  state = trainer.train(config, str(tmp_path))
-  model_cfg, params, tokenizer = checkpoint.restore_for_inference(str(tmp_path))
-  assert model_cfg == trainer.model_config(config)
+def test_restore_for_inference_on_one_device(trained_workdir):
+  workdir, trained = trained_workdir
+  model_cfg, params, tokenizer = checkpoint.restore_for_inference(workdir)
+  assert model_cfg == trainer.model_config(small_config(steps=2))
   assert tokenizer == ByteTokenizer()
-  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(state.params)):
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(trained)):
     np.testing.assert_array_equal(a, b)
     assert a.sharding == jax.sharding.SingleDeviceSharding(jax.devices()[0])
 
@@ -123,7 +126,10 @@ def test_autoregressive_twin_trains_with_next_token_loss(tmp_path):
   assert int(state.step) == 2
 
 
-@pytest.mark.parametrize('objective', ['pretrain', 'next_token'])
+# Stream packing under the autoregressive twin: -m slow (the default run trains
+# each on its own: the pretrain case here, the causal one above).
+@pytest.mark.parametrize('objective', [
+    'pretrain', pytest.param('next_token', marks=pytest.mark.slow)])
 def test_stream_packing_trains_without_document_masks(tmp_path, objective):
   """data.packing=stream: batches of tokens alone reach the mask-free step."""
   config = small_config(steps=2, objective=objective)

@@ -101,8 +101,10 @@ def test_a_second_launch_train_on_the_same_workdir_refuses_in_one_line(tmp_path)
                        '--config.train.log_every=1',
                        '--config.train.checkpoint_every=100000')
   try:
-    for line in first.stdout:  # Wait until it trains.
-      if line.startswith('step '):
+    # Wait until it holds the lock: the mesh line is logged under it, before the
+    # train step compiles (no need to wait for that).
+    for line in first.stdout:
+      if line.startswith('mesh: '):
         break
     second = subprocess.run(
         [sys.executable, '-m', 'launch.train', f'--workdir={tmp_path}',
