@@ -40,7 +40,7 @@ setup(
         # the config checks' and the fuzzed inputs' property tests; openai,
         # httpx: tests/test_serve.py talks to the real server; lm-eval: the
         # harness model's tests.
-        'test': ['pytest>=8', 'matplotlib>=3.8', 'hypothesis>=6.100', 'openai>=1.40',
+        'test': ['pytest>=8', 'pytest-xdist>=3.5', 'matplotlib>=3.8', 'hypothesis>=6.100', 'openai>=1.40',
                  'httpx>=0.27', 'lm-eval>=0.4.13'],
         # lm-evaluation-harness (model `dllm_jax`; needs no torch).
         'eval': ['lm-eval>=0.4.13'],
