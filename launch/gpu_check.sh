@@ -19,19 +19,9 @@
 # was cut), machine start not included: one lease call (10 min at most) per part.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-if compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-    --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" PYTHONUNBUFFERED=1
+. launch/gpu_env.sh
 OUT=${OUT:-/tmp/gpu_check}; mkdir -p "$OUT"
 PART=${PART:-all}; T="timeout ${LIMIT:-240}"
-# The 1B train step at batch 8 needs ~56 GiB: let JAX take more than its
-# default 75% of the card.
-export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.94}
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
-python3 -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
 
 if [ -n "${SMALL:-}" ]; then
   S8="--preset=tiny --dtype=float32 --prompt_len=32 --gen_length=64 --block_length=16"

@@ -14,22 +14,13 @@
 # go to $OUT, the tables to stdout.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-if [ -z "${SKIP_WHEELS:-}" ] && compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-    --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" PYTHONUNBUFFERED=1
-export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.94}
+. launch/gpu_env.sh
 OUT=${OUT:-/tmp/gpu_gaps}; mkdir -p "$OUT"
 PART=${PART:-all}
 T() { local s=$1; shift; timeout "$s" "$@"; }
 show() { grep -v -i -E 'warn|^\s*$' "$@"; }
 START=$(date +%s)
 stamp() { echo "-- $(( $(date +%s) - START )) s: $*"; }
-
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
-python3 -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
 
 if [ -n "${SMALL:-}" ]; then
   S8="--preset=tiny --dtype=float32 --prompt_len=32 --gen_length=64 --block_length=16"
