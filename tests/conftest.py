@@ -69,12 +69,8 @@ def free_port():
 def random_workdir(tmp_path_factory):
   """A workdir with a random-weight checkpoint of `support.small_config()`
   (one layer; sampling defaults: 8 new tokens in blocks of 4, 4 steps); do not write to it."""
-  config = support.small_config()
-  config.model.n_layers = 1  # Compiles faster.
-  config.sample.gen_length, config.sample.block_length, config.sample.steps = 8, 4, 4
-  workdir = tmp_path_factory.mktemp('random_workdir')
-  support.write_random_checkpoint(workdir, config)
-  return str(workdir)
+  return _random_workdir(tmp_path_factory, 'random_workdir', support.small_config(),
+                         sample=(8, 4, 4))
 
 
 @pytest.fixture(scope='session')
@@ -83,10 +79,18 @@ def random_block_workdir(tmp_path_factory):
   (as its meta says) with objective block_diffusion, block size 8 (one layer;
   sampling defaults: 8 new tokens); do not write to it."""
   config = support.small_config(objective='block_diffusion')
-  config.model.n_layers = 1  # Compiles faster.
   config.train.block.block_size = 8
-  config.sample.gen_length, config.sample.block_length, config.sample.steps = 8, 8, 8
-  workdir = tmp_path_factory.mktemp('random_block_workdir')
+  return _random_workdir(tmp_path_factory, 'random_block_workdir', config,
+                         sample=(8, 8, 8))
+
+
+def _random_workdir(tmp_path_factory, name: str, config, sample) -> str:
+  """`config` with one layer (compiles faster) and sampling defaults `sample`
+  (gen_length, block_length, steps), written with random weights to a new
+  session directory `name`."""
+  config.model.n_layers = 1
+  config.sample.gen_length, config.sample.block_length, config.sample.steps = sample
+  workdir = tmp_path_factory.mktemp(name)
   support.write_random_checkpoint(workdir, config)
   return str(workdir)
 
