@@ -149,6 +149,69 @@ class KernelConfig:
 _BIG = 2**31 - 1
 
 
+def _tile_update(carry, x, cols, valid, row_ids, seed, *, lanes: bool,
+                 temperature: float, mask_id: int, eos_id: int | None):
+  """Folds one vocabulary tile into a program's running partials.
+
+  carry: (max [rows], sum-exp [rows], best): best is (noisy value, column,
+    logit), each [rows], or [rows, tile] per lane with `lanes`.
+  x: float32 logits [rows, tile] of columns `cols` int32 [tile]; `valid` [tile]
+    marks the columns inside the vocabulary. row_ids: uint32 [rows] (the noise's
+    rows); seed: the uint32 pair."""
+  m, s, best = carry
+  ucols = cols.astype(jnp.uint32)[None, :]
+  x = jnp.where(_excluded(ucols, mask_id, eos_id) | ~valid[None, :], -jnp.inf, x)
+  # Online softmax denominator.
+  m_new = jnp.maximum(m, jnp.max(x, axis=1))
+  scale = jnp.where(m_new == -jnp.inf, 0.0, jnp.exp(m - m_new))
+  p = jnp.where(x == -jnp.inf, 0.0, jnp.exp(x - m_new[:, None]))
+  s = s * scale + jnp.sum(p, axis=1)
+  noisy = x
+  if temperature > 0:
+    noisy = x + temperature * gumbel(seed[0], seed[1], row_ids[:, None], ucols)
+  bv, bi, bx = best
+  if lanes:  # Per lane: a later tile wins only if strictly greater.
+    better = noisy > bv
+    return m_new, s, (jnp.where(better, noisy, bv),
+                      jnp.where(better, cols[None, :], bi), jnp.where(better, x, bx))
+  # Per tile: its first maximum, kept if strictly better than the best so far.
+  t_best = jnp.max(noisy, axis=1)
+  t_idx = jnp.min(jnp.where(noisy == t_best[:, None], cols[None, :], _BIG), axis=1)
+  t_logit = jnp.max(jnp.where(cols[None, :] == t_idx[:, None], x, -jnp.inf), axis=1)
+  better = t_best > bv
+  return m_new, s, (jnp.where(better, t_best, bv), jnp.where(better, t_idx, bi),
+                    jnp.where(better, t_logit, bx))
+
+
+def _init_carry(rows: int, tile: int, start, lanes: bool):
+  """The partials before a split's first tile (`start`: its first column)."""
+  neg = jnp.full((rows,), -jnp.inf, jnp.float32)
+  if lanes:
+    shape = (rows, tile)
+    best = (jnp.full(shape, -jnp.inf, jnp.float32),
+            jnp.broadcast_to(start + jnp.arange(tile, dtype=jnp.int32)[None, :], shape),
+            jnp.full(shape, -jnp.inf, jnp.float32))
+  else:
+    best = (neg, jnp.full((rows,), start, jnp.int32), neg)
+  return neg, jnp.zeros((rows,), jnp.float32), best
+
+
+def _store(carry, lanes: bool, m_ref, s_ref, bv_ref, bi_ref, bx_ref) -> None:
+  """Writes a split's partials (per-lane bests reduced first: the first column
+  of the best value)."""
+  m, s, (bv, bi, bx) = carry
+  if lanes:
+    v_best = jnp.max(bv, axis=1)
+    idx = jnp.min(jnp.where(bv == v_best[:, None], bi, _BIG), axis=1)
+    bx = jnp.max(jnp.where(bi == idx[:, None], bx, -jnp.inf), axis=1)
+    bv, bi = v_best, idx
+  m_ref[0, :] = m
+  s_ref[0, :] = s
+  bv_ref[0, :] = bv
+  bi_ref[0, :] = bi
+  bx_ref[0, :] = bx
+
+
 def _kernel(seed_ref, logits_ref, m_ref, s_ref, bv_ref, bi_ref, bx_ref, *, v: int,
             kc: KernelConfig, n_tiles: int, temperature: float, mask_id: int,
             eos_id: int | None):
@@ -159,58 +222,20 @@ def _kernel(seed_ref, logits_ref, m_ref, s_ref, bv_ref, bi_ref, bx_ref, *, v: in
   i, k = pl.program_id(0), pl.program_id(1)
   start = k * (n_tiles * tile)
   row_ids = (i * rows + jnp.arange(rows, dtype=jnp.int32)).astype(jnp.uint32)
-  seed0, seed1 = seed_ref[0], seed_ref[1]  # Scalar loads.
-  neg = jnp.full((rows,), -jnp.inf, jnp.float32)
+  seed = (seed_ref[0], seed_ref[1])  # Scalar loads.
   lane = jnp.arange(tile, dtype=jnp.int32)
+  update = functools.partial(_tile_update, row_ids=row_ids, seed=seed, lanes=kc.lanes,
+                             temperature=temperature, mask_id=mask_id, eos_id=eos_id)
 
   def body(j, carry):
-    m, s, best = carry
     cols = start + j * tile + lane
     valid = cols < v
     x = plgpu.load(logits_ref.at[pl.ds(i * rows, rows), pl.ds(start + j * tile, tile)],
                    mask=valid[None, :], other=-jnp.inf).astype(jnp.float32)
-    ucols = cols.astype(jnp.uint32)[None, :]
-    x = jnp.where(_excluded(ucols, mask_id, eos_id) | ~valid[None, :], -jnp.inf, x)
-    # Online softmax denominator.
-    m_new = jnp.maximum(m, jnp.max(x, axis=1))
-    scale = jnp.where(m_new == -jnp.inf, 0.0, jnp.exp(m - m_new))
-    p = jnp.where(x == -jnp.inf, 0.0, jnp.exp(x - m_new[:, None]))
-    s = s * scale + jnp.sum(p, axis=1)
-    noisy = x
-    if temperature > 0:
-      noisy = x + temperature * gumbel(seed0, seed1, row_ids[:, None], ucols)
-    bv, bi, bx = best
-    if kc.lanes:  # Per lane: a later tile wins only if strictly greater.
-      better = noisy > bv
-      return m_new, s, (jnp.where(better, noisy, bv),
-                        jnp.where(better, cols[None, :], bi), jnp.where(better, x, bx))
-    # Per tile: its first maximum, kept if strictly better than the best so far.
-    t_best = jnp.max(noisy, axis=1)
-    t_idx = jnp.min(jnp.where(noisy == t_best[:, None], cols[None, :], _BIG), axis=1)
-    t_logit = jnp.max(jnp.where(cols[None, :] == t_idx[:, None], x, -jnp.inf), axis=1)
-    better = t_best > bv
-    return m_new, s, (jnp.where(better, t_best, bv), jnp.where(better, t_idx, bi),
-                      jnp.where(better, t_logit, bx))
+    return update(carry, x, cols, valid)
 
-  if kc.lanes:
-    shape = (rows, tile)
-    best0 = (jnp.full(shape, -jnp.inf, jnp.float32),
-             jnp.broadcast_to(start + lane[None, :], shape),
-             jnp.full(shape, -jnp.inf, jnp.float32))
-  else:
-    best0 = (neg, jnp.full((rows,), start, jnp.int32), neg)
-  m, s, (bv, bi, bx) = jax.lax.fori_loop(
-      0, n_tiles, body, (neg, jnp.zeros((rows,), jnp.float32), best0))
-  if kc.lanes:  # One reduction over the lanes: the first column of the best value.
-    v_best = jnp.max(bv, axis=1)
-    idx = jnp.min(jnp.where(bv == v_best[:, None], bi, _BIG), axis=1)
-    bx = jnp.max(jnp.where(bi == idx[:, None], bx, -jnp.inf), axis=1)
-    bv, bi = v_best, idx
-  m_ref[0, :] = m
-  s_ref[0, :] = s
-  bv_ref[0, :] = bv
-  bi_ref[0, :] = bi
-  bx_ref[0, :] = bx
+  carry = jax.lax.fori_loop(0, n_tiles, body, _init_carry(rows, tile, start, kc.lanes))
+  _store(carry, kc.lanes, m_ref, s_ref, bv_ref, bi_ref, bx_ref)
 
 
 def _auto_splits(row_blocks: int, max_splits: int) -> int:
