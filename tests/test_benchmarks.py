@@ -44,12 +44,15 @@ def test_bench_train_rows_and_profile_summary(tmp_path):
 def test_bench_kernel_times_each_implementation_in_interpret_mode():
   out = _run('launch.bench_kernel', '--vocab=1000', '--rows=16', '--repeats=1',
              '--interpret', '--twin_splits=1,4', '--kernels=16:256:1:0:8,4:128:0:1:4',
-             '--head_dim=32', '--head_rows=16')
+             '--head_dim=32', '--head_rows=16', '--head_temperatures=0',
+             '--head_kernels=16:128:16:0:4')
   rows = _table(out, '| rows |')
-  head = [r[3] for r in rows if r[3].startswith('head')]
-  assert head == ['head 32 x 1000 alone', 'head, then XLA twin',
-                  'head, then kernel 16:256:1:0:8:2']
-  rows = [r for r in rows if not r[3].startswith('head')]
+  head = [r for r in rows if r[3].startswith(('head', 'fused head'))]
+  assert [r[3] for r in head] == [
+      'head 32 x 1000 alone', 'head, then XLA twin', 'head, then kernel 16:256:1:0:8:2',
+      'fused head kernel 16:128:16:0:4:3']
+  assert all(r[6] == '1.0000' for r in head[1:])  # Same candidates as head + twin.
+  rows = [r for r in rows if r not in head]
   names = ['XLA twin', 'XLA twin, 4 splits', 'kernel 16:256:1:0:8:2',
            'kernel 4:128:0:1:4:2']
   assert [(r[1], r[3]) for r in rows] == [(t, n) for t in ('0.0', '1.0') for n in names]
