@@ -4,6 +4,8 @@ r"""Sampling speed, every variant side by side in one run; prints a table.
   python -m launch.bench_sampler --preset=llada_8b --dtype=bfloat16 \
       --prompt_len=128 --gen_length=256 --block_length=32 --tokens_per_step=8
   python -m launch.bench_sampler --workdir=/tmp/dllm   # a trained checkpoint
+  python -m launch.bench_sampler ... --variants=dual_k --profile_dir=/tmp/prof
+  python -m launch.profile_summary /tmp/prof/dual_k_b1 --steps=32 --floor_gb=16
 
 Variants: (a) uncached, 1 token/step (the LLaDA reference loop); (b) uncached,
 fixed k tokens/step; prefix and dual block KV caches at k tokens/step; (c)
@@ -39,6 +41,10 @@ _VARIANTS = flags.DEFINE_list(
 _NOISE = flags.DEFINE_enum('noise', 'counter', ['jax', 'counter'],
                            "Sampler noise ('counter': the fused kernel on GPU).")
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed runs per variant.')
+_PROFILE_DIR = flags.DEFINE_string(
+    'profile_dir', None, 'If set, also trace one more run of each variant into '
+    'PROFILE_DIR/<variant>_b<batch> (read with `python -m launch.profile_summary '
+    'DIR --steps=<the variant\'s steps>`).')
 
 
 def main(argv):
@@ -112,6 +118,10 @@ def main(argv):
           reference = tokens
         agree = ('-' if reference is None else
                  f'{np.mean(tokens[:, -g:] == reference[:, -g:]):.3f}')
+      if _PROFILE_DIR.value:  # After the timed runs: compiled, warm.
+        with jax.profiler.trace(f'{_PROFILE_DIR.value}/{v}_b{b}',
+                                create_perfetto_trace=True):
+          run()
       stats = dev.memory_stats() or {}
       peak = stats.get('peak_bytes_in_use')
       rows.append((b, label, steps, b * g / t, 1e3 * t / steps, g / steps, agree,

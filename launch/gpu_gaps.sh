@@ -1,63 +1,101 @@
 #!/usr/bin/env bash
-# The measured-gap check in one lease call (about 8 minutes on an H100/H200,
-# machine start not included): GPU tests, the candidate kernel's launch shapes
-# against XLA, the dual-cache and block-diffusion samplers at the LLaDA-8B shape,
-# and the llada_1b train step with packed documents (masked vs cuDNN's packed
-# layout) and the one-hot embedding gradient. Wheels for grain, array_record,
+# The measured-gap check in one lease call, never-measured items first: the
+# packed-layout GPU tests, the block sampler (batch 1 fused write, batch 32),
+# the fused head + candidate kernel against head-then-kernel / head-then-XLA,
+# a profile of the dual-cache sampler at the LLaDA-8B shape, batch 1, against
+# its memory floor, and the batch-32 exact-cache block sampler. Then, while the time budget lasts, the items measured before
+# (candidate kernel shapes, train rows incl. the packed layout, the dual-cache
+# and block samplers, all GPU tests). Wheels for grain, array_record,
 # ml_collections and portpicker (not on the GPU image) are carried in .whl/.
 #
-#   bash launch/gpu_gaps.sh             # full size
+#   bash launch/gpu_gaps.sh             # full size, ~9 minutes (BUDGET=540 s)
 #   SMALL=1 bash launch/gpu_gaps.sh     # the same commands at CPU-sized shapes
 #   PART=sample|train bash launch/gpu_gaps.sh   # one half
 #
-# Each command runs under `timeout` so one hang cannot take the lease; full logs
-# go to $OUT, the tables to stdout.
+# Each command runs under `timeout` (its own limit or what is left of $BUDGET,
+# whichever is less; skipped when under 20 s are left), so one hang cannot take
+# the lease; full logs go to $OUT, the tables to stdout.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 . launch/gpu_env.sh
 OUT=${OUT:-/tmp/gpu_gaps}; mkdir -p "$OUT"
 PART=${PART:-all}
-T() { local s=$1; shift; timeout "$s" "$@"; }
+BUDGET=${BUDGET:-540}
 show() { grep -v -i -E 'warn|^\s*$' "$@"; }
 START=$(date +%s)
 stamp() { echo "-- $(( $(date +%s) - START )) s: $*"; }
+# go PART SECONDS WHAT: whether to run the next step (its part is selected and
+# the budget lasts); sets LIM, the step's timeout.
+go() {
+  [ "$PART" = all ] || [ "$PART" = "$1" ] || return 1
+  local left=$(( BUDGET - ($(date +%s) - START) ))
+  if [ "$left" -lt 20 ]; then stamp "skipped, budget spent: $3"; return 1; fi
+  LIM=$(( $2 < left ? $2 : left ))
+  stamp "$3 (limit $LIM s)"
+}
+T() { timeout "$LIM" "$@"; }
 
 if [ -n "${SMALL:-}" ]; then
   S8="--preset=tiny --dtype=float32 --prompt_len=32 --gen_length=64 --block_length=16"
   T1="--preset=tiny --seq_len=128 --batch=4"
-  K="--vocab=4096 --rows=64,512 --head_dim=256 --head_rows=32,512"
-  B32=4
+  K="--vocab=4096 --rows=64,512"
+  H="--vocab=4096 --head_dim=256 --head_rows=32,384"
+  B32=4; PSTEPS=8; FLOOR_GB=0.01
 else
   S8="--preset=llada_8b --dtype=bfloat16 --prompt_len=128 --gen_length=256 --block_length=32"
   T1="--preset=llada_1b --dtype=bfloat16 --seq_len=2048 --batch=8"
-  K="--rows=384,12288 --head_dim=4096"
-  B32=32
+  K="--rows=384,12288"
+  H="--head_dim=4096 --head_rows=32,384,12288"
+  B32=32; PSTEPS=32; FLOOR_GB=16
+fi
+# The floor's bandwidth: the card's copy rate (perf_notes: H100 3.0, H200 ~4.3 TB/s).
+BW=3.0e12
+nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | grep -q H200 && BW=4.3e12
+
+# Never measured: these first.
+if go train 120 "GPU tests of cuDNN's packed layout"; then
+  T python3 -m pytest -q -m gpu tests/test_gpu.py -k packed 2>&1 \
+    | tee "$OUT/tests_packed.txt" | tail -4
+fi
+if go sample 130 "block diffusion sampler, fused write, batch 1 and $B32"; then
+  T python3 -m launch.bench_block $S8 --batch=1,$B32 --tokens_per_step=8 --repeats=1 \
+    --variants=fused 2>&1 | tee "$OUT/block_fused.txt" | show | tail -6
+fi
+if go sample 120 "fused head + candidate kernel vs head, then kernel / XLA twin"; then
+  T python3 -m launch.bench_kernel $H --rows= --repeats=5 \
+    --head_kernels=64:128:64:0:4,128:128:64:0:8 2>&1 | tee "$OUT/head.txt" \
+    | show | tail -31
+fi
+if go sample 120 "dual cache, batch 1, 8 tokens/step: profile against the memory floor"; then
+  T python3 -m launch.bench_sampler $S8 --batch=1 --tokens_per_step=8 --repeats=1 \
+    --variants=dual_k --profile_dir="$OUT/prof" 2>&1 | tee "$OUT/profile_run.txt" \
+    | show | tail -3
+  timeout 60 python3 -m launch.profile_summary "$OUT/prof/dual_k_b1" --steps=$PSTEPS \
+    --floor_gb=$FLOOR_GB --bandwidth=$BW --top=15 2>&1 | tee "$OUT/profile.txt" \
+    | show | tail -26
+fi
+if go sample 100 "block diffusion sampler, exact cache, batch $B32"; then
+  T python3 -m launch.bench_block $S8 --batch=$B32 --tokens_per_step=8 --repeats=1 \
+    --variants=cached 2>&1 | tee "$OUT/block_b32.txt" | show | tail -5
 fi
 
-if [ "$PART" = all ] || [ "$PART" = train ]; then
-  stamp "train step: unpacked (scatter / one-hot embedding gradient), 8 documents"
-  stamp "per row (cuDNN masked vs packed layout), 1 document (packed layout)"
-  T 240 python3 -m launch.bench_train $T1 --steps=5 --warmup=1 \
-    --embed_grad=scatter,onehot,scatter,scatter,scatter \
-    --segments=false,false,8,8,1 --attention_impl=default,default,cudnn,cudnn_packed,cudnn_packed \
-    2>&1 | tee "$OUT/train.txt" | show | tail -9
+# Measured before (experiments/perf_notes.md): reruns while the budget lasts.
+if go sample 90 "candidate kernel launch shapes and the split twin vs XLA"; then
+  T python3 -m launch.bench_kernel $K --repeats=5 --kernels=8:1024:0:0:4,4:1024:0:1:4 \
+    2>&1 | tee "$OUT/kernel.txt" | show | tail -16
 fi
-if [ "$PART" = all ] || [ "$PART" = sample ]; then
-  stamp "dual cache (Fast-dLLM), batch 1, 8 tokens/step"
-  T 120 python3 -m launch.bench_sampler $S8 --batch=1 --tokens_per_step=8 --repeats=3 \
+if go train 240 "train step: scatter / one-hot embedding gradient, 8 documents per row \
+(cuDNN masked vs packed layout)"; then
+  T python3 -m launch.bench_train $T1 --steps=3 --warmup=1 \
+    --embed_grad=scatter,onehot,scatter,scatter --segments=false,false,8,8 \
+    --attention_impl=default,default,cudnn,cudnn_packed \
+    2>&1 | tee "$OUT/train.txt" | show | tail -8
+fi
+if go sample 120 "dual cache (Fast-dLLM), batch 1, 8 tokens/step"; then
+  T python3 -m launch.bench_sampler $S8 --batch=1 --tokens_per_step=8 --repeats=3 \
     --variants=uncached_k,dual_k 2>&1 | tee "$OUT/sampler.txt" | show | tail -5
-  stamp "block diffusion sampler, batch 1"
-  T 130 python3 -m launch.bench_block $S8 --batch=1 --tokens_per_step=8 --repeats=3 \
-    --variants=uncached,cached,fused 2>&1 | tee "$OUT/block_b1.txt" | show | tail -6
-  stamp "block diffusion sampler, batch $B32"
-  T 130 python3 -m launch.bench_block $S8 --batch=$B32 --tokens_per_step=8 --repeats=2 \
-    --variants=cached,fused 2>&1 | tee "$OUT/block_b32.txt" | show | tail -5
 fi
-if [ "$PART" = all ] || [ "$PART" = sample ]; then
-  stamp "candidate kernel launch shapes and the split twin vs XLA"
-  T 120 python3 -m launch.bench_kernel $K --repeats=10 2>&1 | tee "$OUT/kernel.txt" \
-    | show | tail -45
-  stamp "GPU tests"
-  T 150 python3 -m pytest -q -m gpu tests/test_gpu.py 2>&1 | tee "$OUT/tests.txt" | tail -4
+if go sample 150 "GPU tests"; then
+  T python3 -m pytest -q -m gpu tests/test_gpu.py 2>&1 | tee "$OUT/tests.txt" | tail -4
 fi
 stamp done

@@ -8,7 +8,8 @@ writes (the newest `perfetto_trace.json.gz` under the directory), keeps the
 device's kernel events (the host's Python and runtime threads are left out when a
 device is present), and sums their durations by kernel name and by kind: matrix
 products, attention, other fusions (elementwise and reductions), copies. Times are
-per step when --steps says how many steps the trace holds.
+per step when --steps says how many steps the trace holds; --floor_gb prints the
+step's memory floor (that many GB read at --bandwidth) beside its device time.
 """
 
 import collections
@@ -24,6 +25,11 @@ from launch import cli
 
 _STEPS = flags.DEFINE_integer('steps', 1, 'Steps the trace holds (times are per step).')
 _TOP = flags.DEFINE_integer('top', 20, 'Kernels listed.')
+_FLOOR_GB = flags.DEFINE_float(
+    'floor_gb', 0.0, 'If > 0, GB each step must read at least (e.g. 16 for the '
+    "8B model's bf16 weights): the step's memory floor is printed beside its time.")
+_BANDWIDTH = flags.DEFINE_float('bandwidth', 3.0e12, 'Copy bandwidth for the floor '
+                                '(bytes/s; H100 ~3.0e12, H200 ~4.3e12).')
 
 # Kernel-name patterns of each kind, first match wins.
 KINDS = (
@@ -74,7 +80,9 @@ def device_kernels(events: list[dict]) -> list[dict]:
   return streams or on_device
 
 
-def summarize(kernels: list[dict], steps: int, top: int) -> str:
+def summarize(kernels: list[dict], steps: int, top: int,
+              floor_ms: float = 0.0) -> str:
+  """The tables; with `floor_ms` > 0 also the step's time against that floor."""
   by_name = collections.defaultdict(lambda: [0.0, 0])
   for e in kernels:
     by_name[e['name']][0] += float(e.get('dur', 0.0))
@@ -84,8 +92,11 @@ def summarize(kernels: list[dict], steps: int, top: int) -> str:
   for name, (dur, _) in by_name.items():
     by_kind[kind_of(name)] += dur
   lines = [f'device time per step: {total / steps / 1e3:.2f} ms '
-           f'(sum of kernel durations; overlap counted twice)', '',
-           '| kind | ms/step | share |', '|---|---|---|']
+           f'(sum of kernel durations; overlap counted twice)']
+  if floor_ms > 0:
+    lines.append(f'memory floor: {floor_ms:.2f} ms/step; device time is '
+                 f'{total / steps / 1e3 / floor_ms:.2f}x the floor')
+  lines += ['', '| kind | ms/step | share |', '|---|---|---|']
   lines += [f'| {k} | {d / steps / 1e3:.2f} | {100 * d / total:.1f}% |'
             for k, d in by_kind.most_common()]
   lines += ['', '| kernel | kind | calls/step | ms/step | share |', '|---|---|---|---|---|']
@@ -98,7 +109,9 @@ def summarize(kernels: list[dict], steps: int, top: int) -> str:
 def main(argv):
   if len(argv) != 2:
     raise app.UsageError('usage: python -m launch.profile_summary TRACE_DIR')
-  print(summarize(device_kernels(load_events(argv[1])), _STEPS.value, _TOP.value))
+  floor_ms = 1e3 * _FLOOR_GB.value * 1e9 / _BANDWIDTH.value
+  print(summarize(device_kernels(load_events(argv[1])), _STEPS.value, _TOP.value,
+                  floor_ms))
 
 
 if __name__ == '__main__':

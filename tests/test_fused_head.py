@@ -51,7 +51,7 @@ def test_dispatcher_kernel_equals_unfused_path_with_ties():
   tiles go to the first column, as in jnp.argmax. Without `interpret` the
   dispatcher runs the head matmul and `fused.candidates`: by default (no rows
   range measured yet) and here, without a GPU, even when asked to fuse."""
-  d, v = 32, 200
+  d, v = 64, 200  # D: a multiple of the default k_tile (plain loads).
   w = np.zeros((d, v), np.float32)  # Row 0: all tied (the first allowed column).
   w[1, [10, 150]] = 2.0  # Equal maxima in different tiles.
   w[2, 199] = 1.0  # The last column, in the tail tile.

@@ -114,11 +114,15 @@ def _head_kernel(seed_ref, h_ref, w_ref, m_ref, s_ref, bv_ref, bi_ref, bx_ref, *
     def step(kk, acc):
       ks = kk * bk
       # Masks only where D is ragged (static): the common case loads plainly.
-      k_ok = None if d % bk == 0 else (ks + k_lane) < d
-      h = plgpu.load(h_ref.at[pl.ds(i * rows, rows), pl.ds(ks, bk)],
-                     mask=None if k_ok is None else k_ok[None, :], other=0)
-      w_ok = valid[None, :] if k_ok is None else k_ok[:, None] & valid[None, :]
-      w = plgpu.load(w_ref.at[pl.ds(ks, bk), pl.ds(col0, tile)], mask=w_ok, other=0)
+      # (Triton's load takes `other` only with a mask.)
+      h_at = h_ref.at[pl.ds(i * rows, rows), pl.ds(ks, bk)]
+      if d % bk == 0:
+        h, w_ok = plgpu.load(h_at), valid[None, :]
+      else:
+        k_ok = (ks + k_lane) < d
+        h = plgpu.load(h_at, mask=k_ok[None, :], other=0.0)
+        w_ok = k_ok[:, None] & valid[None, :]
+      w = plgpu.load(w_ref.at[pl.ds(ks, bk), pl.ds(col0, tile)], mask=w_ok, other=0.0)
       return acc + jnp.dot(h, w, preferred_element_type=jnp.float32)
     acc = jax.lax.fori_loop(0, pl.cdiv(d, bk), step,
                             jnp.zeros((rows, tile), jnp.float32))
