@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The measured-gap check in one lease call, never-measured items first: the
-# packed-layout GPU tests, the block sampler (batch 1 fused write, batch 32),
-# the fused head + candidate kernel against head-then-kernel / head-then-XLA,
-# a profile of the dual-cache sampler at the LLaDA-8B shape, batch 1, against
-# its memory floor, and the batch-32 exact-cache block sampler. Then, while the time budget lasts, the items measured before
-# (candidate kernel shapes, train rows incl. the packed layout, the dual-cache
-# and block samplers, all GPU tests). Wheels for grain, array_record,
+# GPU tests of the packed layout and the fused head kernel, the block sampler
+# (batch 1 fused write, batch 32), the fused head + candidate kernel against
+# head-then-kernel / head-then-XLA, a profile of the dual-cache sampler at the
+# LLaDA-8B shape, batch 1, against its memory floor, and the batch-32
+# exact-cache block sampler. Then, while the time budget lasts, the items
+# measured before (candidate kernel shapes, train rows incl. the packed layout,
+# the dual-cache sampler, all GPU tests). Wheels for grain, array_record,
 # ml_collections and portpicker (not on the GPU image) are carried in .whl/.
 #
 #   bash launch/gpu_gaps.sh             # full size, ~9 minutes (BUDGET=540 s)
@@ -53,8 +54,8 @@ BW=3.0e12
 nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | grep -q H200 && BW=4.3e12
 
 # Never measured: these first.
-if go train 120 "GPU tests of cuDNN's packed layout"; then
-  T python3 -m pytest -q -m gpu tests/test_gpu.py -k packed 2>&1 \
+if go "$PART" 120 "GPU tests: cuDNN's packed layout, the fused head kernel"; then
+  T python3 -m pytest -q -m gpu tests/test_gpu.py -k "packed or head_kernel" 2>&1 \
     | tee "$OUT/tests_packed.txt" | tail -4
 fi
 if go sample 130 "block diffusion sampler, fused write, batch 1 and $B32"; then
@@ -95,7 +96,7 @@ if go sample 120 "dual cache (Fast-dLLM), batch 1, 8 tokens/step"; then
   T python3 -m launch.bench_sampler $S8 --batch=1 --tokens_per_step=8 --repeats=3 \
     --variants=uncached_k,dual_k 2>&1 | tee "$OUT/sampler.txt" | show | tail -5
 fi
-if go sample 150 "GPU tests"; then
+if go "$PART" 150 "GPU tests"; then
   T python3 -m pytest -q -m gpu tests/test_gpu.py 2>&1 | tee "$OUT/tests.txt" | tail -4
 fi
 stamp done

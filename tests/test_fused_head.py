@@ -95,4 +95,5 @@ def test_kernel_equals_twin_over_shapes(shape, temperature, logits_dtype):
 
 @pytest.mark.slow
 def test_head_kernel_probe_runs_inside_a_jit_trace():
-  jax.jit(lambda x: (fh._probe(interpret=True), x)[1])(jnp.zeros(()))  # pylint: disable=protected-access
+  probe = fh._probe  # pylint: disable=protected-access
+  jax.jit(lambda x: (probe(interpret=True), x)[1])(jnp.zeros(()))

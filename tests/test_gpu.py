@@ -83,6 +83,28 @@ def test_compiled_kernel_equals_twin_at_llada_vocabulary(temperature):
   np.testing.assert_allclose(got[1], want[1], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize('temperature', [0.0, 1.0])
+def test_compiled_head_kernel_equals_head_then_twin_at_llada_shape(temperature):
+  """The fused head + candidate kernel (Triton) against the head matmul followed
+  by the twin: hidden [101, 4096] x head [4096, 126,464], bf16 (ragged rows)."""
+  from dllm_jax.sampling import fused, fused_head
+  assert fused_head.use_kernel()  # The probe compiles and agrees.
+  hidden = jax.random.normal(jax.random.key(0), (101, 4096)).astype(jnp.bfloat16)
+  head = (jax.random.normal(jax.random.key(2), (4096, 126_464)) * 3 / 64).astype(
+      jnp.bfloat16)
+  seed = fused.seed_from_key(jax.random.key(1))
+  kw = dict(temperature=temperature, mask_id=126_336, eos_id=126_081,
+            logits_dtype=jnp.bfloat16)
+  want = jax.jit(lambda h, w: fused_head.head_candidates_jnp(h, w, seed, **kw))(
+      hidden, head)
+  got = jax.jit(lambda h, w: fused_head.head_candidates_pallas(h, w, seed, **kw))(
+      hidden, head)
+  # The matmuls add D products in different orders: exact candidates but for
+  # near-ties; confidences to float tolerance.
+  assert np.mean(np.asarray(got[0]) == np.asarray(want[0])) > 0.98
+  np.testing.assert_allclose(got[1], want[1], rtol=1e-3, atol=1e-6)
+
+
 def test_dual_cache_threshold_sampler_runs_bf16_with_the_kernel():
   from dllm_jax.sampling import fused
   assert fused.use_kernel()  # The probe compiles here (first called untraced).

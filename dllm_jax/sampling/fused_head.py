@@ -34,6 +34,10 @@ from jax.experimental.pallas import triton as plgpu
 
 from dllm_jax.sampling import fused
 
+# The per-tile update, partials and their combination are `fused`'s own (one
+# definition for both kernels).
+# pylint: disable=protected-access
+
 
 @dataclasses.dataclass(frozen=True)
 class HeadKernelConfig:
@@ -78,9 +82,9 @@ class HeadKernelConfig:
 
 def head_logits(hidden: jax.Array, head: jax.Array,
                 logits_dtype=None) -> jax.Array:
-  """hidden [R, D] @ head [D, V] -> float32 logits [R, V] (float32 accumulate),
-  rounded to `logits_dtype` first when given."""
-  logits = jnp.dot(hidden, head, preferred_element_type=jnp.float32)
+  """hidden [R, D] @ head [D, V] -> float32 logits [R, V] (hidden cast to the
+  head's dtype, float32 accumulate), rounded to `logits_dtype` when given."""
+  logits = jnp.dot(hidden.astype(head.dtype), head, preferred_element_type=jnp.float32)
   if logits_dtype is not None:
     logits = logits.astype(logits_dtype).astype(jnp.float32)
   return logits
@@ -106,7 +110,7 @@ def _head_kernel(seed_ref, h_ref, w_ref, m_ref, s_ref, bv_ref, bi_ref, bx_ref, *
   start = k * (n_tiles * tile)
   row_ids = (i * rows + jnp.arange(rows, dtype=jnp.int32)).astype(jnp.uint32)
   lane, k_lane = jnp.arange(tile, dtype=jnp.int32), jnp.arange(bk, dtype=jnp.int32)
-  update = functools.partial(fused._tile_update, row_ids=row_ids,  # pylint: disable=protected-access
+  update = functools.partial(fused._tile_update, row_ids=row_ids,
                              seed=(seed_ref[0], seed_ref[1]), lanes=False,
                              temperature=temperature, mask_id=mask_id, eos_id=eos_id)
 
@@ -137,8 +141,8 @@ def _head_kernel(seed_ref, h_ref, w_ref, m_ref, s_ref, bv_ref, bi_ref, bx_ref, *
     return update(carry, logits_tile(col0, valid), cols, valid)
 
   carry = jax.lax.fori_loop(0, n_tiles, body,
-                            fused._init_carry(rows, tile, start, False))  # pylint: disable=protected-access
-  fused._store(carry, False, m_ref, s_ref, bv_ref, bi_ref, bx_ref)  # pylint: disable=protected-access
+                            fused._init_carry(rows, tile, start, False))
+  fused._store(carry, False, m_ref, s_ref, bv_ref, bi_ref, bx_ref)
 
 
 def head_candidates_pallas(hidden: jax.Array, head: jax.Array, seed: jax.Array, *,
@@ -153,11 +157,12 @@ def head_candidates_pallas(hidden: jax.Array, head: jax.Array, seed: jax.Array, 
   (r, d), (d_head, v) = hidden.shape, head.shape
   if d_head != d:
     raise ValueError(f'head {head.shape} does not take hidden states {hidden.shape}.')
+  hidden = hidden.astype(head.dtype)  # Triton's dot takes one input dtype.
   pad = (-r) % kc.rows
   if pad:  # Zero rows: their partials are computed and dropped.
     hidden = jnp.pad(hidden, ((0, pad), (0, 0)))
   row_blocks, max_splits = (r + pad) // kc.rows, pl.cdiv(v, kc.tile)
-  splits = min(kc.splits, max_splits) or fused._auto_splits(row_blocks, max_splits)  # pylint: disable=protected-access
+  splits = min(kc.splits, max_splits) or fused._auto_splits(row_blocks, max_splits)
   n_tiles = pl.cdiv(max_splits, splits)  # Tiles per split (the last may overhang).
   body = functools.partial(
       _head_kernel, d=d, v=v, kc=kc, n_tiles=n_tiles,
@@ -180,7 +185,7 @@ def head_candidates_pallas(hidden: jax.Array, head: jax.Array, seed: jax.Array, 
       out_shape=[part(jnp.float32), part(jnp.float32), part(jnp.float32),
                  part(jnp.int32), part(jnp.float32)],
       interpret=interpret, **kwargs)(seed, hidden, head)
-  cand, conf = fused._combine(m, s, bv, bi, bx)  # pylint: disable=protected-access
+  cand, conf = fused._combine(m, s, bv, bi, bx)
   return cand[:r], conf[:r]
 
 
