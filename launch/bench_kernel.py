@@ -48,7 +48,7 @@ _HEAD_ROWS = flags.DEFINE_list('head_rows', ['32', '384', '12288'],
 _HEAD_TEMPERATURES = flags.DEFINE_list('head_temperatures', ['0', '1'],
                                        'Temperatures of the --head_dim timing.')
 _HEAD_KERNELS = flags.DEFINE_list(
-    'head_kernels', ['64:128:64:0:4', '32:128:64:0:4', '128:128:64:0:8'],
+    'head_kernels', ['64:128:64:0:4', '32:256:64:0:4', '128:128:64:0:8'],
     'Fused head kernel launch shapes rows:tile:k_tile:splits:warps[:stages] '
     '(--head_dim timing; the first is the default).')
 _PEAK_FLOPS = flags.DEFINE_float('peak_flops', 989e12, 'Dense bf16 rate for the '

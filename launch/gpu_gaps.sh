@@ -63,9 +63,8 @@ if go sample 130 "block diffusion sampler, fused write, batch 1 and $B32"; then
     --variants=fused 2>&1 | tee "$OUT/block_fused.txt" | show | tail -6
 fi
 if go sample 120 "fused head + candidate kernel vs head, then kernel / XLA twin"; then
-  T python3 -m launch.bench_kernel $H --rows= --repeats=5 \
-    --head_kernels=64:128:64:0:4,128:128:64:0:8 2>&1 | tee "$OUT/head.txt" \
-    | show | tail -31
+  T python3 -m launch.bench_kernel $H --rows= --repeats=5 2>&1 \
+    | tee "$OUT/head.txt" | show | tail -37
 fi
 if go sample 120 "dual cache, batch 1, 8 tokens/step: profile against the memory floor"; then
   T python3 -m launch.bench_sampler $S8 --batch=1 --tokens_per_step=8 --repeats=1 \
@@ -73,7 +72,7 @@ if go sample 120 "dual cache, batch 1, 8 tokens/step: profile against the memory
     | show | tail -3
   timeout 60 python3 -m launch.profile_summary "$OUT/prof/dual_k_b1" --steps=$PSTEPS \
     --floor_gb=$FLOOR_GB --bandwidth=$BW --top=15 2>&1 | tee "$OUT/profile.txt" \
-    | show | tail -26
+    | show | tail -30
 fi
 if go sample 100 "block diffusion sampler, exact cache, batch $B32"; then
   T python3 -m launch.bench_block $S8 --batch=$B32 --tokens_per_step=8 --repeats=1 \

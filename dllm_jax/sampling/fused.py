@@ -365,6 +365,7 @@ def head_candidates(hidden: jax.Array, head: jax.Array, seed: jax.Array, *,
   accumulate, logits rounded to `logits_dtype` when given, e.g. the model's
   compute dtype) followed by `candidates`, which picks the logits kernel or the
   twin as it always does. Same candidates either way up to float summation order.
+  `temperature` is a Python float, as for `candidates`.
   """
   from dllm_jax.sampling import fused_head  # pylint: disable=g-import-not-at-top
   shape = hidden.shape[:-1]
