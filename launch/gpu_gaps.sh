@@ -70,7 +70,9 @@ if go sample 120 "dual cache, batch 1, 8 tokens/step: profile against the memory
   T python3 -m launch.bench_sampler $S8 --batch=1 --tokens_per_step=8 --repeats=1 \
     --variants=dual_k --profile_dir="$OUT/prof" 2>&1 | tee "$OUT/profile_run.txt" \
     | show | tail -3
-  timeout 60 python3 -m launch.profile_summary "$OUT/prof/dual_k_b1" --steps=$PSTEPS \
+fi
+if go sample 60 "where a dual-cache step's time goes ($PSTEPS steps traced)"; then
+  T python3 -m launch.profile_summary "$OUT/prof/dual_k_b1" --steps=$PSTEPS \
     --floor_gb=$FLOOR_GB --bandwidth=$BW --top=15 2>&1 | tee "$OUT/profile.txt" \
     | show | tail -30
 fi
