@@ -97,3 +97,19 @@ def test_kernel_equals_twin_over_shapes(shape, temperature, logits_dtype):
 def test_head_kernel_probe_runs_inside_a_jit_trace():
   probe = fh._probe  # pylint: disable=protected-access
   jax.jit(lambda x: (probe(interpret=True), x)[1])(jnp.zeros(()))
+
+
+def test_kernel_lowers_to_triton_for_cuda_at_the_llada_shape():
+  """Lowering for a GPU (no GPU needed: Pallas emits Triton IR on this CPU)
+  catches what interpret mode cannot, e.g. Triton's load taking `other` only
+  with a mask. Hidden [33, D] x head [D, 126,464], D a multiple of k_tile and not,
+  in the default and the benchmarked launch shapes."""
+  seed = jax.ShapeDtypeStruct((2,), jnp.uint32)
+  shapes = [fh.HeadKernelConfig(), fh.HeadKernelConfig.parse('32:256:64:0:4')]
+  for d, kc in ((4096, shapes[0]), (4000, shapes[0]), (4096, shapes[1])):
+    h = jax.ShapeDtypeStruct((33, d), jnp.bfloat16)
+    w = jax.ShapeDtypeStruct((d, 126_464), jnp.bfloat16)
+    fn = functools.partial(fh.head_candidates_pallas, temperature=1.0, mask_id=5,
+                           eos_id=7, logits_dtype=jnp.bfloat16, kernel=kc)
+    text = jax.jit(fn).trace(h, w, seed).lower(lowering_platforms=('cuda',)).as_text()
+    assert 'triton' in text
