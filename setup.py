@@ -1,11 +1,57 @@
 """dllm_jax: masked diffusion language models (the LLaDA family) in JAX/Flax."""
 
+import base64
+import hashlib
+import os
 import re
+import zipfile
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+from setuptools.command.editable_wheel import editable_wheel
+
+# `lm_eval --model dllm_jax`: lm-eval has no plugin lookup, so this .pth file in
+# site-packages imports a tiny top-level module at interpreter start that
+# registers the model lazily when lm-eval's registry loads (see its docstring).
+PTH_NAME = 'dllm_jax_lm_eval.pth'
+PTH_LINE = b'import dllm_jax_lm_eval_hook; dllm_jax_lm_eval_hook.install()\n'
 
 with open('dllm_jax/__init__.py') as f:
   VERSION = re.search(r"__version__ = '([^']+)'", f.read()).group(1)
+
+
+
+class BuildPyWithPth(build_py):
+  """`pip install .`: the wheel's root (site-packages) gets the .pth file."""
+
+  def run(self):
+    super().run()
+    with open(os.path.join(self.build_lib, PTH_NAME), 'wb') as f:
+      f.write(PTH_LINE)
+
+
+class EditableWheelWithPth(editable_wheel):
+  """`pip install -e .`: the editable wheel (setuptools writes it from its own
+  finder, skipping build_lib) gets the .pth file and its RECORD line."""
+
+  def run(self):
+    super().run()
+    digest = base64.urlsafe_b64encode(hashlib.sha256(PTH_LINE).digest()).rstrip(b'=')
+    record = f'{PTH_NAME},sha256={digest.decode()},{len(PTH_LINE)}\n'.encode()
+    for name in os.listdir(self.dist_dir):  # A fresh directory: this one wheel.
+      if name.endswith('.whl'):
+        _add_to_wheel(os.path.join(self.dist_dir, name), record)
+
+
+def _add_to_wheel(path: str, record: bytes) -> None:
+  """Rewrites the wheel at `path` with the .pth file in it."""
+  with zipfile.ZipFile(path) as z:
+    entries = [(info, z.read(info)) for info in z.infolist()]
+  with zipfile.ZipFile(path, 'w', zipfile.ZIP_DEFLATED) as z:
+    z.writestr(PTH_NAME, PTH_LINE)
+    for info, data in entries:
+      z.writestr(info, data + record if info.filename.endswith('.dist-info/RECORD') else data)
+
 
 setup(
     name='dllm_jax',
@@ -14,6 +60,8 @@ setup(
     long_description=open('README.md').read(),
     long_description_content_type='text/markdown',
     packages=find_packages(include=['dllm_jax', 'dllm_jax.*', 'launch', 'launch.*']),
+    py_modules=['dllm_jax_lm_eval_hook'],
+    cmdclass={'build_py': BuildPyWithPth, 'editable_wheel': EditableWheelWithPth},
     python_requires='>=3.11',
     install_requires=[
         'jax>=0.10.2',
