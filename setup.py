@@ -1,6 +1,7 @@
 """dllm_jax: masked diffusion language models (the LLaDA family) in JAX/Flax."""
 
 import base64
+import glob
 import hashlib
 import os
 import re
@@ -8,7 +9,11 @@ import zipfile
 
 from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
-from setuptools.command.editable_wheel import editable_wheel
+
+try:  # setuptools >= 64 (PEP 660); older ones install editable without the hook.
+  from setuptools.command.editable_wheel import editable_wheel
+except ImportError:
+  editable_wheel = None
 
 # `lm_eval --model dllm_jax`: lm-eval has no plugin lookup, so this .pth file in
 # site-packages imports a tiny top-level module at interpreter start that
@@ -20,7 +25,6 @@ with open('dllm_jax/__init__.py') as f:
   VERSION = re.search(r"__version__ = '([^']+)'", f.read()).group(1)
 
 
-
 class BuildPyWithPth(build_py):
   """`pip install .`: the wheel's root (site-packages) gets the .pth file."""
 
@@ -30,27 +34,39 @@ class BuildPyWithPth(build_py):
       f.write(PTH_LINE)
 
 
-class EditableWheelWithPth(editable_wheel):
-  """`pip install -e .`: the editable wheel (setuptools writes it from its own
-  finder, skipping build_lib) gets the .pth file and its RECORD line."""
-
-  def run(self):
-    super().run()
-    digest = base64.urlsafe_b64encode(hashlib.sha256(PTH_LINE).digest()).rstrip(b'=')
-    record = f'{PTH_NAME},sha256={digest.decode()},{len(PTH_LINE)}\n'.encode()
-    for name in os.listdir(self.dist_dir):  # A fresh directory: this one wheel.
-      if name.endswith('.whl'):
-        _add_to_wheel(os.path.join(self.dist_dir, name), record)
+def _wheels(folder) -> dict[str, int]:
+  return {p: os.stat(p).st_mtime_ns for p in glob.glob(os.path.join(folder, '*.whl'))}
 
 
-def _add_to_wheel(path: str, record: bytes) -> None:
-  """Rewrites the wheel at `path` with the .pth file in it."""
+def _add_to_wheel(path: str) -> None:
+  """Rewrites the wheel at `path` with the .pth file and its RECORD line."""
+  digest = base64.urlsafe_b64encode(hashlib.sha256(PTH_LINE).digest()).rstrip(b'=')
+  record = f'{PTH_NAME},sha256={digest.decode()},{len(PTH_LINE)}\n'.encode()
   with zipfile.ZipFile(path) as z:
     entries = [(info, z.read(info)) for info in z.infolist()]
+  if any(info.filename == PTH_NAME for info, _ in entries):
+    return
   with zipfile.ZipFile(path, 'w', zipfile.ZIP_DEFLATED) as z:
     z.writestr(PTH_NAME, PTH_LINE)
     for info, data in entries:
       z.writestr(info, data + record if info.filename.endswith('.dist-info/RECORD') else data)
+
+
+CMDCLASS = {'build_py': BuildPyWithPth}
+if editable_wheel is not None:
+
+  class EditableWheelWithPth(editable_wheel):
+    """`pip install -e .`: setuptools writes the editable wheel without
+    build_lib's files; the .pth file is added to the wheel it wrote."""
+
+    def run(self):
+      before = _wheels(self.dist_dir)
+      super().run()
+      for path, stamp in _wheels(self.dist_dir).items():
+        if before.get(path) != stamp:  # Written by this run.
+          _add_to_wheel(path)
+
+  CMDCLASS['editable_wheel'] = EditableWheelWithPth
 
 
 setup(
@@ -61,7 +77,7 @@ setup(
     long_description_content_type='text/markdown',
     packages=find_packages(include=['dllm_jax', 'dllm_jax.*', 'launch', 'launch.*']),
     py_modules=['dllm_jax_lm_eval_hook'],
-    cmdclass={'build_py': BuildPyWithPth, 'editable_wheel': EditableWheelWithPth},
+    cmdclass=CMDCLASS,
     python_requires='>=3.11',
     install_requires=[
         'jax>=0.10.2',
