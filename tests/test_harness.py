@@ -134,7 +134,7 @@ def _env() -> dict[str, str]:
 def _registry_line(*code: str) -> str:
   """What a fresh interpreter prints about lm-eval's model registry."""
   probe = ('import sys; from lm_eval.api.registry import model_registry as r; '
-           "print(r._objs.get('dllm_jax'), 'hf' in r, 'jax' in sys.modules)")
+           "print(dict(r.items()).get('dllm_jax'), 'hf' in r, 'jax' in sys.modules)")
   r = subprocess.run([sys.executable, '-c', '; '.join([*code, probe])], env=_env(),
                      cwd=REPO, text=True, capture_output=True, timeout=120)
   assert r.returncode == 0, r.stderr[-2000:]
