@@ -148,6 +148,20 @@ def test_hook_registers_the_model_lazily():
   assert line == 'dllm_jax.serving.harness:DllmJaxLM True False'
 
 
+def test_hook_warns_rather_than_break_an_unexpected_lm_eval():
+  import types
+  import dllm_jax_lm_eval_hook as hook
+
+  class Loader:
+    def exec_module(self, module):
+      module.ran = True
+
+  module = types.ModuleType('lm_eval.api.registry')  # Without model_registry.
+  with pytest.warns(UserWarning, match='could not register the lm-eval model'):
+    hook._Loader(Loader()).exec_module(module)  # pylint: disable=protected-access
+  assert module.ran
+
+
 @needs_hook
 def test_installed_hook_runs_at_interpreter_start():
   """The installed .pth file installs the hook in every interpreter."""
