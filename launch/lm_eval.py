@@ -3,13 +3,13 @@ r"""The lm-evaluation-harness command line with the `dllm_jax` model registered.
   python -m launch.lm_eval --model dllm_jax \
       --model_args workdir=/tmp/dllm,mc_num=128,cfg_scale=0.5 \
       --tasks arc_challenge --num_fewshot 0 --batch_size 8
-  dllm-lm-eval ...   # the same (console script of `pip install dllm_jax[eval]`)
 
 Every `lm_eval` flag works (`--include_path` for local task YAML, `--limit`,
-`--output_path`, `--log_samples`, ...). lm-eval 0.4 finds models only in its
-own registry (no plugin entry points), so plain `lm_eval --model dllm_jax`
-works only where `dllm_jax.serving.harness` was imported first (as here, or
-in Python before `lm_eval.simple_evaluate`).
+`--output_path`, `--log_samples`, ...). An installed dllm_jax (`pip install .`
+or `pip install -e .`) makes the plain `lm_eval --model dllm_jax ...` work
+(`dllm_jax_lm_eval_hook`). This module, and its console script `dllm-lm-eval`
+kept for existing scripts, is the same command; it also works in a source
+checkout that is not installed.
 """
 
 

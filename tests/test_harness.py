@@ -2,8 +2,10 @@
 tasks (YAML and JSONL written here, nothing downloaded) gives the numbers
 launch.eval gives on the same data."""
 
+import glob
 import json
 import os
+import site
 import subprocess
 import sys
 
@@ -90,6 +92,7 @@ def test_harness_runner_scores_local_tasks(tasks):
   from lm_eval.tasks import TaskManager
   lm, path, lls = tasks
   assert get_model('dllm_jax') is type(lm)
+  assert get_model('dummy').__name__ == 'DummyLM'  # lm-eval's own models stay.
   out = lm_eval.simple_evaluate(model=lm, tasks=['dllm_mc', 'dllm_gen'],
                                 task_manager=TaskManager(include_path=path,
                                                          include_defaults=False),
@@ -110,11 +113,67 @@ def test_rolling_loglikelihood_sums_windows(tasks):
   assert np.isfinite(total) and total < 0
 
 
+def _hook_installed() -> bool:
+  """Whether the installed dllm_jax brought the .pth file that makes plain
+  `lm_eval --model dllm_jax` work (a checkout installed before it did not)."""
+  return any(os.path.isfile(os.path.join(d, 'dllm_jax_lm_eval.pth'))
+             for d in site.getsitepackages())
+
+
+needs_hook = pytest.mark.skipif(not _hook_installed(), reason=(
+    'dllm_jax is installed without dllm_jax_lm_eval.pth: pip install -e . again'))
+
+
+def _env() -> dict[str, str]:
+  """This checkout's dllm_jax (and hook module) ahead of an installed copy."""
+  path = os.pathsep.join(filter(None, [REPO, os.environ.get('PYTHONPATH')]))
+  return {**os.environ, 'PYTHONPATH': path, 'HF_DATASETS_OFFLINE': '1',
+          'HF_HUB_OFFLINE': '1'}
+
+
+def _registry_line(*code: str) -> str:
+  """What a fresh interpreter prints about lm-eval's model registry."""
+  probe = ('import sys; from lm_eval.api.registry import model_registry as r; '
+           "print(dict(r.items()).get('dllm_jax'), 'hf' in r, 'jax' in sys.modules)")
+  r = subprocess.run([sys.executable, '-c', '; '.join([*code, probe])], env=_env(),
+                     cwd=REPO, text=True, capture_output=True, timeout=120)
+  assert r.returncode == 0, r.stderr[-2000:]
+  return r.stdout.strip()
+
+
+def test_hook_registers_the_model_lazily():
+  """On lm-eval's registry import the hook adds a placeholder (no jax yet)
+  and keeps lm-eval's own models."""
+  line = _registry_line('import dllm_jax_lm_eval_hook as h', 'h.install()')
+  assert line == 'dllm_jax.serving.harness:DllmJaxLM True False'
+
+
+def test_hook_warns_rather_than_break_an_unexpected_lm_eval():
+  import types
+  import dllm_jax_lm_eval_hook as hook
+
+  class Loader:
+    def exec_module(self, module):
+      module.ran = True
+
+  module = types.ModuleType('lm_eval.api.registry')  # Without model_registry.
+  with pytest.warns(UserWarning, match='could not register the lm-eval model'):
+    hook._Loader(Loader()).exec_module(module)  # pylint: disable=protected-access
+  assert module.ran
+
+
+@needs_hook
+def test_installed_hook_runs_at_interpreter_start():
+  """The installed .pth file installs the hook in every interpreter."""
+  assert _registry_line() == 'dllm_jax.serving.harness:DllmJaxLM True False'
+
+
 @pytest.mark.slow
-def test_launch_eval_and_the_lm_eval_cli_agree(tasks, random_workdir):
-  """`launch.eval` prints the scores the harness gives; `python -m
-  launch.lm_eval` runs the harness CLI with the model registered."""
-  _, path, _ = tasks
+@needs_hook
+def test_launch_eval_and_the_plain_lm_eval_command_agree(tasks, random_workdir, tmp_path):
+  """`launch.eval` prints the scores and ELBOs the harness gives; the plain
+  `lm_eval` executable (no import of ours first) finds the model `dllm_jax`."""
+  _, path, lls = tasks
   run = lambda *a: subprocess.run([sys.executable, '-m', *a], cwd=REPO, text=True,
                                   capture_output=True, timeout=600)
   common = [f'--workdir={random_workdir}', '--mc_num=8', '--batch_size=4', '--seed=3']
@@ -124,8 +183,20 @@ def test_launch_eval_and_the_lm_eval_cli_agree(tasks, random_workdir):
           '--gen_length=8', '--block_length=4', '--steps=4', '--until=\\n')
   assert r.returncode == 0 and '| 4 | 0.500 |' in r.stdout, r.stderr[-2000:]
   args = ','.join(f'{k}={v}' for k, v in MODEL_ARGS.items())
-  r = run('launch.lm_eval', '--model', 'dllm_jax', '--model_args',
-          f'workdir={random_workdir},{args}', '--tasks', 'dllm_mc,dllm_gen',
-          '--include_path', path)
+  lm_eval_exe = os.path.join(os.path.dirname(sys.executable), 'lm_eval')
+  r = subprocess.run([lm_eval_exe, '--model', 'dllm_jax', '--model_args',
+                      f'workdir={random_workdir},{args}', '--tasks', 'dllm_mc,dllm_gen',
+                      '--include_path', path, '--output_path', str(tmp_path),
+                      '--log_samples'], env=_env(), cwd=str(tmp_path), text=True,
+                     capture_output=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
-  assert '0.5' in r.stdout, r.stdout[-3000:]
+  (results,) = glob.glob(f'{tmp_path}/**/results_*.json', recursive=True)
+  with open(results) as f:
+    scores = json.load(f)['results']
+  assert scores['dllm_mc']['acc,none'] == 0.5
+  assert scores['dllm_gen']['exact_match,none'] == 0.5
+  (samples,) = glob.glob(f'{tmp_path}/**/samples_dllm_mc_*.jsonl', recursive=True)
+  with open(samples) as f:
+    for s in map(json.loads, f):  # lm-eval writes the responses as str().
+      got = [float(r[0][0]) for r in s['resps']]
+      np.testing.assert_allclose(got, lls[s['doc_id']], rtol=1e-6)

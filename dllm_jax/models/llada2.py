@@ -18,7 +18,6 @@ from typing import Any, ClassVar, Iterator
 
 from dllm_jax.models import moe_hf_names as names
 from dllm_jax.models import moe_transformer as mt
-from dllm_jax.models.base import Family
 from dllm_jax.models.llada_config import BYTE_VOCAB
 from dllm_jax.models.llada_moe import RELEASED_IDS
 
@@ -78,9 +77,4 @@ def hf_name_map(cfg: mt.MoEConfig) -> Iterator[Any]:
   yield from names.final()
 
 
-FAMILY = Family(
-    name='llada2', config_cls=LLaDA2Config, presets=PRESETS,
-    init_params=mt.init_params, forward=mt.forward, prefill=mt.prefill,
-    window=mt.window, param_axes=mt.param_axes, check_mesh=mt.check_mesh,
-    hf_name_map=hf_name_map, compute_fields=mt.COMPUTE_FIELDS,
-    forward_aux=mt.forward_aux, after_step=mt.after_step)
+FAMILY = mt.family('llada2', LLaDA2Config, PRESETS, hf_name_map)

@@ -22,13 +22,14 @@ feed-forward; the first `first_k_dense` layers dense, the rest routed experts
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Iterator, Mapping
 
 import jax
 import jax.numpy as jnp
 
 from dllm_jax import attention as attention_lib
 from dllm_jax.models import moe as moe_lib
+from dllm_jax.models.base import Family
 from dllm_jax.models.llada import rope
 from dllm_jax.models.moe_config import HF_LAYOUTS, MoEConfig, bf16_bytes
 from dllm_jax.parallel.sharding import constrain
@@ -304,6 +305,17 @@ COMPUTE_FIELDS = ('dtype', 'attention_impl', 'remat', 'capacity_factor',
                   'aux_loss_coef', 'bias_update_rate', 'hf_layout')
 
 
+def family(name: str, config_cls: type, presets: Mapping[str, Mapping[str, Any]],
+           hf_name_map: Callable[[MoEConfig], Iterator[Any]]) -> Family:
+  """A family on this network: the name, config class, presets and Hugging
+  Face names are its own; the calls and compute fields are this module's."""
+  return Family(
+      name=name, config_cls=config_cls, presets=presets, init_params=init_params,
+      forward=forward, prefill=prefill, window=window, param_axes=param_axes,
+      check_mesh=check_mesh, hf_name_map=hf_name_map, compute_fields=COMPUTE_FIELDS,
+      forward_aux=forward_aux, after_step=after_step)
+
+
 __all__ = ['MoEConfig', 'init_params', 'forward', 'forward_aux', 'after_step',
            'prefill', 'window', 'param_axes', 'check_mesh', 'COMPUTE_FIELDS',
-           'HF_LAYOUTS', 'layer', 'bf16_bytes']
+           'HF_LAYOUTS', 'layer', 'bf16_bytes', 'family']

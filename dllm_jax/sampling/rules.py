@@ -5,13 +5,14 @@ ctx) -> commit`, and a class flag `scheduled`: a scheduled rule runs the
 `steps` of the LLaDA schedule (the loop skips a step whose schedule commits
 nothing in any row); an adaptive one runs until its block has no masks. A new
 rule is one class here plus its entry in `RULES` (keyed by
-`SamplingConfig.parallel`); float settings it reads come from `ctx.knobs`.
+`SamplingConfig.parallel`); float settings it reads come from `ctx.knobs` (an
+adaptive rule of one function and one knob subclasses `KnobRule`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import flax.struct
 import jax
@@ -64,25 +65,31 @@ class TopK:
 
 
 @dataclasses.dataclass(frozen=True)
-class Threshold:
+class KnobRule:
+  """An adaptive rule: `pick(confidence, eligible, getattr(ctx.knobs, knob))`.
+  A subclass names the function and the knob it reads."""
+
+  scheduled: ClassVar[bool] = False
+  knob: ClassVar[str]
+  pick: ClassVar[Callable[[jax.Array, jax.Array, jax.Array], jax.Array]]
+
+  def select(self, confidence: jax.Array, eligible: jax.Array,
+             ctx: StepContext) -> jax.Array:
+    return self.pick(confidence, eligible, getattr(ctx.knobs, self.knob))
+
+
+class Threshold(KnobRule):
   """Fast-dLLM threshold (`select_threshold`, `knobs.threshold`)."""
 
-  scheduled: ClassVar[bool] = False
-
-  def select(self, confidence: jax.Array, eligible: jax.Array,
-             ctx: StepContext) -> jax.Array:
-    return select_threshold(confidence, eligible, ctx.knobs.threshold)
+  knob = 'threshold'
+  pick = staticmethod(select_threshold)
 
 
-@dataclasses.dataclass(frozen=True)
-class Factor:
+class Factor(KnobRule):
   """Fast-dLLM factor (`select_factor`, `knobs.factor`)."""
 
-  scheduled: ClassVar[bool] = False
-
-  def select(self, confidence: jax.Array, eligible: jax.Array,
-             ctx: StepContext) -> jax.Array:
-    return select_factor(confidence, eligible, ctx.knobs.factor)
+  knob = 'factor'
+  pick = staticmethod(select_factor)
 
 
 RULES = {'fixed': TopK, 'threshold': Threshold, 'factor': Factor}

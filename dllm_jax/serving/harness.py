@@ -1,8 +1,11 @@
-"""lm-evaluation-harness model `dllm_jax` (importing this module registers it).
+"""lm-evaluation-harness model `dllm_jax`.
 
-  python -m launch.lm_eval --model dllm_jax --model_args workdir=DIR,mc_num=128 \
-      --tasks arc_challenge
+  lm_eval --model dllm_jax --model_args workdir=DIR,mc_num=128 --tasks arc_challenge
   lm_eval.simple_evaluate(model='dllm_jax', model_args={'workdir': DIR}, ...)
+
+An installed dllm_jax registers the name lazily (`dllm_jax_lm_eval_hook`);
+importing this module registers the class itself (a source checkout that is
+not installed: `python -m launch.lm_eval`).
 
 `loglikelihood` is LLaDA's Monte Carlo ELBO (`dllm_jax.likelihood`, `mc_num`
 samples in batches of `mc_batch_size`, guidance `cfg_scale`); the context is
@@ -17,6 +20,9 @@ over disjoint windows of the model length. `generate_until` runs the Engine
 from __future__ import annotations
 
 import jax
+# lm-eval loads its own model table only while its registry is empty, so it
+# must be loaded before `register_model` below fills the registry.
+import lm_eval.models  # pylint: disable=unused-import
 import numpy as np
 from lm_eval import utils as lm_utils
 from lm_eval.api.model import LM
