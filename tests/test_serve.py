@@ -227,6 +227,30 @@ def test_a_client_that_leaves_mid_stream_frees_its_row(server):
   assert now['row_blocks'] - before['row_blocks'] < 16 + 3 * 2  # Not all 16 blocks.
 
 
+def test_a_stop_sequence_ends_the_row_at_its_block(server):
+  """A stop sequence early in the answer: the stream (and a plain request)
+  ends with the same text as the whole answer cut there, and the row leaves
+  at the block that reached it instead of computing all 16."""
+  url = server[1]
+  body = {'prompt': 'stopper', 'seed': 12, **LONG}
+  plain = complete(url, **body)
+  # The first character after the first that occurs there first: a stop there.
+  k = next(i for i, c in enumerate(plain) if i and c != '\ufffd' and plain.index(c) == i)
+  before = health(url)
+  with httpx.stream('POST', url + '/v1/completions', timeout=60,
+                    json={**body, 'stream': True, 'stop': plain[k]}) as r:
+    events = [e for _, e in data_events(r)]
+  assert ''.join(e['choices'][0]['text'] for e in events) == plain[:k]
+  assert events[-1]['choices'][0]['finish_reason'] == 'stop'
+  r = httpx.post(url + '/v1/completions', json={**body, 'stop': [plain[k], 'never']},
+                 timeout=60).json()
+  assert r['choices'][0]['text'] == plain[:k]
+  assert r['choices'][0]['finish_reason'] == 'stop'
+  after = health(url)
+  assert after['stopped'] - before['stopped'] == 2
+  assert after['row_blocks'] - before['row_blocks'] < 2 * 16
+
+
 @pytest.mark.slow
 def test_prefix_cache_runs_whole_and_dual_cache_steps(server):
   """The prefix cache cannot step block by block: one event with the whole

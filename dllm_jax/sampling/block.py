@@ -9,7 +9,8 @@ forward, or fused into the next block's first step with `fuse_write`). Inside
 a block, masked positions are committed by the `fixed`, `threshold` or `factor`
 rule; `editing_threshold` > 0 adds LLaDA2.1's token editing. A row stops at the
 end of the block in which it produced EOS (its length is returned); the loop
-stops when every row has, all inside one `lax.while_loop`.
+stops when every row has, all inside one `lax.while_loop` over the steps of a
+`BlockWalk` (the server runs them a block per call: serving/block_rows.py).
 
 Rows with different prompt lengths share one canvas: row b is shifted right by a
 whole number of blocks so that every row's first generated block is the same
@@ -264,14 +265,11 @@ def _commit(blk, cand, conf, s, sched, prompt_end_in_blk, *, sc, ids):
 
 @dataclasses.dataclass(frozen=True)
 class BlockWalk:
-  """One run, walked a step or a block at a time (built inside a trace).
-
+  """One run, walked a step or a block at a time (built inside a trace):
   `init()` is the loop state before the first generated block (the prompt's
   whole blocks prefilled into the cache), `step(s)` one denoising step of every
-  row still running, `run_block(s, live)` the steps until the current block ends
-  (the server steps rows so, block by block), `answer(s)` the answers so far.
-  `generate` runs `step` in one `lax.while_loop` until every row is done.
-  """
+  row still running, `run_block(s, live)` the steps until the current block
+  ends, `answer(s)` the answers so far."""
 
   params: object
   x: jax.Array  # [B, T] the initial canvas (padding, prompt, MASK...).

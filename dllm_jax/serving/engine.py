@@ -28,7 +28,7 @@ it produced EOS, its `tokens` end there (EOS included), and a request alone
 equals `block.generate` on its prompt with `jax.random.key(seed)`.
 
 The coupling to the sampler's internals lives in `_row_sampler`, `_group_key`
-and `stepper._row_fn` / `stepper._block_row_fn` (the server's block-by-block
+and `stepper._row_fn` / `block_rows.row_fns` (the server's block-by-block
 rows) alone: when sampler knobs become traced, they leave the group key.
 """
 
@@ -38,7 +38,7 @@ import dataclasses
 import json
 import os
 import threading
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +49,8 @@ from dllm_jax.data import sft
 from dllm_jax.presets import ModelConfig
 from dllm_jax.sampling import block
 from dllm_jax.sampling import generate as gen
+from dllm_jax.serving import block_rows
+from dllm_jax.serving.block_rows import BlockLayout
 
 PROMPT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 MAX_SEED = 2**32 - 1
@@ -64,15 +66,6 @@ def not_a_setting(name: str, blocks: bool, known) -> str:
   return (f'{name} is not a setting of the {"block" if blocks else "full-sequence"} '
           f'sampler that serves this {"block-diffusion " if blocks else ""}model; '
           f'its settings: {", ".join(sorted(known))}.')
-
-
-class BlockLayout(NamedTuple):
-  """The block sampler's prompt bucket: prompts of up to `width` tokens on a
-  canvas whose first generated block is `first_block`, followed by `blocks`
-  blocks (enough for any such prompt's answer)."""
-  width: int
-  first_block: int
-  blocks: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,12 +168,9 @@ class Engine:
     config, params, tokenizer = checkpoint.restore_for_inference(
         workdir, step=step, dtype=dtype)
     meta = checkpoint.read_meta(workdir, step)
-    s, train = meta['config']['sample'], meta['config']['train']
-    if train.get('objective') == 'block_diffusion':
-      size = train.get('block', {}).get('block_size', s['block_length'])
-      defaults = block.BlockSamplingConfig(
-          gen_length=s['gen_length'], block_length=size, steps=size, parallel='fixed',
-          threshold=0.9, temperature=s['temperature'])
+    s = meta['config']['sample']
+    if meta['config']['train'].get('objective') == 'block_diffusion':
+      defaults = block_rows.defaults(meta)
     else:
       defaults = gen.SamplingConfig(steps=s['steps'], gen_length=s['gen_length'],
                                     block_length=s['block_length'],
@@ -272,14 +262,7 @@ class Engine:
       gen.check_checkpoint(self.meta)
       sampling.validate(n, self.config.max_len)
       return
-    sampling.validate()
-    block.check_model(self.config, sampling, self.meta)
-    lay, b = self.block_layout(n, sampling), sampling.block_length
-    t = (lay.first_block + lay.blocks) * b
-    if t > self.config.max_len:
-      raise ValueError(f'prompt length {n} and gen_length {sampling.gen_length} need '
-                       f'{t} positions (whole blocks of {b}), more than the model '
-                       f'max_len {self.config.max_len}.')
+    block_rows.check(self.config, self.meta, sampling, n, self.bucket(n, sampling))
 
   def check(self, ids: np.ndarray, sampling: Sampling, seed: int) -> None:
     """Raises ValueError (one line) if the request cannot run."""
@@ -299,23 +282,10 @@ class Engine:
     fits = [b for b in self.prompt_buckets if n <= b <= room]
     return fits[0] if fits else max(n, room)
 
-  def block_layout(self, n: int, sampling: block.BlockSamplingConfig) -> BlockLayout:
-    """The block sampler's bucket of an n-token prompt: the smallest prompt
-    bucket >= n whose canvas fits the model, else the prompt's own layout."""
-    b, g = sampling.block_length, sampling.gen_length
-    for width in self.prompt_buckets:
-      # Rows of up to `width` tokens: answers start in block width // b, at
-      # offset up to min(width, b - 1) in it.
-      blocks = -(-(min(width, b - 1) + g) // b)
-      if n <= width and (width // b + blocks) * b <= self.config.max_len:
-        return BlockLayout(width, width // b, blocks)
-    k, blocks, _, _ = block.layout(np.array([n]), b, g)
-    return BlockLayout(n, k, blocks)
-
   def bucket(self, n: int, sampling: Sampling) -> int | BlockLayout:
     """The prompt bucket of an n-token prompt for these settings."""
     if isinstance(sampling, block.BlockSamplingConfig):
-      return self.block_layout(n, sampling)
+      return block_rows.layout_for(n, sampling, self.prompt_buckets, self.config.max_len)
     return self.prompt_bucket(n, sampling.gen_length)
 
   def batch_bucket(self, n: int) -> int:

@@ -10,12 +10,12 @@ alone, with its own PRNG key.
 
 Two samplers step so. The full-sequence sampler (`gen.SamplingConfig`) walks
 `loop.blocks`, the walk `denoise` runs in one `lax.scan`: token for token what
-`Engine.generate` runs in one call. The block sampler (`block.BlockSamplingConfig`,
-block-diffusion checkpoints) walks `block.BlockWalk` (`block.generate` runs its
-steps in one `lax.while_loop`), its prompt bucket a `BlockLayout`; a row
-finishes at the end of the block where it produced EOS, and `Engine.generate`
-steps such rows here too. tests/test_engine.py and tests/test_serve_block.py
-check both against the one-call samplers.
+`Engine.generate` runs in one call. The block sampler (`BlockSamplingConfig`,
+block-diffusion checkpoints; `block_rows.py`) walks `block.BlockWalk`, whose
+steps `block.generate` runs in one `lax.while_loop`; its prompt bucket is a
+`BlockLayout`, a row finishes at the end of the block where it produced EOS,
+and `Engine.generate` steps such rows here too (`run`). tests/test_engine.py
+and tests/test_serve_block.py check both against the one-call samplers.
 
 The prefix cache recomputes the canvas from the current block to its end: a
 window whose width depends on the block, static under jit, so its blocks
@@ -34,7 +34,9 @@ import numpy as np
 from dllm_jax.sampling import block as block_lib
 from dllm_jax.sampling import generate as gen
 from dllm_jax.sampling import logits_source, loop
-from dllm_jax.serving.engine import BlockLayout, Completion, Engine
+from dllm_jax.serving import block_rows
+from dllm_jax.serving.block_rows import BlockLayout
+from dllm_jax.serving.engine import Completion, Engine
 
 
 def steppable(sampling: gen.SamplingConfig | block_lib.BlockSamplingConfig) -> bool:
@@ -79,36 +81,6 @@ def _row_fn(engine: Engine, sampling: gen.SamplingConfig, p: int):
   return row, walk_of
 
 
-def _block_row_fn(engine: Engine, sampling: block_lib.BlockSamplingConfig,
-                  lay: BlockLayout):
-  """The block sampler's rows: (init, row). init(params, prompt [W], mask [W],
-  seed []) -> carry, the walk's state before its first block (the PRNG key as
-  raw data); row(params, prompt, mask, seed, carry, live []) -> (carry, answer
-  tokens [G] (EOS after the length), answer tokens final so far [], done [])."""
-  w, b, g = lay.width, sampling.block_length, sampling.gen_length
-
-  def walk_of(params, prompt, mask, seed):
-    n = jnp.sum(mask).astype(jnp.int32)
-    right = prompt[(jnp.arange(w) + w - n) % w]  # Left-padded -> right-padded.
-    shift, last = block_lib.placement(n, lay.first_block, b, g)
-    return block_lib.walk(params, right[None], n[None], shift[None], last[None],
-                          jax.random.key(seed), config=engine.config, sc=sampling,
-                          k0=lay.first_block, n_blocks=lay.blocks)
-
-  raw = lambda s: {**s, 'key': jax.random.key_data(s['key'])}
-
-  def init(params, prompt, mask, seed):
-    return raw(walk_of(params, prompt, mask, seed).init())
-
-  def row(params, prompt, mask, seed, carry, live):
-    walk = walk_of(params, prompt, mask, seed)
-    s = walk.run_block({**carry, 'key': jax.random.wrap_key_data(carry['key'])}, live)
-    out, ready = walk.answer(s)
-    return raw(s), out.tokens[0], ready[0], s['done'][0]
-
-  return init, row
-
-
 def _batch_fn(engine: Engine, sampling, p: int | BlockLayout):
   """The (params, prompts [B, W], masks [B, W], seeds [B], carry, block [B],
   fresh [B]) -> (carry, answers [B, G], final tokens so far [B], finished [B])
@@ -125,7 +97,7 @@ def _batch_fn(engine: Engine, sampling, p: int | BlockLayout):
       carry, answer = rows(row, 6)(params, prompts, masks, seeds, carry, block, fresh)
       return carry, answer, jnp.minimum(block + 1, nb) * bl, block + 1 >= nb
     return full
-  init, row = _block_row_fn(engine, sampling, p)
+  init, row = block_rows.row_fns(engine.config, sampling, p)
 
   def blocks(params, prompts, masks, seeds, carry, block, fresh):
     # The prefill of joining rows runs only in a call that has some.
@@ -165,7 +137,7 @@ def _row_carry(engine: Engine, sampling, p: int | BlockLayout):
   w = _width(p)
   args = (engine.params, jnp.zeros(w, jnp.int32), jnp.ones(w, bool), jnp.uint32(0))
   if is_block(sampling):
-    init, _ = _block_row_fn(engine, sampling, p)
+    init, _ = block_rows.row_fns(engine.config, sampling, p)
     return jax.eval_shape(lambda: init(*args))
   _, walk_of = _row_fn(engine, sampling, p)
   return jax.eval_shape(lambda: walk_of(*args).init())
@@ -270,13 +242,14 @@ class RowBatch:
     """Row i's answer `tokens` (all, or final so far: a stop sequence ended it)
     as a `Completion` (call before it leaves). The block sampler records no
     commit steps (-1)."""
+    # Whole arrays to the host, then NumPy indexing (an eager jax index per row
+    # would compile one program per row index).
     if is_block(self.sampling):
-      steps, nfe = np.full(len(tokens), -1, np.int32), self.carry['nfe'][i]
+      steps, nfe = np.full(len(tokens), -1, np.int32), jax.device_get(self.carry['nfe'])
     else:
-      steps, nfe = self.carry[0].commit_step[i, 0, self.width:], self.carry[0].nfe[i]
-      steps = steps[:len(tokens)]
-    steps, nfe = jax.device_get((steps, nfe))
-    return self.engine.completion(tokens, np.asarray(steps), int(nfe), prompt_tokens)
+      steps, nfe = jax.device_get((self.carry[0].commit_step, self.carry[0].nfe))
+      steps = steps[i, 0, self.width:self.width + len(tokens)]
+    return self.engine.completion(tokens, steps, int(nfe[i]), prompt_tokens)
 
 
 def run(engine: Engine, sampling, p: int | BlockLayout, prompts: list[np.ndarray],
