@@ -72,5 +72,5 @@ def test_engine_serves_a_block_run_with_the_block_sampler(random_block_workdir):
     engine.generate([Request('ab', full)])
   with pytest.raises(ValueError, match=want):
     engine.check(np.array([1, 2]), engine.resolve(full), 0)
-  with pytest.raises(ValueError, match='cache is not a setting of the block sampler'):
-    engine.sampling_for(8, cache='dual')
+  with pytest.raises(ValueError, match='cfg_scale is not a setting of the block sampler'):
+    engine.sampling_for(8, cfg_scale=1.0)
