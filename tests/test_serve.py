@@ -98,6 +98,15 @@ def test_stream_text_waits_for_what_could_still_change():
   assert stopped and ''.join(pieces) + stream.finish(final) == final == 'abé'
 
 
+def test_a_stop_ends_the_answer_once_no_longer_stop_could_start_before_it():
+  """What the batcher ends a row at (`Job.stop_check`) and streams stop at."""
+  from dllm_jax.serving.server import stopped_at
+  assert stopped_at('abXc', 'X') == 2
+  assert stopped_at('abXc', ['X', 'bXcde']) is None  # 'bXcde' may yet come at 1.
+  assert stopped_at('abXcdefg', ['X', 'bXcde']) == 1
+  assert stopped_at('ab\ufffd', ['b', 'c']) == 1 and stopped_at('abc', None) is None
+
+
 @pytest.mark.parametrize('body, reason', [
     ('{"prompt": "x",', 'malformed JSON'),
     ({'prompt': 'x', 'top_k': 3}, "unknown field 'top_k'"),
