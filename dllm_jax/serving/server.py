@@ -37,8 +37,8 @@ import numpy as np
 import pydantic
 from fastapi import responses
 
-from dllm_jax.serving.batcher import Batcher, Job, QueueFull
 from dllm_jax.sampling import block
+from dllm_jax.serving.batcher import Batcher, Job, QueueFull
 from dllm_jax.serving.engine import (MAX_SEED, Completion, Engine, Request, Sampling,
                                      not_a_setting)
 
