@@ -137,6 +137,19 @@ def test_server_answers_with_the_block_sampler(server, engine):
       [Request(prompt, seed=seed)])[0].text
 
 
+def test_steps_beyond_the_block_length_answer_as_the_block_length(server):
+  """More steps than a block has tokens: the same answer from the same compiled
+  program as steps = block length (a huge count stalled the worker building
+  its schedule for minutes, or failed with a 500)."""
+  prompt, seed, _ = ROWS[1]
+  want = post(server, prompt=prompt, seed=seed, steps=4).json()['choices']
+  compiled = server.get('/health').json()['compiled']
+  r = post(server, prompt=prompt, seed=seed, steps=2**40)
+  assert r.status_code == 200, r.text
+  assert r.json()['choices'] == want
+  assert server.get('/health').json()['compiled'] == compiled
+
+
 @pytest.mark.parametrize('body, reason', [
     ({'cache': 'dual'}, 'cache is not a setting of the block sampler'),
     ({'cfg_scale': 1.0}, 'cfg_scale is not a setting of the block sampler'),

@@ -14,6 +14,7 @@ produced EOS, or after its last block.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import jax
@@ -40,6 +41,17 @@ def defaults(meta: dict) -> block.BlockSamplingConfig:
   return block.BlockSamplingConfig(
       gen_length=s['gen_length'], block_length=size, steps=size, parallel='fixed',
       threshold=0.9, temperature=s['temperature'])
+
+
+def canonical(sampling: block.BlockSamplingConfig) -> block.BlockSamplingConfig:
+  """The settings with `steps` at most the block length, the same answers: the
+  schedule's first block_length steps commit at least one token each, so a
+  block has no masks left by the later ones (which would commit none); other
+  rules ignore it. Such requests then share one compiled program, and a huge `steps` no
+  longer stalls the server's worker building a [steps] schedule (or fails, 500)."""
+  if 0 < sampling.block_length < sampling.steps:
+    return dataclasses.replace(sampling, steps=sampling.block_length)
+  return sampling
 
 
 def layout_for(n: int, sampling: block.BlockSamplingConfig, prompt_buckets,

@@ -224,9 +224,12 @@ class Engine:
     return sft.prompt_ids(self.tokenizer, messages)
 
   def resolve(self, sampling: Sampling | None) -> Sampling:
-    """The knobs with the model's mask id filled in."""
+    """The knobs with the model's mask id filled in (block sampler: steps
+    capped at the block length, `block_rows.canonical`)."""
     sampling = sampling or self.default_sampling
-    if isinstance(sampling, gen.SamplingConfig) and sampling.mask_id is None:
+    if isinstance(sampling, block.BlockSamplingConfig):
+      return block_rows.canonical(sampling)
+    if sampling.mask_id is None:
       sampling = dataclasses.replace(sampling, mask_id=self.config.ids.mask)
     return sampling
 
