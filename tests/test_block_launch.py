@@ -74,3 +74,14 @@ def test_engine_serves_a_block_run_with_the_block_sampler(random_block_workdir):
     engine.check(np.array([1, 2]), engine.resolve(full), 0)
   with pytest.raises(ValueError, match='cfg_scale is not a setting of the block sampler'):
     engine.sampling_for(8, cfg_scale=1.0)
+
+
+def test_lm_eval_model_loads_a_block_run(random_block_workdir):
+  """The harness model of a block-diffusion run (likelihood tasks need no
+  sampler knob it lacks): its generations use the block sampler, and
+  `cfg_scale` weighs only the likelihoods."""
+  from dllm_jax.sampling import block  # pylint: disable=g-import-not-at-top
+  from dllm_jax.serving import harness  # pylint: disable=g-import-not-at-top
+  lm = harness.DllmJaxLM(workdir=random_block_workdir, cfg_scale=1.0, temperature=0.5)
+  assert isinstance(lm.sampling, block.BlockSamplingConfig)
+  assert lm.sampling.temperature == 0.5 and lm.opts['cfg_scale'] == 1.0
