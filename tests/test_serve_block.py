@@ -159,9 +159,10 @@ def test_steps_beyond_the_block_length_answer_as_the_block_length(server):
     ({'steps': 0}, 'steps must be positive, got 0'),
     ({'factor': 0.0}, 'factor must be positive'),
     ({'threshold_rule': 'mine'}, "threshold_rule: Input should be 'llada2' or 'dinfer'"),
+    ({'prompt': []}, 'needs a prompt of at least 1 token, got 0'),
 ])
 def test_block_settings_are_checked_with_one_line_400s(server, body, reason):
-  r = post(server, prompt='x', **body)
+  r = post(server, **{'prompt': 'x', **body})
   assert r.status_code == 400, r.text
   message = r.json()['error']['message']
   assert reason in message and '\n' not in message, message

@@ -72,9 +72,12 @@ def layout_for(n: int, sampling: block.BlockSamplingConfig, prompt_buckets,
 def check(config, meta: dict | None, sampling: block.BlockSamplingConfig, n: int,
           lay: BlockLayout) -> None:
   """One-line ValueErrors: bad settings, a model or checkpoint the block
-  sampler does not fit, an n-token prompt whose canvas `lay` is too long."""
+  sampler does not fit, an empty prompt (`block.generate` has none either),
+  an n-token prompt whose canvas `lay` is too long."""
   sampling.validate()
   block.check_model(config, sampling, meta)
+  if n < 1:
+    raise ValueError(f'the block sampler needs a prompt of at least 1 token, got {n}.')
   b = sampling.block_length
   t = (lay.first_block + lay.blocks) * b
   if t > config.max_len:
