@@ -52,7 +52,14 @@ def alone(engine, prompt: str, seed: int):
   return np.asarray(out.tokens[0, :int(out.lengths[0])]), int(out.nfe)
 
 
-def test_stepped_block_rows_equal_block_generate(engine):
+@pytest.fixture(scope='module')
+def at_once(engine):
+  """`Engine.generate` of ROWS at the default settings, all rows at once: what
+  the server must answer (the parity test shows each equals its row alone)."""
+  return engine.generate([Request(p, seed=s) for p, s, _ in ROWS])
+
+
+def test_stepped_block_rows_equal_block_generate(engine, at_once):
   """Rows join at block boundaries 0, 0, 1, 2 (the later ones beside rows that
   already left at their EOS), shifted on the bucket's canvas: each answers,
   token for token and in model calls, what `block.generate` does alone;
@@ -61,7 +68,6 @@ def test_stepped_block_rows_equal_block_generate(engine):
   assert isinstance(sc, block.BlockSamplingConfig) and sc.temperature > 0
   reqs = [Request(p, sc, seed=s) for p, s, _ in ROWS]
   stepped = support.step_rows(engine, list(zip((0, 0, 1, 2), reqs)))
-  at_once = engine.generate(reqs)
   assert engine.num_compiled == 1  # One block step serves both.
   for (prompt, seed, length), got, again in zip(ROWS, stepped, at_once):
     tokens, nfe = alone(engine, prompt, seed)
@@ -109,16 +115,15 @@ def post(client, **body):
   return client.post('/v1/completions', json=body)
 
 
-def test_server_answers_with_the_block_sampler(server, engine):
+def test_server_answers_with_the_block_sampler(server, engine, at_once):
   """Answers equal the engine's; EOS rows finish 'stop' with their real token
   count, having computed only up to their EOS block; a stream sends one event
   per committed block."""
   before = server.get('/health').json()
-  for prompt, seed, length in ROWS:
+  for (prompt, seed, length), want in zip(ROWS, at_once):
     r = post(server, prompt=prompt, seed=seed)
     assert r.status_code == 200, r.text
     choice, usage = r.json()['choices'][0], r.json()['usage']
-    want = engine.generate([Request(prompt, seed=seed)])[0]
     assert choice['text'] == want.text
     stops = length < 12
     assert choice['finish_reason'] == ('stop' if stops else 'length')
@@ -133,8 +138,7 @@ def test_server_answers_with_the_block_sampler(server, engine):
   events = [json.loads(l[len('data: '):]) for l in lines[:-1]]
   assert lines[-1] == 'data: [DONE]' and len(events) == 3
   assert events[-1]['choices'][0]['finish_reason'] == 'stop'
-  assert ''.join(e['choices'][0]['text'] for e in events) == engine.generate(
-      [Request(prompt, seed=seed)])[0].text
+  assert ''.join(e['choices'][0]['text'] for e in events) == at_once[2].text
 
 
 def test_steps_beyond_the_block_length_answer_as_the_block_length(server):
@@ -202,16 +206,15 @@ def test_stepped_block_rows_equal_block_generate_across_settings(engine, knobs):
 
 
 @pytest.mark.slow
-def test_launch_serve_answers_a_block_checkpoint(eos_block_workdir, engine):
+def test_launch_serve_answers_a_block_checkpoint(eos_block_workdir, at_once):
   """`python -m launch.serve` over the checkpoint: the same answers."""
   proc, url = support.start_server([
       f'--workdir={eos_block_workdir}', '--max_batch=4', '--batch_sizes=4',
       '--prompt_buckets=16', '--warmup=8', '--max_tokens=12'])
   try:
-    for prompt, seed, length in ROWS:
+    for (prompt, seed, length), want in zip(ROWS, at_once):
       r = httpx.post(url + '/v1/completions', json={'prompt': prompt, 'seed': seed},
                      timeout=120)
-      want = engine.generate([Request(prompt, seed=seed)])[0]
       assert r.json()['choices'][0]['text'] == want.text
       assert r.json()['usage']['completion_tokens'] == length - (length < 12)
   finally:
