@@ -47,8 +47,9 @@ def canonical(sampling: block.BlockSamplingConfig) -> block.BlockSamplingConfig:
   """The settings with `steps` at most the block length, the same answers: the
   schedule's first block_length steps commit at least one token each, so a
   block has no masks left by the later ones (which would commit none); other
-  rules ignore it. Such requests then share one compiled program, and a huge `steps` no
-  longer stalls the server's worker building a [steps] schedule (or fails, 500)."""
+  rules ignore it. Such requests then share one compiled program, and a huge
+  `steps` no longer stalls the server's worker building a [steps] schedule
+  (or fails it, 500)."""
   if 0 < sampling.block_length < sampling.steps:
     return dataclasses.replace(sampling, steps=sampling.block_length)
   return sampling
