@@ -13,6 +13,7 @@ from dllm_jax import ByteTokenizer, SamplingConfig, generate, model, presets
 from dllm_jax.data.tokenizer import SpecialIds
 from dllm_jax.serving import Engine, Request
 from dllm_jax.serving import engine as engine_lib
+from dllm_jax.serving import stepper
 from tests import support
 
 CFG = presets.get_preset('tiny', d_model=32, n_layers=1, n_heads=2, d_ff=64, max_len=64)
@@ -78,19 +79,17 @@ def test_rows_stepped_block_by_block_equal_the_one_call_sampler(engine):
 
 @pytest.mark.slow
 def test_block_steps_equal_one_call_with_caches_rules_and_repacking():
-  """Rows joining at blocks 0, 1, 1, 3 (re-packed as they come and go) with
-  the dual and prefix caches, the threshold rule, CFG and random remasking."""
   params = jax.jit(model.init_params, static_argnums=0)(CFG, jax.random.key(0))
   eng = Engine(params, CFG, ByteTokenizer(), batch_sizes=(1, 2, 4), prompt_buckets=(16,))
   base = SamplingConfig(steps=8, gen_length=8, block_length=2, temperature=0.7)
   for sc in (base, dataclasses.replace(base, cache='dual', parallel='threshold',
                                        threshold=0.5, steps=4),
-             dataclasses.replace(base, cfg_scale=1.5, remasking='random'),
-             dataclasses.replace(base, cache='prefix')):  # One call per block index.
+             dataclasses.replace(base, cfg_scale=1.5, remasking='random')):
     arrivals = [(0, Request('hello', sc, seed=1)), (1, Request('abc', sc, seed=2)),
                 (1, Request('a longer prompt', sc, seed=3)), (3, Request('x', sc, seed=4))]
     for (_, r), got in zip(arrivals, support.step_rows(eng, arrivals)):
       assert_same(got, eng.generate([r])[0])
+  assert not stepper.steppable(dataclasses.replace(base, cache='prefix'))
 
 
 def test_engine_from_a_hugging_face_directory(tmp_path):

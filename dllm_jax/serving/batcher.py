@@ -18,8 +18,9 @@ many as its last block call answered (their clients tend to come back together;
 one client never waits) while they keep coming: until none arrived for
 `window_s` or `max_wait_s` passed since the first. With rows in flight, after a
 round that answered some, it waits up to one `window_s` for as many to arrive,
-so that returning clients join the next block instead of idling through it.
-Every request steps so (the prefix cache too: `stepper`).
+so that returning clients join the next block instead of idling through it. Requests whose settings
+cannot step block by block (the prefix cache) run whole through
+`Engine.generate` when taken.
 """
 
 from __future__ import annotations
@@ -138,28 +139,32 @@ class Batcher:
         break
       self._cv.wait(left)
 
-  def _take(self) -> dict[tuple, list[Job]]:
-    """Queued jobs that fit now: {batch key: jobs} for free rows; the rest stay
-    queued in order."""
+  def _take(self) -> tuple[dict[tuple, list[Job]], list[Job]]:
+    """Queued jobs that fit now: {batch key: jobs} for free rows, and jobs to
+    run whole; the rest stay queued in order."""
     with self._cv:
       if not self._live:
         self._gather(min(self.max_batch, self._answered), busy=False)
       elif self._just_answered:  # Their clients may be about to come back.
         self._gather(self._just_answered, busy=True)
       room = {k: self.max_batch - len(rb.live) for k, rb in self._live.items()}
-      joins, keep = {}, collections.deque()
+      joins, whole, keep = {}, [], collections.deque()
       for job in self._queue:
+        fits = (not stepper.steppable(job.key[0]) or
+                room.setdefault(job.key, self.max_batch) > 0)
         if job.abandoned or job.future.cancelled():
           self.cancelled += 1
-        elif room.setdefault(job.key, self.max_batch) <= 0:
+        elif not fits:
           keep.append(job)
         elif not job.future.set_running_or_notify_cancel():  # Cancelled just now.
           self.cancelled += 1
+        elif not stepper.steppable(job.key[0]):
+          whole.append(job)
         else:
           room[job.key] -= 1
           joins.setdefault(job.key, []).append(job)
       self._queue = keep
-      return joins
+      return joins, whole
 
   def _admit(self, joins: dict[tuple, list[Job]]) -> None:
     for key, jobs in joins.items():
@@ -180,6 +185,19 @@ class Batcher:
       for job in jobs:
         rb.admit(job, job.ids, job.request.seed)
     self.running = sum(len(rb.live) for rb in self._live.values())
+
+  def _run_whole(self, jobs: list[Job]) -> None:
+    for c in range(0, len(jobs), self.max_batch):
+      chunk = jobs[c:c + self.max_batch]
+      try:
+        results = self.engine.generate([j.request for j in chunk])
+      except Exception as e:  # pylint: disable=broad-except
+        for j in chunk:  # Requests are checked before queueing: should not happen.
+          j.future.set_exception(e)
+      else:
+        for j, r in zip(chunk, results):
+          j.future.set_result(r)
+        self._answered = len(chunk)
 
   def _step(self, key: tuple, rb: stepper.RowBatch) -> int:
     """One block of a batch: drops rows whose client left, answers finished
@@ -230,7 +248,9 @@ class Batcher:
 
   def _loop(self) -> None:
     while True:
-      self._admit(self._take())
+      joins, whole = self._take()
+      self._admit(joins)
+      self._run_whole(whole)
       answered = sum(self._step(key, rb) for key, rb in list(self._live.items()))
       self._just_answered = answered
       if answered:

@@ -18,10 +18,9 @@ and `Engine.generate` steps such rows here too (`run`). tests/test_engine.py
 and tests/test_serve_block.py check both against the one-call samplers.
 
 The prefix cache recomputes the canvas from the current block to its end: a
-window whose width depends on the block, static under jit, so its block cannot
-be a traced per-row index: its rows compile one call per block index k, and a
-step runs, for each block index its live rows are at, the call that advances
-the rows at that block (rows elsewhere are left as they are).
+window whose width depends on the block, static under jit, so its blocks
+cannot be a traced per-row index; `steppable` is False for it and the batcher
+runs such requests whole through `Engine.generate`.
 """
 
 from __future__ import annotations
@@ -40,9 +39,9 @@ from dllm_jax.serving.block_rows import BlockLayout
 from dllm_jax.serving.engine import Completion, Engine
 
 
-def _static_blocks(sampling) -> bool:
-  """Whether a block's call depends on its index (the prefix cache's window)."""
-  return not is_block(sampling) and sampling.cache == 'prefix'
+def steppable(sampling: gen.SamplingConfig | block_lib.BlockSamplingConfig) -> bool:
+  """Whether requests with these settings can step block by block."""
+  return is_block(sampling) or sampling.cache != 'prefix'
 
 
 def is_block(sampling) -> bool:
@@ -54,12 +53,11 @@ def _width(p: int | BlockLayout) -> int:
   return p.width if isinstance(p, BlockLayout) else p
 
 
-def _row_fn(engine: Engine, sampling: gen.SamplingConfig, p: int, k: int | None = None):
+def _row_fn(engine: Engine, sampling: gen.SamplingConfig, p: int):
   """One row's block: (params, prompt [P], mask [P], seed [], carry, block [],
   fresh []) -> (carry, answer tokens [G]); carry = (SamplerState of a
   one-row batch, the logits source's carry). `fresh` starts the row over from
-  its prompt; a row at block >= the number of blocks is left as it is, and so,
-  with a static block index `k` (the prefix cache), is a row at another block."""
+  its prompt; a row at block >= the number of blocks is left as it is."""
   config, g = engine.config, sampling.gen_length
   static, knobs = sampling.static_part(), gen.Knobs.of(sampling)
 
@@ -75,28 +73,23 @@ def _row_fn(engine: Engine, sampling: gen.SamplingConfig, p: int, k: int | None 
   def row(params, prompt, mask, seed, carry, block, fresh):
     walk = walk_of(params, prompt, mask, seed)
     pick = lambda on, a, b: jax.tree.map(lambda x, y: jnp.where(on, x, y), a, b)
-    if k is None:
-      carry = pick(fresh, walk.init(), carry)
-      new = walk.run(carry, jnp.minimum(block, walk.num_blocks - 1))
-      carry = pick(block < walk.num_blocks, new, carry)
-    else:  # Only the call of the row's block touches it (fresh rows: block 0).
-      carry = pick(fresh & (block == k), walk.init(), carry)
-      carry = pick(block == k, walk.run(carry, k), carry)
+    carry = pick(fresh, walk.init(), carry)
+    new = walk.run(carry, jnp.minimum(block, walk.num_blocks - 1))
+    carry = pick(block < walk.num_blocks, new, carry)
     return carry, carry[0].tokens[0, p:]
 
   return row, walk_of
 
 
-def _batch_fn(engine: Engine, sampling, p: int | BlockLayout, k: int | None = None):
+def _batch_fn(engine: Engine, sampling, p: int | BlockLayout):
   """The (params, prompts [B, W], masks [B, W], seeds [B], carry, block [B],
   fresh [B]) -> (carry, answers [B, G], final tokens so far [B], finished [B])
-  of one block of every row (at block k only, if given); a row at block >=
-  `num_blocks` is left as is."""
+  of one block of every row; a row at block >= `num_blocks` is left as is."""
   pick = lambda on, a, b: jax.tree.map(
       lambda x, y: jnp.where(on.reshape(on.shape + (1,) * (x.ndim - 1)), x, y), a, b)
   rows = lambda f, n: jax.vmap(f, in_axes=(None,) + (0,) * n)
   if not is_block(sampling):
-    row, _ = _row_fn(engine, sampling, p, k)
+    row, _ = _row_fn(engine, sampling, p)
     bl = sampling.block_length
     nb = sampling.gen_length // bl
 
@@ -166,21 +159,13 @@ class RowBatch:
 
   # --- compiled call ------------------------------------------------------------
 
-  def _compiled(self, b: int, k: int | None = None):
-    """The compiled block call for b rows (for those at block k, if given)."""
+  def _compiled(self, b: int):
     engine, sampling, p = self.engine, self.sampling, self.p
 
     def build():
-      return jax.jit(_batch_fn(engine, sampling, p, k)).lower(
+      return jax.jit(_batch_fn(engine, sampling, p)).lower(
           engine.params, *self._specs(b)).compile()
-    return engine.compile_once(('blocks', sampling, p, b, k), build)
-
-  def _calls(self, live: list[int]) -> list:
-    """The compiled calls one step runs: one, or one per block index of the
-    live rows (prefix cache)."""
-    if not _static_blocks(self.sampling):
-      return [self._compiled(self.b)]
-    return [self._compiled(self.b, k) for k in sorted({int(self.block[i]) for i in live})]
+    return engine.compile_once(('blocks', sampling, p, b), build)
 
   def _specs(self, b: int):
     """Shapes of (prompts, masks, seeds, carry, block, fresh) for b rows."""
@@ -242,13 +227,12 @@ class RowBatch:
     """One block for every live row: [(row, answer tokens final so far [end],
     finished)]; a finished block-sampler row's tokens end at its first EOS."""
     live = self.live
+    fn = self._compiled(self.b)
     # Copies: on CPU a NumPy argument may be read in place after the call
     # returns (asynchronous dispatch), and these arrays change next.
-    host = [a.copy() for a in (self.prompts, self.masks, self.seeds, self.block,
-                               self.fresh)]
-    for fn in self._calls(live):  # The last call's answers hold every row's.
-      self.carry, answer, end, finished = fn(self.engine.params, *host[:3],
-                                             self.carry, *host[3:])
+    host = [a.copy() for a in (self.prompts, self.masks, self.seeds)]
+    self.carry, answer, end, finished = fn(self.engine.params, *host, self.carry,
+                                           self.block.copy(), self.fresh.copy())
     self.fresh[:] = False
     answer, end, finished = jax.device_get((answer, end, finished))
     self.block[live] += 1
@@ -286,14 +270,15 @@ def run(engine: Engine, sampling, p: int | BlockLayout, prompts: list[np.ndarray
 
 
 def warmup(engine: Engine, sampling, n: int, b: int) -> None:
-  """Compiles the block step (each block's, prefix cache) for an n-token
-  prompt in a batch of b rows, and the re-packing of such a batch to every
-  compiled batch size."""
+  """Compiles the block step for an n-token prompt in a batch of b rows, and
+  the re-packing of such a batch to every compiled batch size."""
   sampling = engine.resolve(sampling)
   engine.check_settings(sampling, n)
   b = engine.batch_bucket(min(b, engine.max_batch))
+  if not steppable(sampling):
+    engine.warmup([(sampling, n, b)])
+    return
   rows = RowBatch(engine, sampling, engine.bucket(n, sampling), b)
-  for k in range(rows.num_blocks) if _static_blocks(sampling) else [None]:
-    rows._compiled(b, k)  # pylint: disable=protected-access
+  rows._compiled(b)  # pylint: disable=protected-access
   for size in engine.batch_sizes:
     _repack(engine, sampling, rows.p, b, size)
