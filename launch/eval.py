@@ -76,7 +76,8 @@ def _generate_mode(engine) -> None:
   rows = _read_jsonl(_DATA.value, ('prompt', 'answer'))
   sampling = engine.sampling_for(_GEN_LENGTH.value, _BLOCK_LENGTH.value, _STEPS.value,
                                  temperature=_TEMPERATURE.value,
-                                 cfg_scale=_CFG_SCALE.value)
+                                 # Unset (0) for the block sampler, which has none.
+                                 cfg_scale=_CFG_SCALE.value or None)
   stops = [u.encode().decode('unicode_escape') for u in _UNTIL.value]
   done = engine.generate([Request(r['prompt'], sampling, seed=_SEED.value + i)
                           for i, r in enumerate(rows)])

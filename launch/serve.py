@@ -11,6 +11,11 @@ arrive later join at the next block boundary, finished rows leave. More than
 --max_queue waiting answers 429; a request not answered within --timeout_s
 answers 504. SIGTERM (or Ctrl-C) stops accepting, answers every accepted
 request, then exits 0.
+
+A checkpoint trained with train.objective=block_diffusion is served by the block
+sampler (sampling/block.py) with its trained block size: --steps then counts
+steps per block (default: the block size), and a row leaves its batch at the
+end of the block where it produced EOS.
 """
 
 from absl import app, flags
@@ -37,7 +42,8 @@ _MAX_WAIT_MS = flags.DEFINE_float(
     'they keep arriving (default: 10 x --batch_window_ms).')
 _GEN_LENGTH = flags.DEFINE_integer('gen_length', None, 'Default max_tokens (default: '
                                    "the run's sample settings).")
-_STEPS = flags.DEFINE_integer('steps', None, 'Default denoising steps.')
+_STEPS = flags.DEFINE_integer('steps', None, 'Default denoising steps (per block for '
+                              'a block-diffusion checkpoint).')
 _BLOCK_LENGTH = flags.DEFINE_integer('block_length', None, 'Default block length.')
 _TEMPERATURE = flags.DEFINE_float('temperature', None, 'Default temperature.')
 _TIMEOUT_S = flags.DEFINE_float('timeout_s', 300.0, 'Request timeout (then 504).')

@@ -84,14 +84,27 @@ def random_block_workdir(tmp_path_factory):
                          sample=(8, 8, 8))
 
 
-def _random_workdir(tmp_path_factory, name: str, config, sample) -> str:
+@pytest.fixture(scope='session')
+def eos_block_workdir(tmp_path_factory):
+  """A workdir like `random_block_workdir` with block size 4 (sampling defaults:
+  12 new tokens, temperature 0.7) whose random weights end answers early
+  (`support.eos_prone`): some rows stop at EOS in their first, second or third
+  block; do not write to it."""
+  config = support.small_config(objective='block_diffusion')
+  config.train.block.block_size = 4
+  config.sample.temperature = 0.7
+  return _random_workdir(tmp_path_factory, 'eos_block_workdir', config,
+                         sample=(12, 4, 4), edit=support.eos_prone)
+
+
+def _random_workdir(tmp_path_factory, name: str, config, sample, edit=None) -> str:
   """`config` with one layer (compiles faster) and sampling defaults `sample`
-  (gen_length, block_length, steps), written with random weights to a new
-  session directory `name`."""
+  (gen_length, block_length, steps), written with random weights (changed by
+  `edit`, see `support.write_random_checkpoint`) to a new session directory."""
   config.model.n_layers = 1
   config.sample.gen_length, config.sample.block_length, config.sample.steps = sample
   workdir = tmp_path_factory.mktemp(name)
-  support.write_random_checkpoint(workdir, config)
+  support.write_random_checkpoint(workdir, config, edit=edit)
   return str(workdir)
 
 

@@ -150,10 +150,11 @@ def read_batch_log(workdir) -> list[str]:
   return [seen[s] for s in sorted(seen)]
 
 
-def write_random_checkpoint(workdir, config=None, seed=0) -> None:
+def write_random_checkpoint(workdir, config=None, seed=0, edit=None) -> None:
   """A workdir holding random parameters of `config` (default `small_config()`)
   as a step-0 checkpoint that `restore_for_inference` reads, without training
-  (a training run's compile costs tens of seconds on a loaded CPU)."""
+  (a training run's compile costs tens of seconds on a loaded CPU);
+  `edit(params, model_config)`, if given, changes the parameters first."""
   import jax  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   from dllm_jax import model, models  # pylint: disable=g-import-not-at-top
@@ -163,6 +164,8 @@ def write_random_checkpoint(workdir, config=None, seed=0) -> None:
   tok = ByteTokenizer()
   cfg = trainer.model_config(config, tok)
   params = jax.jit(model.init_params, static_argnums=0)(cfg, jax.random.key(seed))
+  if edit is not None:
+    params = edit(params, cfg)
   meta = checkpoint.make_meta(0, {'config': config.to_dict(),
                                   'model_config': models.config_to_dict(cfg),
                                   'tokenizer': tok.to_dict()})
@@ -171,6 +174,38 @@ def write_random_checkpoint(workdir, config=None, seed=0) -> None:
                                        meta=ocp.args.JsonSave(meta)))
   mngr.wait_until_finished()
   mngr.close()
+
+
+def eos_prone(params, config, like: int = 173, sharpen: float = 60.0):
+  """Random parameters that end answers early: the output head scaled by
+  `sharpen` (confident predictions) and EOS's column 1.05 x token `like`'s, so
+  EOS comes where `like` would (a token the tiny random models predict now and
+  then: rows of `eos_block_workdir` end in different blocks)."""
+  head = params['ff_out']['kernel'] * sharpen
+  head = head.at[:, config.ids.eos].set(head[:, like] * 1.05)
+  return {**params, 'ff_out': {**params['ff_out'], 'kernel': head}}
+
+
+def step_rows(engine, arrivals):
+  """Steps `stepper.RowBatch` rows that join at the given block boundaries:
+  arrivals [(boundary, Request)] (one sampling setting) -> Completions."""
+  from dllm_jax.serving import stepper  # pylint: disable=g-import-not-at-top
+  sc = engine.resolve(arrivals[0][1].sampling)
+  ids = [engine.encode(r.prompt) for _, r in arrivals]
+  rows = stepper.RowBatch(engine, sc, engine.bucket(max(map(len, ids)), sc), 1)
+  out, boundary = {}, 0
+  while len(out) < len(arrivals):
+    for k, (at, r) in enumerate(arrivals):
+      if at == boundary:
+        rows.fit(len(rows.live) + 1)
+        rows.admit(k, ids[k], r.seed)
+    for i, tokens, finished in rows.step():
+      if finished:
+        out[rows.jobs[i]] = rows.completion(i, tokens, len(ids[rows.jobs[i]]))
+        rows.leave(i)
+    rows.fit(len(rows.live))
+    boundary += 1
+  return [out[k] for k in range(len(arrivals))]
 
 
 def start_server(args, timeout_s=180.0):

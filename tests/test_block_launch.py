@@ -55,14 +55,33 @@ def test_sample_launcher_routes_and_refuses_by_objective(
     assert '\n' not in message
 
 
-def test_engine_loads_a_block_run_but_refuses_to_generate(random_block_workdir):
-  """`launch.eval`'s likelihoods still load the parameters through the `Engine`;
-  its full-sequence sampler refuses (the server's per-request check too)."""
+def test_engine_serves_a_block_run_with_the_block_sampler(random_block_workdir):
+  """The `Engine` of a block-diffusion run defaults to the block sampler (its
+  trained block size); full-sequence settings are refused in one line (the
+  server's per-request check too)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from dllm_jax.serving import Engine  # pylint: disable=g-import-not-at-top
+  from dllm_jax import SamplingConfig  # pylint: disable=g-import-not-at-top
+  from dllm_jax.sampling import block  # pylint: disable=g-import-not-at-top
+  from dllm_jax.serving import Engine, Request  # pylint: disable=g-import-not-at-top
   engine = Engine.from_workdir(random_block_workdir)
+  sc = engine.default_sampling
+  assert isinstance(sc, block.BlockSamplingConfig) and sc.block_length == 8
   want = 'the full-sequence sampler does not apply'
+  full = SamplingConfig(steps=8, gen_length=8, block_length=8)
   with pytest.raises(ValueError, match=want):
-    engine.generate(['ab'])
+    engine.generate([Request('ab', full)])
   with pytest.raises(ValueError, match=want):
-    engine.check(np.array([1, 2]), engine.resolve(None), 0)
+    engine.check(np.array([1, 2]), engine.resolve(full), 0)
+  with pytest.raises(ValueError, match='cfg_scale is not a setting of the block sampler'):
+    engine.sampling_for(8, cfg_scale=1.0)
+
+
+def test_lm_eval_model_loads_a_block_run(random_block_workdir):
+  """The harness model of a block-diffusion run (likelihood tasks need no
+  sampler knob it lacks): its generations use the block sampler, and
+  `cfg_scale` weighs only the likelihoods."""
+  from dllm_jax.sampling import block  # pylint: disable=g-import-not-at-top
+  from dllm_jax.serving import harness  # pylint: disable=g-import-not-at-top
+  lm = harness.DllmJaxLM(workdir=random_block_workdir, cfg_scale=1.0, temperature=0.5)
+  assert isinstance(lm.sampling, block.BlockSamplingConfig)
+  assert lm.sampling.temperature == 0.5 and lm.opts['cfg_scale'] == 1.0

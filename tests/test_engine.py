@@ -14,6 +14,7 @@ from dllm_jax.data.tokenizer import SpecialIds
 from dllm_jax.serving import Engine, Request
 from dllm_jax.serving import engine as engine_lib
 from dllm_jax.serving import stepper
+from tests import support
 
 CFG = presets.get_preset('tiny', d_model=32, n_layers=1, n_heads=2, d_ff=64, max_len=64)
 
@@ -60,28 +61,6 @@ def test_buckets_and_bad_requests(engine):
     engine.generate([Request('x', sc, seed=-1)])
 
 
-def step_rows(engine, arrivals):
-  """Steps `stepper.RowBatch` rows that join at the given block boundaries:
-  arrivals [(boundary, Request)] (one sampling setting) -> Completions."""
-  sc = engine.resolve(arrivals[0][1].sampling)
-  ids = [engine.encode(r.prompt) for _, r in arrivals]
-  rows = stepper.RowBatch(engine, sc, engine.prompt_bucket(max(map(len, ids)),
-                                                           sc.gen_length), 1)
-  out, boundary = {}, 0
-  while len(out) < len(arrivals):
-    for k, (at, r) in enumerate(arrivals):
-      if at == boundary:
-        rows.fit(len(rows.live) + 1)
-        rows.admit(k, ids[k], r.seed)
-    for i, tokens, finished in rows.step():
-      if finished:
-        out[rows.jobs[i]] = rows.completion(i, tokens, len(ids[rows.jobs[i]]))
-        rows.leave(i)
-    rows.fit(len(rows.live))
-    boundary += 1
-  return [out[k] for k in range(len(arrivals))]
-
-
 def assert_same(a, b):
   np.testing.assert_array_equal(a.tokens, b.tokens)
   np.testing.assert_array_equal(a.commit_step, b.commit_step)
@@ -94,7 +73,7 @@ def test_rows_stepped_block_by_block_equal_the_one_call_sampler(engine):
   hot = SamplingConfig(steps=4, gen_length=8, block_length=4, temperature=0.8)
   arrivals = [(0, Request('hello', hot, seed=3)), (1, Request('a longer prompt', hot, seed=5)),
               (2, Request([257, 1, 2], hot, seed=7))]
-  for (_, r), got in zip(arrivals, step_rows(engine, arrivals)):
+  for (_, r), got in zip(arrivals, support.step_rows(engine, arrivals)):
     assert_same(got, engine.generate([r])[0])
 
 
@@ -108,7 +87,7 @@ def test_block_steps_equal_one_call_with_caches_rules_and_repacking():
              dataclasses.replace(base, cfg_scale=1.5, remasking='random')):
     arrivals = [(0, Request('hello', sc, seed=1)), (1, Request('abc', sc, seed=2)),
                 (1, Request('a longer prompt', sc, seed=3)), (3, Request('x', sc, seed=4))]
-    for (_, r), got in zip(arrivals, step_rows(eng, arrivals)):
+    for (_, r), got in zip(arrivals, support.step_rows(eng, arrivals)):
       assert_same(got, eng.generate([r])[0])
   assert not stepper.steppable(dataclasses.replace(base, cache='prefix'))
 

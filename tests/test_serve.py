@@ -98,6 +98,15 @@ def test_stream_text_waits_for_what_could_still_change():
   assert stopped and ''.join(pieces) + stream.finish(final) == final == 'abé'
 
 
+def test_a_stop_ends_the_answer_once_no_longer_stop_could_start_before_it():
+  """What the batcher ends a row at (`Job.stop_check`) and streams stop at."""
+  from dllm_jax.serving.server import stopped_at
+  assert stopped_at('abXc', 'X') == 2
+  assert stopped_at('abXc', ['X', 'bXcde']) is None  # 'bXcde' may yet come at 1.
+  assert stopped_at('abXcdefg', ['X', 'bXcde']) == 1
+  assert stopped_at('ab\ufffd', ['b', 'c']) == 1 and stopped_at('abc', None) is None
+
+
 @pytest.mark.parametrize('body, reason', [
     ('{"prompt": "x",', 'malformed JSON'),
     ({'prompt': 'x', 'top_k': 3}, "unknown field 'top_k'"),
@@ -225,6 +234,30 @@ def test_a_client_that_leaves_mid_stream_frees_its_row(server):
     time.sleep(0.01)
   assert now['cancelled'] == before['cancelled'] + 1 and now['running'] == 0
   assert now['row_blocks'] - before['row_blocks'] < 16 + 3 * 2  # Not all 16 blocks.
+
+
+def test_a_stop_sequence_ends_the_row_at_its_block(server):
+  """A stop sequence early in the answer: the stream (and a plain request)
+  ends with the same text as the whole answer cut there, and the row leaves
+  at the block that reached it instead of computing all 16."""
+  url = server[1]
+  body = {'prompt': 'stopper', 'seed': 12, **LONG}
+  plain = complete(url, **body)
+  # The first character after the first that occurs there first: a stop there.
+  k = next(i for i, c in enumerate(plain) if i and c != '\ufffd' and plain.index(c) == i)
+  before = health(url)
+  with httpx.stream('POST', url + '/v1/completions', timeout=60,
+                    json={**body, 'stream': True, 'stop': plain[k]}) as r:
+    events = [e for _, e in data_events(r)]
+  assert ''.join(e['choices'][0]['text'] for e in events) == plain[:k]
+  assert events[-1]['choices'][0]['finish_reason'] == 'stop'
+  r = httpx.post(url + '/v1/completions', json={**body, 'stop': [plain[k], 'never']},
+                 timeout=60).json()
+  assert r['choices'][0]['text'] == plain[:k]
+  assert r['choices'][0]['finish_reason'] == 'stop'
+  after = health(url)
+  assert after['stopped'] - before['stopped'] == 2
+  assert after['row_blocks'] - before['row_blocks'] < 2 * 16
 
 
 @pytest.mark.slow

@@ -9,7 +9,8 @@ forward, or fused into the next block's first step with `fuse_write`). Inside
 a block, masked positions are committed by the `fixed`, `threshold` or `factor`
 rule; `editing_threshold` > 0 adds LLaDA2.1's token editing. A row stops at the
 end of the block in which it produced EOS (its length is returned); the loop
-stops when every row has, all inside one `lax.while_loop`.
+stops when every row has, all inside one `lax.while_loop` over the steps of a
+`BlockWalk` (the server runs them a block per call: serving/block_rows.py).
 
 Rows with different prompt lengths share one canvas: row b is shifted right by a
 whole number of blocks so that every row's first generated block is the same
@@ -100,8 +101,11 @@ class BlockSamplingConfig:
       raise ValueError(f'unknown confidence {self.confidence!r}; known: {CONFIDENCES}.')
     if not 0.0 < self.threshold <= 1.0:
       raise ValueError(f'threshold must be in (0, 1], got {self.threshold}.')
-    if self.temperature < 0 or self.min_tokens < 0 or self.max_post_steps < 0:
-      raise ValueError('temperature, min_tokens and max_post_steps must be >= 0.')
+    for name in ('temperature', 'min_tokens', 'editing_threshold', 'max_post_steps'):
+      if getattr(self, name) < 0:
+        raise ValueError(f'{name} must be >= 0, got {getattr(self, name)}.')
+    if self.factor <= 0:
+      raise ValueError(f'factor must be positive, got {self.factor}.')
     if self.fuse_write and not self.cache:
       raise ValueError('fuse_write needs cache=True.')
 
@@ -178,10 +182,17 @@ def layout(prompt_lengths: np.ndarray, block: int, gen: int):
   after it N, per-row shifts s [B], per-row last block [B])."""
   first = prompt_lengths // block
   k = int(first.max())
-  own = -(-(prompt_lengths + gen) // block) - first  # Blocks each row generates.
-  n = int(own.max())
-  shift = (k - first) * block
-  return k, n, shift.astype(np.int32), (k + own - 1).astype(np.int32)
+  n = int((-(-(prompt_lengths + gen) // block) - first).max())  # Blocks a row generates.
+  shift, last = placement(prompt_lengths, k, block, gen)
+  return k, n, shift.astype(np.int32), last.astype(np.int32)
+
+
+def placement(prompt_lengths, k0: int, block: int, gen: int):
+  """Where rows of prompt lengths [B] (NumPy or traced) go on a canvas whose
+  first generated block is k0: (shifts [B], last blocks [B])."""
+  first = prompt_lengths // block
+  own = -(-(prompt_lengths + gen) // block) - first
+  return (k0 - first) * block, k0 + own - 1
 
 
 def _canvas(prompts, prompt_lengths, shift, t, ids):
@@ -252,32 +263,49 @@ def _commit(blk, cand, conf, s, sched, prompt_end_in_blk, *, sc, ids):
   return new, s['settled'] | (active & finished), post
 
 
-@functools.partial(jax.jit, static_argnames=('config', 'sc', 'k0', 'n_blocks'))
-def _sample(params, prompts, prompt_lengths, shift, last_block, key, *, config,
-            sc: BlockSamplingConfig, k0: int, n_blocks: int) -> BlockSample:
-  ids, b = config.ids, sc.block_length
-  t = (k0 + n_blocks) * b
-  x, seg, pos = _canvas(prompts, prompt_lengths, shift, t, ids)
-  spec = AttentionSpec(segment_ids=seg, block_size=b)
-  prompt_end = shift + prompt_lengths  # Canvas index of each row's first answer slot.
-  sched = jnp.asarray(transfer_schedule(b, sc.steps))
-  cache = None
-  if sc.cache:  # A zero cache of the whole canvas, then the prompt's whole blocks.
-    shapes = jax.eval_shape(lambda: model_lib.forward_with_cache(
-        params, x, positions=pos, config=config, attention=spec,
-        output_window=(0, 1))[1])
-    cache = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
-    if k0:
-      _, cache = model_lib.forward_window(params, x[:, :k0 * b], 0, cache,
-                                          positions=pos, config=config,
-                                          output_length=1, attention=spec)
-  bsz = x.shape[0]
-  s = dict(x=x, cache=cache, k=jnp.int32(k0), step=jnp.int32(0),
-           post=jnp.zeros(bsz, jnp.int32), settled=jnp.zeros(bsz, bool),
-           done=jnp.zeros(bsz, bool), pending=jnp.bool_(False), nfe=jnp.int32(0),
-           key=key)
+@dataclasses.dataclass(frozen=True)
+class BlockWalk:
+  """One run, walked a step or a block at a time (built inside a trace):
+  `init()` is the loop state before the first generated block (the prompt's
+  whole blocks prefilled into the cache), `step(s)` one denoising step of every
+  row still running, `run_block(s, live)` the steps until the current block
+  ends, `answer(s)` the answers so far."""
 
-  def body(s):
+  params: object
+  x: jax.Array  # [B, T] the initial canvas (padding, prompt, MASK...).
+  spec: AttentionSpec
+  pos: jax.Array  # [B, T] RoPE positions.
+  prompt_end: jax.Array  # [B] canvas index of each row's first answer slot.
+  last_block: jax.Array  # [B] each row's last block.
+  key: jax.Array
+  config: object
+  sc: BlockSamplingConfig
+  k0: int
+
+  def init(self) -> dict:
+    """The loop state: canvas x, KV cache, block k, step in it, per-row flags."""
+    params, x, b = self.params, self.x, self.sc.block_length
+    cache = None
+    if self.sc.cache:  # A zero cache of the whole canvas, then the prompt's blocks.
+      shapes = jax.eval_shape(lambda: model_lib.forward_with_cache(
+          params, x, positions=self.pos, config=self.config, attention=self.spec,
+          output_window=(0, 1))[1])
+      cache = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+      if self.k0:
+        _, cache = model_lib.forward_window(params, x[:, :self.k0 * b], 0, cache,
+                                            positions=self.pos, config=self.config,
+                                            output_length=1, attention=self.spec)
+    bsz = x.shape[0]
+    return dict(x=x, cache=cache, k=jnp.int32(self.k0), step=jnp.int32(0),
+                post=jnp.zeros(bsz, jnp.int32), settled=jnp.zeros(bsz, bool),
+                done=jnp.zeros(bsz, bool), pending=jnp.bool_(False),
+                nfe=jnp.int32(0), key=self.key)
+
+  def step(self, s: dict) -> dict:
+    """One step on block k; a block ends when every running row settled it."""
+    params, config, sc, ids = self.params, self.config, self.sc, self.config.ids
+    b, prompt_end, spec, pos = sc.block_length, self.prompt_end, self.spec, self.pos
+    sched = jnp.asarray(transfer_schedule(b, sc.steps))
     k, x = s['k'], s['x']
     logits, cache = _step_logits(params, x, k, s['cache'], s['pending'], spec, pos,
                                  config=config, sc=sc, b=b)
@@ -291,7 +319,7 @@ def _sample(params, prompts, prompt_lengths, shift, last_block, key, *, config,
     # A row stops after a block holding EOS in its answer, or after its last block.
     answer = k * b + jnp.arange(b)[None, :] >= prompt_end[:, None]
     eos = jnp.any((new == ids.eos) & answer, axis=1)
-    done = s['done'] | (block_done & (eos | (k >= last_block)))
+    done = s['done'] | (block_done & (eos | (k >= self.last_block)))
     more = block_done & ~jnp.all(done)
     nfe = s['nfe'] + 1
     if sc.cache and not sc.fuse_write:
@@ -305,8 +333,38 @@ def _sample(params, prompts, prompt_lengths, shift, last_block, key, *, config,
                 settled=jnp.where(block_done, done, settled), done=done,
                 pending=more & sc.fuse_write, nfe=nfe, key=key)
 
-  s = jax.lax.while_loop(lambda s: ~jnp.all(s['done']), body, s)
-  return _finish(s['x'], prompt_end, sc.gen_length, ids, s['nfe'])
+  def run_block(self, s: dict, live=True) -> dict:
+    """The steps until block k ends (or every row is done); none if not `live`."""
+    k = s['k']
+    return jax.lax.while_loop(
+        lambda t: live & (t['k'] == k) & ~jnp.all(t['done']), self.step, s)
+
+  def answer(self, s: dict) -> tuple[BlockSample, jax.Array]:
+    """(`BlockSample` of the canvas now, answer tokens final so far [B]: up to
+    the end of the last finished block, or the length once a row is done)."""
+    gen = self.sc.gen_length
+    out = _finish(s['x'], self.prompt_end, gen, self.config.ids, s['nfe'])
+    ready = jnp.clip(s['k'] * self.sc.block_length - self.prompt_end, 0, gen)
+    return out, jnp.where(s['done'], out.lengths, ready).astype(jnp.int32)
+
+
+def walk(params, prompts, prompt_lengths, shift, last_block, key, *, config,
+         sc: BlockSamplingConfig, k0: int, n_blocks: int) -> BlockWalk:
+  """The `BlockWalk` of prompts [B, P] (right-padded; lengths [B]) placed on
+  a canvas of k0 + n_blocks blocks by `shift` [B] (see `placement`)."""
+  b = sc.block_length
+  x, seg, pos = _canvas(prompts, prompt_lengths, shift, (k0 + n_blocks) * b, config.ids)
+  return BlockWalk(params, x, AttentionSpec(segment_ids=seg, block_size=b), pos,
+                   shift + prompt_lengths, last_block, key, config, sc, k0)
+
+
+@functools.partial(jax.jit, static_argnames=('config', 'sc', 'k0', 'n_blocks'))
+def _sample(params, prompts, prompt_lengths, shift, last_block, key, *, config,
+            sc: BlockSamplingConfig, k0: int, n_blocks: int) -> BlockSample:
+  w = walk(params, prompts, prompt_lengths, shift, last_block, key, config=config,
+           sc=sc, k0=k0, n_blocks=n_blocks)
+  s = jax.lax.while_loop(lambda s: ~jnp.all(s['done']), w.step, w.init())
+  return w.answer(s)[0]
 
 
 def _finish(x, prompt_end, gen, ids, nfe) -> BlockSample:

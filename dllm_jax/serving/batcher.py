@@ -5,10 +5,12 @@ Requests are queued (`submit`, bounded: a full queue raises `QueueFull`). The
 worker keeps one `stepper.RowBatch` per (settings, prompt bucket) in flight
 and loops: admit queued requests into free rows of their batch (a new batch
 for new settings), run one block of every batch, hand each streaming row the
-answer so far (`Job.on_block`), answer the rows that finished their last block
-and free them. So a request that arrives while others compute joins at the
-next block boundary, and a row whose client left (`Job.cancel`) is dropped at
-the next one. Batches are re-packed to the compiled batch size their live rows
+answer so far (`Job.on_block`), answer the rows that finished (their last
+block; with the block sampler, the block where they produced EOS; or the block
+where `Job.stop_check` saw a stop sequence) and free them. So a request that
+arrives while others compute joins at the next block boundary, a finished
+row's slot is free for a queued request at once, and a row whose client left
+(`Job.cancel`) is dropped at the next one. Batches are re-packed to the compiled batch size their live rows
 need (`Engine.batch_sizes`), at most `max_batch` rows each.
 
 When nothing is in flight the worker waits for the first request, then for as
@@ -43,12 +45,16 @@ class QueueFull(Exception):
 @dataclasses.dataclass(eq=False)
 class Job:
   """A queued request. `on_block(tokens)` (worker thread) gets the answer
-  tokens [end] after each block but the last; `cancel()` drops the request
-  (queued: never runs; running: its row is freed at the next block boundary)."""
+  tokens [end] after each block but the last; `stop_check(tokens)` (worker
+  thread), if given, ends the row after a block when it returns True (a stop
+  sequence came: the answer is the tokens so far); `cancel()` drops the
+  request (queued: never runs; running: its row is freed at the next block
+  boundary)."""
   request: Request
   future: concurrent.futures.Future
   enqueued: float
   on_block: Callable[[np.ndarray], None] | None = None
+  stop_check: Callable[[np.ndarray], bool] | None = None
   ids: np.ndarray | None = None
   key: tuple = ()
   abandoned: bool = False
@@ -74,9 +80,10 @@ class Batcher:
     # Requests answered together last, and by the latest round of block calls.
     self._answered, self._just_answered = 1, 0
     # Counters (/health): batches opened, requests that joined a running batch,
-    # requests dropped because their client left, block calls and rows in them.
+    # requests dropped because their client left, rows ended early by a stop
+    # sequence, block calls and rows in them.
     self.running = 0  # Rows in flight.
-    self.batches = self.joined = self.cancelled = 0
+    self.batches = self.joined = self.cancelled = self.stopped = 0
     self.block_calls = self.row_blocks = 0
     self._thread = threading.Thread(target=self._loop, name='batcher', daemon=True)
 
@@ -97,12 +104,13 @@ class Batcher:
       return sum(not j.abandoned for j in self._queue)
 
   def submit(self, request: Request,
-             on_block: Callable[[np.ndarray], None] | None = None) -> Job:
+             on_block: Callable[[np.ndarray], None] | None = None,
+             stop_check: Callable[[np.ndarray], bool] | None = None) -> Job:
     """Queues a request; its `future` gets a `Completion` (or the error)."""
     ids = self.engine.encode(request.prompt, request.chat)
     sampling = self.engine.resolve(request.sampling)
-    job = Job(request, concurrent.futures.Future(), time.monotonic(), on_block, ids,
-              (sampling, self.engine.prompt_bucket(len(ids), sampling.gen_length)))
+    job = Job(request, concurrent.futures.Future(), time.monotonic(), on_block,
+              stop_check, ids, (sampling, self.engine.bucket(len(ids), sampling)))
     with self._cv:
       if self._stopping:
         raise QueueFull('the server is shutting down.')
@@ -212,6 +220,9 @@ class Batcher:
       self.row_blocks += len(done)
       for i, tokens, finished in done:
         job = rb.jobs[i]
+        if not finished and self._stops(job, tokens):
+          finished = True
+          self.stopped += 1
         if finished:
           job.future.set_result(rb.completion(i, tokens, len(job.ids)))
           rb.leave(i)
@@ -224,6 +235,16 @@ class Batcher:
     if not rb.live:
       del self._live[key]
     return answered
+
+  @staticmethod
+  def _stops(job: Job, tokens: np.ndarray) -> bool:
+    """Whether a stop sequence ended the job's answer (`Job.stop_check`)."""
+    if job.stop_check is None:
+      return False
+    try:
+      return bool(job.stop_check(tokens))
+    except Exception:  # pylint: disable=broad-except
+      return False  # The check is the server's; the row runs to its end.
 
   def _loop(self) -> None:
     while True:

@@ -19,9 +19,17 @@ any temperature; up to float rounding of batched matmuls, which greedy ties
 could in principle expose). A request alone equals `dllm_jax.generate` on its
 prompt with `jax.random.key(seed)`.
 
+Block-diffusion checkpoints (trained with objective block_diffusion) are
+served by the block sampler (`sampling/block.py`): their settings are a
+`BlockSamplingConfig` (`steps` per block, the trained block size), a prompt
+bucket is a `BlockLayout`, and `generate` steps their rows block by block
+(`stepper.run`, the server's path): a row stops at the end of the block where
+it produced EOS, its `tokens` end there (EOS included), and a request alone
+equals `block.generate` on its prompt with `jax.random.key(seed)`.
+
 The coupling to the sampler's internals lives in `_row_sampler`, `_group_key`
-and `stepper._row_fn` (the server's block-by-block rows) alone: when sampler
-knobs become traced, they leave the group key.
+and `stepper._row_fn` / `block_rows.row_fns` (the server's block-by-block
+rows) alone: when sampler knobs become traced, they leave the group key.
 """
 
 from __future__ import annotations
@@ -39,10 +47,25 @@ import numpy as np
 from dllm_jax import model as model_lib
 from dllm_jax.data import sft
 from dllm_jax.presets import ModelConfig
+from dllm_jax.sampling import block
 from dllm_jax.sampling import generate as gen
+from dllm_jax.serving import block_rows
+from dllm_jax.serving.block_rows import BlockLayout
 
 PROMPT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 MAX_SEED = 2**32 - 1
+
+
+Sampling = gen.SamplingConfig | block.BlockSamplingConfig
+_FULL_KNOBS = frozenset(f.name for f in dataclasses.fields(gen.SamplingConfig))
+_BLOCK_KNOBS = frozenset(f.name for f in dataclasses.fields(block.BlockSamplingConfig))
+
+
+def not_a_setting(name: str, blocks: bool, known) -> str:
+  """The one-line refusal of a setting the model's sampler does not have."""
+  return (f'{name} is not a setting of the {"block" if blocks else "full-sequence"} '
+          f'sampler that serves this {"block-diffusion " if blocks else ""}model; '
+          f'its settings: {", ".join(sorted(known))}.')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,23 +75,25 @@ class Request:
   Attributes:
     prompt: text (encoded after a BOS token, or as a user turn of the chat
       format when `chat`), or token ids [P] used as given.
-    sampling: the sampler knobs (`gen_length` is the number of new tokens);
-      None: the engine's defaults.
+    sampling: the sampler knobs (`gen_length` is the number of new tokens); a
+      `BlockSamplingConfig` for a block-diffusion model; None: the engine's
+      defaults.
     seed: the row's PRNG seed in [0, 2**32): same seed, same answer.
     chat: render a text prompt with the tokenizer's chat template.
   """
   prompt: str | Sequence[int] | np.ndarray
-  sampling: gen.SamplingConfig | None = None
+  sampling: Sampling | None = None
   seed: int = 0
   chat: bool = False
 
 
 @dataclasses.dataclass
 class Completion:
-  """One request's answer: `tokens` [gen_length] (and the step that committed
-  each, [gen_length]), decoded `text` (up to EOS / end-of-turn), the model
-  evaluations its row took, and `finish_reason` ('stop' when the model ended
-  the answer, else 'length')."""
+  """One request's answer: `tokens` [G] (and the step that committed each, [G];
+  -1 from the block sampler), decoded `text` (up to EOS / end-of-turn), the
+  model evaluations its row took, and `finish_reason` ('stop' when the model
+  ended the answer, else 'length'). G is gen_length, fewer where the block
+  sampler stopped at EOS (EOS included) or a stop sequence ended the row."""
   tokens: np.ndarray
   commit_step: np.ndarray
   text: str
@@ -114,7 +139,7 @@ class Engine:
   """Parameters, tokenizer, and a cache of compiled samplers by bucket."""
 
   def __init__(self, params: model_lib.Params, config: ModelConfig, tokenizer, *,
-               default_sampling: gen.SamplingConfig | None = None, chat: bool = False,
+               default_sampling: Sampling | None = None, chat: bool = False,
                max_batch: int = 64, batch_sizes: Sequence[int] | None = None,
                prompt_buckets: Sequence[int] = PROMPT_BUCKETS, name: str = 'dllm_jax'):
     """Args: `default_sampling` for requests that bring none, `chat` whether
@@ -130,23 +155,26 @@ class Engine:
     self.prompt_buckets = tuple(sorted(prompt_buckets))
     self._compiled = {}
     self._lock = threading.Lock()
-    self.meta = None  # The checkpoint's meta (`from_workdir`): a block run is refused.
+    self.meta = None  # The checkpoint's meta (`from_workdir`): which sampler fits.
 
   @classmethod
   def from_workdir(cls, workdir: str, *, step: int | None = None,
                    dtype: str | None = None, **kwargs) -> Engine:
     """The latest (or given) checkpoint of a training workdir (Orbax); the
     run's sample settings become the default, and SFT runs default to chat. A
-    block-diffusion run loads (likelihoods work) but generating from it is
-    refused in one line: its sampler is `sampling/block.py`."""
+    block-diffusion run gets the block sampler with the block size it was
+    trained with, one step per token (as `launch.sample`)."""
     from dllm_jax import workdir as checkpoint  # pylint: disable=g-import-not-at-top
     config, params, tokenizer = checkpoint.restore_for_inference(
         workdir, step=step, dtype=dtype)
     meta = checkpoint.read_meta(workdir, step)
     s = meta['config']['sample']
-    defaults = gen.SamplingConfig(steps=s['steps'], gen_length=s['gen_length'],
-                                  block_length=s['block_length'],
-                                  temperature=s['temperature'])
+    if meta['config']['train'].get('objective') == 'block_diffusion':
+      defaults = block_rows.defaults(meta)
+    else:
+      defaults = gen.SamplingConfig(steps=s['steps'], gen_length=s['gen_length'],
+                                    block_length=s['block_length'],
+                                    temperature=s['temperature'])
     kwargs.setdefault('default_sampling', defaults)
     kwargs.setdefault('chat', meta['config']['train']['objective'] == 'sft')
     kwargs.setdefault('name', os.path.basename(os.path.abspath(workdir)))
@@ -195,36 +223,58 @@ class Engine:
     """Prompt ids [P] of a conversation, up to where the assistant answers."""
     return sft.prompt_ids(self.tokenizer, messages)
 
-  def resolve(self, sampling: gen.SamplingConfig | None) -> gen.SamplingConfig:
-    """The knobs with the model's mask id filled in."""
+  def resolve(self, sampling: Sampling | None) -> Sampling:
+    """The knobs with the model's mask id filled in (block sampler: steps
+    capped at the block length, `block_rows.canonical`)."""
     sampling = sampling or self.default_sampling
+    if isinstance(sampling, block.BlockSamplingConfig):
+      return block_rows.canonical(sampling)
     if sampling.mask_id is None:
       sampling = dataclasses.replace(sampling, mask_id=self.config.ids.mask)
     return sampling
 
   def sampling_for(self, gen_length: int | None = None, block_length: int | None = None,
-                   steps: int | None = None, **knobs) -> gen.SamplingConfig:
-    """The default settings with some changed. Unset `block_length` is the
-    default's when it divides `gen_length`, else `gen_length`; unset `steps`
-    keeps the default's tokens per step (at least one step per block)."""
+                   steps: int | None = None, **knobs) -> Sampling:
+    """The default settings with some changed (knobs left None keep theirs).
+    Full-sequence sampler: unset `block_length` is the default's when it
+    divides `gen_length`, else `gen_length`; unset `steps` keeps the default's
+    tokens per step (at least one step per block). Block sampler: `steps` count
+    per block. A knob the model's sampler does not have is a ValueError."""
     d = self.default_sampling
     g = d.gen_length if gen_length is None else gen_length
+    knobs = {k: v for k, v in knobs.items() if v is not None}
+    blocks = isinstance(d, block.BlockSamplingConfig)
+    known = _BLOCK_KNOBS if blocks else _FULL_KNOBS
+    wrong = sorted(set(knobs) - known)
+    if wrong:
+      raise ValueError(not_a_setting(wrong[0], blocks, known))
+    if blocks:
+      return dataclasses.replace(d, gen_length=g, block_length=block_length or d.block_length,
+                                 steps=d.steps if steps is None else steps, **knobs)
     bl = block_length or (d.block_length if g % d.block_length == 0 else g)
     if steps is None and bl > 0 and g % bl == 0:
-      blocks = g // bl
-      steps = max(blocks, -(-g * d.steps // d.gen_length // blocks) * blocks)
-    knobs = {k: v for k, v in knobs.items() if v is not None}
+      n = g // bl
+      steps = max(n, -(-g * d.steps // d.gen_length // n) * n)
     return self.resolve(dataclasses.replace(d, gen_length=g, block_length=bl,
                                             steps=g if steps is None else steps, **knobs))
 
-  def check(self, ids: np.ndarray, sampling: gen.SamplingConfig, seed: int) -> None:
+  def check_settings(self, sampling: Sampling, n: int) -> None:
+    """Raises ValueError (one line) if these settings cannot run an n-token
+    prompt on this model."""
+    if isinstance(sampling, gen.SamplingConfig):
+      gen.check_checkpoint(self.meta)
+      sampling.validate(n, self.config.max_len)
+      return
+    block_rows.check(self.config, self.meta, sampling, n, self.bucket(n, sampling))
+
+  def check(self, ids: np.ndarray, sampling: Sampling, seed: int) -> None:
     """Raises ValueError (one line) if the request cannot run."""
-    gen.check_checkpoint(self.meta)
-    sampling.validate(len(ids), self.config.max_len)
+    self.check_settings(sampling, len(ids))
     if not 0 <= seed <= MAX_SEED:
       raise ValueError(f'seed must be in [0, {MAX_SEED}], got {seed}.')
-    if np.any(ids == sampling.mask_id):
-      raise ValueError(f'the prompt contains the mask token (id {sampling.mask_id}).')
+    mask = self.config.ids.mask
+    if np.any(ids == mask):
+      raise ValueError(f'the prompt contains the mask token (id {mask}).')
     if np.any((ids < 0) | (ids >= self.config.vocab_size)):
       raise ValueError(f'prompt ids must be in [0, {self.config.vocab_size}).')
 
@@ -235,13 +285,19 @@ class Engine:
     fits = [b for b in self.prompt_buckets if n <= b <= room]
     return fits[0] if fits else max(n, room)
 
+  def bucket(self, n: int, sampling: Sampling) -> int | BlockLayout:
+    """The prompt bucket of an n-token prompt for these settings."""
+    if isinstance(sampling, block.BlockSamplingConfig):
+      return block_rows.layout_for(n, sampling, self.prompt_buckets, self.config.max_len)
+    return self.prompt_bucket(n, sampling.gen_length)
+
   def batch_bucket(self, n: int) -> int:
     """The compiled batch size an n-row batch (n <= max_batch) is padded to."""
     return next(b for b in self.batch_sizes if b >= n)
 
-  def _group_key(self, sampling: gen.SamplingConfig, n: int):
+  def _group_key(self, sampling: Sampling, n: int):
     """Requests with equal keys share one compiled call."""
-    return sampling, self.prompt_bucket(n, sampling.gen_length)
+    return sampling, self.bucket(n, sampling)
 
   # --- compiled samplers -------------------------------------------------------
 
@@ -271,14 +327,17 @@ class Engine:
                       jax.ShapeDtypeStruct((batch,), jnp.uint32)).compile()
     return self.compile_once((sampling, prompt_len, batch), build)
 
-  def warmup(self, buckets: Sequence[tuple[gen.SamplingConfig | None, int, int]]) -> int:
+  def warmup(self, buckets: Sequence[tuple[Sampling | None, int, int]]) -> int:
     """Compiles (sampling, prompt length, batch size) buckets ahead; returns how
     many were new. Lengths and sizes are rounded up to their buckets."""
-    gen.check_checkpoint(self.meta)
+    from dllm_jax.serving import stepper  # pylint: disable=g-import-not-at-top
     before = len(self._compiled)
     for sampling, n, b in buckets:
       sampling = self.resolve(sampling)
-      sampling.validate(n, self.config.max_len)
+      self.check_settings(sampling, n)
+      if isinstance(sampling, block.BlockSamplingConfig):
+        stepper.warmup(self, sampling, n, b)
+        continue
       self._row_sampler(sampling, self.prompt_bucket(n, sampling.gen_length),
                         self.batch_bucket(min(b, self.max_batch)))
     return len(self._compiled) - before
@@ -293,10 +352,9 @@ class Engine:
     """Answers every request (in order); see the module docstring for batching.
 
     Raises:
-      ValueError: a request cannot run (its index and why), or the checkpoint
-        was trained with block diffusion (`gen.check_checkpoint`).
+      ValueError: a request cannot run (its index and why), e.g. full-sequence
+        settings for a block-diffusion checkpoint (`gen.check_checkpoint`).
     """
-    gen.check_checkpoint(self.meta)
     rows = []
     for i, r in enumerate(requests):
       r = r if isinstance(r, Request) else Request(r, self.default_sampling,
@@ -314,8 +372,10 @@ class Engine:
     for (sampling, p), members in groups.items():
       for c in range(0, len(members), self.max_batch):
         chunk = members[c:c + self.max_batch]
-        results = self._run(sampling, p, [rows[i][0] for i in chunk],
-                            [rows[i][2] for i in chunk])
+        run = (self._run if isinstance(sampling, gen.SamplingConfig) else
+               self._run_blocks)
+        results = run(sampling, p, [rows[i][0] for i in chunk],
+                      [rows[i][2] for i in chunk])
         for i, res in zip(chunk, results):
           out[i] = res
     return out
@@ -336,10 +396,16 @@ class Engine:
     return [self.completion(out[i], steps[i], int(nfe[i]), len(prompts[i]))
             for i in range(n)]
 
+  def _run_blocks(self, sampling: block.BlockSamplingConfig, p: BlockLayout,
+                  prompts: list[np.ndarray], seeds: list[int]) -> list[Completion]:
+    """One batch of the block sampler, stepped block by block (`stepper.run`)."""
+    from dllm_jax.serving import stepper  # pylint: disable=g-import-not-at-top
+    return stepper.run(self, sampling, p, prompts, seeds)
+
   def completion(self, tokens: np.ndarray, commit_step: np.ndarray, nfe: int,
                  prompt_tokens: int) -> Completion:
     """A row's `Completion` from its answer tokens [G] and commit steps [G]."""
-    ends = (self.tokenizer.eos_id, self.tokenizer.eot_id)
+    ends = (self.config.ids.eos, self.config.ids.eot)  # The sampler's own ids.
     return Completion(tokens=tokens, commit_step=commit_step,
                       text=self.tokenizer.decode(tokens), nfe=nfe,
                       prompt_tokens=prompt_tokens,

@@ -14,7 +14,8 @@ does, and the ELBO's key is `fold_in(key(seed), doc_id)`, so the numbers equal
 `launch.eval --mode=choice` on the same data. `is_greedy` is always False (a
 diffusion LM has no cheap greedy check). `loglikelihood_rolling` sums the ELBO
 over disjoint windows of the model length. `generate_until` runs the Engine
-(row seed `seed + doc_id`), cutting the answer at the first stop sequence.
+(row seed `seed + doc_id`; a block-diffusion checkpoint's block sampler), cutting
+the answer at the first stop sequence.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
 from dllm_jax import likelihood
+from dllm_jax.sampling.block import BlockSamplingConfig
 from dllm_jax.serving.engine import Engine, Request
 from dllm_jax.serving.server import apply_stop
 
@@ -56,10 +58,13 @@ class DllmJaxLM(LM):
                      batch_size=int(mc_batch_size), cfg_scale=float(cfg_scale))
     self.seed = int(seed)
     as_int = lambda v: None if v is None else int(v)
+    # The block sampler (block-diffusion checkpoints) has no guidance knob: there
+    # cfg_scale weighs the likelihoods only.
+    guide = {} if isinstance(self.engine.default_sampling, BlockSamplingConfig) else {
+        'cfg_scale': float(cfg_scale)}
     self.sampling = self.engine.sampling_for(
         as_int(gen_length), as_int(block_length), as_int(steps),
-        temperature=float(temperature),
-        cfg_scale=float(cfg_scale))
+        temperature=float(temperature), **guide)
 
   def _key(self, request) -> jax.Array:
     return jax.random.fold_in(jax.random.key(self.seed), request.doc_id or 0)

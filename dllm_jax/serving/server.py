@@ -5,12 +5,18 @@
   GET  /v1/models, GET /health
 
 Diffusion settings ride along as extra request fields (`steps`, `block_length`,
-`parallel`, `threshold`, `cache`, `remasking`, `cfg_scale`; `temperature` and
-`seed` are OpenAI's own). With `"stream": true` the answer comes as server-sent
-events, one per block as the worker commits it (the last one with the finish
-reason), then `data: [DONE]`; text that could still change (a stop sequence
-split across blocks, a character split across tokens) waits for the next
-block. A client that leaves frees its row at the next block boundary.
+`parallel`, `threshold`, `factor`, `cache`, `remasking`, `cfg_scale`;
+`temperature` and `seed` are OpenAI's own). A block-diffusion checkpoint is
+served by the block sampler: `steps` count per block, `block_length` is the
+trained block size, `threshold_rule`, `min_tokens` and `editing_threshold` are
+its own, and `cache`, `remasking`, `cfg_scale` do not apply (400); its rows
+end at the block where they produced EOS. With `"stream": true` the answer
+comes as server-sent events, one per block as the worker commits it (the last
+one with the finish reason), then `data: [DONE]`; text that could still change
+(a stop sequence split across blocks, a character split across tokens) waits
+for the next block. A client that leaves frees its row at the next block
+boundary; so does a row whose text reached a `stop` sequence (its answer ends
+there).
 
 Bad input is HTTP 400 with a one-line `error.message`; a full queue is 429; a
 request that waits past `timeout_s` is 504.
@@ -31,9 +37,10 @@ import numpy as np
 import pydantic
 from fastapi import responses
 
-from dllm_jax.sampling import generate as gen
+from dllm_jax.sampling import block
 from dllm_jax.serving.batcher import Batcher, Job, QueueFull
-from dllm_jax.serving.engine import MAX_SEED, Completion, Engine, Request
+from dllm_jax.serving.engine import (MAX_SEED, Completion, Engine, Request, Sampling,
+                                     not_a_setting)
 
 
 class _Fields(pydantic.BaseModel):
@@ -52,9 +59,14 @@ class _Fields(pydantic.BaseModel):
   block_length: int | None = None
   parallel: Literal['fixed', 'threshold', 'factor'] | None = None
   threshold: float | None = None
+  factor: float | None = None
   cache: Literal['none', 'prefix', 'dual'] | None = None
   remasking: Literal['low_confidence', 'random'] | None = None
   cfg_scale: float | None = None
+  # The block sampler's own (block-diffusion checkpoints).
+  threshold_rule: Literal['llada2', 'dinfer'] | None = None
+  min_tokens: int | None = None
+  editing_threshold: float | None = None
 
 
 class CompletionBody(_Fields):
@@ -101,17 +113,31 @@ class Limits:
   timeout_s: float = 300.0
 
 
-def sampling_of(body: _Fields, engine: Engine, limits: Limits) -> gen.SamplingConfig:
+# Sampler settings taken as request fields: by both samplers, by one of them.
+_BOTH = ('steps', 'block_length')
+_FULL_KNOBS = ('temperature', 'parallel', 'threshold', 'factor', 'cache', 'remasking',
+               'cfg_scale')
+_BLOCK_KNOBS = ('temperature', 'parallel', 'threshold', 'factor', 'threshold_rule',
+                'min_tokens', 'editing_threshold')
+
+
+def sampling_of(body: _Fields, engine: Engine, limits: Limits) -> Sampling:
   """The request's sampler knobs: its fields over the engine's defaults."""
   g = engine.default_sampling.gen_length if body.max_tokens is None else body.max_tokens
   if not 0 < g <= limits.max_tokens:
     raise BadRequest(400, f'max_tokens must be in [1, {limits.max_tokens}], got {g}.')
   if body.block_length is not None and body.block_length <= 0:
     raise BadRequest(400, f'block_length must be positive, got {body.block_length}.')
-  return engine.sampling_for(
-      g, body.block_length, body.steps, temperature=body.temperature,
-      parallel=body.parallel, threshold=body.threshold, cache=body.cache,
-      remasking=body.remasking, cfg_scale=body.cfg_scale)
+  blocks = isinstance(engine.default_sampling, block.BlockSamplingConfig)
+  served = _BLOCK_KNOBS if blocks else _FULL_KNOBS
+  knobs = {k: getattr(body, k) for k in _FULL_KNOBS + _BLOCK_KNOBS}
+  wrong = [k for k, v in knobs.items() if v is not None and k not in served]
+  if wrong:
+    raise BadRequest(400, not_a_setting(wrong[0], blocks, served + _BOTH))
+  try:
+    return engine.sampling_for(g, body.block_length, body.steps, **knobs)
+  except ValueError as e:
+    raise BadRequest(400, str(e)) from None
 
 
 def make_request(body: _Fields, ids: np.ndarray, engine: Engine,
@@ -131,11 +157,25 @@ def make_request(body: _Fields, ids: np.ndarray, engine: Engine,
   return Request(ids, sampling, seed=seed)
 
 
+def _stops(stop: str | list[str] | None) -> list[str]:
+  return [s for s in ([stop] if isinstance(stop, str) else (stop or [])) if s]
+
+
 def apply_stop(text: str, stop: str | list[str] | None) -> tuple[str, bool]:
   """Text up to the first stop sequence, and whether one was found."""
-  stops = [stop] if isinstance(stop, str) else (stop or [])
-  cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
+  cut = min((i for i in (text.find(s) for s in _stops(stop)) if i >= 0), default=-1)
   return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def stopped_at(text: str, stop: str | list[str] | None) -> int | None:
+  """Where the answer ends if `text` is the start of its final text: the first
+  stop sequence's index, once no longer stop sequence could still start before
+  it (one that the rest of the answer would complete); else None. A trailing
+  replacement character (maybe half a character) does not count."""
+  text = text.rstrip('\ufffd')
+  cut, found = apply_stop(text, stop)
+  hold = max((len(s) for s in _stops(stop)), default=1) - 1
+  return len(cut) if found and len(cut) + hold <= len(text) else None
 
 
 class StreamText:
@@ -145,8 +185,7 @@ class StreamText:
 
   def __init__(self, tokenizer, stop: str | list[str] | None):
     self.tokenizer, self.stop, self.sent = tokenizer, stop, ''
-    stops = [stop] if isinstance(stop, str) else (stop or [])
-    self.hold = max((len(s) for s in stops), default=1) - 1
+    self.hold = max((len(s) for s in _stops(stop)), default=1) - 1
     self.stopped = False
 
   def push(self, tokens: np.ndarray) -> str:
@@ -154,8 +193,9 @@ class StreamText:
       return ''
     # A trailing replacement character may be the head of a split character.
     text = self.tokenizer.decode(tokens).rstrip('\ufffd')
-    cut, self.stopped = apply_stop(text, self.stop)
-    end = len(cut) if self.stopped else len(text) - self.hold
+    cut = stopped_at(text, self.stop)
+    self.stopped = cut is not None
+    end = cut if self.stopped else len(text) - self.hold
     if not text.startswith(self.sent) or end <= len(self.sent):
       return ''
     piece, self.sent = text[len(self.sent):end], text[:end]
@@ -223,6 +263,7 @@ def create_app(engine: Engine, batcher: Batcher, limits: Limits,
     return {'status': 'ok', 'model': engine.name, 'queued': batcher.queued,
             'running': batcher.running, 'batches': batcher.batches,
             'joined': batcher.joined, 'cancelled': batcher.cancelled,
+            'stopped': batcher.stopped,
             'block_calls': batcher.block_calls, 'row_blocks': batcher.row_blocks,
             'compiled': engine.num_compiled}
 
@@ -250,14 +291,17 @@ async def _answer(engine: Engine, batcher: Batcher, limits: Limits, body: _Field
   req = make_request(body, ids, engine, limits)
   head = {'id': f'{"chatcmpl" if chat else "cmpl"}-{uuid.uuid4().hex[:24]}',
           'created': int(time.time()), 'model': engine.name, 'seed': req.seed}
+  # A row whose text reached a stop sequence ends at that block.
+  stop_check = None if not _stops(body.stop) else (
+      lambda tokens: stopped_at(engine.tokenizer.decode(tokens), body.stop) is not None)
   if body.stream:
     loop, blocks = asyncio.get_running_loop(), asyncio.Queue()
     put = lambda item: loop.call_soon_threadsafe(blocks.put_nowait, item)
-    job = batcher.submit(req, on_block=put)
+    job = batcher.submit(req, on_block=put, stop_check=stop_check)
     job.future.add_done_callback(lambda _: put(None))  # After the last block's.
     text = StreamText(engine.tokenizer, body.stop)
     return _Stream(_events(head, job, blocks, text, limits, chat), job)
-  done = await _result(batcher.submit(req), request, limits)
+  done = await _result(batcher.submit(req, stop_check=stop_check), request, limits)
   if done is None:
     return responses.Response(status_code=499)
   text, stopped = apply_stop(done.text, body.stop)

@@ -2,13 +2,20 @@
 
 A `RowBatch` holds up to b rows of one (sampling settings, prompt bucket):
 each row has its own prompt, seed, canvas, block KV cache and block index.
-`step()` runs one compiled call that denoises every live row's next block
-(`loop.blocks`, the walk `denoise` runs in one `lax.scan`), so between calls
-rows can join (a fresh row starts at block 0 while others are at block 5),
-leave (finished, or their client gone), and the batch can be re-packed to
-another compiled batch size. A row computes what it computes alone: the same
-walk, its own PRNG key, token for token equal to `Engine.generate` (which runs
-all blocks in one call); tests/test_engine.py checks it.
+`step()` runs one compiled call that denoises every live row's next block, so
+between calls rows can join (a fresh row starts at its first block while others
+are at block 5), leave (finished, or their client gone), and the batch can be
+re-packed to another compiled batch size. A row computes what it computes
+alone, with its own PRNG key.
+
+Two samplers step so. The full-sequence sampler (`gen.SamplingConfig`) walks
+`loop.blocks`, the walk `denoise` runs in one `lax.scan`: token for token what
+`Engine.generate` runs in one call. The block sampler (`BlockSamplingConfig`,
+block-diffusion checkpoints; `block_rows.py`) walks `block.BlockWalk`, whose
+steps `block.generate` runs in one `lax.while_loop`; its prompt bucket is a
+`BlockLayout`, a row finishes at the end of the block where it produced EOS,
+and `Engine.generate` steps such rows here too (`run`). tests/test_engine.py
+and tests/test_serve_block.py check both against the one-call samplers.
 
 The prefix cache recomputes the canvas from the current block to its end: a
 window whose width depends on the block, static under jit, so its blocks
@@ -24,14 +31,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dllm_jax.sampling import block as block_lib
 from dllm_jax.sampling import generate as gen
 from dllm_jax.sampling import logits_source, loop
+from dllm_jax.serving import block_rows
+from dllm_jax.serving.block_rows import BlockLayout
 from dllm_jax.serving.engine import Completion, Engine
 
 
-def steppable(sampling: gen.SamplingConfig) -> bool:
+def steppable(sampling: gen.SamplingConfig | block_lib.BlockSamplingConfig) -> bool:
   """Whether requests with these settings can step block by block."""
-  return sampling.cache != 'prefix'
+  return is_block(sampling) or sampling.cache != 'prefix'
+
+
+def is_block(sampling) -> bool:
+  """Whether these are the block sampler's settings (block-diffusion models)."""
+  return isinstance(sampling, block_lib.BlockSamplingConfig)
+
+
+def _width(p: int | BlockLayout) -> int:
+  return p.width if isinstance(p, BlockLayout) else p
 
 
 def _row_fn(engine: Engine, sampling: gen.SamplingConfig, p: int):
@@ -62,13 +81,47 @@ def _row_fn(engine: Engine, sampling: gen.SamplingConfig, p: int):
   return row, walk_of
 
 
-@functools.partial(jax.jit, static_argnums=0)
+def _batch_fn(engine: Engine, sampling, p: int | BlockLayout):
+  """The (params, prompts [B, W], masks [B, W], seeds [B], carry, block [B],
+  fresh [B]) -> (carry, answers [B, G], final tokens so far [B], finished [B])
+  of one block of every row; a row at block >= `num_blocks` is left as is."""
+  pick = lambda on, a, b: jax.tree.map(
+      lambda x, y: jnp.where(on.reshape(on.shape + (1,) * (x.ndim - 1)), x, y), a, b)
+  rows = lambda f, n: jax.vmap(f, in_axes=(None,) + (0,) * n)
+  if not is_block(sampling):
+    row, _ = _row_fn(engine, sampling, p)
+    bl = sampling.block_length
+    nb = sampling.gen_length // bl
+
+    def full(params, prompts, masks, seeds, carry, block, fresh):
+      carry, answer = rows(row, 6)(params, prompts, masks, seeds, carry, block, fresh)
+      return carry, answer, jnp.minimum(block + 1, nb) * bl, block + 1 >= nb
+    return full
+  init, row = block_rows.row_fns(engine.config, sampling, p)
+
+  def blocks(params, prompts, masks, seeds, carry, block, fresh):
+    # The prefill of joining rows runs only in a call that has some.
+    carry = jax.lax.cond(
+        jnp.any(fresh),
+        lambda c: pick(fresh, rows(init, 3)(params, prompts, masks, seeds), c),
+        lambda c: c, carry)
+    return rows(row, 5)(params, prompts, masks, seeds, carry, block < p.blocks)
+  return blocks
+
+
 def _zeros(specs):
-  return jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), specs)
+  """Zeros of a tree of shapes, in one compiled call (leaves: hashable)."""
+  leaves, tree = jax.tree.flatten(specs)
+  return jax.tree.unflatten(tree, _zero_leaves(tuple(leaves)))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _zero_leaves(leaves):
+  return [jnp.zeros(a.shape, a.dtype) for a in leaves]
 
 
 @functools.lru_cache(maxsize=256)
-def _repack(engine: Engine, sampling: gen.SamplingConfig, p: int, b: int, new_b: int):
+def _repack(engine: Engine, sampling, p: int | BlockLayout, b: int, new_b: int):
   """The compiled (carry of b rows, rows to keep [new_b]) -> carry of new_b
   rows: one call (not one eager op per leaf), compiled ahead of time so that
   a carry from the step (whatever its sharding) never recompiles it."""
@@ -79,20 +132,27 @@ def _repack(engine: Engine, sampling: gen.SamplingConfig, p: int, b: int, new_b:
 
 
 @functools.lru_cache(maxsize=64)
-def _row_carry(engine: Engine, sampling: gen.SamplingConfig, p: int):
+def _row_carry(engine: Engine, sampling, p: int | BlockLayout):
   """Shapes of one row's carry (traced once per settings: a batch opens fast)."""
+  w = _width(p)
+  args = (engine.params, jnp.zeros(w, jnp.int32), jnp.ones(w, bool), jnp.uint32(0))
+  if is_block(sampling):
+    init, _ = block_rows.row_fns(engine.config, sampling, p)
+    return jax.eval_shape(lambda: init(*args))
   _, walk_of = _row_fn(engine, sampling, p)
-  return jax.eval_shape(lambda: walk_of(engine.params, jnp.zeros(p, jnp.int32),
-                                        jnp.zeros(p, bool), jnp.uint32(0)).init())
+  return jax.eval_shape(lambda: walk_of(*args).init())
 
 
 class RowBatch:
   """Rows of one (sampling, prompt bucket p) stepping block by block; `jobs[i]`
-  is the owner of row i (None: free)."""
+  is the owner of row i (None: free). p is the prompt length (full-sequence
+  sampler) or a `BlockLayout` (block sampler)."""
 
-  def __init__(self, engine: Engine, sampling: gen.SamplingConfig, p: int, b: int):
-    self.engine, self.sampling, self.p = engine, sampling, p
-    self.num_blocks = sampling.gen_length // sampling.block_length
+  def __init__(self, engine: Engine, sampling, p: int | BlockLayout, b: int):
+    self.engine, self.sampling, self.p, self.width = engine, sampling, p, _width(p)
+    # The most calls a row takes (the block sampler's rows may finish sooner).
+    self.num_blocks = (p.blocks if is_block(sampling) else
+                       sampling.gen_length // sampling.block_length)
     self.b = 0
     self.jobs: list = []
     self._resize(b)
@@ -103,9 +163,8 @@ class RowBatch:
     engine, sampling, p = self.engine, self.sampling, self.p
 
     def build():
-      row, _ = _row_fn(engine, sampling, p)
-      fn = jax.jit(jax.vmap(row, in_axes=(None, 0, 0, 0, 0, 0, 0)))
-      return fn.lower(engine.params, *self._specs(b)).compile()
+      return jax.jit(_batch_fn(engine, sampling, p)).lower(
+          engine.params, *self._specs(b)).compile()
     return engine.compile_once(('blocks', sampling, p, b), build)
 
   def _specs(self, b: int):
@@ -113,8 +172,8 @@ class RowBatch:
     s = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype)
     one = _row_carry(self.engine, self.sampling, self.p)
     carry = jax.tree.map(lambda a: s((b, *a.shape), a.dtype), one)
-    return (s((b, self.p), jnp.int32), s((b, self.p), jnp.bool_), s((b,), jnp.uint32),
-            carry, s((b,), jnp.int32), s((b,), jnp.bool_))
+    return (s((b, self.width), jnp.int32), s((b, self.width), jnp.bool_),
+            s((b,), jnp.uint32), carry, s((b,), jnp.int32), s((b,), jnp.bool_))
 
   # --- rows -----------------------------------------------------------------------
 
@@ -128,8 +187,8 @@ class RowBatch:
     if len(keep) > b:
       raise ValueError(f'{len(keep)} live rows do not fit {b} rows.')
     if not self.b:  # New: every row free.
-      self.prompts = np.full((b, self.p), self.engine.config.ids.pad, np.int32)
-      self.masks = np.zeros((b, self.p), bool)
+      self.prompts = np.full((b, self.width), self.engine.config.ids.pad, np.int32)
+      self.masks = np.zeros((b, self.width), bool)
       self.seeds = np.zeros(b, np.uint32)
       self.block = np.full(b, self.num_blocks, np.int32)
       self.fresh = np.zeros(b, bool)
@@ -153,49 +212,73 @@ class RowBatch:
       self._resize(b)
 
   def admit(self, job, ids: np.ndarray, seed: int) -> None:
-    """Puts a job's prompt in a free row; it starts at block 0 next step."""
+    """Puts a job's prompt in a free row; it starts at its first block next step."""
     i = self.jobs.index(None)
     self.prompts[i] = self.engine.config.ids.pad
-    self.prompts[i, self.p - len(ids):] = ids
+    self.prompts[i, self.width - len(ids):] = ids
     self.masks[i] = False
-    self.masks[i, self.p - len(ids):] = True
+    self.masks[i, self.width - len(ids):] = True
     self.seeds[i], self.block[i], self.fresh[i], self.jobs[i] = seed, 0, True, job
 
   def leave(self, i: int) -> None:
     self.jobs[i], self.block[i] = None, self.num_blocks
 
   def step(self) -> list[tuple[int, np.ndarray, bool]]:
-    """One block for every live row: [(row, answer tokens so far [end], finished)]."""
+    """One block for every live row: [(row, answer tokens final so far [end],
+    finished)]; a finished block-sampler row's tokens end at its first EOS."""
     live = self.live
     fn = self._compiled(self.b)
     # Copies: on CPU a NumPy argument may be read in place after the call
     # returns (asynchronous dispatch), and these arrays change next.
     host = [a.copy() for a in (self.prompts, self.masks, self.seeds)]
-    self.carry, answer = fn(self.engine.params, *host, self.carry, self.block.copy(),
-                            self.fresh.copy())
+    self.carry, answer, end, finished = fn(self.engine.params, *host, self.carry,
+                                           self.block.copy(), self.fresh.copy())
     self.fresh[:] = False
-    answer = np.asarray(jax.device_get(answer))
+    answer, end, finished = jax.device_get((answer, end, finished))
     self.block[live] += 1
-    bl = self.sampling.block_length
-    return [(i, answer[i, :self.block[i] * bl], self.block[i] >= self.num_blocks)
-            for i in live]
+    return [(i, np.asarray(answer[i, :end[i]]), bool(finished[i])) for i in live]
 
   def completion(self, i: int, tokens: np.ndarray, prompt_tokens: int) -> Completion:
-    """Row i's finished answer (call before it leaves)."""
-    steps, nfe = jax.device_get((self.carry[0].commit_step, self.carry[0].nfe))
-    return self.engine.completion(tokens, steps[i, 0, self.p:], int(nfe[i]), prompt_tokens)
+    """Row i's answer `tokens` (all, or final so far: a stop sequence ended it)
+    as a `Completion` (call before it leaves). The block sampler records no
+    commit steps (-1)."""
+    # Whole arrays to the host, then NumPy indexing (an eager jax index per row
+    # would compile one program per row index).
+    if is_block(self.sampling):
+      steps, nfe = np.full(len(tokens), -1, np.int32), jax.device_get(self.carry['nfe'])
+    else:
+      steps, nfe = jax.device_get((self.carry[0].commit_step, self.carry[0].nfe))
+      steps = steps[i, 0, self.width:self.width + len(tokens)]
+    return self.engine.completion(tokens, steps, int(nfe[i]), prompt_tokens)
 
 
-def warmup(engine: Engine, sampling: gen.SamplingConfig | None, n: int, b: int) -> None:
+def run(engine: Engine, sampling, p: int | BlockLayout, prompts: list[np.ndarray],
+        seeds: list[int]) -> list[Completion]:
+  """Steps rows (at most `engine.max_batch`) from their prompts [P_i] to their
+  ends, all joining at once (`Engine.generate`'s block-sampler path)."""
+  rows = RowBatch(engine, sampling, p, engine.batch_bucket(len(prompts)))
+  for k, (ids, seed) in enumerate(zip(prompts, seeds)):
+    rows.admit(k, ids, seed)
+  out = {}
+  while rows.live:
+    for i, tokens, finished in rows.step():
+      if finished:
+        k = rows.jobs[i]
+        out[k] = rows.completion(i, tokens, len(prompts[k]))
+        rows.leave(i)
+  return [out[k] for k in range(len(prompts))]
+
+
+def warmup(engine: Engine, sampling, n: int, b: int) -> None:
   """Compiles the block step for an n-token prompt in a batch of b rows, and
   the re-packing of such a batch to every compiled batch size."""
   sampling = engine.resolve(sampling)
-  sampling.validate(n, engine.config.max_len)
+  engine.check_settings(sampling, n)
   b = engine.batch_bucket(min(b, engine.max_batch))
   if not steppable(sampling):
     engine.warmup([(sampling, n, b)])
     return
-  rows = RowBatch(engine, sampling, engine.prompt_bucket(n, sampling.gen_length), b)
+  rows = RowBatch(engine, sampling, engine.bucket(n, sampling), b)
   rows._compiled(b)  # pylint: disable=protected-access
   for size in engine.batch_sizes:
     _repack(engine, sampling, rows.p, b, size)
