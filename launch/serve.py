@@ -48,6 +48,8 @@ _BLOCK_LENGTH = flags.DEFINE_integer('block_length', None, 'Default block length
 _TEMPERATURE = flags.DEFINE_float('temperature', None, 'Default temperature.')
 _TIMEOUT_S = flags.DEFINE_float('timeout_s', 300.0, 'Request timeout (then 504).')
 _MAX_TOKENS = flags.DEFINE_integer('max_tokens', 256, 'Largest max_tokens accepted.')
+_MAX_STEPS = flags.DEFINE_integer('max_steps', 1024, 'Largest steps a request may ask '
+                                  'for (each is a model call; more answers 400).')
 _WARMUP = flags.DEFINE_list(
     'warmup', ['32'], 'Prompt lengths to compile ahead at the default settings, '
     'for every batch size (empty: compile on first use).')
@@ -74,7 +76,7 @@ def main(argv):
         _GEN_LENGTH.value, _BLOCK_LENGTH.value, _STEPS.value,
         temperature=_TEMPERATURE.value)
     limits = server.Limits(max_tokens=min(_MAX_TOKENS.value, engine.config.max_len),
-                           timeout_s=_TIMEOUT_S.value)
+                           timeout_s=_TIMEOUT_S.value, max_steps=_MAX_STEPS.value)
     batcher = batcher_lib.Batcher(engine, max_batch=_MAX_BATCH.value,
                                   max_queue=_MAX_QUEUE.value,
                                   window_s=_WINDOW_MS.value / 1e3,

@@ -115,6 +115,7 @@ def test_a_stop_ends_the_answer_once_no_longer_stop_could_start_before_it():
     ({'prompt': 'x', 'max_tokens': 8, 'block_length': 3}, 'not divisible by block_length'),
     ({'prompt': 'x', 'temperature': -0.1}, 'temperature must be >= 0'),
     ({'prompt': 'x', 'seed': -1}, 'seed must be in'),
+    ({'prompt': 'x', 'steps': 10**9}, 'steps must be in [1, 1024]'),
     ({'prompt': 'x', 'model': 'gpt-4'}, "unknown model 'gpt-4'"),
 ])
 def test_bad_input_is_400_with_one_line_and_server_keeps_serving(server, body, reason):

@@ -144,11 +144,12 @@ def test_server_answers_with_the_block_sampler(server, engine, at_once):
 def test_steps_beyond_the_block_length_answer_as_the_block_length(server):
   """More steps than a block has tokens: the same answer from the same compiled
   program as steps = block length (a huge count stalled the worker building
-  its schedule for minutes, or failed with a 500)."""
+  its schedule for minutes, or failed with a 500; the server now also caps
+  steps at Limits.max_steps)."""
   prompt, seed, _ = ROWS[1]
   want = post(server, prompt=prompt, seed=seed, steps=4).json()['choices']
   compiled = server.get('/health').json()['compiled']
-  r = post(server, prompt=prompt, seed=seed, steps=2**40)
+  r = post(server, prompt=prompt, seed=seed, steps=1000)
   assert r.status_code == 200, r.text
   assert r.json()['choices'] == want
   assert server.get('/health').json()['compiled'] == compiled
@@ -160,7 +161,7 @@ def test_steps_beyond_the_block_length_answer_as_the_block_length(server):
     ({'block_length': 8}, 'block_length=8 differs from the block size 4'),
     ({'threshold': 1.5}, 'threshold must be in (0, 1], got 1.5'),
     ({'min_tokens': -1}, 'min_tokens must be >= 0, got -1'),
-    ({'steps': 0}, 'steps must be positive, got 0'),
+    ({'steps': 0}, 'steps must be in [1, 1024], got 0'),
     ({'factor': 0.0}, 'factor must be positive'),
     ({'threshold_rule': 'mine'}, "threshold_rule: Input should be 'llada2' or 'dinfer'"),
     ({'prompt': []}, 'needs a prompt of at least 1 token, got 0'),

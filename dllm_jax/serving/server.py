@@ -111,6 +111,9 @@ class Limits:
   """Server limits (flags of launch.serve)."""
   max_tokens: int = 256
   timeout_s: float = 300.0
+  # Denoising steps a request may ask for: each is a model call, so a huge
+  # count would hold the worker (and every other request) for hours.
+  max_steps: int = 1024
 
 
 # Sampler settings taken as request fields: by both samplers, by one of them.
@@ -126,6 +129,8 @@ def sampling_of(body: _Fields, engine: Engine, limits: Limits) -> Sampling:
   g = engine.default_sampling.gen_length if body.max_tokens is None else body.max_tokens
   if not 0 < g <= limits.max_tokens:
     raise BadRequest(400, f'max_tokens must be in [1, {limits.max_tokens}], got {g}.')
+  if body.steps is not None and not 0 < body.steps <= limits.max_steps:
+    raise BadRequest(400, f'steps must be in [1, {limits.max_steps}], got {body.steps}.')
   if body.block_length is not None and body.block_length <= 0:
     raise BadRequest(400, f'block_length must be positive, got {body.block_length}.')
   blocks = isinstance(engine.default_sampling, block.BlockSamplingConfig)
