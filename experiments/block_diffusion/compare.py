@@ -20,6 +20,7 @@ Writes results.md and results.png next to this file.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -38,15 +39,16 @@ from dllm_jax.sampling import generate as gen  # pylint: disable=g-import-not-at
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOK = common.TOKENIZER
-SEQ, GEN = 64, 16
+SEQ, GEN = 32, 16  # Row length; tokens the AR and block samplers generate.
 
 
-def reversal_texts(n: int, seed: int, letters: str = 'abcdefghij') -> list[str]:
-  """n distinct lines "s>reversed(s)." with 3-8 letters."""
+def reversal_texts(n: int, seed: int, letters: str = 'abcdefghij', min_len: int = 3,
+                   max_len: int = 8) -> list[str]:
+  """n distinct lines "s>reversed(s)." with min_len..max_len letters."""
   rng = np.random.default_rng(seed)
   out = set()
   while len(out) < n:
-    s = ''.join(rng.choice(list(letters), rng.integers(3, 9)))
+    s = ''.join(rng.choice(list(letters), rng.integers(min_len, max_len + 1)))
     out.add(f'{s}>{s[::-1]}.')
   return sorted(out)
 
@@ -55,6 +57,22 @@ def prompts_and_answers(texts):
   prompts = [[TOK.bos_id] + TOK.encode(t[:t.index('>') + 1]).tolist() for t in texts]
   answers = [t[t.index('>') + 1:] for t in texts]
   return prompts, answers
+
+
+def sft_rows(texts) -> dict[str, np.ndarray]:
+  """One example per row of SEQ tokens, LLaDA's SFT layout: BOS, the prompt
+  "s>", the answer "r." and EOS up to the end of the row (the padding is EOS,
+  trained on, so the full-sequence sampler's canvas [prompt, MASK...] is a
+  layout the model knows); `prompt_lengths` [N] marks the never-masked prompt."""
+  prompts, answers = prompts_and_answers(texts)
+  tokens = np.full((len(texts), SEQ), TOK.eos_id, np.int32)
+  lengths = np.zeros(len(texts), np.int32)
+  for i, (p, a) in enumerate(zip(prompts, answers)):
+    ids = p + TOK.encode(a).tolist()
+    if len(ids) >= SEQ:
+      raise ValueError(f'{texts[i]!r} needs {len(ids) + 1} tokens; a row has {SEQ}.')
+    tokens[i, :len(ids)], lengths[i] = ids, len(p)
+  return {'tokens': tokens, 'prompt_lengths': lengths}
 
 
 def right_pad(prompts):
@@ -73,22 +91,23 @@ def decode_answer(ids) -> str:
 
 
 def nll_bound(kind, params, cfg, rows, opts, draws=8):
-  """Held-out NLL bound per token (see module doc), averaged over noise draws."""
+  """Held-out NLL bound per answer token (answer and EOS fill, the prompt given;
+  see module doc), averaged over noise draws."""
   def one(key):
     batch = {k: jnp.asarray(v) for k, v in rows.items()}
     if kind == 'ar':
-      lb = diffusion.next_token_batch(batch)
-      logits = model.forward(params, lb.inputs, lb.segment_ids, lb.positions, config=cfg)
-      return diffusion.loss_from_logits(logits, lb)
-    if kind == 'diffusion':
+      lb = diffusion.next_token_batch({'tokens': batch['tokens']})
+      # Position i predicts token i + 1: count answer tokens only.
+      answer = jnp.arange(SEQ)[None, :] + 1 >= batch['prompt_lengths'][:, None]
+      w = lb.weights * answer
+      lb = lb.replace(weights=w, denom=w.sum())
+    elif kind == 'diffusion':
       noise = diffusion.sample_noise(key, batch['tokens'].shape, 0.0, True)
-      lb = diffusion.pretrain_batch(batch, noise, mask_id=cfg.ids.mask)
-      logits = model.forward(params, lb.inputs, lb.segment_ids, lb.positions, config=cfg)
-      lb = lb.replace(denom=(batch['segment_ids'] != 0).sum().astype(jnp.float32))
-      return diffusion.loss_from_logits(logits, lb)
-    elbo = bd.BlockDiffusionOptions(block_size=opts.block_size, noise='block',
-                                    weight='inv_t')
-    lb = bd.make_loss_batch(batch, key, mask_id=cfg.ids.mask, options=elbo)
+      lb = diffusion.sft_batch(batch, noise, mask_id=cfg.ids.mask)
+    else:
+      elbo = bd.BlockDiffusionOptions(block_size=opts.block_size, noise='block',
+                                      weight='inv_t')
+      lb = bd.make_loss_batch(batch, key, mask_id=cfg.ids.mask, options=elbo)
     logits = model.forward(params, lb.inputs, positions=lb.positions, config=cfg,
                            attention=lb.attention)
     return diffusion.loss_from_logits(logits, lb)
@@ -103,8 +122,10 @@ def timed(fn):
   return out, time.time() - t0
 
 
-def sample_rows(kind, params, cfg, prompts, answers, opts):
-  """[(setting, exact match, tokens/s, tokens/step)] across the steps dial."""
+def sample_rows(kind, params, cfg, prompts, answers, opts, dial, threshold):
+  """[(setting, exact match, tokens/s, tokens/step)] across the steps dial
+  (tokens committed per step; block diffusion only up to its block size) and
+  the threshold rule."""
   arr, lengths = right_pad(prompts)
   rows = []
   if kind == 'ar':
@@ -121,38 +142,40 @@ def sample_rows(kind, params, cfg, prompts, answers, opts):
     toks = sum(len(a) + 1 for a in got)
     rows.append(('greedy, 1 token/step', _match(got, answers), toks / seconds, 1.0))
     return rows
-  for per_step in (1, 4):
+  region = SEQ - min(map(len, prompts))  # The most masks of a diffusion canvas.
+  for per_step in dial:
     if kind == 'diffusion':
-      rows.append(_diffusion_row(per_step, params, cfg, prompts, answers))
-      continue
+      sc = gen.SamplingConfig(steps=-(-region // per_step))
+      rows.append(_diffusion_row(f'{per_step} token/step', params, cfg, prompts,
+                                 answers, sc))
+    elif per_step <= opts.block_size:
+      sc = block.BlockSamplingConfig(gen_length=GEN, block_length=opts.block_size,
+                                     steps=opts.block_size // per_step, parallel='fixed')
+      rows.append(_block_row(f'{per_step} token/step', params, cfg, arr, lengths,
+                             answers, sc))
+  label = f'threshold {threshold}'
+  if kind == 'diffusion':
+    sc = gen.SamplingConfig(steps=region, parallel='threshold', threshold=threshold)
+    rows.append(_diffusion_row(label, params, cfg, prompts, answers, sc))
+  else:
     sc = block.BlockSamplingConfig(gen_length=GEN, block_length=opts.block_size,
-                                   steps=max(opts.block_size // per_step, 1),
-                                   parallel='fixed')
-    rows.append(_block_row(f'{per_step} token/step', params, cfg, arr, lengths,
-                           answers, sc))
-  if kind == 'block':
-    sc = block.BlockSamplingConfig(gen_length=GEN, block_length=opts.block_size,
-                                   steps=opts.block_size, threshold=0.9)
-    rows.append(_block_row('threshold 0.9', params, cfg, arr, lengths, answers, sc))
+                                   steps=opts.block_size, threshold=threshold)
+    rows.append(_block_row(label, params, cfg, arr, lengths, answers, sc))
   return rows
 
 
-def _diffusion_row(per_step, params, cfg, prompts, answers):
-  """LLaDA's sampler on one canvas per prompt ([prompt, MASK * 16], right-padded:
-  padding is its own segment), one compile for the batch."""
-  canvases = [p + [cfg.ids.mask] * GEN for p in prompts]
-  t = max(len(c) for c in canvases)
-  canvas = np.full((len(canvases), t), cfg.ids.pad, np.int32)
-  real = np.zeros((len(canvases), t), bool)
-  for i, c in enumerate(canvases):
-    canvas[i, :len(c)], real[i, :len(c)] = c, True
-  sc = gen.SamplingConfig(steps=GEN // per_step, gen_length=t, block_length=t)
-  out, seconds = timed(lambda: gen.infill(params, canvas, jax.random.key(0), config=cfg,
-                                          sampling=sc, canvas_mask=real))
-  got = [decode_answer(np.asarray(out)[i, len(p):len(p) + GEN])
-         for i, p in enumerate(prompts)]
+def _diffusion_row(label, params, cfg, prompts, answers, sc):
+  """LLaDA's sampler (`sc`: steps and rule) on the training layout, one canvas
+  [prompt, MASK...] of SEQ tokens per prompt, one block: a row with n masks
+  commits n / steps of them per step (rounded as LLaDA's schedule rounds)."""
+  canvas = np.asarray([p + [cfg.ids.mask] * (SEQ - len(p)) for p in prompts], np.int32)
+  sc = dataclasses.replace(sc, gen_length=SEQ, block_length=SEQ)
+  out, seconds = timed(lambda: gen.infill_sample(params, canvas, jax.random.key(0),
+                                                 config=cfg, sampling=sc))
+  tokens = np.asarray(out.tokens)
+  got = [decode_answer(tokens[i, len(p):]) for i, p in enumerate(prompts)]
   toks = sum(len(a) + 1 for a in got)
-  return (f'{per_step} token/step', _match(got, answers), toks / seconds, float(per_step))
+  return (label, _match(got, answers), toks / seconds, toks / len(got) / int(out.nfe))
 
 
 def _block_row(label, params, cfg, arr, lengths, answers, sc):
@@ -176,34 +199,49 @@ def main():
   parser.add_argument('--blocks', default='4,16')
   parser.add_argument('--num_train', type=int, default=2000)
   parser.add_argument('--num_eval', type=int, default=32)
+  parser.add_argument('--letters', default='abcdefghij', help='alphabet of the strings')
+  parser.add_argument('--min_len', type=int, default=3)
+  parser.add_argument('--max_len', type=int, default=8)
+  parser.add_argument('--dial', default='1,2,4,8', help='tokens committed per step')
+  parser.add_argument('--threshold', type=float, default=0.9)
+  parser.add_argument('--models', default='diffusion,block,ar',
+                      help='which of diffusion, block, ar to run (probes)')
   parser.add_argument('--lr', type=float, default=3e-3)
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--out', default=HERE)
   args = parser.parse_args()
   t0 = time.time()
-  texts = reversal_texts(args.num_train + args.num_eval, args.seed)
+  texts = reversal_texts(args.num_train + args.num_eval, args.seed, args.letters,
+                         args.min_len, args.max_len)
   order = np.random.default_rng(args.seed).permutation(len(texts))
   train_texts = [texts[i] for i in order[args.num_eval:]]
   eval_texts = [texts[i] for i in order[:args.num_eval]]
-  rows = common.packed_rows(train_texts, SEQ, args.seed)
-  held = common.packed_rows(eval_texts, SEQ, args.seed)
+  rows, held = sft_rows(train_texts), sft_rows(eval_texts)
   prompts, answers = prompts_and_answers(eval_texts)
   models = [('diffusion (full sequence)', 'diffusion', None)]
   models += [(f'block diffusion B={b}', 'block', bd.BlockDiffusionOptions(block_size=int(b)))
              for b in args.blocks.split(',')]
   models.append(('autoregressive twin', 'ar', None))
+  models = [m for m in models if m[1] in args.models.split(',')]
+  dial = [int(x) for x in args.dial.split(',')]
   results = []
   for name, kind, opts in models:
     cfg = common.model_config(kind == 'ar')
     start = time.time()
+    objective = {'ar': 'next_token', 'diffusion': 'sft', 'block': 'block_diffusion'}[kind]
     params = common.train(
-        rows, cfg, steps=args.steps, lr=args.lr, seed=args.seed,
+        {'tokens': rows['tokens']} if kind == 'ar' else rows, cfg, steps=args.steps,
+        lr=args.lr, seed=args.seed,
         batch_size=args.rows // 2 if kind == 'block' else args.rows,
-        objective='block_diffusion' if kind == 'block' else None, block_options=opts)
+        objective=objective, block_options=opts)
     train_s = time.time() - start
     nll = nll_bound(kind, params, cfg, held, opts)
-    samples = sample_rows(kind, params, cfg, prompts, answers, opts)
-    print(f'{name}: train {train_s:.0f} s, NLL bound {nll:.3f}, {samples}', flush=True)
+    samples = sample_rows(kind, params, cfg, prompts, answers, opts, dial,
+                          args.threshold)
+    print(f'{name}: train {train_s:.0f} s, NLL bound {nll:.3f}', flush=True)
+    for label, acc, tps, per in samples:
+      print(f'  {label}: exact match {acc:.3f}, {tps:.0f} tokens/s, {per:.2f} '
+            'tokens/forward', flush=True)
     results.append((name, train_s, nll, samples))
   write_report(results, args, time.time() - t0, len(rows['tokens']))
 

@@ -84,7 +84,9 @@ def main():
   parser.add_argument('--steps', type=int, default=300)
   parser.add_argument('--rows', type=int, default=16)
   parser.add_argument('--num_facts', type=int, default=48)
-  parser.add_argument('--blocks', default='4,32')
+  parser.add_argument('--blocks', default='4,8,32')
+  parser.add_argument('--seq', type=int, default=32, help='packed row length '
+                      '(a multiple of every block size)')
   parser.add_argument('--lr', type=float, default=3e-3)
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--out', default=HERE)
@@ -95,7 +97,7 @@ def main():
   path = sp_tokenizer.train(texts, os.path.join(tempfile.mkdtemp(), 'bpe'),
                             vocab_size=512, model_type='bpe', hard_vocab_limit=False)
   rc.TOK = sp_tokenizer.SentencePieceTokenizer(path)  # rc.enc / rc.split read it.
-  rows = common.packed_rows(texts, 64, args.seed, tokenizer=rc.TOK)
+  rows = common.packed_rows(texts, args.seq, args.seed, tokenizer=rc.TOK)
   cfg = common.model_config(False, tokenizer=rc.TOK)
   longest = max(len(rc.TOK.encode(t)) + 2 for t in texts)
   results = []
@@ -117,10 +119,11 @@ def write_report(results, args, seconds, longest, n_rows):
       '# Reversal curse for block diffusion', '',
       f'Command: `python experiments/block_diffusion/reversal.py --steps={args.steps} '
       f'--rows={args.rows} --num_facts={args.num_facts} --blocks={args.blocks} '
+      f'--seq={args.seq} --lr={args.lr} '
       f'--seed={args.seed}` ({seconds / 60:.1f} min on this machine, 2 CPU cores '
       f'shared with other jobs). `tiny` shape, BPE tokenizer trained on the facts '
       f'({rc.TOK.vocab_size} ids), {args.num_facts} synthetic facts "NAME is '
-      f'DESCRIPTION." written forward only ({n_rows} packed rows of 64, lines of '
+      f'DESCRIPTION." written forward only ({n_rows} packed rows of {args.seq}, lines of '
       f'at most {longest} tokens with BOS/EOS), {args.steps} steps of {args.rows} '
       'rows, block diffusion (LLaDA2 noise), greedy infilling under block-causal '
       'attention.', '',
