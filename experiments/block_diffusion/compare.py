@@ -1,19 +1,21 @@
 r"""Full-sequence diffusion vs block diffusion (two block sizes) vs the AR twin, at
 the same training compute and the same `tiny` shape.
 
-  python experiments/block_diffusion/compare.py      # ~10 min on 2 loaded CPU cores
+  python experiments/block_diffusion/compare.py      # ~35 min on 2 loaded CPU cores
 
-Task: "s>r." where s is 3-8 random letters and r is s reversed; prompts "s>",
-answers "r." then EOS (answers of different lengths). Held-out strings are never
-trained on. Compute: a block-diffusion step runs the model on 2L tokens ([x_t,
+Task: "s>r." where s is --min_len..--max_len random letters of --letters and r
+is s reversed; prompts "s>", answers "r." then EOS (answers of different
+lengths). One example per row, LLaDA's SFT layout (the answer EOS-filled to the
+end of the row, the prompt never masked; the AR twin trains on the same rows).
+Held-out strings are never trained on. Compute: a block-diffusion step runs the model on 2L tokens ([x_t,
 x_0]), so it gets half the rows per step of the others (same model FLOPs per
 step, same steps). Reported per model:
-  * held-out NLL bound per token: diffusion the masked-diffusion ELBO (t ~ U(0,1),
-    weight 1/t); block diffusion the block ELBO (t ~ U(eps, 1) per block, weight
-    1/t, clean earlier blocks); the AR twin its exact NLL (per predicted token);
+  * held-out NLL bound per answer token: diffusion the masked-diffusion ELBO
+    (t ~ U(0,1), weight 1/t); block diffusion the block ELBO (t ~ U(eps, 1) per
+    block, weight 1/t, clean earlier blocks); the AR twin its exact NLL;
   * exact-match answers across the steps dial (tokens committed per step), with
-    tokens/s (answer tokens up to EOS / sampling wall time, compiled) and tokens
-    per step (answer tokens / model forwards).
+    tokens/s (answer tokens up to EOS / sampling wall time, compiled) and answer
+    tokens per model forward.
 Writes results.md and results.png next to this file.
 """
 
@@ -254,37 +256,52 @@ def write_report(results, args, seconds, n_rows):
       '# Block diffusion vs full-sequence diffusion vs the AR twin', '',
       f'Command: `python experiments/block_diffusion/compare.py --steps={args.steps} '
       f'--rows={args.rows} --blocks={args.blocks} --num_train={args.num_train} '
-      f'--seed={args.seed}` ({seconds / 60:.1f} min on this machine: 2 CPU cores '
-      f'shared with other jobs). `tiny` shape, byte tokenizer, {args.num_train} '
-      f'training lines "s>reversed(s)." ({n_rows} packed rows of {SEQ}), '
-      f'{args.num_eval} held-out lines; {args.steps} steps each, {args.rows} rows per '
-      f'step ({args.rows // 2} for block diffusion, whose input is 2 x {SEQ} tokens: '
-      'the same model FLOPs per step). Greedy decoding; answers up to 16 tokens.', '',
-      '| model | held-out NLL bound / token | train s |', '|---|---|---|']
+      f'--num_eval={args.num_eval} '
+      f'--letters={args.letters} --min_len={args.min_len} --max_len={args.max_len} '
+      f'--lr={args.lr} --seed={args.seed}` ({seconds / 60:.1f} min on this machine: '
+      '2 CPU cores shared with other jobs). `tiny` shape, byte tokenizer, '
+      f'{args.num_train} training lines "s>reversed(s)." ({args.min_len}-'
+      f'{args.max_len} letters of "{args.letters}"), one per row of {SEQ} tokens '
+      '(BOS, prompt, answer, EOS to the end of the row; the prompt never masked), '
+      f'{args.num_eval} held-out lines; {args.steps} steps each at learning rate '
+      f'{args.lr}, {args.rows} rows per step ({args.rows // 2} for block diffusion, '
+      f'whose input is 2 x {SEQ} tokens: the same model FLOPs per step). Greedy '
+      'decoding.', '',
+      '| model | held-out NLL bound / answer token | train s |', '|---|---|---|']
   for name, train_s, nll, _ in results:
     lines.append(f'| {name} | {nll:.3f} | {train_s:.0f} |')
-  lines += ['', '| model | sampler setting | exact match | tokens/s | tokens/step |',
-            '|---|---|---|---|---|']
+  lines += ['', '| model | sampler setting | exact match | tokens/s | answer tokens / '
+            'forward |', '|---|---|---|---|---|']
   for name, _, _, samples in results:
     for label, acc, tps, per in samples:
       lines.append(f'| {name} | {label} | {acc:.3f} | {tps:.0f} | {per:.2f} |')
-  lines += ['', 'NLL bounds: diffusion and block diffusion report an upper bound '
-            '(ELBO) on the NLL of every token of a row, the AR twin its exact NLL of '
-            'every token after the first. tokens/s counts answer tokens up to and '
-            'including EOS; the full-sequence sampler fills its whole 16-token '
-            'canvas whatever the answer length, the block sampler stops each row at '
-            'the end of the block holding its EOS. Timings on a CPU shared with '
-            'other jobs are noisy.']
+  lines += ['', 'NLL bounds per answer token (answer and EOS fill, the prompt given): '
+            'diffusion and block diffusion an upper bound (ELBO), the AR twin its '
+            'exact NLL. "k token/step" commits k tokens per forward (the block '
+            'sampler: block / k steps per block, so not above the block size); '
+            f'"threshold {args.threshold}" commits every position above it (at least '
+            'one). tokens/s and the last column count answer tokens up to and '
+            'including EOS: the full-sequence sampler fills its whole canvas '
+            f'(the {SEQ}-token row after the prompt) whatever the answer length, the '
+            'block sampler stops each row at the end of the block holding its EOS '
+            'and spends one more forward per finished block on its keys/values, the '
+            f'AR twin runs {GEN} greedy steps (it would stop at EOS with 1.00). '
+            'Timings on a CPU shared with other jobs are noisy.']
+  path = os.path.join(args.out, 'results.md')
+  kept = ''  # Sections added below the table by other commands (## headings).
+  if os.path.exists(path):
+    old = open(path).read()
+    kept = old[old.index('\n## '):] if '\n## ' in old else ''
   with open(os.path.join(args.out, 'results.md'), 'w') as f:
-    f.write('\n'.join(lines) + '\n')
+    f.write('\n'.join(lines) + '\n' + kept)
   fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
   axes[0].bar([r[0].replace(' ', '\n', 2) for r in results], [r[2] for r in results])
-  axes[0].set_ylabel('held-out NLL bound / token (nats)')
+  axes[0].set_ylabel('held-out NLL bound / answer token (nats)')
   axes[0].tick_params(axis='x', labelsize=7)
   for name, _, _, samples in results:
     pts = [(per, acc) for label, acc, _, per in samples]
     axes[1].plot(*zip(*pts), 'o-', label=name)
-  axes[1].set_xlabel('tokens / step')
+  axes[1].set_xlabel('answer tokens / forward')
   axes[1].set_ylabel('exact match')
   axes[1].legend(fontsize=7)
   fig.tight_layout()
