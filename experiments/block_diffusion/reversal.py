@@ -87,9 +87,9 @@ def evaluate(params, cfg, block_size, facts):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--steps', type=int, default=300)
+  parser.add_argument('--steps', type=int, default=800)
   parser.add_argument('--rows', type=int, default=16)
-  parser.add_argument('--num_facts', type=int, default=48)
+  parser.add_argument('--num_facts', type=int, default=24)
   parser.add_argument('--blocks', default='4,8,32')
   parser.add_argument('--seq', type=int, default=32, help='packed row length '
                       '(a multiple of every block size)')
