@@ -39,19 +39,30 @@ def packed_rows(texts: list[str], length: int, seed: int = 0,
                 tokenizer=TOKENIZER) -> dict[str, np.ndarray]:
   """Texts (BOS text EOS each) packed first-fit into rows of `length`, each its own
   segment with positions from 0; the rest of a row is padding (segment 0)."""
-  order = np.random.default_rng(seed).permutation(len(texts))
+  docs = []
+  for text in texts:
+    ids = tokenizer.encode(text, add_bos=True, add_eos=True)
+    if len(ids) > length:
+      raise ValueError(f'{text!r} is {len(ids)} tokens, longer than a row ({length}).')
+    docs.append(ids)
+  return pack_ids(docs, length, seed, tokenizer.pad_id)
+
+
+def pack_ids(docs: list, length: int, seed: int = 0,
+             pad_id: int = TOKENIZER.pad_id) -> dict[str, np.ndarray]:
+  """Token-id documents (each at most `length`) packed first-fit into rows of
+  `length`, as `packed_rows` packs texts."""
+  order = np.random.default_rng(seed).permutation(len(docs))
   rows = []  # Each: list of id arrays.
   for i in order:
-    ids = tokenizer.encode(texts[i], add_bos=True, add_eos=True)
-    if len(ids) > length:
-      raise ValueError(f'{texts[i]!r} is {len(ids)} tokens, longer than a row ({length}).')
+    ids = docs[i]
     for row in rows:
       if sum(map(len, row)) + len(ids) <= length:
         row.append(ids)
         break
     else:
       rows.append([ids])
-  tokens = np.full((len(rows), length), tokenizer.pad_id, np.int32)
+  tokens = np.full((len(rows), length), pad_id, np.int32)
   seg = np.zeros((len(rows), length), np.int32)
   pos = np.zeros((len(rows), length), np.int32)
   for r, row in enumerate(rows):

@@ -1,6 +1,6 @@
 r"""The reversal curse for block diffusion: which block sizes keep LLaDA's reverse recall?
 
-  python experiments/block_diffusion/reversal.py     # ~10 min on 2 loaded CPU cores
+  python experiments/block_diffusion/reversal.py     # ~25 min on 2 loaded CPU cores
 
 Data and scoring come from ../reversal_curse/run.py (its synthetic facts "NAME is
 DESCRIPTION.", its prefix/answer split and BPE tokenizer route), here only the
@@ -41,14 +41,20 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 @functools.partial(jax.jit, static_argnames=('cfg', 'block_size', 'steps'))
 def block_fill(params, canvas, seg, *, cfg, block_size, steps):
   """Greedy infilling, the most confident masked position of each row per step,
-  under block-causal attention (blocks from position 0; padding its own segment)."""
+  under block-causal attention (blocks from position 0; padding its own segment),
+  block by block as the block sampler decodes: only the earliest block that
+  still has masks commits (training never shows a block masked earlier blocks)."""
   spec = AttentionSpec(segment_ids=seg, block_size=block_size)
+  blk = jnp.arange(canvas.shape[1]) // block_size
 
   def step(x, _):
     logits = model.forward(params, x, config=cfg, attention=spec).astype(jnp.float32)
     logits = logits.at[..., cfg.ids.mask].set(-jnp.inf)
     cand = jnp.argmax(logits, -1)
-    conf = jnp.where(x == cfg.ids.mask, jax.nn.softmax(logits, -1).max(-1), -jnp.inf)
+    masked = x == cfg.ids.mask
+    first = jnp.min(jnp.where(masked, blk, blk.shape[0]), -1, keepdims=True)
+    conf = jnp.where(masked & (blk == first), jax.nn.softmax(logits, -1).max(-1),
+                     -jnp.inf)
     best = jnp.argmax(conf, -1)
     has = jnp.any(x == cfg.ids.mask, -1)
     rows = jnp.arange(x.shape[0])
@@ -81,10 +87,12 @@ def evaluate(params, cfg, block_size, facts):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--steps', type=int, default=300)
+  parser.add_argument('--steps', type=int, default=800)
   parser.add_argument('--rows', type=int, default=16)
-  parser.add_argument('--num_facts', type=int, default=48)
-  parser.add_argument('--blocks', default='4,32')
+  parser.add_argument('--num_facts', type=int, default=24)
+  parser.add_argument('--blocks', default='4,8,32')
+  parser.add_argument('--seq', type=int, default=32, help='packed row length '
+                      '(a multiple of every block size)')
   parser.add_argument('--lr', type=float, default=3e-3)
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--out', default=HERE)
@@ -95,7 +103,7 @@ def main():
   path = sp_tokenizer.train(texts, os.path.join(tempfile.mkdtemp(), 'bpe'),
                             vocab_size=512, model_type='bpe', hard_vocab_limit=False)
   rc.TOK = sp_tokenizer.SentencePieceTokenizer(path)  # rc.enc / rc.split read it.
-  rows = common.packed_rows(texts, 64, args.seed, tokenizer=rc.TOK)
+  rows = common.packed_rows(texts, args.seq, args.seed, tokenizer=rc.TOK)
   cfg = common.model_config(False, tokenizer=rc.TOK)
   longest = max(len(rc.TOK.encode(t)) + 2 for t in texts)
   results = []
@@ -117,13 +125,14 @@ def write_report(results, args, seconds, longest, n_rows):
       '# Reversal curse for block diffusion', '',
       f'Command: `python experiments/block_diffusion/reversal.py --steps={args.steps} '
       f'--rows={args.rows} --num_facts={args.num_facts} --blocks={args.blocks} '
+      f'--seq={args.seq} --lr={args.lr} '
       f'--seed={args.seed}` ({seconds / 60:.1f} min on this machine, 2 CPU cores '
       f'shared with other jobs). `tiny` shape, BPE tokenizer trained on the facts '
       f'({rc.TOK.vocab_size} ids), {args.num_facts} synthetic facts "NAME is '
-      f'DESCRIPTION." written forward only ({n_rows} packed rows of 64, lines of '
+      f'DESCRIPTION." written forward only ({n_rows} packed rows of {args.seq}, lines of '
       f'at most {longest} tokens with BOS/EOS), {args.steps} steps of {args.rows} '
       'rows, block diffusion (LLaDA2 noise), greedy infilling under block-causal '
-      'attention.', '',
+      'attention, one token per step, block by block.', '',
       '| block size | forward (NAME -> DESCRIPTION) | reverse (DESCRIPTION -> NAME) |',
       '|---|---|---|']
   for b, fwd, rev in results:

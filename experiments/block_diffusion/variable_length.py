@@ -47,7 +47,7 @@ def main():
   picks = []
   for n in range(3, 9):  # One held-out prompt per length, two of the longest.
     picks += [t for t in held if t.index('>') == n][:1 if n < 8 else 2]
-  rows = common.packed_rows(texts, compare.SEQ, args.seed)
+  rows = common.packed_rows(texts, 64, args.seed)  # Its recorded run's row length.
   cfg = common.model_config(False)
   opts = bd.BlockDiffusionOptions(block_size=args.block)
   params = common.train(rows, cfg, steps=args.steps, seed=args.seed,
