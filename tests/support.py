@@ -213,3 +213,22 @@ def start_server(args, timeout_s=180.0):
   /health; returns (process, base URL). The caller ends the process."""
   from launch import serve_process  # pylint: disable=g-import-not-at-top
   return serve_process.start(args, timeout_s=timeout_s)
+
+
+
+def jit_init_params(config, seed: int = 0):
+  """`model.init_params(config, key(seed))` under jit: eagerly every op
+  dispatches and compiles on its own (seconds per call on a loaded CPU)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from dllm_jax import model  # pylint: disable=g-import-not-at-top
+  return jax.jit(model.init_params, static_argnums=0)(config, jax.random.key(seed))
+
+
+def jit_forward(params, tokens, segment_ids=None, positions=None, *, config,
+                kv_lengths=None):
+  """`model.forward` under jit: logits [B, L, V] of tokens int [B, L] (one
+  compile per shape and `config`; eagerly each op compiles on its own)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from dllm_jax import model  # pylint: disable=g-import-not-at-top
+  return jax.jit(model.forward, static_argnames='config')(
+      params, tokens, segment_ids, positions, config=config, kv_lengths=kv_lengths)

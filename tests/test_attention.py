@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from dllm_jax import attention, model, presets
+from tests import support
 
 
 def _small(**kw):
@@ -47,13 +48,14 @@ def test_build_mask_equals_a_hand_built_mask(kw):
 
 def test_block_causal_forward_equals_the_explicit_mask():
   cfg = _small()
-  params = model.init_params(cfg, jax.random.key(0))
+  params = support.jit_init_params(cfg)
   tokens = jax.random.randint(jax.random.key(1), (2, 12), 0, 250)
   mask = jnp.asarray(_hand_mask(12, block=4))[None, None]
   a = model.forward(params, tokens, config=cfg, attention=attention.block_causal(4))
   b = model.forward(params, tokens, config=cfg,
                     attention=attention.AttentionSpec(mask=jnp.broadcast_to(
                         mask, (2, 1, 12, 12))))
+  # Eager on purpose: jitted, the two paths fuse differently and differ in the last bit.
   np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   # Block-causal: the first block does not see the second, the second sees the first.
   changed = tokens.at[:, 5].set(7)
@@ -66,25 +68,29 @@ def test_block_causal_cache_is_exact():
   """Prefill the first two blocks, then each window of block 3 against the
   cache gives the full block-causal forward's rows (no approximation)."""
   cfg = _small()
-  params = model.init_params(cfg, jax.random.key(0))
+  params = support.jit_init_params(cfg)
   tokens = jax.random.randint(jax.random.key(2), (2, 12), 0, 250)
-  spec = attention.block_causal(4)
-  full = model.forward(params, tokens, config=cfg, attention=spec)
-  _, cache = model.forward_with_cache(params, tokens, config=cfg, attention=spec,
-                                      output_window=(0, 4))
-  logits, _ = model.forward_window(params, tokens[:, 8:], 8, cache, config=cfg,
-                                   attention=spec, output_length=4)
-  np.testing.assert_allclose(logits, full[:, 8:], atol=1e-5)
+
+  @jax.jit  # One compile; eagerly every op of three forwards compiles alone.
+  def run(params, tokens):
+    spec = attention.block_causal(4)
+    full = model.forward(params, tokens, config=cfg, attention=spec)
+    _, cache = model.forward_with_cache(params, tokens, config=cfg, attention=spec,
+                                        output_window=(0, 4))
+    logits, _ = model.forward_window(params, tokens[:, 8:], 8, cache, config=cfg,
+                                     attention=spec, output_length=4)
+    return logits, full[:, 8:]
+  logits, want = run(params, tokens)
+  np.testing.assert_allclose(logits, want, atol=1e-5)
 
 
 def test_grouped_query_attention_reads_shared_key_value_heads():
   q = jax.random.normal(jax.random.key(0), (1, 5, 4, 8))
   k = jax.random.normal(jax.random.key(1), (1, 5, 2, 8))
   v = jax.random.normal(jax.random.key(2), (1, 5, 2, 8))
-  out = attention.attend(q, k, v, attention.causal())
+  attend = jax.jit(lambda q, k, v: attention.attend(q, k, v, attention.causal()))
   rep = lambda x: jnp.repeat(x, 2, axis=2)  # Query head h reads kv head h // 2.
-  np.testing.assert_allclose(out, attention.attend(q, rep(k), rep(v), attention.causal()),
-                             atol=1e-6)
+  np.testing.assert_allclose(attend(q, k, v), attend(q, rep(k), rep(v)), atol=1e-6)
 
 
 def test_a_spec_is_causal_or_block_causal_not_both():

@@ -11,6 +11,9 @@ import pytest
 from dllm_jax import model, presets
 from dllm_jax.data.tokenizer import ByteTokenizer
 from dllm_jax.sampling import generate as gen
+from tests import support
+
+slow = pytest.mark.slow
 
 
 # --- NumPy transcriptions of Fast-dLLM's selection loops (per row). ---
@@ -69,7 +72,7 @@ def test_threshold_and_factor_rules_match_fast_dllm(seed):
 def tiny():
   cfg = presets.get_preset('tiny', n_layers=2, d_model=64, n_heads=4, d_ff=128,
                            max_len=128)
-  return cfg, model.init_params(cfg, jax.random.key(0))
+  return cfg, support.jit_init_params(cfg)
 
 
 def _prompts():
@@ -78,7 +81,21 @@ def _prompts():
   return gen.pad_prompts(prompts, tok.pad_id)
 
 
+_SAMPLES = {}
+
+
 def _sample(tiny, **kw):
+  """The sampler's state on `_prompts()` with settings `kw`; deterministic, so
+  each setting runs once per module (several tests compare against the same
+  uncached run)."""
+  key = (tiny[0], tuple(sorted(kw.items())))
+  if key not in _SAMPLES:
+    _SAMPLES[key] = _run(tiny, **kw)
+  return _SAMPLES[key]
+
+
+def _run(tiny, **kw):
+  """`_sample` without the memo: runs the sampler now."""
   cfg, params = tiny
   prompt, mask = _prompts()
   sc = gen.SamplingConfig(**{**dict(steps=32, gen_length=32, block_length=8), **kw})
@@ -109,9 +126,14 @@ def test_adaptive_blocks_end_as_soon_as_they_have_no_masks(tiny):
   assert not np.any(np.asarray(mid.tokens)[:, p:] == cfg.mask_id)
 
 
-@pytest.mark.parametrize('cache', ['prefix', 'dual'])
-@pytest.mark.parametrize('extra', [dict(), dict(parallel='threshold', threshold=0.5),
-                                   dict(cfg_scale=1.0, steps=16)])
+# Each case compiles its own cached sampler: the default run has each cache and
+# each setting once; -m slow runs all six.
+@pytest.mark.parametrize('extra,cache', [
+    (dict(), 'prefix'), pytest.param(dict(), 'dual', marks=slow),
+    pytest.param(dict(parallel='threshold', threshold=0.5), 'prefix', marks=slow),
+    (dict(parallel='threshold', threshold=0.5), 'dual'),
+    pytest.param(dict(cfg_scale=1.0, steps=16), 'prefix', marks=slow),
+    (dict(cfg_scale=1.0, steps=16), 'dual')])
 def test_cache_refreshed_every_step_equals_the_uncached_sampler(tiny, cache, extra):
   want = _sample(tiny, **extra)
   got = _sample(tiny, cache=cache, cache_refresh=1, **extra)
@@ -128,22 +150,31 @@ def test_cached_window_with_a_fresh_cache_equals_the_full_forward(tiny, cache):
   tokens = jax.random.randint(jax.random.key(1), (2, 48), 0, 256)
   seg = jnp.ones((2, 48), jnp.int32).at[0, :5].set(0)
   pos = jnp.maximum(jnp.cumsum(seg, 1) - 1, 0)
-  full = model.forward(params, tokens, seg, pos, config=cfg)
-  _, kv = model.forward_with_cache(params, tokens, seg, pos, config=cfg,
-                                   output_window=(16, 8))
   width = 8 if cache == 'dual' else 32
-  logits, _ = model.forward_window(params, tokens[:, 16:16 + width], 16, kv, seg,
-                                   pos, config=cfg, output_length=8)
-  np.testing.assert_allclose(logits, full[:, 16:24], atol=2e-5)
+
+  @jax.jit  # One compile; eagerly every op of three forwards compiles alone.
+  def run(params, tokens, seg, pos):
+    full = model.forward(params, tokens, seg, pos, config=cfg)
+    _, kv = model.forward_with_cache(params, tokens, seg, pos, config=cfg,
+                                     output_window=(16, 8))
+    logits, _ = model.forward_window(params, tokens[:, 16:16 + width], 16, kv, seg,
+                                     pos, config=cfg, output_length=8)
+    return logits, full[:, 16:24]
+  logits, want = run(params, tokens, seg, pos)
+  np.testing.assert_allclose(logits, want, atol=2e-5)
 
 
-@pytest.mark.parametrize('cache', ['prefix', 'dual'])
-def test_approximate_caches_fill_every_mask(tiny, cache):
+# Each case compiles its own cached sampler: the default run has each cache and
+# each rule once; -m slow runs all four.
+@pytest.mark.parametrize('cache,kw', [
+    ('prefix', dict()), pytest.param('dual', dict(), marks=slow),
+    pytest.param('prefix', dict(parallel='threshold', threshold=0.9), marks=slow),
+    ('dual', dict(parallel='threshold', threshold=0.9))])
+def test_approximate_caches_fill_every_mask(tiny, cache, kw):
   cfg, _ = tiny
   p = _prompts()[0].shape[1]
-  for kw in (dict(), dict(parallel='threshold', threshold=0.9)):
-    out = _sample(tiny, cache=cache, **kw)
-    assert not np.any(np.asarray(out.tokens)[:, p:] == cfg.mask_id)
+  out = _sample(tiny, cache=cache, **kw)
+  assert not np.any(np.asarray(out.tokens)[:, p:] == cfg.mask_id)
 
 
 @pytest.mark.parametrize('kwargs,match', [
@@ -161,7 +192,7 @@ def test_autoregressive_kv_cache_decoder_equals_full_recompute():
   from dllm_jax.sampling import autoregressive as ar
   cfg = presets.get_preset('tiny', causal=True, n_layers=2, d_model=64, n_heads=4,
                            d_ff=128, max_len=64)
-  params = model.init_params(cfg, jax.random.key(4))
+  params = support.jit_init_params(cfg, seed=4)
   prompt = np.random.default_rng(0).integers(0, 256, (3, 9))
   want = ar.greedy(params, prompt, config=cfg, gen_length=24, cache=False)
   got = ar.greedy(params, prompt, config=cfg, gen_length=24, cache=True)
@@ -172,7 +203,7 @@ def test_counter_noise_sampler_is_reproducible_and_fills_masks(tiny):
   cfg, _ = tiny
   a = _sample(tiny, noise='counter', temperature=1.0, cache='dual',
               parallel='threshold', threshold=0.5)
-  b = _sample(tiny, noise='counter', temperature=1.0, cache='dual',
+  b = _run(tiny, noise='counter', temperature=1.0, cache='dual',
               parallel='threshold', threshold=0.5)
   np.testing.assert_array_equal(a.tokens, b.tokens)
   p = _prompts()[0].shape[1]

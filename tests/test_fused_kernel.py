@@ -15,6 +15,18 @@ SEED = fused.seed_from_key(jax.random.key(7))
 # the vocabulary split in 3 (the last split overhangs) or automatically, and the
 # per-lane running argmax.
 SHAPES = ['8:128:1:0:8', '8:128:3:0:8', '4:128:0:1:4', '8:64:2:1:4']
+slow = pytest.mark.slow
+
+# Each (v, temperature, shape) interprets the kernel anew (seconds on CPU): the
+# default run has every shape and temperature once at v = 1000 (not a multiple of
+# the tile) and one v = 128 case; -m slow runs all 24.
+_RANDOM_DEFAULT = {(1000, 0.0, SHAPES[0]), (1000, 0.7, SHAPES[1]),
+                   (1000, 1.0, SHAPES[2]), (1000, 0.7, SHAPES[3]),
+                   (128, 1.0, SHAPES[0])}
+_RANDOM_CASES = [
+    pytest.param(t, v, shape, id=f'{v}-{t}-{shape}',
+                 marks=() if (v, t, shape) in _RANDOM_DEFAULT else slow)
+    for v in (128, 1000) for t in (0.0, 0.7, 1.0) for shape in SHAPES]
 
 
 def _both(logits, temperature, mask_id=3, eos_id=None, shape='8:128:1:0:8'):
@@ -26,9 +38,7 @@ def _both(logits, temperature, mask_id=3, eos_id=None, shape='8:128:1:0:8'):
   return want, got
 
 
-@pytest.mark.parametrize('shape', SHAPES)
-@pytest.mark.parametrize('temperature', [0.0, 0.7, 1.0])
-@pytest.mark.parametrize('v', [128, 1000])  # 1000: not a multiple of the tile.
+@pytest.mark.parametrize('temperature,v,shape', _RANDOM_CASES)
 def test_kernel_equals_twin_on_random_logits(temperature, v, shape):
   logits = jax.random.normal(jax.random.key(0), (21, v)) * 4  # 21: rows padded.
   (wc, wp), (gc, gp) = _both(logits, temperature, shape=shape)
@@ -37,7 +47,9 @@ def test_kernel_equals_twin_on_random_logits(temperature, v, shape):
   assert not np.any(np.asarray(gc) == 3)  # The mask token never wins.
 
 
-@pytest.mark.parametrize('shape', SHAPES)
+# The default shape and the lanes + splits one by default; -m slow runs all four.
+@pytest.mark.parametrize('shape', [SHAPES[0], pytest.param(SHAPES[1], marks=slow),
+                                   pytest.param(SHAPES[2], marks=slow), SHAPES[3]])
 def test_kernel_equals_twin_with_ties_and_minus_inf(shape):
   logits = np.zeros((16, 300), np.float32)  # All tied: the first allowed index.
   logits[1, 250:] = 5.0  # A tie across tiles (and splits): the first one wins.
@@ -52,7 +64,7 @@ def test_kernel_equals_twin_with_ties_and_minus_inf(shape):
   np.testing.assert_allclose(np.asarray(gp)[2], 1.0)
 
 
-@pytest.mark.parametrize('shape', SHAPES[::3])
+@pytest.mark.parametrize('shape', [pytest.param(SHAPES[0], marks=slow), SHAPES[3]])
 def test_kernel_takes_bf16_logits_and_excludes_eos(shape):
   logits = (jax.random.normal(jax.random.key(1), (32, 500)) * 3).astype(jnp.bfloat16)
   logits = logits.at[:, 9].set(50.0)  # EOS would win everywhere ...

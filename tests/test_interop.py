@@ -10,8 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dllm_jax import model, presets
+from dllm_jax import presets
 from dllm_jax.interop import llada_hf
+from tests import support
 
 torch = pytest.importorskip('torch')
 F = torch.nn.functional
@@ -90,7 +91,7 @@ def test_imported_llada_weights_give_the_pytorch_logits(tmp_path):
   write_sharded(sd, tmp_path)
   params = llada_hf.load_params(str(tmp_path), CFG)
   tokens = np.random.default_rng(0).integers(0, 256, (2, 12))
-  got = np.asarray(model.forward(params, jnp.asarray(tokens), config=CFG))
+  got = np.asarray(support.jit_forward(params, jnp.asarray(tokens), config=CFG))
   with torch.no_grad():
     want = torch_llada_logits(sd, CFG, torch.as_tensor(tokens)).numpy()
   # float32 on both sides; differences are summation order only.
@@ -105,7 +106,8 @@ def test_bf16_checkpoint_loads_as_bf16_and_stays_close(tmp_path):
   params = llada_hf.load_params(str(tmp_path), cfg)
   assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(params))
   tokens = np.arange(10)[None]
-  got = np.asarray(model.forward(params, jnp.asarray(tokens), config=cfg), np.float32)
+  got = np.asarray(support.jit_forward(params, jnp.asarray(tokens), config=cfg),
+                   np.float32)
   with torch.no_grad():
     sd32 = {k: v.to(torch.bfloat16).float() for k, v in sd.items()}
     want = torch_llada_logits(sd32, CFG, torch.as_tensor(tokens)).numpy()
@@ -114,7 +116,7 @@ def test_bf16_checkpoint_loads_as_bf16_and_stays_close(tmp_path):
 
 
 def test_save_then_load_round_trips(tmp_path):
-  params = model.init_params(CFG, jax.random.key(0))
+  params = support.jit_init_params(CFG)
   llada_hf.save_params(params, CFG, str(tmp_path), max_shard_bytes=40_000,
                        dtype='float32')
   with open(tmp_path / llada_hf.INDEX_FILE) as f:
@@ -219,9 +221,10 @@ q = params['blocks'][0]['q_proj']['kernel']
 assert q.sharding.spec == P(None, 'model'), q.sharding
 assert len(q.addressable_shards) == 8 and q.addressable_shards[0].data.shape == (32, 8)
 tokens = np.arange(12)[None] % 256
-sharded = np.asarray(model.forward(params, tokens, config=cfg))
+forward = jax.jit(model.forward, static_argnames='config')  # Eagerly: a compile per op.
+sharded = np.asarray(forward(params, tokens, config=cfg))
 local = jax.tree.map(lambda x: jax.device_put(x, jax.devices()[0]), params)
-np.testing.assert_allclose(sharded, np.asarray(model.forward(local, tokens, config=cfg)),
+np.testing.assert_allclose(sharded, np.asarray(forward(local, tokens, config=cfg)),
                            atol=1e-5)
 print('ok', len(jax.devices()))
 '''

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dllm_jax import likelihood, model, presets
+from dllm_jax import likelihood, presets
+from tests import support
 
 
 @pytest.fixture(scope='module')
@@ -17,7 +18,7 @@ def sharp_model():
   # masked, so a wrong mask distribution or weight would move the expectation.
   cfg = presets.get_preset('tiny', d_model=32, n_layers=2, n_heads=2, d_ff=64,
                            max_len=32, init_std=0.3)
-  return cfg, model.init_params(cfg, jax.random.key(0))
+  return cfg, support.jit_init_params(cfg)
 
 
 def _exact_negative_elbo(cfg, params, tokens, p, length, batch_size, prefix_only=False):
@@ -33,8 +34,8 @@ def _exact_negative_elbo(cfg, params, tokens, p, length, batch_size, prefix_only
     rows[i, [p + j for j in s]] = cfg.mask_id
   seg = np.broadcast_to((np.arange(len(tokens)) < p + length).astype(np.int32),
                         rows.shape)
-  logits = np.asarray(model.forward(params, jnp.asarray(rows), jnp.asarray(seg),
-                                    config=cfg), np.float64)
+  logits = np.asarray(support.jit_forward(params, jnp.asarray(rows), jnp.asarray(seg),
+                                         config=cfg), np.float64)
   logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
   ce = -np.take_along_axis(logp, tokens[None, :, None], -1)[..., 0]  # [S, T]
   mean_by_size = {}

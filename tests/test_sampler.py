@@ -7,13 +7,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dllm_jax import model, presets
+from dllm_jax import presets
 from dllm_jax.sampling import generate as gen
 from dllm_jax.sampling import remasking
 from dllm_jax.sampling.schedule import transfer_schedule
 from tests import llada_reference as ref
+from tests import support
 
 V, MASK, EOS, EOT = 12, 11, 10, 9
+slow = pytest.mark.slow
 
 
 def _peak(x, xp):
@@ -107,9 +109,12 @@ def _run_ref(logits_np, prompt, key, sc, canvas=None, start=None):
 PROMPT = np.array([[1, 2, 3, 4, 5], [6, 7, 0, 1, 8], [2, 2, 2, 2, 2]])
 
 
+# Each case compiles its own sampler: the default run keeps several blocks with
+# several tokens a step and the uneven splits; -m slow runs the rest.
 @pytest.mark.parametrize('steps,gen_length,block_length', [
-    (16, 16, 16), (8, 16, 16), (16, 16, 4), (8, 16, 8), (4, 16, 4), (5, 10, 10),
-    (6, 12, 4), (3, 16, 16)])
+    pytest.param(16, 16, 16, marks=slow), pytest.param(8, 16, 16, marks=slow),
+    pytest.param(16, 16, 4, marks=slow), (8, 16, 8), pytest.param(4, 16, 4, marks=slow),
+    (5, 10, 10), pytest.param(6, 12, 4, marks=slow), (3, 16, 16)])
 def test_sampler_matches_reference_greedy(steps, gen_length, block_length):
   sc = gen.SamplingConfig(steps=steps, gen_length=gen_length,
                           block_length=block_length)
@@ -121,7 +126,7 @@ def test_sampler_matches_reference_greedy(steps, gen_length, block_length):
   assert not np.any(got == MASK)
 
 
-@pytest.mark.parametrize('cfg_scale', [0.5, 2.0])
+@pytest.mark.parametrize('cfg_scale', [pytest.param(0.5, marks=slow), 2.0])
 def test_sampler_matches_reference_with_cfg(cfg_scale):
   sc = gen.SamplingConfig(steps=8, gen_length=16, block_length=8, cfg_scale=cfg_scale)
   key = jax.random.key(1)
@@ -134,7 +139,8 @@ def test_sampler_matches_reference_with_cfg(cfg_scale):
   assert not np.array_equal(got, plain)
 
 
-@pytest.mark.parametrize('steps,block_length', [(16, 16), (4, 8), (2, 16)])
+@pytest.mark.parametrize('steps,block_length', [pytest.param(16, 16, marks=slow),
+                                                (4, 8), (2, 16)])
 def test_sampler_matches_reference_with_tied_confidences(steps, block_length):
   sc = gen.SamplingConfig(steps=steps, gen_length=16, block_length=block_length)
   key = jax.random.key(2)
@@ -147,8 +153,9 @@ def test_sampler_matches_reference_with_tied_confidences(steps, block_length):
   assert np.all(np.diff(gen_steps, axis=1) >= 0)
 
 
-@pytest.mark.parametrize('remask', ['low_confidence', 'random'])
-@pytest.mark.parametrize('temperature', [0.5, 1.0])
+@pytest.mark.parametrize('temperature,remask', [
+    (0.5, 'low_confidence'), pytest.param(0.5, 'random', marks=slow),
+    pytest.param(1.0, 'low_confidence', marks=slow), (1.0, 'random')])
 def test_sampler_matches_reference_with_gumbel_noise(remask, temperature):
   sc = gen.SamplingConfig(steps=8, gen_length=16, block_length=8,
                           temperature=temperature, remasking=remask, cfg_scale=1.0)
@@ -166,9 +173,9 @@ def test_sampler_matches_reference_random_remasking_greedy():
   np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize('logits_eos_inf,conf_eos_eot_inf', [(True, False),
-                                                               (False, True),
-                                                               (True, True)])
+@pytest.mark.parametrize('logits_eos_inf,conf_eos_eot_inf', [
+    pytest.param(True, False, marks=slow), pytest.param(False, True, marks=slow),
+    (True, True)])
 def test_sampler_matches_reference_with_eos_options(logits_eos_inf, conf_eos_eot_inf):
   sc = gen.SamplingConfig(steps=8, gen_length=16, block_length=8,
                           logits_eos_inf=logits_eos_inf,
@@ -225,7 +232,7 @@ def test_transfer_schedule_matches_reference():
 def tiny():
   cfg = presets.get_preset('tiny', n_layers=2, d_model=64, n_heads=4, d_ff=128,
                            max_len=64)
-  return cfg, model.init_params(cfg, jax.random.key(0))
+  return cfg, support.jit_init_params(cfg)
 
 
 def test_batched_left_padded_prompts_match_one_by_one(tiny):
@@ -280,14 +287,18 @@ def test_autoregressive_greedy_matches_step_by_step_argmax():
   from dllm_jax.sampling import autoregressive
   cfg = presets.get_preset('tiny', n_layers=2, d_model=32, n_heads=4, d_ff=64,
                            max_len=32, causal=True)
-  params = model.init_params(cfg, jax.random.key(0))
+  params = support.jit_init_params(cfg)
   prompt = np.array([[1, 2, 3], [4, 5, 6]])
   got = np.asarray(autoregressive.greedy(params, prompt, config=cfg, gen_length=5))
-  seq = prompt.copy()
-  for _ in range(5):  # Reference: grow the sequence one argmax at a time.
-    logits = np.array(model.forward(params, jnp.asarray(seq), config=cfg))[:, -1]
+  # Reference: grow the sequence one full-forward argmax at a time. The model is
+  # causal, so the canvas is padded (with the mask id) to its final length 8:
+  # one compile, and position n - 1 sees only the n tokens before it.
+  seq = np.full((2, 8), cfg.mask_id)
+  seq[:, :3] = prompt
+  for n in range(3, 8):
+    logits = np.array(support.jit_forward(params, jnp.asarray(seq), config=cfg))[:, n - 1]
     logits[:, cfg.mask_id] = -np.inf
-    seq = np.concatenate([seq, logits.argmax(-1)[:, None]], 1)
+    seq[:, n] = logits.argmax(-1)
   np.testing.assert_array_equal(got, seq)
   with pytest.raises(ValueError, match='needs a causal model'):
     autoregressive.greedy(params, prompt, config=presets.get_preset(
