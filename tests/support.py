@@ -178,3 +178,17 @@ def start_server(args, timeout_s=180.0):
   /health; returns (process, base URL). The caller ends the process."""
   from launch import serve_process  # pylint: disable=g-import-not-at-top
   return serve_process.start(args, timeout_s=timeout_s)
+
+
+# XLA:CPU flags that tests/conftest.py adds to XLA_FLAGS for the session (LLVM
+# -O0 without its expensive passes): compiling the tests' tiny programs takes
+# about half the CPU time. Numerics move by rounding only.
+FAST_COMPILE_FLAGS = ('--xla_backend_optimization_level=0',
+                      '--xla_llvm_disable_expensive_passes=true')
+
+
+def without_fast_compiles(env: dict[str, str]) -> dict[str, str]:
+  """`env` with FAST_COMPILE_FLAGS taken out of XLA_FLAGS: for a subprocess
+  whose bounds were set at XLA's default optimisation."""
+  flags = [f for f in env.get('XLA_FLAGS', '').split() if f not in FAST_COMPILE_FLAGS]
+  return {**env, 'XLA_FLAGS': ' '.join(flags)}
