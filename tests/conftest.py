@@ -117,3 +117,23 @@ def trained_workdir(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('trained_workdir')
   state = trainer.train(support.small_config(steps=2), str(workdir))
   return str(workdir), jax.device_get(state.params)
+
+
+def _fast_cpu_compiles() -> None:
+  """Compiles XLA:CPU programs with `support.FAST_COMPILE_FLAGS` (LLVM -O0) for
+  the whole session and, through the environment, its launcher and worker
+  subprocesses, as tests/test_standalone.py's smoke runs do: the programs are
+  tiny, so compiling dominates and -O0 about halves it. Results are compared
+  within a run; a subprocess whose tight bounds were set at the default
+  optimisation takes the flags out (`support.without_fast_compiles`). Only on a
+  CPU-only JAX install (no GPU/TPU plugin: the gpu tests time kernels), before
+  any backend starts, and never over a caller's own choice."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  if importlib.util.find_spec('jax_plugins') or importlib.util.find_spec('libtpu'):
+    return
+  flags = os.environ.get('XLA_FLAGS', '')
+  if 'xla_backend_optimization_level' not in flags:
+    os.environ['XLA_FLAGS'] = ' '.join([flags, *support.FAST_COMPILE_FLAGS]).strip()
+
+
+_fast_cpu_compiles()

@@ -4,8 +4,10 @@ against unsharded. Prints one JSON line of results.
 
   python -m tests.sharding_worker [all]
 
-By default the 3-D mesh (2, 2, 2) only, which shards every axis; `all`: every
-mesh of MESHES and the sampler on two meshes (tests/test_sharding.py, -m slow).
+By default the 3-D mesh (2, 2, 2) only, which shards every axis, and remat +
+scan + the one-hot embedding gradient in one step; `all`: every mesh of MESHES,
+each variant on its own and the sampler on two meshes (tests/test_sharding.py,
+-m slow).
 """
 
 import dataclasses
@@ -64,18 +66,19 @@ def main():
                zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)))
     out['meshes'][str(shape)] = {'loss': loss, 'max_param_diff': diff,
                                  'q_proj_spec': spec, 'q_proj_shard_elems': shard_size}
-  # Remat + scan over layers on the 3-D mesh: the same step.
-  loss, params, _, _ = one_step((2, 2, 2), dataclasses.replace(
-      cfg, remat='dots', scan_layers=True))
-  out['remat_scan'] = {'loss': loss, 'max_param_diff': max(
-      float(np.max(np.abs(a - b))) for a, b in
-      zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)))}
-
-  # The one-hot embedding gradient on the 3-D mesh: the same step.
-  loss, params, _, _ = one_step((2, 2, 2), dataclasses.replace(cfg, embed_grad='onehot'))
-  out['onehot_embed_grad'] = {'loss': loss, 'max_param_diff': max(
-      float(np.max(np.abs(a - b))) for a, b in
-      zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)))}
+  # Remat + scan over layers and the one-hot embedding gradient on the 3-D mesh:
+  # the same step. Together in one step by default (one compile fewer); each on
+  # its own with `all`.
+  variants = {'remat_scan': dict(remat='dots', scan_layers=True),
+              'onehot_embed_grad': dict(embed_grad='onehot')}
+  if not every:
+    variants = {'remat_scan_onehot': {**variants['remat_scan'],
+                                      **variants['onehot_embed_grad']}}
+  for name, kw in variants.items():
+    loss, params, _, _ = one_step((2, 2, 2), dataclasses.replace(cfg, **kw))
+    out[name] = {'loss': loss, 'max_param_diff': max(
+        float(np.max(np.abs(a - b))) for a, b in
+        zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)))}
 
   # Sampler: the same tokens with parameters and batch on a mesh.
   params = jax.jit(lambda k: ts.init_train_state(cfg, opt, k).params)(jax.random.key(0))

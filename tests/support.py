@@ -232,3 +232,17 @@ def jit_forward(params, tokens, segment_ids=None, positions=None, *, config,
   from dllm_jax import model  # pylint: disable=g-import-not-at-top
   return jax.jit(model.forward, static_argnames='config')(
       params, tokens, segment_ids, positions, config=config, kv_lengths=kv_lengths)
+
+
+# XLA:CPU flags that tests/conftest.py adds to XLA_FLAGS for the session (LLVM
+# -O0 without its expensive passes): compiling the tests' tiny programs takes
+# about half the CPU time. Numerics move by rounding only.
+FAST_COMPILE_FLAGS = ('--xla_backend_optimization_level=0',
+                      '--xla_llvm_disable_expensive_passes=true')
+
+
+def without_fast_compiles(env: dict[str, str]) -> dict[str, str]:
+  """`env` with FAST_COMPILE_FLAGS taken out of XLA_FLAGS: for a subprocess
+  whose bounds were set at XLA's default optimisation."""
+  flags = [f for f in env.get('XLA_FLAGS', '').split() if f not in FAST_COMPILE_FLAGS]
+  return {**env, 'XLA_FLAGS': ' '.join(flags)}

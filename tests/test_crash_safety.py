@@ -19,7 +19,16 @@ from dllm_jax import errors
 from dllm_jax.training import checkpoint, trainer
 from tests.support import REPO, free_port as _free_port, launch_train as _launch, read_batch_log as _batches, small_config
 
-# CLI overrides giving a model small enough for a step to take milliseconds.
+# The runs here check parameters, steps and batches, not the end-of-run sample:
+# they skip it (its compile and its decoding).
+NO_SAMPLE = '--config.sample.num_samples=0'
+
+
+def _config(**train):
+  """`small_config(**train)` without the end-of-run sample."""
+  config = small_config(**train)
+  config.sample.num_samples = 0
+  return config
 
 
 def _params(workdir):
@@ -65,7 +74,7 @@ def test_kill_9_anywhere_gives_the_uninterrupted_run(tmp_path, steps, targets):
   """SIGKILL at random moments (starting up, stepping, mid async save), restart
   each time: same final parameters (bitwise) and the same consumed batches."""
   run = [f'--config.train.steps={steps}', '--config.train.checkpoint_every=5',
-         '--config.train.log_every=10', '--config.train.record_batches=True']
+         '--config.train.log_every=10', '--config.train.record_batches=True', NO_SAMPLE]
   full, crashed = tmp_path / 'full', tmp_path / 'crashed'
   proc = _launch(full, *run)
   out = proc.communicate(timeout=900)[0]
@@ -110,10 +119,10 @@ def _corrupt(step_dir, how):
 
 @pytest.fixture(scope='module')
 def four_steps(tmp_path_factory):
-  """A workdir of small_config(steps=4, checkpoint_every=2): checkpoints at
+  """A workdir of _config(steps=4, checkpoint_every=2): checkpoints at
   steps 2 and 4; tests copy it (`_copy`) before they break or resume it."""
   workdir = tmp_path_factory.mktemp('four_steps')
-  trainer.train(small_config(steps=4, checkpoint_every=2), str(workdir))
+  trainer.train(_config(steps=4, checkpoint_every=2), str(workdir))
   return str(workdir)
 
 
@@ -124,7 +133,7 @@ def _copy(workdir, tmp_path):
 
 @pytest.mark.parametrize('how', ['truncate', 'missing'])
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, how, four_steps):
-  config = small_config(steps=4, checkpoint_every=2)
+  config = _config(steps=4, checkpoint_every=2)
   tmp_path = _copy(four_steps, tmp_path)
   _corrupt(os.path.join(checkpoint.checkpoint_dir(str(tmp_path)), '4'), how)
   config.train.steps = 6
@@ -135,7 +144,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, how, fou
 
 
 def test_no_restorable_checkpoint_is_a_clear_error(tmp_path, four_steps):
-  config = small_config(steps=4, checkpoint_every=2)
+  config = _config(steps=4, checkpoint_every=2)
   tmp_path = _copy(four_steps, tmp_path)
   for step in ('2', '4'):
     _corrupt(os.path.join(checkpoint.checkpoint_dir(str(tmp_path)), step), 'missing')
@@ -145,7 +154,7 @@ def test_no_restorable_checkpoint_is_a_clear_error(tmp_path, four_steps):
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-  config = small_config(steps=6, checkpoint_every=2, log_every=1, debug_nan_step=3)
+  config = _config(steps=6, checkpoint_every=2, log_every=1, debug_nan_step=3)
   with pytest.raises(errors.NonFiniteError,
                      match=r'non-finite loss at step 4 .*last good checkpoint \(step 2\)'):
     trainer.train(config, str(tmp_path))
@@ -155,7 +164,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 
 def test_nan_loss_can_be_skipped_and_counted(tmp_path):
-  config = small_config(steps=6, checkpoint_every=3, debug_nan_step=3)
+  config = _config(steps=6, checkpoint_every=3, debug_nan_step=3)
   config.train.nonfinite = 'skip'
   state = trainer.train(config, str(tmp_path))
   assert int(state.step) == 6

@@ -51,7 +51,8 @@ def test_launch_train_on_two_processes_restores_on_one_device(tmp_path):
          '--config.train.steps=4', '--config.train.batch_size=8',
          '--config.train.log_every=2', '--config.train.checkpoint_every=4',
          '--config.mesh.data=2', '--config.mesh.fsdp=2', '--config.mesh.tensor=2',
-         '--config.mesh.dcn_data=2']  # Hybrid: data across the 2 processes.
+         '--config.mesh.dcn_data=2',  # Hybrid: data across the 2 processes.
+         '--config.sample.num_samples=0']  # Parameters are checked, not samples.
   procs = start_processes(cmd)
   outs = wait_processes(procs)
   for p, out in zip(procs, outs):

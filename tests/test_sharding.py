@@ -4,6 +4,7 @@ remat / scan over layers, and the errors for a mesh that does not fit."""
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 
@@ -16,14 +17,17 @@ from dllm_jax import model, presets
 from dllm_jax.models import llada
 from dllm_jax.parallel import mesh as mesh_lib, sharding
 from dllm_jax.training import trainer
-from tests.support import REPO, small_config
+from tests.support import REPO, small_config, without_fast_compiles
 
 LR = 1e-3  # tests/sharding_worker.py's learning rate.
 
 
 def _run_worker(*args):
+  # At XLA's default optimisation: under -O0 (tests/conftest.py) the parameter
+  # difference below moves past its 1%-of-lr bound (1.2e-5 was seen).
   r = subprocess.run([sys.executable, '-m', 'tests.sharding_worker', *args], cwd=REPO,
-                     capture_output=True, text=True, timeout=1200)
+                     capture_output=True, text=True, timeout=1200,
+                     env=without_fast_compiles(os.environ))
   assert r.returncode == 0, r.stderr[-3000:]
   return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -61,12 +65,22 @@ def test_one_train_step_on_every_mesh_equals_one_device(every_mesh, shape):
   _check_step(every_mesh, shape)
 
 
-@pytest.mark.parametrize('variant', ['remat_scan', 'onehot_embed_grad'])
-def test_remat_scan_and_onehot_embedding_on_a_mesh_give_the_same_step(
-    eight_devices, variant):
-  got = eight_devices[variant]
-  np.testing.assert_allclose(got['loss'], eight_devices['ref_loss'], rtol=1e-6)
+def _check_variant(results, variant):
+  got = results[variant]
+  np.testing.assert_allclose(got['loss'], results['ref_loss'], rtol=1e-6)
   assert got['max_param_diff'] <= 1e-2 * LR, got
+
+
+def test_remat_scan_and_onehot_embedding_on_a_mesh_give_the_same_step(eight_devices):
+  """Both in one step by default (one compile fewer); each alone: -m slow."""
+  _check_variant(eight_devices, 'remat_scan_onehot')
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('variant', ['remat_scan', 'onehot_embed_grad'])
+def test_remat_scan_or_onehot_embedding_alone_on_a_mesh_gives_the_same_step(
+    every_mesh, variant):
+  _check_variant(every_mesh, variant)
 
 
 def test_sampler_gives_identical_tokens_sharded(eight_devices):
@@ -101,12 +115,14 @@ def test_logical_rules_name_every_parameter():
     pytest.param((dict(remat='full'), dict(scan_layers=True)), marks=pytest.mark.slow)])
 def test_remat_and_scan_compute_the_same_function(variants):
   cfg = presets.get_preset('tiny', n_layers=3)
-  params = model.init_params(cfg, jax.random.key(0))
+  params = jax.jit(model.init_params, static_argnums=0)(cfg, jax.random.key(0))
   tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, 256)
   loss = lambda p, c: jnp.mean(model.forward(p, tokens, config=c) ** 2)
-  want, want_g = jax.value_and_grad(loss)(params, cfg)
+  # Jitted: one compile per config instead of one per op (and remat acts there).
+  value_and_grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
+  want, want_g = value_and_grad(params, cfg)
   for kw in variants:
-    got, got_g = jax.value_and_grad(loss)(params, dataclasses.replace(cfg, **kw))
+    got, got_g = value_and_grad(params, dataclasses.replace(cfg, **kw))
     np.testing.assert_allclose(got, want, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(got_g), jax.tree.leaves(want_g)):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)

@@ -17,6 +17,7 @@ from tests.support import read_batch_log as _batch_log, small_config
 def test_resumed_run_consumes_exactly_the_uninterrupted_batches(tmp_path, num_workers):
   config = small_config(record_batches=True)
   config.data.num_workers = num_workers
+  config.sample.num_samples = 0  # Batches and parameters are checked, not samples.
   full = trainer.train(config, str(tmp_path / 'full'))
   trainer.train(config, str(tmp_path / 'split'), stop_after=3)
   assert len(_batch_log(tmp_path / 'split')) == 3
@@ -34,6 +35,7 @@ def test_sft_by_config_from_a_pretrained_run(tmp_path, trained_workdir):
   config = small_config(steps=3, objective='sft', init_from=pre, log_every=1)
   config.data.source = f'jsonl:{tmp_path}/sft/{{split}}.jsonl'
   config.data.seq_len = 48
+  config.sample.num_samples = 0  # Parameters and steps are checked, not samples.
   # The first SFT update moves the pretrained parameters by about one lr.
   first = trainer.train(config, str(tmp_path / 'sft_run'), stop_after=1)
   for a, b in zip(jax.tree.leaves(first.params), jax.tree.leaves(pretrained)):
