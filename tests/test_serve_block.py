@@ -221,3 +221,26 @@ def test_launch_serve_answers_a_block_checkpoint(eos_block_workdir, at_once):
   finally:
     proc.kill()
     proc.wait()
+
+
+def test_a_failing_worker_answers_a_one_line_json_500_and_keeps_serving(engine, monkeypatch):
+  """A block call that raises (say, out of memory) fails its rows with a JSON
+  500 (a stream ends with an error event), and the next request is answered."""
+  from fastapi.testclient import TestClient  # pylint: disable=g-import-not-at-top
+  from dllm_jax.serving import server as server_lib  # pylint: disable=g-import-not-at-top
+  from dllm_jax.serving import stepper  # pylint: disable=g-import-not-at-top
+  app = server_lib.create_app(engine, Batcher(engine, max_batch=4),
+                              server_lib.Limits(max_tokens=12))
+  prompt, seed, _ = ROWS[1]
+  with TestClient(app, raise_server_exceptions=False) as client:
+    with monkeypatch.context() as m:
+      def boom(self):
+        raise RuntimeError('device out of memory\nallocator trace ...')
+      m.setattr(stepper.RowBatch, 'step', boom)
+      r = post(client, prompt=prompt, seed=seed)
+      assert r.status_code == 500, r.text
+      assert r.json()['error']['message'] == (
+          'internal error: RuntimeError: device out of memory.')
+      events = post(client, prompt=prompt, seed=seed, stream=True).text
+      assert '"type": "server_error"' in events.strip().splitlines()[-1], events
+    assert post(client, prompt=prompt, seed=seed).status_code == 200

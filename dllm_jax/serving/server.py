@@ -210,6 +210,12 @@ class StreamText:
     return final[len(self.sent):]
 
 
+def failure(exc: BaseException) -> str:
+  """A one-line message for a failure of the server itself (HTTP 500)."""
+  first = str(exc).strip().splitlines()
+  return f'internal error: {type(exc).__name__}' + (f': {first[0]}' if first else '') + '.'
+
+
 async def _until_disconnect(request: fastapi.Request) -> None:
   while (await request.receive())['type'] != 'http.disconnect':
     pass
@@ -262,6 +268,10 @@ def create_app(engine: Engine, batcher: Batcher, limits: Limits,
   @app.exception_handler(QueueFull)
   async def full(_, exc: QueueFull):
     return _error(429, str(exc), 'rate_limit_exceeded')
+
+  @app.exception_handler(Exception)
+  async def failed(_, exc: Exception):  # The worker's own failure, not the request's.
+    return _error(500, failure(exc), 'server_error')
 
   @app.get('/health')
   async def health():
@@ -349,7 +359,11 @@ async def _events(head: dict, job: Job, blocks: asyncio.Queue, text: StreamText,
     message = f'no answer within {limits.timeout_s:g} s; retry later.'
     yield f'data: {json.dumps({"error": {"message": message, "type": "timeout"}})}\n\n'
     return
-  done = job.future.result()
+  try:
+    done = job.future.result()
+  except Exception as e:  # pylint: disable=broad-except
+    yield f'data: {json.dumps({"error": {"message": failure(e), "type": "server_error"}})}\n\n'
+    return
   final, stopped = apply_stop(done.text, text.stop)
   reason = 'stop' if stopped else done.finish_reason
   yield _event(head, text.finish(final), reason, sent == 0, chat)
