@@ -41,8 +41,9 @@ def register(registry_module) -> None:
 class _Loader:
   """The real loader of the registry module, followed by `register`."""
 
-  def __init__(self, loader):
+  def __init__(self, loader, finder):
     self._loader = loader
+    self._finder = finder
 
   def __getattr__(self, name):  # get_source, get_code, ...: the real loader's.
     return getattr(self._loader, name)
@@ -52,6 +53,8 @@ class _Loader:
 
   def exec_module(self, module) -> None:
     self._loader.exec_module(module)
+    if self._finder in sys.meta_path:  # Registered once the module has run.
+      sys.meta_path.remove(self._finder)
     try:
       register(module)
     except Exception as e:  # pylint: disable=broad-except
@@ -64,17 +67,19 @@ class _Finder:
   """Wraps the loader of `lm_eval.api.registry`; finds nothing itself."""
 
   def find_spec(self, name, path, target=None):
-    if name != REGISTRY_MODULE:
+    # Stays on sys.meta_path until the module has run (`_Loader`): a mere
+    # `importlib.util.find_spec` or a failed import must not use it up.
+    if name != REGISTRY_MODULE or name in sys.modules:
       return None
     for finder in sys.meta_path:  # The others locate it; this one wraps.
       find = None if finder is self else getattr(finder, 'find_spec', None)
       spec = find(name, path, target) if find else None
       if spec is not None:
-        sys.meta_path.remove(self)  # One module, once.
         if spec.loader is not None:
-          spec.loader = _Loader(spec.loader)
+          spec.loader = _Loader(spec.loader, self)
         return spec
     return None
+
 
 def install() -> None:
   """Registers now when lm-eval's registry is loaded, else on its import."""

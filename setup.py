@@ -19,7 +19,10 @@ except ImportError:
 # site-packages imports a tiny top-level module at interpreter start that
 # registers the model lazily when lm-eval's registry loads (see its docstring).
 PTH_NAME = 'dllm_jax_lm_eval.pth'
-PTH_LINE = b'import dllm_jax_lm_eval_hook; dllm_jax_lm_eval_hook.install()\n'
+# Guarded: a moved or half-removed install must not print a traceback at every
+# interpreter start.
+PTH_LINE = (b"import importlib.util as _u; _u.find_spec('dllm_jax_lm_eval_hook') and "
+            b"__import__('dllm_jax_lm_eval_hook').install()\n")
 
 with open('dllm_jax/__init__.py') as f:
   VERSION = re.search(r"__version__ = '([^']+)'", f.read()).group(1)

@@ -143,8 +143,11 @@ def _registry_line(*code: str) -> str:
 
 def test_hook_registers_the_model_lazily():
   """On lm-eval's registry import the hook adds a placeholder (no jax yet)
-  and keeps lm-eval's own models."""
-  line = _registry_line('import dllm_jax_lm_eval_hook as h', 'h.install()')
+  and keeps lm-eval's own models; a `find_spec` of the registry first (an
+  availability check) does not use the hook up."""
+  line = _registry_line('import dllm_jax_lm_eval_hook as h', 'h.install()',
+                        'import importlib.util as u',
+                        "u.find_spec('lm_eval.api.registry')")
   assert line == 'dllm_jax.serving.harness:DllmJaxLM True False'
 
 
@@ -158,7 +161,7 @@ def test_hook_warns_rather_than_break_an_unexpected_lm_eval():
 
   module = types.ModuleType('lm_eval.api.registry')  # Without model_registry.
   with pytest.warns(UserWarning, match='could not register the lm-eval model'):
-    hook._Loader(Loader()).exec_module(module)  # pylint: disable=protected-access
+    hook._Loader(Loader(), None).exec_module(module)  # pylint: disable=protected-access
   assert module.ran
 
 

@@ -234,7 +234,7 @@ def test_a_failing_worker_answers_a_one_line_json_500_and_keeps_serving(engine, 
   prompt, seed, _ = ROWS[1]
   with TestClient(app, raise_server_exceptions=False) as client:
     with monkeypatch.context() as m:
-      def boom(self):
+      def boom(self, *args):
         raise RuntimeError('device out of memory\nallocator trace ...')
       m.setattr(stepper.RowBatch, 'step', boom)
       r = post(client, prompt=prompt, seed=seed)
@@ -244,3 +244,9 @@ def test_a_failing_worker_answers_a_one_line_json_500_and_keeps_serving(engine, 
       events = post(client, prompt=prompt, seed=seed, stream=True).text
       assert '"type": "server_error"' in events.strip().splitlines()[-1], events
     assert post(client, prompt=prompt, seed=seed).status_code == 200
+    for method in ('fit', 'completion'):  # Repacking, or reading an answer out.
+      with monkeypatch.context() as m:
+        m.setattr(stepper.RowBatch, method, boom)
+        r = post(client, prompt=prompt, seed=seed)
+        assert r.status_code == 500 and 'out of memory' in r.text, (method, r.text)
+      assert post(client, prompt=prompt, seed=seed).status_code == 200, method

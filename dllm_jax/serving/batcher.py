@@ -208,11 +208,11 @@ class Batcher:
         rb.leave(i)
         self.cancelled += 1
     if rb.live:
-      rb.fit(len(rb.live))
-      try:
+      try:  # A failure here (out of memory, say) fails this batch's rows only.
+        rb.fit(len(rb.live))
         done = rb.step()
       except Exception as e:  # pylint: disable=broad-except
-        for i in rb.live:
+        for i in list(rb.live):
           rb.jobs[i].future.set_exception(e)
           rb.leave(i)
         done = []
@@ -224,7 +224,10 @@ class Batcher:
           finished = True
           self.stopped += 1
         if finished:
-          job.future.set_result(rb.completion(i, tokens, len(job.ids)))
+          try:
+            job.future.set_result(rb.completion(i, tokens, len(job.ids)))
+          except Exception as e:  # pylint: disable=broad-except
+            job.future.set_exception(e)
           rb.leave(i)
           answered += 1
         elif job.on_block is not None:
