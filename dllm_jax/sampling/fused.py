@@ -260,23 +260,34 @@ def candidates_pallas(logits: jax.Array, seed: jax.Array, *, temperature: float,
   body = functools.partial(_kernel, v=v, kc=kc, n_tiles=n_tiles,
                            temperature=float(temperature), mask_id=mask_id,
                            eos_id=eos_id)
+  # The whole logits array stays in global memory; the kernel loads
+  # [rows, tile] pieces itself (the vocabulary is not a power of two).
+  return _launch(body, seed, [logits], r=r, padded=r + pad, kc=kc, splits=splits,
+                 interpret=interpret)
+
+
+def _launch(body, seed, inputs: list, *, r: int, padded: int, kc, splits: int,
+            interpret: bool):
+  """Runs a candidate kernel `body` over the grid (row blocks, splits): the
+  seed pair in, `inputs` left in global memory (the kernel loads its own
+  pieces), each program's partials out [splits, padded]; returns their
+  combination (candidate int32 [r], confidence float32 [r]). `kc` has the
+  rows per program and Triton's num_warps / num_stages."""
   kwargs = {}
   if not interpret:
     kwargs['compiler_params'] = plgpu.CompilerParams(num_warps=kc.num_warps,
                                                      num_stages=kc.num_stages)
-  part = lambda dtype: jax.ShapeDtypeStruct((splits, r + pad), dtype)
+  part = lambda dtype: jax.ShapeDtypeStruct((splits, padded), dtype)
   out_spec = pl.BlockSpec((1, kc.rows), lambda i, k: (k, i))
   m, s, bv, bi, bx = pl.pallas_call(
       body,
-      grid=(row_blocks, splits),
-      # The whole logits array stays in global memory; the kernel loads
-      # [rows, tile] pieces itself (the vocabulary is not a power of two).
-      in_specs=[pl.BlockSpec((2,), lambda i, k: (0,)),
-                pl.BlockSpec(memory_space=pl.ANY)],
+      grid=(padded // kc.rows, splits),
+      in_specs=[pl.BlockSpec((2,), lambda i, k: (0,))]
+      + [pl.BlockSpec(memory_space=pl.ANY)] * len(inputs),
       out_specs=[out_spec] * 5,
       out_shape=[part(jnp.float32), part(jnp.float32), part(jnp.float32),
                  part(jnp.int32), part(jnp.float32)],
-      interpret=interpret, **kwargs)(seed, logits)
+      interpret=interpret, **kwargs)(seed, *inputs)
   cand, conf = _combine(m, s, bv, bi, bx)
   return cand[:r], conf[:r]
 

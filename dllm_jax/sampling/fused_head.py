@@ -168,25 +168,10 @@ def head_candidates_pallas(hidden: jax.Array, head: jax.Array, seed: jax.Array, 
       _head_kernel, d=d, v=v, kc=kc, n_tiles=n_tiles,
       logits_dtype=None if logits_dtype is None else jnp.dtype(logits_dtype),
       temperature=float(temperature), mask_id=mask_id, eos_id=eos_id)
-  kwargs = {}
-  if not interpret:
-    kwargs['compiler_params'] = plgpu.CompilerParams(num_warps=kc.num_warps,
-                                                     num_stages=kc.num_stages)
-  part = lambda dtype: jax.ShapeDtypeStruct((splits, r + pad), dtype)
-  out_spec = pl.BlockSpec((1, kc.rows), lambda i, k: (k, i))
-  m, s, bv, bi, bx = pl.pallas_call(
-      body,
-      grid=(row_blocks, splits),
-      # Hidden states and head stay in global memory; the kernel loads
-      # [rows, k_tile] and [k_tile, tile] pieces itself.
-      in_specs=[pl.BlockSpec((2,), lambda i, k: (0,)),
-                pl.BlockSpec(memory_space=pl.ANY), pl.BlockSpec(memory_space=pl.ANY)],
-      out_specs=[out_spec] * 5,
-      out_shape=[part(jnp.float32), part(jnp.float32), part(jnp.float32),
-                 part(jnp.int32), part(jnp.float32)],
-      interpret=interpret, **kwargs)(seed, hidden, head)
-  cand, conf = fused._combine(m, s, bv, bi, bx)
-  return cand[:r], conf[:r]
+  # Hidden states and head stay in global memory; the kernel loads
+  # [rows, k_tile] and [k_tile, tile] pieces itself.
+  return fused._launch(body, seed, [hidden, head], r=r, padded=r + pad, kc=kc,
+                       splits=splits, interpret=interpret)
 
 
 def _probe(interpret: bool = False) -> None:
