@@ -166,6 +166,11 @@ def _stops(stop: str | list[str] | None) -> list[str]:
   return [s for s in ([stop] if isinstance(stop, str) else (stop or [])) if s]
 
 
+def _hold(stop: str | list[str] | None) -> int:
+  """Characters at the end of a text that could still start a stop sequence."""
+  return max((len(s) for s in _stops(stop)), default=1) - 1
+
+
 def apply_stop(text: str, stop: str | list[str] | None) -> tuple[str, bool]:
   """Text up to the first stop sequence, and whether one was found."""
   cut = min((i for i in (text.find(s) for s in _stops(stop)) if i >= 0), default=-1)
@@ -179,8 +184,7 @@ def stopped_at(text: str, stop: str | list[str] | None) -> int | None:
   replacement character (maybe half a character) does not count."""
   text = text.rstrip('\ufffd')
   cut, found = apply_stop(text, stop)
-  hold = max((len(s) for s in _stops(stop)), default=1) - 1
-  return len(cut) if found and len(cut) + hold <= len(text) else None
+  return len(cut) if found and len(cut) + _hold(stop) <= len(text) else None
 
 
 class StreamText:
@@ -190,7 +194,7 @@ class StreamText:
 
   def __init__(self, tokenizer, stop: str | list[str] | None):
     self.tokenizer, self.stop, self.sent = tokenizer, stop, ''
-    self.hold = max((len(s) for s in _stops(stop)), default=1) - 1
+    self.hold = _hold(stop)
     self.stopped = False
 
   def push(self, tokens: np.ndarray) -> str:
