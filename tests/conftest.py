@@ -131,9 +131,8 @@ def _fast_cpu_compiles() -> None:
   import importlib.util  # pylint: disable=g-import-not-at-top
   if importlib.util.find_spec('jax_plugins') or importlib.util.find_spec('libtpu'):
     return
-  flags = os.environ.get('XLA_FLAGS', '')
-  if 'xla_backend_optimization_level' not in flags:
-    os.environ['XLA_FLAGS'] = ' '.join([flags, *support.FAST_COMPILE_FLAGS]).strip()
+  if 'xla_backend_optimization_level' not in os.environ.get('XLA_FLAGS', ''):
+    os.environ['XLA_FLAGS'] = support.with_fast_compiles(os.environ)['XLA_FLAGS']
 
 
 _fast_cpu_compiles()

@@ -3,6 +3,7 @@ conftest.py). Test modules import from here, never each other's private names.""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -241,8 +242,24 @@ FAST_COMPILE_FLAGS = ('--xla_backend_optimization_level=0',
                       '--xla_llvm_disable_expensive_passes=true')
 
 
+def with_fast_compiles(env: dict[str, str]) -> dict[str, str]:
+  """`env` with the FAST_COMPILE_FLAGS that XLA_FLAGS lacks appended."""
+  flags = env.get('XLA_FLAGS', '').split()
+  return {**env, 'XLA_FLAGS': ' '.join(
+      flags + [f for f in FAST_COMPILE_FLAGS if f not in flags])}
+
+
 def without_fast_compiles(env: dict[str, str]) -> dict[str, str]:
   """`env` with FAST_COMPILE_FLAGS taken out of XLA_FLAGS: for a subprocess
   whose bounds were set at XLA's default optimisation."""
   flags = [f for f in env.get('XLA_FLAGS', '').split() if f not in FAST_COMPILE_FLAGS]
   return {**env, 'XLA_FLAGS': ' '.join(flags)}
+
+
+def run_worker(module: str, *args: str, timeout: float, env=None):
+  """Runs `python -m module args` from the repository root and returns the
+  JSON its last stdout line prints (asserting it exited 0)."""
+  r = subprocess.run([sys.executable, '-m', module, *args], cwd=REPO, env=env,
+                     capture_output=True, text=True, timeout=timeout)
+  assert r.returncode == 0, r.stderr[-3000:]
+  return json.loads(r.stdout.strip().splitlines()[-1])

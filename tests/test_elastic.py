@@ -8,7 +8,6 @@ one line. By default: the data position moving to another process count
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 import grain
@@ -19,15 +18,12 @@ import pytest
 from dllm_jax.data import pipeline, shards as data_shards
 from dllm_jax.data.tokenizer import ByteTokenizer
 from dllm_jax.training import checkpoint, elastic, workdir_lock
-from tests.support import REPO, SMALL_CLI, start_processes, wait_processes
+from tests.support import SMALL_CLI, run_worker, start_processes, wait_processes
 
 
 def _elastic(tmp_path, segments, *flags):
-  r = subprocess.run([sys.executable, '-m', 'tests.elastic_worker', str(tmp_path),
-                      json.dumps(segments), *flags], cwd=REPO, capture_output=True,
-                     text=True, timeout=900)
-  assert r.returncode == 0, r.stderr[-3000:]
-  return json.loads(r.stdout.strip().splitlines()[-1])
+  return run_worker('tests.elastic_worker', str(tmp_path), json.dumps(segments), *flags,
+                    timeout=900)
 
 
 def _check(out, segments):

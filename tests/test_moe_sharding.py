@@ -1,23 +1,16 @@
 """Expert parallelism on 8 simulated devices (tests/moe_sharding_worker.py, one
 subprocess): a train step on meshes with an `expert` axis equals one device."""
 
-import json
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
-from tests.support import REPO
+from tests.support import run_worker
 
 LR = 1e-3  # The worker's learning rate.
 
 
 def _run_worker(*args):
-  r = subprocess.run([sys.executable, '-m', 'tests.moe_sharding_worker', *args],
-                     cwd=REPO, capture_output=True, text=True, timeout=1800)
-  assert r.returncode == 0, r.stderr[-3000:]
-  return json.loads(r.stdout.strip().splitlines()[-1])
+  return run_worker('tests.moe_sharding_worker', *args, timeout=1800)
 
 
 @pytest.fixture(scope='module')

@@ -3,7 +3,6 @@
 remat / scan over layers, and the errors for a mesh that does not fit."""
 
 import dataclasses
-import json
 import os
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from dllm_jax import model, presets
 from dllm_jax.models import llada
 from dllm_jax.parallel import mesh as mesh_lib, sharding
 from dllm_jax.training import trainer
-from tests.support import REPO, small_config, without_fast_compiles
+from tests.support import REPO, run_worker, small_config, without_fast_compiles
 
 LR = 1e-3  # tests/sharding_worker.py's learning rate.
 
@@ -25,11 +24,8 @@ LR = 1e-3  # tests/sharding_worker.py's learning rate.
 def _run_worker(*args):
   # At XLA's default optimisation: under -O0 (tests/conftest.py) the parameter
   # difference below moves past its 1%-of-lr bound (1.2e-5 was seen).
-  r = subprocess.run([sys.executable, '-m', 'tests.sharding_worker', *args], cwd=REPO,
-                     capture_output=True, text=True, timeout=1200,
-                     env=without_fast_compiles(os.environ))
-  assert r.returncode == 0, r.stderr[-3000:]
-  return json.loads(r.stdout.strip().splitlines()[-1])
+  return run_worker('tests.sharding_worker', *args, timeout=1200,
+                    env=without_fast_compiles(os.environ))
 
 
 @pytest.fixture(scope='module')

@@ -13,6 +13,8 @@ import sys
 
 import pytest
 
+from tests import support
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UP = '..' + '/'  # Spelled in two parts so this file's own examples stay unflagged.
 
@@ -146,8 +148,8 @@ def test_experiment_runs_from_a_clean_copy(clean_copy, name, flags):
              TMPDIR=str(clean_copy.parent / 'tmp'), MPLBACKEND='Agg')
   # A smoke run only checks that it runs: XLA's optimisation passes would cost
   # more than half of its CPU time (compiling, not running, dominates).
-  env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' --xla_backend_optimization_level=0'
-                      ' --xla_llvm_disable_expensive_passes=true')
+  # (The session's conftest usually set them already.)
+  env = support.with_fast_compiles(env)
   script = os.path.join('experiments', name, 'run.py')
   results = clean_copy / 'experiments' / name / 'results.md'
   results.unlink(missing_ok=True)  # The copy's committed one; the run writes anew.
