@@ -34,6 +34,9 @@ _BATCH_SIZES = flags.DEFINE_list(
 _PROMPT_BUCKETS = flags.DEFINE_list(
     'prompt_buckets', None, 'Compiled prompt lengths (a prompt is left-padded up to '
     'the next); default: 16, 32, 64, ... up to the model length.')
+_MAX_COMPILED = flags.DEFINE_integer(
+    'max_compiled', 256, 'Most compiled programs kept (past that the least recently '
+    'used is dropped and compiles again when asked for).')
 _MAX_QUEUE = flags.DEFINE_integer('max_queue', 256, 'Most waiting requests (then 429).')
 _WINDOW_MS = flags.DEFINE_float('batch_window_ms', 20.0,
                                 'A batch closes when no request came for this long.')
@@ -65,7 +68,8 @@ def main(argv):
   with cli.one_line_errors():
     if bool(_WORKDIR.value) == bool(_HF_DIR.value):
       raise ValueError('give exactly one of --workdir and --hf_dir.')
-    opts = dict(dtype=_DTYPE.value, max_batch=_MAX_BATCH.value)
+    opts = dict(dtype=_DTYPE.value, max_batch=_MAX_BATCH.value,
+                max_compiled=_MAX_COMPILED.value)
     if _BATCH_SIZES.value:
       opts['batch_sizes'] = [int(b) for b in _BATCH_SIZES.value]
     if _PROMPT_BUCKETS.value:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -73,6 +74,14 @@ def wait_processes(procs: list[subprocess.Popen], timeout: float = 300) -> list[
     for p in procs:
       if p.poll() is None:
         p.kill()
+
+
+def gloo_timed_out(outs: list[str]) -> bool:
+  """Whether a failed multi-process run failed to connect its CPU collectives
+  (Gloo) in time: on a loaded 2-core machine the processes' start-up can take
+  longer than Gloo waits. Callers run such a run once more."""
+  text = '\n'.join(outs)
+  return bool(re.search('gloo', text, re.I) and re.search('time ?out|timed out', text, re.I))
 
 
 def record_training() -> dict:

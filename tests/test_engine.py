@@ -122,3 +122,17 @@ def test_engine_from_a_hugging_face_directory(tmp_path):
     json.dump({'model_type': 'gpt2'}, f)
   with pytest.raises(ValueError, match="model family 'gpt2' is not supported"):
     Engine.from_hf_dir(str(tmp_path))
+
+
+def test_compiled_programs_are_bounded_least_recently_used_first(engine):
+  small = Engine(engine.params, CFG, ByteTokenizer(), max_compiled=2)
+  builds = []
+  get = lambda key: small.compile_once(key, lambda: builds.append(key) or key)
+  assert [get(k) for k in 'abac'] == list('abac')  # 'b' is now least recently used.
+  assert small.num_compiled == 2 and small.dropped == 1 and builds == list('abc')
+  get('a')
+  assert builds == list('abc')  # Kept ...
+  get('b')
+  assert builds == list('abcb') and small.compiles == 4  # ... dropped, built again.
+  with pytest.raises(ValueError, match='max_compiled=0 must be at least 1'):
+    Engine(engine.params, CFG, ByteTokenizer(), max_compiled=0)

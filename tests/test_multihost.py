@@ -1,14 +1,15 @@
 """Two JAX processes on loopback: disjoint data shards, one global batch."""
 
 import json
+import shutil
 import subprocess
 import sys
 
-from tests.support import (REPO, SMALL_CLI, free_port as _free_port,
+from tests.support import (REPO, SMALL_CLI, free_port as _free_port, gloo_timed_out,
                            start_processes, wait_processes)
 
 
-def _run_two(module, *args, timeout=240):
+def _run_two(module, *args, timeout=240, attempts=2):
   port = _free_port()
   procs = [subprocess.Popen([sys.executable, '-m', module, str(i), str(port), *args],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -19,6 +20,9 @@ def _run_two(module, *args, timeout=240):
     for p in procs:
       if p.poll() is None:
         p.kill()
+  if (attempts > 1 and any(p.returncode for p in procs)
+      and gloo_timed_out([err for _, err in outs])):
+    return _run_two(module, *args, timeout=timeout, attempts=attempts - 1)
   for p, (out, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
   return [out for out, _ in outs]
@@ -55,6 +59,10 @@ def test_launch_train_on_two_processes_restores_on_one_device(tmp_path):
          '--config.sample.num_samples=0']  # Parameters are checked, not samples.
   procs = start_processes(cmd)
   outs = wait_processes(procs)
+  if any(p.returncode for p in procs) and gloo_timed_out(outs):  # Once more, anew.
+    shutil.rmtree(tmp_path)
+    procs = start_processes(cmd)
+    outs = wait_processes(procs)
   for p, out in zip(procs, outs):
     assert p.returncode == 0, out[-3000:]
   assert "mesh: {'data': 2, 'fsdp': 2, 'tensor': 2} over 8 cpu device(s) in 2 " \

@@ -8,6 +8,7 @@ import signal
 import time
 
 import httpx
+import numpy as np
 import pytest
 
 from tests import support
@@ -105,6 +106,17 @@ def test_a_stop_ends_the_answer_once_no_longer_stop_could_start_before_it():
   assert stopped_at('abXc', ['X', 'bXcde']) is None  # 'bXcde' may yet come at 1.
   assert stopped_at('abXcdefg', ['X', 'bXcde']) == 1
   assert stopped_at('ab\ufffd', ['b', 'c']) == 1 and stopped_at('abc', None) is None
+
+
+def test_usage_after_a_stop_counts_the_tokens_of_the_cut_answer():
+  from dllm_jax import ByteTokenizer
+  from dllm_jax.serving.server import apply_stop, tokens_of
+  tok = ByteTokenizer()
+  answer = np.array([*b'a\xffb', *'é'.encode(), *b'XYz', tok.eos_id])
+  text, _ = apply_stop(tok.decode(answer), 'XY')
+  assert text == 'a\ufffdbé' and len(tok.encode(text)) == 7  # Re-encoded: U+FFFD is 3.
+  assert tokens_of(tok, answer, text) == 5
+  assert tokens_of(tok, answer, '') == 0 and tokens_of(tok, answer, 'a\ufffdb') == 3
 
 
 @pytest.mark.parametrize('body, reason', [

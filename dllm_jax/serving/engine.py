@@ -34,8 +34,10 @@ rows) alone: when sampler knobs become traced, they leave the group key.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
+import logging
 import os
 import threading
 from typing import Sequence
@@ -54,6 +56,8 @@ from dllm_jax.serving.block_rows import BlockLayout
 
 PROMPT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 MAX_SEED = 2**32 - 1
+MAX_COMPILED = 256  # Compiled programs an engine keeps (least recently used go).
+log = logging.getLogger('dllm_jax.serving')
 
 
 Sampling = gen.SamplingConfig | block.BlockSamplingConfig
@@ -110,50 +114,34 @@ def powers_of_two(limit: int) -> tuple[int, ...]:
   return tuple(sorted({*sizes, limit}))
 
 
-def hf_model_config(path: str, tokenizer, dtype: str | None = None) -> ModelConfig:
-  """The `ModelConfig` of a local Hugging Face directory's `config.json` (the
-  LLaDA family; the special ids come from its tokenizer)."""
-  file = os.path.join(path, 'config.json')
-  if not os.path.isfile(file):
-    raise FileNotFoundError(f'no config.json in {path!r}.')
-  with open(file) as f:
-    c = json.load(f)
-  family = str(c.get('model_type') or ''.join(c.get('architectures', []))).lower()
-  if 'llada' not in family:
-    raise ValueError(f'{file}: model family {family!r} is not supported; known: llada.')
-  if c.get('n_kv_heads', c['n_heads']) != c['n_heads']:
-    raise ValueError(f'{file}: n_kv_heads={c["n_kv_heads"]} != n_heads='
-                     f'{c["n_heads"]} (grouped-query attention) is not supported.')
-  fields = dict(
-      vocab_size=int(c.get('embedding_size') or c['vocab_size']), d_model=c['d_model'],
-      n_layers=c['n_layers'], n_heads=c['n_heads'], d_ff=c['mlp_hidden_size'],
-      max_len=c['max_sequence_length'], rope_theta=float(c.get('rope_theta', 10000.0)),
-      norm_eps=float(c.get('rms_norm_eps', 1e-5)),
-      ids=tokenizer.special_ids)
-  if dtype is not None:
-    fields.update(dtype=dtype, param_dtype=dtype)
-  return ModelConfig(**fields)
-
-
 class Engine:
   """Parameters, tokenizer, and a cache of compiled samplers by bucket."""
 
   def __init__(self, params: model_lib.Params, config: ModelConfig, tokenizer, *,
                default_sampling: Sampling | None = None, chat: bool = False,
                max_batch: int = 64, batch_sizes: Sequence[int] | None = None,
-               prompt_buckets: Sequence[int] = PROMPT_BUCKETS, name: str = 'dllm_jax'):
+               prompt_buckets: Sequence[int] = PROMPT_BUCKETS, name: str = 'dllm_jax',
+               max_compiled: int = MAX_COMPILED):
     """Args: `default_sampling` for requests that bring none, `chat` whether
     text prompts default to the chat format (SFT checkpoints), `max_batch` the
     largest batch one compiled call runs, `batch_sizes` the compiled batch
     sizes (a batch is padded up to the next; default powers of two up to
-    `max_batch`), `name` the model's name (server)."""
+    `max_batch`), `name` the model's name (server), `max_compiled` how many
+    compiled programs are kept (past that the least recently used is dropped
+    and compiles again when asked for: distinct settings cannot grow memory
+    without bound)."""
+    if max_compiled < 1:
+      raise ValueError(f'max_compiled={max_compiled} must be at least 1.')
     self.params, self.config, self.tokenizer = params, config, tokenizer
     self.default_sampling = default_sampling or gen.SamplingConfig()
     self.chat, self.name = chat, name
     self.batch_sizes = tuple(sorted(batch_sizes or powers_of_two(max_batch)))
     self.max_batch = self.batch_sizes[-1]
     self.prompt_buckets = tuple(sorted(prompt_buckets))
-    self._compiled = {}
+    self.max_compiled = max_compiled
+    self._compiled = collections.OrderedDict()
+    self.compiles = 0  # Programs built (one dropped and built again counts twice).
+    self.dropped = 0  # Programs dropped past `max_compiled`.
     self._lock = threading.Lock()
     self.meta = None  # The checkpoint's meta (`from_workdir`): which sampler fits.
 
@@ -202,7 +190,7 @@ class Engine:
       from dllm_jax.data.hf_tokenizer import HFTokenizer  # pylint: disable=g-import-not-at-top
       from dllm_jax.interop import llada_hf  # pylint: disable=g-import-not-at-top
       tokenizer = HFTokenizer(path)
-      config = hf_model_config(path, tokenizer, dtype)
+      config = llada_hf.model_config(path, tokenizer, dtype)
       params = llada_hf.load_params(path, config)
     kwargs.setdefault('chat', bool(getattr(tokenizer, 'chat_template', None)))
     kwargs.setdefault('name', os.path.basename(os.path.abspath(path)))
@@ -302,13 +290,25 @@ class Engine:
   # --- compiled samplers -------------------------------------------------------
 
   def compile_once(self, key, build):
-    """The compiled function cached under `key`, built by `build()` once."""
+    """The compiled function cached under `key`, built by `build()` unless
+    it is among the `max_compiled` most recently used."""
     with self._lock:
       if key in self._compiled:
+        self._compiled.move_to_end(key)
         return self._compiled[key]
     compiled = build()
     with self._lock:
-      return self._compiled.setdefault(key, compiled)
+      if key not in self._compiled:
+        self._compiled[key] = compiled
+        self.compiles += 1
+      self._compiled.move_to_end(key)
+      while len(self._compiled) > self.max_compiled:
+        self._compiled.popitem(last=False)
+        self.dropped += 1
+        (log.warning if self.dropped == 1 else log.info)(
+            'dropped the least recently used compiled program (max_compiled=%d; '
+            '%d dropped so far).', self.max_compiled, self.dropped)
+      return self._compiled[key]
 
   def _row_sampler(self, sampling: gen.SamplingConfig, prompt_len: int, batch: int):
     """The compiled (params, prompts [B, P], masks [B, P], seeds [B]) ->
@@ -331,7 +331,7 @@ class Engine:
     """Compiles (sampling, prompt length, batch size) buckets ahead; returns how
     many were new. Lengths and sizes are rounded up to their buckets."""
     from dllm_jax.serving import stepper  # pylint: disable=g-import-not-at-top
-    before = len(self._compiled)
+    before = self.compiles
     for sampling, n, b in buckets:
       sampling = self.resolve(sampling)
       self.check_settings(sampling, n)
@@ -340,7 +340,7 @@ class Engine:
         continue
       self._row_sampler(sampling, self.prompt_bucket(n, sampling.gen_length),
                         self.batch_bucket(min(b, self.max_batch)))
-    return len(self._compiled) - before
+    return self.compiles - before
 
   @property
   def num_compiled(self) -> int:

@@ -187,6 +187,21 @@ def stopped_at(text: str, stop: str | list[str] | None) -> int | None:
   return len(cut) if found and len(cut) + _hold(stop) <= len(text) else None
 
 
+def tokens_of(tokenizer, tokens: np.ndarray, text: str) -> int:
+  """The fewest of the answer's `tokens` [G] whose decoded text starts with
+  `text` (the answer cut at a stop sequence): the completion tokens usage
+  counts. Encoding the cut text again would count differently (an invalid byte
+  comes back as U+FFFD, three bytes)."""
+  lo, hi = 0, len(tokens)
+  while lo < hi:  # Decoded prefixes grow with the tokens: bisect.
+    mid = (lo + hi) // 2
+    if tokenizer.decode(tokens[:mid]).startswith(text):
+      hi = mid
+    else:
+      lo = mid + 1
+  return lo
+
+
 class StreamText:
   """The text a stream may send so far: `push(tokens)` after a block (the
   answer tokens up to its end) gives the new text that can no longer change,
@@ -284,7 +299,7 @@ def create_app(engine: Engine, batcher: Batcher, limits: Limits,
             'joined': batcher.joined, 'cancelled': batcher.cancelled,
             'stopped': batcher.stopped,
             'block_calls': batcher.block_calls, 'row_blocks': batcher.row_blocks,
-            'compiled': engine.num_compiled}
+            'compiled': engine.num_compiled, 'dropped_programs': engine.dropped}
 
   @app.get('/v1/models')
   async def models():
@@ -326,7 +341,7 @@ async def _answer(engine: Engine, batcher: Batcher, limits: Limits, body: _Field
   text, stopped = apply_stop(done.text, body.stop)
   reason = 'stop' if stopped else done.finish_reason
   ends = np.isin(done.tokens, (engine.tokenizer.eos_id, engine.tokenizer.eot_id))
-  n_answer = (len(engine.tokenizer.encode(text)) if stopped else
+  n_answer = (tokens_of(engine.tokenizer, done.tokens, text) if stopped else
               int(np.argmax(ends)) if ends.any() else len(done.tokens))
   usage = {'prompt_tokens': len(ids), 'completion_tokens': n_answer,
            'total_tokens': len(ids) + n_answer, 'nfe': done.nfe}
