@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The measured-gap check in one lease call, never-measured items first: the
-# GPU tests of the packed layout and the fused head kernel, the block sampler
-# (batch 1 fused write, batch 32), the fused head + candidate kernel against
-# head-then-kernel / head-then-XLA, a profile of the dual-cache sampler at the
-# LLaDA-8B shape, batch 1, against its memory floor, and the batch-32
-# exact-cache block sampler. Then, while the time budget lasts, the items
-# measured before (candidate kernel shapes, train rows incl. the packed layout,
-# the dual-cache sampler, all GPU tests). Wheels for grain, array_record,
+# GPU tests of the packed layout and the fused head kernel, the batch-1 block
+# sampler (exact cache, separate and fused block write), the fused head +
+# candidate kernel against head-then-kernel / head-then-XLA, a profile of the
+# dual-cache sampler at the LLaDA-8B shape, batch 1, against its memory floor,
+# and the batch-32 block sampler (both writes). Then, while the time budget
+# lasts, the items measured before (candidate kernel shapes, train rows incl.
+# the packed layout, the dual-cache sampler, all GPU tests). Wheels for grain, array_record,
 # ml_collections and portpicker (not on the GPU image) are carried in .whl/.
 #
 #   bash launch/gpu_gaps.sh             # full size, ~9 minutes (BUDGET=540 s)
@@ -58,9 +58,9 @@ if go "$PART" 120 "GPU tests: cuDNN's packed layout, the fused head kernel"; the
   T python3 -m pytest -q -m gpu tests/test_gpu.py -k "packed or head_kernel" 2>&1 \
     | tee "$OUT/tests_packed.txt" | tail -4
 fi
-if go sample 130 "block diffusion sampler, fused write, batch 1 and $B32"; then
-  T python3 -m launch.bench_block $S8 --batch=1,$B32 --tokens_per_step=8 --repeats=1 \
-    --variants=fused 2>&1 | tee "$OUT/block_fused.txt" | show | tail -6
+if go sample 130 "block diffusion sampler, batch 1: exact cache, separate and fused write"; then
+  T python3 -m launch.bench_block $S8 --batch=1 --tokens_per_step=8 --repeats=2 \
+    --variants=cached,fused 2>&1 | tee "$OUT/block_b1.txt" | show | tail -5
 fi
 if go sample 120 "fused head + candidate kernel vs head, then kernel / XLA twin"; then
   T python3 -m launch.bench_kernel $H --rows= --repeats=5 2>&1 \
@@ -76,9 +76,9 @@ if go sample 60 "where a dual-cache step's time goes ($PSTEPS steps traced)"; th
     --floor_gb=$FLOOR_GB --bandwidth=$BW --top=15 2>&1 | tee "$OUT/profile.txt" \
     | show | tail -30
 fi
-if go sample 100 "block diffusion sampler, exact cache, batch $B32"; then
+if go sample 150 "block diffusion sampler, batch $B32: exact cache, separate and fused write"; then
   T python3 -m launch.bench_block $S8 --batch=$B32 --tokens_per_step=8 --repeats=1 \
-    --variants=cached 2>&1 | tee "$OUT/block_b32.txt" | show | tail -5
+    --variants=cached,fused 2>&1 | tee "$OUT/block_b32.txt" | show | tail -5
 fi
 
 # Measured before (experiments/perf_notes.md): reruns while the budget lasts.
