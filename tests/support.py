@@ -198,7 +198,8 @@ def eos_prone(params, config, like: int = 173, sharpen: float = 60.0):
 
 def step_rows(engine, arrivals):
   """Steps `stepper.RowBatch` rows that join at the given block boundaries:
-  arrivals [(boundary, Request)] (one sampling setting) -> Completions."""
+  arrivals [(boundary, Request)] (settings of one program: they may differ in
+  their floats) -> Completions."""
   from dllm_jax.serving import stepper  # pylint: disable=g-import-not-at-top
   sc = engine.resolve(arrivals[0][1].sampling)
   ids = [engine.encode(r.prompt) for _, r in arrivals]
@@ -208,7 +209,7 @@ def step_rows(engine, arrivals):
     for k, (at, r) in enumerate(arrivals):
       if at == boundary:
         rows.fit(len(rows.live) + 1)
-        rows.admit(k, ids[k], r.seed)
+        rows.admit(k, ids[k], r.seed, engine.resolve(r.sampling))
     for i, tokens, finished in rows.step():
       if finished:
         out[rows.jobs[i]] = rows.completion(i, tokens, len(ids[rows.jobs[i]]))

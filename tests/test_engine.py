@@ -47,14 +47,35 @@ def test_a_request_alone_equals_it_inside_a_batch(engine):
   np.testing.assert_array_equal(np.asarray(ref)[0, -8:], batch[0].tokens)
 
 
+def test_requests_differing_in_floats_share_one_program(engine):
+  """Temperature, threshold and CFG scale are traced one per row: requests
+  that differ only there run as one batch of one compiled program (greedy
+  and sampled rows apart), each answering what `generate` gives it alone."""
+  base = SamplingConfig(steps=4, gen_length=8, block_length=4, parallel='threshold',
+                        cfg_scale=0.5)
+  floats = [(0.8, 0.5, 0.5), (1.5, 0.9, 1.0), (0.0, 0.3, 0.5), (0.0, 0.95, 2.0)]
+  reqs = [Request(p, dataclasses.replace(base, temperature=t, threshold=h, cfg_scale=c),
+                  seed=i) for i, (p, (t, h, c)) in enumerate(zip(
+                      ['hello', 'abc', 'hello', 'a longer prompt'], floats))]
+  before = engine.num_compiled
+  batch = engine.generate(reqs)
+  assert engine.num_compiled == before + 2  # Sampled and greedy.
+  for r, b in zip(reqs, batch):
+    ref = generate(engine.params, engine.encode(r.prompt)[None], jax.random.key(r.seed),
+                   config=CFG, sampling=r.sampling)
+    np.testing.assert_array_equal(np.asarray(ref)[0, -8:], b.tokens)
+
+
 def test_buckets_and_bad_requests(engine):
   assert engine_lib.powers_of_two(24) == (1, 2, 4, 8, 16, 24)
   assert [engine.batch_bucket(n) for n in (1, 3, 4)] == [4, 4, 4]
   assert engine.prompt_bucket(5, 8) == 16 and engine.prompt_bucket(20, 8) == 56
   assert engine.prompt_bucket(60, 4) == 60
   sc = SamplingConfig(steps=4, gen_length=8, block_length=4)
-  assert engine.warmup([(sc, 3, 1)]) == 0  # Compiled by the test above.
-  assert engine.num_compiled == 2
+  n = engine.num_compiled
+  assert engine.warmup([(sc, 3, 1)]) == 0  # Compiled by the first test.
+  assert engine.warmup([(dataclasses.replace(sc, threshold=0.3), 3, 1)]) == 0
+  assert engine.num_compiled == n
   with pytest.raises(ValueError, match='request 1: prompt length 60'):
     engine.generate([Request('x', sc), Request('x' * 59, sc)])
   with pytest.raises(ValueError, match='seed must be in'):
@@ -71,8 +92,10 @@ def test_rows_stepped_block_by_block_equal_the_one_call_sampler(engine):
   """Rows joining at different block boundaries (one into a row another left)
   answer token for token what `Engine.generate` runs in one call."""
   hot = SamplingConfig(steps=4, gen_length=8, block_length=4, temperature=0.8)
-  arrivals = [(0, Request('hello', hot, seed=3)), (1, Request('a longer prompt', hot, seed=5)),
-              (2, Request([257, 1, 2], hot, seed=7))]
+  arrivals = [(0, Request('hello', hot, seed=3)),  # Temperatures differ: one batch.
+              (1, Request('a longer prompt', dataclasses.replace(hot, temperature=1.5),
+                          seed=5)),
+              (2, Request([257, 1, 2], dataclasses.replace(hot, temperature=0.3), seed=7))]
   for (_, r), got in zip(arrivals, support.step_rows(engine, arrivals)):
     assert_same(got, engine.generate([r])[0])
 
@@ -129,10 +152,10 @@ def test_compiled_programs_are_bounded_least_recently_used_first(engine):
   builds = []
   get = lambda key: small.compile_once(key, lambda: builds.append(key) or key)
   assert [get(k) for k in 'abac'] == list('abac')  # 'b' is now least recently used.
-  assert small.num_compiled == 2 and small.dropped == 1 and builds == list('abc')
+  assert small.num_compiled == 2 and small.programs.dropped == 1 and builds == list('abc')
   get('a')
   assert builds == list('abc')  # Kept ...
   get('b')
-  assert builds == list('abcb') and small.compiles == 4  # ... dropped, built again.
+  assert builds == list('abcb') and small.programs.compiles == 4  # Dropped, built again.
   with pytest.raises(ValueError, match='max_compiled=0 must be at least 1'):
     Engine(engine.params, CFG, ByteTokenizer(), max_compiled=0)

@@ -40,7 +40,7 @@ def engine(eos_block_workdir):
   return Engine.from_workdir(eos_block_workdir, batch_sizes=(4,), prompt_buckets=(16,))
 
 
-def alone(engine, prompt: str, seed: int):
+def alone(engine, prompt: str, seed: int, sampling=None):
   """`block.generate` on one prompt with `jax.random.key(seed)`: (tokens up to
   and including EOS, nfe). Prompts are padded to 7 tokens: the 5-7 token
   prompts share one layout, so one compile serves them all."""
@@ -48,7 +48,8 @@ def alone(engine, prompt: str, seed: int):
   padded = np.zeros((1, 7), np.int32)
   padded[0, :len(ids)] = ids
   out = block.generate(engine.params, padded, jax.random.key(seed), config=engine.config,
-                       sampling=engine.default_sampling, prompt_lengths=[len(ids)])
+                       sampling=sampling or engine.default_sampling,
+                       prompt_lengths=[len(ids)])
   return np.asarray(out.tokens[0, :int(out.lengths[0])]), int(out.nfe)
 
 
@@ -78,6 +79,29 @@ def test_stepped_block_rows_equal_block_generate(engine, at_once):
     assert got.text == engine.tokenizer.decode(tokens)
     np.testing.assert_array_equal(again.tokens, got.tokens)
     assert again.nfe == got.nfe
+
+
+def test_rows_differing_in_floats_share_one_batch_and_program(engine):
+  """Temperatures, thresholds and editing thresholds are each row's own
+  (`BlockKnobs`): such rows step in one batch of one compiled program, and
+  `block.generate` compiles once for all of them; each row answers what it
+  does alone."""
+  sc = dataclasses.replace(engine.default_sampling, parallel='threshold',
+                           editing_threshold=0.9)
+  floats = [(0.7, 0.5, 0.9), (1.3, 0.9, 0.6), (0.4, 0.2, 0.95), (1.0, 0.7, 0.8)]
+  scs = [dataclasses.replace(sc, temperature=t, threshold=h, editing_threshold=e)
+         for t, h, e in floats]
+  reqs = [Request(p, c, seed=s) for (p, s, _), c in zip(ROWS, scs)]
+  before = engine.num_compiled
+  stepped = support.step_rows(engine, list(zip((0, 0, 1, 2), reqs)))
+  assert engine.num_compiled == before + 1
+  traces = block._sample._cache_size()  # pylint: disable=protected-access
+  for (prompt, seed, _), c, got in zip(ROWS, scs, stepped):
+    tokens, nfe = alone(engine, prompt, seed, c)
+    np.testing.assert_array_equal(got.tokens, tokens)
+    assert got.nfe == nfe
+  assert block._sample._cache_size() <= traces + 1  # pylint: disable=protected-access
+  assert len({tuple(g.tokens) for g in stepped}) == len(ROWS)
 
 
 def test_a_row_leaves_at_its_eos_block_and_a_queued_request_takes_its_slot(engine):

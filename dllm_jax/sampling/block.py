@@ -35,79 +35,13 @@ import numpy as np
 from dllm_jax import model as model_lib
 from dllm_jax.attention import AttentionSpec
 from dllm_jax.sampling import remasking
+from dllm_jax.sampling.block_config import (CONFIDENCES, PARALLEL, THRESHOLD_RULES,
+                                           BlockKnobs, BlockSamplingConfig)
 from dllm_jax.sampling.generate import select_factor
 
-PARALLEL = ('fixed', 'threshold', 'factor')
-THRESHOLD_RULES = ('llada2', 'dinfer')
-CONFIDENCES = ('tempered', 'plain')
-
-
-@dataclasses.dataclass(frozen=True)
-class BlockSamplingConfig:
-  """Knobs of the block sampler (hashable: static under jit).
-
-  steps: per block; the fixed schedule commits block_length / steps tokens per
-    step, split evenly (LLaDA2's `_get_num_transfer_tokens`).
-  parallel: 'fixed' (the schedule's n_s most confident), 'threshold' or
-    'factor' (Fast-dLLM: the largest n whose n-th confidence >= 1 - factor/(n+1)).
-  threshold_rule: 'llada2' every masked position with confidence > threshold if
-    there are at least n_s of them, else the n_s most confident; 'dinfer'
-    confidence >= min(threshold, best - 1e-5) (at least the best one).
-  min_tokens: > 0 replaces the schedule's n_s by this constant (LLaDA2.1's
-    `num_to_transfer`).
-  editing_threshold: > 0 turns on LLaDA2.1 token editing: a committed answer
-    token of the current block whose candidate differs and has probability >
-    this is rewritten; the block ends when a step with no masks edits nothing, or
-    after max_post_steps steps without masks.
-  temperature: 0 takes the argmax; > 0 draws each position's candidate from
-    softmax(logits / temperature) by Gumbel-max, argmax(logits / T + G) with G
-    i.i.d. standard Gumbel: an exact sample of that categorical distribution,
-    the one LLaDA2's `generate` draws with `torch.multinomial` (the mask token
-    excluded; no top-k / top-p here).
-  confidence: the probability a candidate is ranked by: 'tempered' under
-    softmax(logits / temperature) (LLaDA2 / LLaDA2.1 `generate`), 'plain' under
-    softmax(logits) (dInfer, LLaDA); the same at temperature 0.
-  cache: False recomputes the whole canvas each step (the reference).
-  fuse_write: write a finished block's keys/values in the next block's first
-    step (a 2-block window) instead of a separate forward.
-  """
-
-  gen_length: int = 256
-  block_length: int = 32
-  steps: int = 32
-  parallel: str = 'threshold'
-  threshold_rule: str = 'llada2'
-  threshold: float = 0.95
-  factor: float = 1.0
-  min_tokens: int = 0
-  temperature: float = 0.0
-  confidence: str = 'tempered'
-  editing_threshold: float = 0.0
-  max_post_steps: int = 16
-  cache: bool = True
-  fuse_write: bool = False
-
-  def validate(self) -> None:
-    """One-line ValueErrors for bad values."""
-    for name in ('gen_length', 'block_length', 'steps'):
-      if getattr(self, name) <= 0:
-        raise ValueError(f'{name} must be positive, got {getattr(self, name)}.')
-    if self.parallel not in PARALLEL:
-      raise ValueError(f'unknown parallel rule {self.parallel!r}; known: {PARALLEL}.')
-    if self.threshold_rule not in THRESHOLD_RULES:
-      raise ValueError(f'unknown threshold_rule {self.threshold_rule!r}; known: '
-                       f'{THRESHOLD_RULES}.')
-    if self.confidence not in CONFIDENCES:
-      raise ValueError(f'unknown confidence {self.confidence!r}; known: {CONFIDENCES}.')
-    if not 0.0 < self.threshold <= 1.0:
-      raise ValueError(f'threshold must be in (0, 1], got {self.threshold}.')
-    for name in ('temperature', 'min_tokens', 'editing_threshold', 'max_post_steps'):
-      if getattr(self, name) < 0:
-        raise ValueError(f'{name} must be >= 0, got {getattr(self, name)}.')
-    if self.factor <= 0:
-      raise ValueError(f'factor must be positive, got {self.factor}.')
-    if self.fuse_write and not self.cache:
-      raise ValueError('fuse_write needs cache=True.')
+__all__ = ['BlockKnobs', 'BlockSample', 'BlockSamplingConfig', 'BlockWalk', 'CONFIDENCES',
+           'PARALLEL', 'THRESHOLD_RULES', 'check_model', 'draw', 'generate', 'layout',
+           'placement', 'select', 'transfer_schedule', 'walk']
 
 
 @flax.struct.dataclass
@@ -125,35 +59,39 @@ def transfer_schedule(block_length: int, steps: int) -> np.ndarray:
 
 
 def select(confidence: jax.Array, eligible: jax.Array, n: jax.Array,
-           sc: BlockSamplingConfig) -> jax.Array:
+           sc: BlockSamplingConfig, knobs: BlockKnobs | None = None) -> jax.Array:
   """Positions to commit [B, W] from confidences [B, W], masked positions
-  `eligible` [B, W] and the step's n_s [B] (at-least / fixed count)."""
+  `eligible` [B, W] and the step's n_s [B] (at-least / fixed count); the
+  threshold and factor from `knobs` (default: `sc`'s own)."""
+  knobs = BlockKnobs.of(sc) if knobs is None else knobs
   if sc.parallel == 'factor':
-    return select_factor(confidence, eligible, sc.factor)
+    return select_factor(confidence, eligible, knobs.factor)
   top = remasking.select_top_k(confidence, eligible, n)
   if sc.parallel == 'fixed':
     return top
   if sc.threshold_rule == 'dinfer':
     best = jnp.max(jnp.where(eligible, confidence, -jnp.inf), axis=1, keepdims=True)
-    cut = jnp.clip(best - 1e-5, -1000.0, sc.threshold)
+    cut = jnp.clip(best - 1e-5, -1000.0, knobs.threshold)
     return eligible & (confidence >= cut)
-  high = eligible & (confidence > sc.threshold)
+  high = eligible & (confidence > knobs.threshold)
   enough = high.sum(axis=1, keepdims=True) >= n[:, None]
   return jnp.where(enough, high, top)
 
 
 def draw(logits: jax.Array, key: jax.Array, sc: BlockSamplingConfig,
-         ids) -> tuple[jax.Array, jax.Array]:
+         ids, knobs: BlockKnobs | None = None) -> tuple[jax.Array, jax.Array]:
   """Candidates int32 [B, W] and their confidences float32 [B, W] from logits
-  [B, W, V] (see `temperature` and `confidence` of `BlockSamplingConfig`)."""
-  t = sc.temperature
-  if t > 0 and sc.confidence == 'tempered':
+  [B, W, V] (see `temperature` and `confidence` of `BlockSamplingConfig`):
+  noise is drawn when `sc.temperature` > 0, at `knobs.temperature`."""
+  noised = sc.temperature > 0
+  t = (BlockKnobs.of(sc) if knobs is None else knobs).temperature if noised else 0.0
+  if noised and sc.confidence == 'tempered':
     # argmax(l / T + G) is argmax(l - T log(-log u)) scaled by 1/T: the same
     # draw, and the confidence becomes softmax(l / T) at the candidate.
     logits, t = logits.astype(jnp.float32) / t, 1.0
   return remasking.candidates_and_confidence(
-      logits, key, temperature=t, remasking='low_confidence', mask_id=ids.mask,
-      eos_id=ids.eos, eot_id=ids.eot)
+      logits, key, temperature=t, noised=noised, remasking='low_confidence',
+      mask_id=ids.mask, eos_id=ids.eos, eot_id=ids.eot)
 
 
 def check_model(config, sc: BlockSamplingConfig, meta: dict | None = None) -> None:
@@ -237,20 +175,21 @@ def _write_block(params, x, k, cache, spec, pos, *, config, b):
   return cache
 
 
-def _commit(blk, cand, conf, s, sched, prompt_end_in_blk, *, sc, ids):
+def _commit(blk, cand, conf, s, sched, prompt_end_in_blk, *, sc, ids, knobs=None):
   """One step's decisions for block tokens blk [B, b]: (new block, settled [B],
-  post [B]); `s` is the loop state."""
+  post [B]); `s` is the loop state, `knobs` the floats (default: `sc`'s)."""
+  knobs = BlockKnobs.of(sc) if knobs is None else knobs
   b = blk.shape[1]
   is_mask = blk == ids.mask
   active = ~s['settled'] & ~s['done']
   n = jnp.full(blk.shape[:1], sched[jnp.minimum(s['step'], len(sched) - 1)])
   if sc.min_tokens:
     n = jnp.full_like(n, sc.min_tokens)
-  take = select(conf, is_mask, n, sc) & active[:, None]
+  take = select(conf, is_mask, n, sc, knobs) & active[:, None]
   edit = jnp.zeros_like(take)
   if sc.editing_threshold > 0:
     answer = jnp.arange(b)[None, :] >= prompt_end_in_blk[:, None]
-    edit = (~is_mask & answer & (conf > sc.editing_threshold) & (cand != blk)
+    edit = (~is_mask & answer & (conf > knobs.editing_threshold) & (cand != blk)
             & active[:, None])
   new = jnp.where(take | edit, cand, blk)
   left = jnp.any(new == ids.mask, axis=1)
@@ -279,7 +218,8 @@ class BlockWalk:
   last_block: jax.Array  # [B] each row's last block.
   key: jax.Array
   config: object
-  sc: BlockSamplingConfig
+  sc: BlockSamplingConfig  # Read the floats from `knobs`.
+  knobs: BlockKnobs
   k0: int
 
   def init(self) -> dict:
@@ -310,10 +250,11 @@ class BlockWalk:
     logits, cache = _step_logits(params, x, k, s['cache'], s['pending'], spec, pos,
                                  config=config, sc=sc, b=b)
     key, sub = jax.random.split(s['key'])
-    cand, conf = draw(logits, sub, sc, ids)
+    cand, conf = draw(logits, sub, sc, ids, self.knobs)
     blk = jax.lax.dynamic_slice_in_dim(x, k * b, b, axis=1)
     new, settled, post = _commit(blk, cand, conf, s, sched,
-                                 jnp.clip(prompt_end - k * b, 0, b), sc=sc, ids=ids)
+                                 jnp.clip(prompt_end - k * b, 0, b), sc=sc, ids=ids,
+                                 knobs=self.knobs)
     x = jax.lax.dynamic_update_slice_in_dim(x, new, k * b, axis=1)
     block_done = jnp.all(settled | s['done'])
     # A row stops after a block holding EOS in its answer, or after its last block.
@@ -349,20 +290,23 @@ class BlockWalk:
 
 
 def walk(params, prompts, prompt_lengths, shift, last_block, key, *, config,
-         sc: BlockSamplingConfig, k0: int, n_blocks: int) -> BlockWalk:
+         sc: BlockSamplingConfig, k0: int, n_blocks: int,
+         knobs: BlockKnobs | None = None) -> BlockWalk:
   """The `BlockWalk` of prompts [B, P] (right-padded; lengths [B]) placed on
-  a canvas of k0 + n_blocks blocks by `shift` [B] (see `placement`)."""
+  a canvas of k0 + n_blocks blocks by `shift` [B] (see `placement`); the
+  floats from `knobs` (default: `sc`'s own)."""
   b = sc.block_length
   x, seg, pos = _canvas(prompts, prompt_lengths, shift, (k0 + n_blocks) * b, config.ids)
   return BlockWalk(params, x, AttentionSpec(segment_ids=seg, block_size=b), pos,
-                   shift + prompt_lengths, last_block, key, config, sc, k0)
+                   shift + prompt_lengths, last_block, key, config, sc,
+                   BlockKnobs.of(sc) if knobs is None else knobs, k0)
 
 
 @functools.partial(jax.jit, static_argnames=('config', 'sc', 'k0', 'n_blocks'))
-def _sample(params, prompts, prompt_lengths, shift, last_block, key, *, config,
-            sc: BlockSamplingConfig, k0: int, n_blocks: int) -> BlockSample:
+def _sample(params, prompts, prompt_lengths, shift, last_block, key, knobs, *,
+            config, sc: BlockSamplingConfig, k0: int, n_blocks: int) -> BlockSample:
   w = walk(params, prompts, prompt_lengths, shift, last_block, key, config=config,
-           sc=sc, k0=k0, n_blocks=n_blocks)
+           sc=sc, k0=k0, n_blocks=n_blocks, knobs=knobs)
   s = jax.lax.while_loop(lambda s: ~jnp.all(s['done']), w.step, w.init())
   return w.answer(s)[0]
 
@@ -409,6 +353,7 @@ def generate(params, prompts, key: jax.Array, *, config,
     raise ValueError(f'the canvas needs {t} positions (prompt, gen_length '
                      f'{sampling.gen_length}, whole blocks of {sampling.block_length}), '
                      f'more than the model max_len {config.max_len}.')
+  # The floats are traced: a new temperature or threshold reuses the program.
   return _sample(params, jnp.asarray(prompts), jnp.asarray(lengths), jnp.asarray(shift),
-                 jnp.asarray(last), key, config=config, sc=sampling, k0=k0,
-                 n_blocks=n)
+                 jnp.asarray(last), key, BlockKnobs.of(sampling), config=config,
+                 sc=sampling.program_part(), k0=k0, n_blocks=n)

@@ -6,10 +6,12 @@ not recompile the sampler."""
 from __future__ import annotations
 
 import dataclasses
+from typing import Sequence
 
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dllm_jax.sampling import proposers, remasking, rules
 
@@ -95,6 +97,13 @@ class SamplingConfig:
         self, temperature=default.temperature, threshold=default.threshold,
         factor=default.factor, cfg_scale=1.0 if self.use_cfg else 0.0)
 
+  def program_part(self) -> 'SamplingConfig':
+    """`static_part` that also keeps whether noise is drawn (temperature 1.0 /
+    0.0): what a server program is built for, its rows' floats traced one per
+    row (`Knobs.stack`; a per-row temperature under `vmap` would run both
+    branches of the proposer's `lax.cond`: see `proposers.build`)."""
+    return dataclasses.replace(self.static_part(), temperature=float(self.temperature > 0))
+
 
 def _check_choice(what: str, value: str, known) -> None:
   if value not in known:
@@ -118,3 +127,10 @@ class Knobs:
     f32 = lambda x: jnp.asarray(x, jnp.float32)
     return cls(temperature=f32(sampling.temperature), threshold=f32(sampling.threshold),
                factor=f32(sampling.factor), cfg_weight=f32(sampling.cfg_scale + 1.0))
+
+  @classmethod
+  def stack(cls, samplings: Sequence[SamplingConfig]) -> 'Knobs':
+    """One row each: host float32 arrays [len(samplings)], rounded as `of`."""
+    f32 = lambda f: np.asarray([f(s) for s in samplings], np.float32)
+    return cls(temperature=f32(lambda s: s.temperature), threshold=f32(lambda s: s.threshold),
+               factor=f32(lambda s: s.factor), cfg_weight=f32(lambda s: s.cfg_scale + 1.0))

@@ -28,7 +28,7 @@ import numpy as np
 
 from dllm_jax import model as model_lib
 from dllm_jax.presets import ModelConfig
-from dllm_jax.sampling import logits_source
+from dllm_jax.sampling import logits_source, loop
 from dllm_jax.sampling.config import CACHES, Knobs, SamplingConfig
 from dllm_jax.sampling.logits_source import CachedModel, LogitsFn
 from dllm_jax.sampling.loop import SamplerState, denoise
@@ -161,6 +161,23 @@ def sample(params: model_lib.Params, prompt: jax.Array | np.ndarray, key: jax.Ar
   canvas_mask = None if prompt_mask is None else jnp.concatenate(
       [jnp.asarray(prompt_mask, bool), jnp.ones((b, sampling.gen_length), bool)], 1)
   return _run(params, canvas, canvas_mask, key, config, sampling, p)
+
+
+def row_walk(params: model_lib.Params, prompt: jax.Array, mask: jax.Array,
+             key: jax.Array, knobs: Knobs, *, config: ModelConfig,
+             sampling: SamplingConfig, proposer=None) -> loop.BlockWalk:
+  """The `loop.BlockWalk` of one prompt [P] (left-padded, `mask` [P] True on
+  its tokens) as a one-row batch: what `sample` runs for it with `prompt_mask`
+  (traceable; the server's rows, each with its own key and `knobs`).
+  `sampling` has `mask_id` set; its floats are read from `knobs` only."""
+  g = sampling.gen_length
+  canvas = jnp.concatenate([prompt, jnp.full((g,), sampling.mask_id, jnp.int32)])[None]
+  seg, pos = _layout(jnp.concatenate([mask, jnp.ones((g,), bool)])[None])
+  logits_fn, cached = logits_source.model_calls(params, config)
+  return loop.blocks(logits_fn, canvas, seg, pos, key, sampling=sampling,
+                     start=prompt.shape[0], eos_id=config.ids.eos,
+                     eot_id=config.ids.eot, knobs=knobs, proposer=proposer,
+                     cached=cached)
 
 
 def generate(params: model_lib.Params, prompt: jax.Array | np.ndarray, key: jax.Array,

@@ -143,10 +143,7 @@ def blocks(logits_fn: logits_source.LogitsFn | None, canvas: jax.Array,
   knobs = Knobs.of(sc) if knobs is None else knobs
   rule = rules.RULES[sc.parallel]() if rule is None else rule
   if proposer is None:
-    proposer = proposers.PROPOSERS[sc.noise](
-        remasking=sc.remasking, mask_id=sc.mask_id, eos_id=eos_id, eot_id=eot_id,
-        logits_eos_inf=sc.logits_eos_inf,
-        confidence_eos_eot_inf=sc.confidence_eos_eot_inf)
+    proposer = proposers.build(sc, eos_id, eot_id)
   source = logits_source.build(canvas, segment_ids, positions, sampling=sc,
                                knobs=knobs, logits_fn=logits_fn, cached=cached)
   walk = _Walk(source, proposer, rule, key, knobs, sc.mask_id, sc.block_length,
@@ -178,9 +175,14 @@ def denoise(logits_fn: logits_source.LogitsFn | None, canvas: jax.Array,
   Returns:
     the final `SamplerState`.
   """
-  walk = blocks(logits_fn, canvas, segment_ids, positions, key, sampling=sampling,
-                start=start, eos_id=eos_id, eot_id=eot_id, knobs=knobs, rule=rule,
-                proposer=proposer, cached=cached)
+  return run_all(blocks(logits_fn, canvas, segment_ids, positions, key,
+                        sampling=sampling, start=start, eos_id=eos_id, eot_id=eot_id,
+                        knobs=knobs, rule=rule, proposer=proposer, cached=cached),
+                 sampling)
+
+
+def run_all(walk: BlockWalk, sampling: SamplingConfig) -> SamplerState:
+  """Every block of `walk` from its start: the final `SamplerState`."""
   carry = walk.init()
   if sampling.cache == 'prefix':  # Static window widths: one traced copy per block.
     for block in range(walk.num_blocks):

@@ -29,6 +29,10 @@ class _Proposer:
   eot_id: int
   logits_eos_inf: bool = False
   confidence_eos_eot_inf: bool = False
+  # None: branch on the traced temperature; True / False: that branch alone
+  # (a caller that knows the sign, e.g. rows under vmap whose temperatures
+  # differ, where a per-row predicate would run both branches).
+  noised: bool | None = None
 
   def _branches(self, logits: jax.Array, key: jax.Array, temperature: jax.Array,
                 noise: str, **kw) -> tuple[jax.Array, jax.Array]:
@@ -38,6 +42,8 @@ class _Proposer:
           remasking=self.remasking, mask_id=self.mask_id, eos_id=self.eos_id,
           eot_id=self.eot_id, logits_eos_inf=self.logits_eos_inf,
           confidence_eos_eot_inf=self.confidence_eos_eot_inf, noise=noise, **kw)
+    if self.noised is not None:
+      return run(self.noised)
     return jax.lax.cond(temperature > 0, lambda: run(True), lambda: run(False))
 
 
@@ -66,3 +72,12 @@ class CounterNoise(_Proposer):
 
 
 PROPOSERS = {'jax': JaxNoise, 'counter': CounterNoise}
+
+
+def build(sc, eos_id: int, eot_id: int, noised: bool | None = None) -> _Proposer:
+  """The proposer of settings `sc` (a `SamplingConfig`); `noised` fixes the
+  temperature branch (see `_Proposer.noised`)."""
+  return PROPOSERS[sc.noise](
+      remasking=sc.remasking, mask_id=sc.mask_id, eos_id=eos_id, eot_id=eot_id,
+      logits_eos_inf=sc.logits_eos_inf,
+      confidence_eos_eot_inf=sc.confidence_eos_eot_inf, noised=noised)

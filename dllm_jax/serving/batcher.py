@@ -57,6 +57,7 @@ class Job:
   stop_check: Callable[[np.ndarray], bool] | None = None
   ids: np.ndarray | None = None
   key: tuple = ()
+  sampling: object = None  # The request's settings, resolved.
   abandoned: bool = False
 
   def cancel(self) -> None:
@@ -109,8 +110,11 @@ class Batcher:
     """Queues a request; its `future` gets a `Completion` (or the error)."""
     ids = self.engine.encode(request.prompt, request.chat)
     sampling = self.engine.resolve(request.sampling)
+    # Requests whose settings differ only in floats (temperature, threshold,
+    # ...) share a batch key, so they share a batch and a compiled program.
     job = Job(request, concurrent.futures.Future(), time.monotonic(), on_block,
-              stop_check, ids, (sampling, self.engine.bucket(len(ids), sampling)))
+              stop_check, ids, (sampling.program_part(),
+                                self.engine.bucket(len(ids), sampling)), sampling)
     with self._cv:
       if self._stopping:
         raise QueueFull('the server is shutting down.')
@@ -183,7 +187,7 @@ class Batcher:
           job.future.set_exception(e)
         continue
       for job in jobs:
-        rb.admit(job, job.ids, job.request.seed)
+        rb.admit(job, job.ids, job.request.seed, job.sampling)
     self.running = sum(len(rb.live) for rb in self._live.values())
 
   def _run_whole(self, jobs: list[Job]) -> None:

@@ -88,28 +88,30 @@ def check(config, meta: dict | None, sampling: block.BlockSamplingConfig, n: int
 
 
 def row_fns(config, sampling: block.BlockSamplingConfig, lay: BlockLayout):
-  """(init, row) of one row. init(params, prompt [W], mask [W], seed []) ->
-  carry: the walk's state before its first block (the PRNG key as raw data);
-  row(params, prompt, mask, seed, carry, live []) -> (carry, answer tokens [G]
-  (EOS after the length), answer tokens final so far [], done []). Prompts
-  are left-padded to the layout's width W, `mask` marking the prompt."""
+  """(init, row) of one row. init(params, prompt [W], mask [W], seed [],
+  knobs) -> carry: the walk's state before its first block (the PRNG key as
+  raw data); row(params, prompt, mask, seed, knobs, carry, live []) -> (carry,
+  answer tokens [G] (EOS after the length), answer tokens final so far [],
+  done []). Prompts are left-padded to the layout's width W, `mask` marking the
+  prompt; `knobs` (`BlockKnobs`, []) are the row's floats, `sampling` the
+  program's settings (`program_part`)."""
   w, b, g = lay.width, sampling.block_length, sampling.gen_length
 
-  def walk_of(params, prompt, mask, seed):
+  def walk_of(params, prompt, mask, seed, knobs):
     n = jnp.sum(mask).astype(jnp.int32)
     right = prompt[(jnp.arange(w) + w - n) % w]  # Left-padded -> right-padded.
     shift, last = block.placement(n, lay.first_block, b, g)
     return block.walk(params, right[None], n[None], shift[None], last[None],
                       jax.random.key(seed), config=config, sc=sampling,
-                      k0=lay.first_block, n_blocks=lay.blocks)
+                      k0=lay.first_block, n_blocks=lay.blocks, knobs=knobs)
 
   raw = lambda s: {**s, 'key': jax.random.key_data(s['key'])}
 
-  def init(params, prompt, mask, seed):
-    return raw(walk_of(params, prompt, mask, seed).init())
+  def init(params, prompt, mask, seed, knobs):
+    return raw(walk_of(params, prompt, mask, seed, knobs).init())
 
-  def row(params, prompt, mask, seed, carry, live):
-    walk = walk_of(params, prompt, mask, seed)
+  def row(params, prompt, mask, seed, knobs, carry, live):
+    walk = walk_of(params, prompt, mask, seed, knobs)
     s = walk.run_block({**carry, 'key': jax.random.wrap_key_data(carry['key'])}, live)
     out, ready = walk.answer(s)
     return raw(s), out.tokens[0], ready[0], s['done'][0]

@@ -5,11 +5,13 @@
   out = engine.generate([Request('def ', sampling, seed=1), Request([257, 100], ...)])
   out[0].text, out[0].tokens                         # one Completion per request
 
-Requests of different lengths and settings are grouped by their static sampler
-settings and their prompt-length bucket (left-padded to the bucket with a
-prompt mask), and each group runs as batches whose size is rounded up to a
-power of two; every (settings, prompt bucket, batch bucket) triple is compiled
-once and cached.
+Requests of different lengths and settings are grouped by their program
+settings (`program_part()`: the settings but for the values of the floats
+such as temperature and threshold, which travel one per row) and their
+prompt-length bucket (left-padded to the bucket with a prompt mask), and each
+group runs as batches whose size is rounded up to a power of two; every
+(program settings, prompt bucket, batch bucket) triple is compiled once and
+cached (at most `max_compiled`).
 
 Batch invariance: each row runs the sampler on its own, with its own PRNG key
 `jax.random.key(seed)` (`jax.vmap` over rows of a one-row sampler call), so a
@@ -29,17 +31,14 @@ equals `block.generate` on its prompt with `jax.random.key(seed)`.
 
 The coupling to the sampler's internals lives in `_row_sampler`, `_group_key`
 and `stepper._row_fn` / `block_rows.row_fns` (the server's block-by-block
-rows) alone: when sampler knobs become traced, they leave the group key.
+rows) alone.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import json
-import logging
 import os
-import threading
 from typing import Sequence
 
 import jax
@@ -51,13 +50,13 @@ from dllm_jax.data import sft
 from dllm_jax.presets import ModelConfig
 from dllm_jax.sampling import block
 from dllm_jax.sampling import generate as gen
-from dllm_jax.serving import block_rows
+from dllm_jax.sampling import loop, proposers
+from dllm_jax.serving import block_rows, programs
 from dllm_jax.serving.block_rows import BlockLayout
 
 PROMPT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 MAX_SEED = 2**32 - 1
 MAX_COMPILED = 256  # Compiled programs an engine keeps (least recently used go).
-log = logging.getLogger('dllm_jax.serving')
 
 
 Sampling = gen.SamplingConfig | block.BlockSamplingConfig
@@ -130,19 +129,13 @@ class Engine:
     compiled programs are kept (past that the least recently used is dropped
     and compiles again when asked for: distinct settings cannot grow memory
     without bound)."""
-    if max_compiled < 1:
-      raise ValueError(f'max_compiled={max_compiled} must be at least 1.')
     self.params, self.config, self.tokenizer = params, config, tokenizer
     self.default_sampling = default_sampling or gen.SamplingConfig()
     self.chat, self.name = chat, name
     self.batch_sizes = tuple(sorted(batch_sizes or powers_of_two(max_batch)))
     self.max_batch = self.batch_sizes[-1]
     self.prompt_buckets = tuple(sorted(prompt_buckets))
-    self.max_compiled = max_compiled
-    self._compiled = collections.OrderedDict()
-    self.compiles = 0  # Programs built (one dropped and built again counts twice).
-    self.dropped = 0  # Programs dropped past `max_compiled`.
-    self._lock = threading.Lock()
+    self.programs = programs.Programs(max_compiled)
     self.meta = None  # The checkpoint's meta (`from_workdir`): which sampler fits.
 
   @classmethod
@@ -284,67 +277,60 @@ class Engine:
     return next(b for b in self.batch_sizes if b >= n)
 
   def _group_key(self, sampling: Sampling, n: int):
-    """Requests with equal keys share one compiled call."""
-    return sampling, self.bucket(n, sampling)
+    """Requests with equal keys share one compiled call: (the program's
+    settings, `program_part`: the floats' values leave it, travelling one per
+    row; the prompt bucket)."""
+    return sampling.program_part(), self.bucket(n, sampling)
 
   # --- compiled samplers -------------------------------------------------------
 
   def compile_once(self, key, build):
     """The compiled function cached under `key`, built by `build()` unless
-    it is among the `max_compiled` most recently used."""
-    with self._lock:
-      if key in self._compiled:
-        self._compiled.move_to_end(key)
-        return self._compiled[key]
-    compiled = build()
-    with self._lock:
-      if key not in self._compiled:
-        self._compiled[key] = compiled
-        self.compiles += 1
-      self._compiled.move_to_end(key)
-      while len(self._compiled) > self.max_compiled:
-        self._compiled.popitem(last=False)
-        self.dropped += 1
-        (log.warning if self.dropped == 1 else log.info)(
-            'dropped the least recently used compiled program (max_compiled=%d; '
-            '%d dropped so far).', self.max_compiled, self.dropped)
-      return self._compiled[key]
+    it is among the `max_compiled` most recently used (`programs`)."""
+    return self.programs.get(key, build)
 
-  def _row_sampler(self, sampling: gen.SamplingConfig, prompt_len: int, batch: int):
-    """The compiled (params, prompts [B, P], masks [B, P], seeds [B]) ->
-    (tokens [B, G], commit_step [B, G], nfe [B]); one per bucket triple."""
+  def _row_sampler(self, program: gen.SamplingConfig, prompt_len: int, batch: int):
+    """The compiled (params, prompts [B, P], masks [B, P], seeds [B], knobs
+    (`Knobs` [B])) -> (tokens [B, G], commit_step [B, G], nfe [B]); one per
+    (program settings, prompt bucket, batch bucket)."""
+    ids = self.config.ids
+    proposer = proposers.build(program, ids.eos, ids.eot, noised=program.temperature > 0)
 
-    def row(params, prompt, mask, seed):
-      # A one-row batch with its own key: nothing couples rows.
-      st = gen.sample(params, prompt[None], jax.random.key(seed), config=self.config,
-                      sampling=sampling, prompt_mask=mask[None])
+    def row(params, prompt, mask, seed, knobs):
+      # A one-row run with its own key and floats: nothing couples rows.
+      st = loop.run_all(gen.row_walk(params, prompt, mask, jax.random.key(seed), knobs,
+                                     config=self.config, sampling=program,
+                                     proposer=proposer), program)
       return st.tokens[0, prompt_len:], st.commit_step[0, prompt_len:], st.nfe
 
     def build():
-      fn = jax.jit(jax.vmap(row, in_axes=(None, 0, 0, 0)))
+      fn = jax.jit(jax.vmap(row, in_axes=(None, 0, 0, 0, 0)))
       shape = lambda dtype: jax.ShapeDtypeStruct((batch, prompt_len), dtype)
+      rows = jax.ShapeDtypeStruct((batch,), jnp.float32)
       return fn.lower(self.params, shape(jnp.int32), shape(jnp.bool_),
-                      jax.ShapeDtypeStruct((batch,), jnp.uint32)).compile()
-    return self.compile_once((sampling, prompt_len, batch), build)
+                      jax.ShapeDtypeStruct((batch,), jnp.uint32),
+                      gen.Knobs(rows, rows, rows, rows)).compile()
+    return self.compile_once((program, prompt_len, batch), build)
 
   def warmup(self, buckets: Sequence[tuple[Sampling | None, int, int]]) -> int:
     """Compiles (sampling, prompt length, batch size) buckets ahead; returns how
     many were new. Lengths and sizes are rounded up to their buckets."""
     from dllm_jax.serving import stepper  # pylint: disable=g-import-not-at-top
-    before = self.compiles
+    before = self.programs.compiles
     for sampling, n, b in buckets:
       sampling = self.resolve(sampling)
       self.check_settings(sampling, n)
       if isinstance(sampling, block.BlockSamplingConfig):
         stepper.warmup(self, sampling, n, b)
         continue
-      self._row_sampler(sampling, self.prompt_bucket(n, sampling.gen_length),
+      self._row_sampler(sampling.program_part(),
+                        self.prompt_bucket(n, sampling.gen_length),
                         self.batch_bucket(min(b, self.max_batch)))
-    return self.compiles - before
+    return self.programs.compiles - before
 
   @property
   def num_compiled(self) -> int:
-    return len(self._compiled)
+    return len(self.programs)
 
   # --- generation --------------------------------------------------------------
 
@@ -369,38 +355,43 @@ class Engine:
     for i, (ids, sampling, _) in enumerate(rows):
       groups.setdefault(self._group_key(sampling, len(ids)), []).append(i)
     out: list[Completion | None] = [None] * len(rows)
-    for (sampling, p), members in groups.items():
+    for (program, p), members in groups.items():
       for c in range(0, len(members), self.max_batch):
         chunk = members[c:c + self.max_batch]
-        run = (self._run if isinstance(sampling, gen.SamplingConfig) else
+        run = (self._run if isinstance(program, gen.SamplingConfig) else
                self._run_blocks)
-        results = run(sampling, p, [rows[i][0] for i in chunk],
-                      [rows[i][2] for i in chunk])
+        results = run(program, p, *zip(*[rows[i] for i in chunk]))
         for i, res in zip(chunk, results):
           out[i] = res
     return out
 
-  def _run(self, sampling: gen.SamplingConfig, p: int, prompts: list[np.ndarray],
-           seeds: list[int]) -> list[Completion]:
-    """One batch: rows padded to `p` tokens and to a power-of-two row count."""
+  def _run(self, program: gen.SamplingConfig, p: int, prompts: Sequence[np.ndarray],
+           samplings: Sequence[gen.SamplingConfig],
+           seeds: Sequence[int]) -> list[Completion]:
+    """One batch: rows padded to `p` tokens and to a power-of-two row count,
+    each with its own settings' floats (one `program_part`)."""
     n = len(prompts)
     b = self.batch_bucket(n)
-    padded = list(prompts) + [prompts[-1]] * (b - n)  # Spare rows: discarded.
+    spare = lambda rows: list(rows) + [rows[-1]] * (b - n)  # Spare rows: discarded.
+    padded = spare(prompts)
     tokens, mask = gen.pad_prompts(padded, self.config.ids.pad)
     extra = p - tokens.shape[1]
     tokens = np.pad(tokens, ((0, 0), (extra, 0)), constant_values=self.config.ids.pad)
     mask = np.pad(mask, ((0, 0), (extra, 0)))
-    seeds = np.asarray(list(seeds) + [seeds[-1]] * (b - n), np.uint32)
-    fn = self._row_sampler(sampling, p, b)
-    out, steps, nfe = jax.device_get(fn(self.params, tokens, mask, seeds))
+    seeds = np.asarray(spare(seeds), np.uint32)
+    fn = self._row_sampler(program, p, b)
+    out, steps, nfe = jax.device_get(fn(self.params, tokens, mask, seeds,
+                                        gen.Knobs.stack(spare(samplings))))
     return [self.completion(out[i], steps[i], int(nfe[i]), len(prompts[i]))
             for i in range(n)]
 
-  def _run_blocks(self, sampling: block.BlockSamplingConfig, p: BlockLayout,
-                  prompts: list[np.ndarray], seeds: list[int]) -> list[Completion]:
+  def _run_blocks(self, program: block.BlockSamplingConfig, p: BlockLayout,
+                  prompts: Sequence[np.ndarray],
+                  samplings: Sequence[block.BlockSamplingConfig],
+                  seeds: Sequence[int]) -> list[Completion]:
     """One batch of the block sampler, stepped block by block (`stepper.run`)."""
     from dllm_jax.serving import stepper  # pylint: disable=g-import-not-at-top
-    return stepper.run(self, sampling, p, prompts, seeds)
+    return stepper.run(self, program, p, prompts, seeds, samplings)
 
   def completion(self, tokens: np.ndarray, commit_step: np.ndarray, nfe: int,
                  prompt_tokens: int) -> Completion:

@@ -299,7 +299,7 @@ def create_app(engine: Engine, batcher: Batcher, limits: Limits,
             'joined': batcher.joined, 'cancelled': batcher.cancelled,
             'stopped': batcher.stopped,
             'block_calls': batcher.block_calls, 'row_blocks': batcher.row_blocks,
-            'compiled': engine.num_compiled, 'dropped_programs': engine.dropped}
+            'compiled': engine.num_compiled, 'dropped_programs': engine.programs.dropped}
 
   @app.get('/v1/models')
   async def models():

@@ -33,7 +33,7 @@ import numpy as np
 
 from dllm_jax.sampling import block as block_lib
 from dllm_jax.sampling import generate as gen
-from dllm_jax.sampling import logits_source, loop
+from dllm_jax.sampling import proposers
 from dllm_jax.serving import block_rows
 from dllm_jax.serving.block_rows import BlockLayout
 from dllm_jax.serving.engine import Completion, Engine
@@ -53,25 +53,29 @@ def _width(p: int | BlockLayout) -> int:
   return p.width if isinstance(p, BlockLayout) else p
 
 
+def knobs_of(samplings) -> gen.Knobs | block_lib.BlockKnobs:
+  """The rows' floats: host float32 arrays [len(samplings)] (one sampler's)."""
+  if is_block(samplings[0]):
+    return block_lib.BlockKnobs.stack(samplings)
+  return gen.Knobs.stack(samplings)
+
+
 def _row_fn(engine: Engine, sampling: gen.SamplingConfig, p: int):
-  """One row's block: (params, prompt [P], mask [P], seed [], carry, block [],
-  fresh []) -> (carry, answer tokens [G]); carry = (SamplerState of a
-  one-row batch, the logits source's carry). `fresh` starts the row over from
-  its prompt; a row at block >= the number of blocks is left as it is."""
-  config, g = engine.config, sampling.gen_length
-  static, knobs = sampling.static_part(), gen.Knobs.of(sampling)
+  """One row's block: (params, prompt [P], mask [P], seed [], knobs, carry,
+  block [], fresh []) -> (carry, answer tokens [G]); carry = (SamplerState of
+  a one-row batch, the logits source's carry). `sampling` is the program's
+  settings (`program_part`), `knobs` the row's floats. `fresh` starts the row
+  over from its prompt; a row at block >= the number of blocks is left as it is."""
+  config = engine.config
+  proposer = proposers.build(sampling, config.ids.eos, config.ids.eot,
+                             noised=sampling.temperature > 0)
 
-  def walk_of(params, prompt, mask, seed):
-    canvas = jnp.concatenate([prompt, jnp.full((g,), sampling.mask_id, jnp.int32)])[None]
-    seg = jnp.concatenate([mask, jnp.ones((g,), bool)])[None].astype(jnp.int32)
-    pos = jnp.maximum(jnp.cumsum(seg, axis=1) - 1, 0)
-    logits_fn, cached = logits_source.model_calls(params, config)
-    return loop.blocks(logits_fn, canvas, seg, pos, jax.random.key(seed),
-                       sampling=static, start=p, eos_id=config.ids.eos,
-                       eot_id=config.ids.eot, knobs=knobs, cached=cached)
+  def walk_of(params, prompt, mask, seed, knobs):
+    return gen.row_walk(params, prompt, mask, jax.random.key(seed), knobs, config=config,
+                        sampling=sampling, proposer=proposer)
 
-  def row(params, prompt, mask, seed, carry, block, fresh):
-    walk = walk_of(params, prompt, mask, seed)
+  def row(params, prompt, mask, seed, knobs, carry, block, fresh):
+    walk = walk_of(params, prompt, mask, seed, knobs)
     pick = lambda on, a, b: jax.tree.map(lambda x, y: jnp.where(on, x, y), a, b)
     carry = pick(fresh, walk.init(), carry)
     new = walk.run(carry, jnp.minimum(block, walk.num_blocks - 1))
@@ -82,9 +86,10 @@ def _row_fn(engine: Engine, sampling: gen.SamplingConfig, p: int):
 
 
 def _batch_fn(engine: Engine, sampling, p: int | BlockLayout):
-  """The (params, prompts [B, W], masks [B, W], seeds [B], carry, block [B],
-  fresh [B]) -> (carry, answers [B, G], final tokens so far [B], finished [B])
-  of one block of every row; a row at block >= `num_blocks` is left as is."""
+  """The (params, prompts [B, W], masks [B, W], seeds [B], knobs [B], carry,
+  block [B], fresh [B]) -> (carry, answers [B, G], final tokens so far [B],
+  finished [B]) of one block of every row; a row at block >= `num_blocks` is
+  left as is."""
   pick = lambda on, a, b: jax.tree.map(
       lambda x, y: jnp.where(on.reshape(on.shape + (1,) * (x.ndim - 1)), x, y), a, b)
   rows = lambda f, n: jax.vmap(f, in_axes=(None,) + (0,) * n)
@@ -93,19 +98,20 @@ def _batch_fn(engine: Engine, sampling, p: int | BlockLayout):
     bl = sampling.block_length
     nb = sampling.gen_length // bl
 
-    def full(params, prompts, masks, seeds, carry, block, fresh):
-      carry, answer = rows(row, 6)(params, prompts, masks, seeds, carry, block, fresh)
+    def full(params, prompts, masks, seeds, knobs, carry, block, fresh):
+      carry, answer = rows(row, 7)(params, prompts, masks, seeds, knobs, carry, block,
+                                   fresh)
       return carry, answer, jnp.minimum(block + 1, nb) * bl, block + 1 >= nb
     return full
   init, row = block_rows.row_fns(engine.config, sampling, p)
 
-  def blocks(params, prompts, masks, seeds, carry, block, fresh):
+  def blocks(params, prompts, masks, seeds, knobs, carry, block, fresh):
     # The prefill of joining rows runs only in a call that has some.
     carry = jax.lax.cond(
         jnp.any(fresh),
-        lambda c: pick(fresh, rows(init, 3)(params, prompts, masks, seeds), c),
+        lambda c: pick(fresh, rows(init, 4)(params, prompts, masks, seeds, knobs), c),
         lambda c: c, carry)
-    return rows(row, 5)(params, prompts, masks, seeds, carry, block < p.blocks)
+    return rows(row, 6)(params, prompts, masks, seeds, knobs, carry, block < p.blocks)
   return blocks
 
 
@@ -135,7 +141,8 @@ def _repack(engine: Engine, sampling, p: int | BlockLayout, b: int, new_b: int):
 def _row_carry(engine: Engine, sampling, p: int | BlockLayout):
   """Shapes of one row's carry (traced once per settings: a batch opens fast)."""
   w = _width(p)
-  args = (engine.params, jnp.zeros(w, jnp.int32), jnp.ones(w, bool), jnp.uint32(0))
+  one = jax.tree.map(lambda a: a[0], knobs_of([sampling]))
+  args = (engine.params, jnp.zeros(w, jnp.int32), jnp.ones(w, bool), jnp.uint32(0), one)
   if is_block(sampling):
     init, _ = block_rows.row_fns(engine.config, sampling, p)
     return jax.eval_shape(lambda: init(*args))
@@ -144,12 +151,15 @@ def _row_carry(engine: Engine, sampling, p: int | BlockLayout):
 
 
 class RowBatch:
-  """Rows of one (sampling, prompt bucket p) stepping block by block; `jobs[i]`
-  is the owner of row i (None: free). p is the prompt length (full-sequence
-  sampler) or a `BlockLayout` (block sampler)."""
+  """Rows of one (program settings, prompt bucket p) stepping block by block;
+  `jobs[i]` is the owner of row i (None: free). p is the prompt length
+  (full-sequence sampler) or a `BlockLayout` (block sampler). Rows whose
+  settings differ only in their floats (`program_part`) share it, each with
+  its own (`knobs`)."""
 
   def __init__(self, engine: Engine, sampling, p: int | BlockLayout, b: int):
-    self.engine, self.sampling, self.p, self.width = engine, sampling, p, _width(p)
+    self.engine, self.p, self.width = engine, p, _width(p)
+    self.sampling = sampling.program_part()
     # The most calls a row takes (the block sampler's rows may finish sooner).
     self.num_blocks = (p.blocks if is_block(sampling) else
                        sampling.gen_length // sampling.block_length)
@@ -168,12 +178,13 @@ class RowBatch:
     return engine.compile_once(('blocks', sampling, p, b), build)
 
   def _specs(self, b: int):
-    """Shapes of (prompts, masks, seeds, carry, block, fresh) for b rows."""
+    """Shapes of (prompts, masks, seeds, knobs, carry, block, fresh) for b rows."""
     s = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype)
     one = _row_carry(self.engine, self.sampling, self.p)
     carry = jax.tree.map(lambda a: s((b, *a.shape), a.dtype), one)
+    knobs = jax.tree.map(lambda a: s((b,), a.dtype), knobs_of([self.sampling]))
     return (s((b, self.width), jnp.int32), s((b, self.width), jnp.bool_),
-            s((b,), jnp.uint32), carry, s((b,), jnp.int32), s((b,), jnp.bool_))
+            s((b,), jnp.uint32), knobs, carry, s((b,), jnp.int32), s((b,), jnp.bool_))
 
   # --- rows -----------------------------------------------------------------------
 
@@ -190,14 +201,16 @@ class RowBatch:
       self.prompts = np.full((b, self.width), self.engine.config.ids.pad, np.int32)
       self.masks = np.zeros((b, self.width), bool)
       self.seeds = np.zeros(b, np.uint32)
+      self.knobs = knobs_of([self.sampling] * b)  # Host arrays [b], set by `admit`.
       self.block = np.full(b, self.num_blocks, np.int32)
       self.fresh = np.zeros(b, bool)
-      self.carry = _zeros(self._specs(b)[3])
+      self.carry = _zeros(self._specs(b)[4])
       self.jobs, self.b = [None] * b, b
       return
     idx = np.asarray(keep + [0] * (b - len(keep)))  # Spare rows: copies, freed below.
     for name in ('prompts', 'masks', 'seeds', 'block', 'fresh'):
       setattr(self, name, getattr(self, name)[idx].copy())
+    self.knobs = jax.tree.map(lambda a: a[idx].copy(), self.knobs)
     self.carry = _repack(self.engine, self.sampling, self.p, self.b, b)(
         self.carry, idx.astype(np.int32))
     self.jobs = [self.jobs[i] for i in keep] + [None] * (b - len(keep))
@@ -211,9 +224,15 @@ class RowBatch:
     if b != self.b:
       self._resize(b)
 
-  def admit(self, job, ids: np.ndarray, seed: int) -> None:
-    """Puts a job's prompt in a free row; it starts at its first block next step."""
+  def admit(self, job, ids: np.ndarray, seed: int, sampling) -> None:
+    """Puts a job's prompt in a free row with the floats of its settings
+    (`sampling`, resolved: of this batch's program); it starts at its first
+    block next step."""
+    if sampling.program_part() != self.sampling:
+      raise ValueError(f'settings {sampling} do not fit the batch of {self.sampling}.')
     i = self.jobs.index(None)
+    for rows, one in zip(jax.tree.leaves(self.knobs), jax.tree.leaves(knobs_of([sampling]))):
+      rows[i] = one[0]
     self.prompts[i] = self.engine.config.ids.pad
     self.prompts[i, self.width - len(ids):] = ids
     self.masks[i] = False
@@ -231,7 +250,8 @@ class RowBatch:
     # Copies: on CPU a NumPy argument may be read in place after the call
     # returns (asynchronous dispatch), and these arrays change next.
     host = [a.copy() for a in (self.prompts, self.masks, self.seeds)]
-    self.carry, answer, end, finished = fn(self.engine.params, *host, self.carry,
+    knobs = jax.tree.map(np.copy, self.knobs)
+    self.carry, answer, end, finished = fn(self.engine.params, *host, knobs, self.carry,
                                            self.block.copy(), self.fresh.copy())
     self.fresh[:] = False
     answer, end, finished = jax.device_get((answer, end, finished))
@@ -253,12 +273,13 @@ class RowBatch:
 
 
 def run(engine: Engine, sampling, p: int | BlockLayout, prompts: list[np.ndarray],
-        seeds: list[int]) -> list[Completion]:
+        seeds: list[int], samplings) -> list[Completion]:
   """Steps rows (at most `engine.max_batch`) from their prompts [P_i] to their
-  ends, all joining at once (`Engine.generate`'s block-sampler path)."""
+  ends, all joining at once (`Engine.generate`'s block-sampler path); row i
+  with the settings `samplings[i]` (resolved, all of one `program_part`)."""
   rows = RowBatch(engine, sampling, p, engine.batch_bucket(len(prompts)))
-  for k, (ids, seed) in enumerate(zip(prompts, seeds)):
-    rows.admit(k, ids, seed)
+  for k, (ids, seed, sc) in enumerate(zip(prompts, seeds, samplings)):
+    rows.admit(k, ids, seed, sc)
   out = {}
   while rows.live:
     for i, tokens, finished in rows.step():
@@ -271,7 +292,8 @@ def run(engine: Engine, sampling, p: int | BlockLayout, prompts: list[np.ndarray
 
 def warmup(engine: Engine, sampling, n: int, b: int) -> None:
   """Compiles the block step for an n-token prompt in a batch of b rows, and
-  the re-packing of such a batch to every compiled batch size."""
+  the re-packing of such a batch to every compiled batch size (for every
+  request of these settings but for their floats: `program_part`)."""
   sampling = engine.resolve(sampling)
   engine.check_settings(sampling, n)
   b = engine.batch_bucket(min(b, engine.max_batch))
@@ -281,4 +303,4 @@ def warmup(engine: Engine, sampling, n: int, b: int) -> None:
   rows = RowBatch(engine, sampling, engine.bucket(n, sampling), b)
   rows._compiled(b)  # pylint: disable=protected-access
   for size in engine.batch_sizes:
-    _repack(engine, sampling, rows.p, b, size)
+    _repack(engine, rows.sampling, rows.p, b, size)

@@ -1,0 +1,52 @@
+"""Compiled programs by key, at most `limit` kept (least recently used dropped).
+
+An engine compiles one program per (settings, prompt bucket, batch size) it
+meets; a bound keeps requests with ever new settings from growing memory
+without limit. A dropped program compiles again when asked for.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from typing import Callable, Hashable
+
+log = logging.getLogger('dllm_jax.serving')
+
+
+class Programs:
+  """`get(key, build)`: the program under `key`, built by `build()` unless it
+  is among the `limit` most recently used. Thread-safe; a build runs outside
+  the lock (two threads may build one key; the first kept wins)."""
+
+  def __init__(self, limit: int):
+    if limit < 1:
+      raise ValueError(f'max_compiled={limit} must be at least 1.')
+    self.limit = limit
+    self.compiles = 0  # Programs built (one dropped and built again counts twice).
+    self.dropped = 0  # Programs dropped past `limit`.
+    self._kept: collections.OrderedDict = collections.OrderedDict()
+    self._lock = threading.Lock()
+
+  def __len__(self) -> int:
+    return len(self._kept)
+
+  def get(self, key: Hashable, build: Callable[[], object]):
+    with self._lock:
+      if key in self._kept:
+        self._kept.move_to_end(key)
+        return self._kept[key]
+    program = build()
+    with self._lock:
+      if key not in self._kept:
+        self._kept[key] = program
+        self.compiles += 1
+      self._kept.move_to_end(key)
+      while len(self._kept) > self.limit:
+        self._kept.popitem(last=False)
+        self.dropped += 1
+        (log.warning if self.dropped == 1 else log.info)(
+            'dropped the least recently used compiled program (max_compiled=%d; '
+            '%d dropped so far).', self.limit, self.dropped)
+      return self._kept[key]
