@@ -61,6 +61,10 @@ def test_models_health_completion_and_chat(server, client):
   assert out.usage.prompt_tokens == 6  # BOS + 5 bytes.
   again = client.completions.create(model=name, prompt='hello', seed=3)
   assert again.choices[0].text == out.choices[0].text  # Same seed, same answer.
+  client.completions.create(model=name, prompt='hello', seed=3, temperature=0.9)
+  compiled = httpx.get(url + '/health').json()['compiled']
+  client.completions.create(model=name, prompt='hello', seed=3, temperature=1.3)
+  assert httpx.get(url + '/health').json()['compiled'] == compiled  # Traced per row.
   chat = client.chat.completions.create(
       model=name, messages=[{'role': 'user', 'content': 'hi'}], seed=4,
       extra_body={'steps': 4, 'block_length': 4})
