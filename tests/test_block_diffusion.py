@@ -60,10 +60,9 @@ def test_clean_copy_equals_a_block_causal_forward(tiny_config, tiny_params):
   np.testing.assert_allclose(out[:, :16], plain, atol=2e-5)  # Same context, too.
 
 
-@pytest.mark.parametrize('opts', [bd.BlockDiffusionOptions(block_size=4),
-                                  bd.BlockDiffusionOptions(block_size=4, noise='block',
-                                                           weight='inv_t')])
-def test_loss_equals_numpy_on_packed_sft_rows(opts):
+def test_loss_equals_numpy_on_packed_sft_rows():
+  """Every noise / weight combination (one jitted program): padding and SFT
+  prompts stay clean; the loss is finite and equals the NumPy reference."""
   b, l, v = 3, 12, 260
   tokens = jax.random.randint(jax.random.key(1), (b, l), 0, 250)
   seg = jnp.asarray([[1] * 8 + [2] * 4, [1] * 12, [1] * 6 + [0] * 6])
@@ -73,23 +72,44 @@ def test_loss_equals_numpy_on_packed_sft_rows(opts):
            'prompt_lengths': jnp.asarray([2, 3, 0])}
   key = jax.random.key(3)
   logits = jax.random.normal(jax.random.key(4), (b, 2 * l, v)) * 3
+  all_opts = [bd.BlockDiffusionOptions(block_size=4, noise=n, weight=w)
+              for n in bd.NOISES for w in bd.WEIGHTS]
 
   @jax.jit
-  def loss(batch):
-    lb = bd.make_loss_batch(batch, key, mask_id=MASK, options=opts)
-    return lb, diffusion.loss_from_logits(logits, lb)
-  lb, got = loss(batch)
-  got = float(got)
-  xt = np.asarray(lb.inputs[:, :l])
+  def losses(batch):
+    lbs = [bd.make_loss_batch(batch, key, mask_id=MASK, options=o) for o in all_opts]
+    return lbs, [diffusion.loss_from_logits(logits, lb) for lb in lbs]
   maskable = (np.asarray(seg) != 0) & (np.arange(l)[None] >= np.array([[2], [3], [0]]))
-  assert not ((xt == MASK) & ~maskable).any()  # Padding and prompts stay clean.
-  t = np.asarray(bd.noise_levels(jax.random.split(key)[0], pos, 4, opts))
-  if opts.noise == 'row':
-    assert ((t >= 0.3) & (t <= 0.8)).all() and (t == t[:, :1]).all()
-  want = ref.block_loss(np.asarray(logits[:, :l]), np.asarray(tokens), xt, MASK,
-                        maskable, None if opts.weight == 'none' else t)
-  np.testing.assert_allclose(got, want, rtol=1e-5)
-  np.testing.assert_array_equal(np.asarray(lb.weights[:, l:]), 0)
+  for opts, lb, got in zip(all_opts, *losses(batch)):
+    got = float(got)
+    assert np.isfinite(got), opts
+    xt = np.asarray(lb.inputs[:, :l])
+    assert not ((xt == MASK) & ~maskable).any()  # Padding and prompts stay clean.
+    t = np.asarray(bd.noise_levels(jax.random.split(key)[0], pos, 4, opts))
+    if opts.noise == 'row':
+      assert ((t >= 0.3) & (t <= 0.8)).all() and (t == t[:, :1]).all()
+    want = ref.block_loss(np.asarray(logits[:, :l]), np.asarray(tokens), xt, MASK,
+                          maskable, None if opts.weight == 'none' else t)
+    np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=str(opts))
+    np.testing.assert_array_equal(np.asarray(lb.weights[:, l:]), 0)
+
+
+def test_block_noise_is_one_level_per_block():
+  """noise='block': one t ~ U[eps, 1] per block index (shared by the blocks of
+  that index of every document in a row), constant inside a block, different
+  across blocks and rows; 'row' noise draws from [t_min, t_max] instead."""
+  opts = bd.BlockDiffusionOptions(block_size=4, noise='block', eps=0.5)
+  pos = jnp.asarray([list(range(13)) + list(range(19))] * 64)  # Two documents.
+  t = np.asarray(jax.jit(bd.noise_levels, static_argnums=(2, 3))(
+      jax.random.key(0), pos, 4, opts))
+  blk = np.asarray(pos) // 4
+  for row_t, row_b in zip(t, blk):
+    levels = {k: np.unique(row_t[row_b == k]) for k in np.unique(row_b)}
+    assert all(len(u) == 1 for u in levels.values())  # One level per block.
+    assert len({float(u[0]) for u in levels.values()}) == len(levels)  # 5 blocks.
+  assert len(np.unique(t[:, 0])) == 64  # Rows draw their own levels.
+  # U[0.5, 1]: 320 draws reach both ends, none below eps ([0.3, 0.8] is the row range).
+  assert 0.5 <= t.min() < 0.52 and 0.98 < t.max() <= 1.0
 
 
 def test_block_size_schedule_and_bad_block_sizes():
