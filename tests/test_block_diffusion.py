@@ -4,6 +4,7 @@ the uncached one and NumPy transcriptions of LLaDA2 / LLaDA2.1 / dInfer, and the
 one-line errors."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -59,10 +60,9 @@ def test_clean_copy_equals_a_block_causal_forward(tiny_config, tiny_params):
   np.testing.assert_allclose(out[:, :16], plain, atol=2e-5)  # Same context, too.
 
 
-@pytest.mark.parametrize('opts', [bd.BlockDiffusionOptions(block_size=4),
-                                  bd.BlockDiffusionOptions(block_size=4, noise='block',
-                                                           weight='inv_t')])
-def test_loss_equals_numpy_on_packed_sft_rows(opts):
+def test_loss_equals_numpy_on_packed_sft_rows():
+  """Every noise / weight combination (one jitted program): padding and SFT
+  prompts stay clean; the loss is finite and equals the NumPy reference."""
   b, l, v = 3, 12, 260
   tokens = jax.random.randint(jax.random.key(1), (b, l), 0, 250)
   seg = jnp.asarray([[1] * 8 + [2] * 4, [1] * 12, [1] * 6 + [0] * 6])
@@ -72,23 +72,44 @@ def test_loss_equals_numpy_on_packed_sft_rows(opts):
            'prompt_lengths': jnp.asarray([2, 3, 0])}
   key = jax.random.key(3)
   logits = jax.random.normal(jax.random.key(4), (b, 2 * l, v)) * 3
+  all_opts = [bd.BlockDiffusionOptions(block_size=4, noise=n, weight=w)
+              for n in bd.NOISES for w in bd.WEIGHTS]
 
   @jax.jit
-  def loss(batch):
-    lb = bd.make_loss_batch(batch, key, mask_id=MASK, options=opts)
-    return lb, diffusion.loss_from_logits(logits, lb)
-  lb, got = loss(batch)
-  got = float(got)
-  xt = np.asarray(lb.inputs[:, :l])
+  def losses(batch):
+    lbs = [bd.make_loss_batch(batch, key, mask_id=MASK, options=o) for o in all_opts]
+    return lbs, [diffusion.loss_from_logits(logits, lb) for lb in lbs]
   maskable = (np.asarray(seg) != 0) & (np.arange(l)[None] >= np.array([[2], [3], [0]]))
-  assert not ((xt == MASK) & ~maskable).any()  # Padding and prompts stay clean.
-  t = np.asarray(bd.noise_levels(jax.random.split(key)[0], pos, 4, opts))
-  if opts.noise == 'row':
-    assert ((t >= 0.3) & (t <= 0.8)).all() and (t == t[:, :1]).all()
-  want = ref.block_loss(np.asarray(logits[:, :l]), np.asarray(tokens), xt, MASK,
-                        maskable, None if opts.weight == 'none' else t)
-  np.testing.assert_allclose(got, want, rtol=1e-5)
-  np.testing.assert_array_equal(np.asarray(lb.weights[:, l:]), 0)
+  for opts, lb, got in zip(all_opts, *losses(batch)):
+    got = float(got)
+    assert np.isfinite(got), opts
+    xt = np.asarray(lb.inputs[:, :l])
+    assert not ((xt == MASK) & ~maskable).any()  # Padding and prompts stay clean.
+    t = np.asarray(bd.noise_levels(jax.random.split(key)[0], pos, 4, opts))
+    if opts.noise == 'row':
+      assert ((t >= 0.3) & (t <= 0.8)).all() and (t == t[:, :1]).all()
+    want = ref.block_loss(np.asarray(logits[:, :l]), np.asarray(tokens), xt, MASK,
+                          maskable, None if opts.weight == 'none' else t)
+    np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=str(opts))
+    np.testing.assert_array_equal(np.asarray(lb.weights[:, l:]), 0)
+
+
+def test_block_noise_is_one_level_per_block():
+  """noise='block': one t ~ U[eps, 1] per block index (shared by the blocks of
+  that index of every document in a row), constant inside a block, different
+  across blocks and rows."""
+  opts = bd.BlockDiffusionOptions(block_size=4, noise='block', eps=0.5)
+  pos = jnp.asarray([list(range(13)) + list(range(19))] * 64)  # Two documents.
+  t = np.asarray(jax.jit(bd.noise_levels, static_argnums=(2, 3))(
+      jax.random.key(0), pos, 4, opts))
+  blk = np.asarray(pos) // 4
+  for row_t, row_b in zip(t, blk):
+    levels = {k: np.unique(row_t[row_b == k]) for k in np.unique(row_b)}
+    assert all(len(u) == 1 for u in levels.values())  # One level per block.
+    assert len({float(u[0]) for u in levels.values()}) == len(levels)  # 5 blocks.
+  assert len(np.unique(t[:, 0])) == 64  # Rows draw their own levels.
+  # U[0.5, 1], not the row range [0.3, 0.8]: 320 draws reach both ends.
+  assert 0.5 <= t.min() < 0.52 and 0.98 < t.max() <= 1.0
 
 
 def test_block_size_schedule_and_bad_block_sizes():
@@ -155,37 +176,128 @@ def test_tempered_draws_follow_the_tempered_softmax(temperature, confidence):
   np.testing.assert_allclose(conf, p[cand], rtol=1e-5)
 
 
+@functools.partial(jax.jit, static_argnames=('cfg', 'block_length'))
+def _block_causal_forward(params, x, *, cfg, block_length):
+  return model.forward(params, x, config=cfg,
+                       attention=attention.block_causal(block_length))
+
+
 def _reference_logits(cfg, params, block_length):
-  fwd = jax.jit(lambda x: model.forward(params, x, config=cfg,
-                                        attention=attention.block_causal(block_length)))
-  return lambda x: np.asarray(fwd(jnp.asarray(x, jnp.int32)))
+  """The references' `logits_fn` (one compile per canvas length, shared)."""
+  return lambda x: np.asarray(_block_causal_forward(
+      params, jnp.asarray(x, jnp.int32), cfg=cfg, block_length=block_length))
 
 
 PROMPTS = np.random.default_rng(0).integers(3, 250, (3, 11)).astype(np.int32)
 LENGTHS = np.array([11, 5, 8])
+# The same lengths; the sharp model ends each row at EOS before its last block.
+EARLY = np.random.default_rng(1).integers(3, 250, (3, 11)).astype(np.int32)
+
+
+def _knobs(**kw) -> block.BlockSamplingConfig:
+  """16 new tokens in blocks of 4, 4 steps a block (threshold 0.5), and `kw`."""
+  return block.BlockSamplingConfig(**{'gen_length': 16, 'block_length': 4,
+                                      'steps': 4, 'threshold': 0.5, **kw})
+
+
+def _stop_blocks(lengths) -> tuple[np.ndarray, int, int]:
+  """(canvas block of each row's last answer token [B], first generated block
+  k0, the canvas's last block) of prompts of LENGTHS answered in `lengths` [B]
+  by `_knobs()`."""
+  k0, n, shift, _ = block.layout(LENGTHS, 4, 16)
+  return (shift + LENGTHS + np.asarray(lengths) - 1) // 4, k0, k0 + n - 1
+
+
+def _llada2(cfg, params, prompts, threshold: float = 0.5) -> list[np.ndarray]:
+  """Each row's LLaDA2 `generate` answer under `_knobs(threshold=threshold)`."""
+  logits_fn = _reference_logits(cfg, params, 4)
+  return [ref.llada2_generate(logits_fn, prompts[r, :LENGTHS[r]], gen_length=16,
+                              block_length=4, steps=4, threshold=threshold,
+                              eos_id=163, mask_id=MASK)[0]
+          for r in range(len(prompts))]
+
+
+def _cached_and_uncached(cfg, params, prompts):
+  """(cached, uncached) `BlockSample`s of prompts [3, 11] (LENGTHS) by `_knobs()`."""
+  return [block.generate(params, prompts, jax.random.key(0), config=cfg,
+                         sampling=_knobs(cache=c), prompt_lengths=LENGTHS)
+          for c in (True, False)]
 
 
 def test_cached_sampler_equals_uncached_and_llada2_on_ragged_rows(sharp):
   """Rows of prompt lengths 11, 5, 8 (blocks of 4): EOS ends rows 0 and 2 in
   different blocks, row 1 runs to gen_length; the cache changes nothing."""
   cfg, params = sharp
-  outs = {}
-  for cache in (False, True):
-    sc = block.BlockSamplingConfig(gen_length=16, block_length=4, steps=4,
-                                   threshold=0.5, cache=cache)
-    outs[cache] = block.generate(params, PROMPTS, jax.random.key(0), config=cfg,
-                                 sampling=sc, prompt_lengths=LENGTHS)
-  np.testing.assert_array_equal(outs[True].tokens, outs[False].tokens)
-  np.testing.assert_array_equal(outs[True].lengths, outs[False].lengths)
-  logits_fn = _reference_logits(cfg, params, 4)
-  for r in range(3):
-    want, _ = ref.llada2_generate(logits_fn, PROMPTS[r, :LENGTHS[r]], gen_length=16,
-                                  block_length=4, steps=4, threshold=0.5, eos_id=163,
-                                  mask_id=MASK)
-    n = int(outs[True].lengths[r])
-    np.testing.assert_array_equal(np.asarray(outs[True].tokens[r, :n]), want)
-  assert sorted(np.asarray(outs[True].lengths).tolist()) == [13, 14, 16]
-  assert int(outs[True].nfe) < 4 * 6  # The threshold took several tokens a step.
+  cached, uncached = _cached_and_uncached(cfg, params, PROMPTS)
+  np.testing.assert_array_equal(cached.tokens, uncached.tokens)
+  np.testing.assert_array_equal(cached.lengths, uncached.lengths)
+  for r, want in enumerate(_llada2(cfg, params, PROMPTS)):
+    n = int(cached.lengths[r])
+    np.testing.assert_array_equal(np.asarray(cached.tokens[r, :n]), want)
+  assert sorted(np.asarray(cached.lengths).tolist()) == [13, 14, 16]
+  assert int(cached.nfe) < 4 * 6  # The threshold took several tokens a step.
+
+
+def test_rows_stop_at_eos_in_different_blocks_and_so_does_the_batch(sharp):
+  """Rows (prompt lengths 11, 5, 8) ending at EOS in three different blocks,
+  each before its own last block: the cached sampler equals the uncached one
+  and LLaDA2; a length ends at the row's first EOS, EOS fills the rest; the
+  batch stops after the block in which its last row ended."""
+  cfg, params = sharp
+  cached, uncached = _cached_and_uncached(cfg, params, EARLY)  # Compiled above.
+  np.testing.assert_array_equal(cached.tokens, uncached.tokens)
+  np.testing.assert_array_equal(cached.lengths, uncached.lengths)
+  tokens, lengths = np.asarray(cached.tokens), np.asarray(cached.lengths)
+  for r, want in enumerate(_llada2(cfg, params, EARLY)):
+    assert lengths[r] == np.flatnonzero(tokens[r] == 163)[0] + 1 < 16
+    assert (tokens[r, lengths[r]:] == 163).all()
+    np.testing.assert_array_equal(tokens[r, :lengths[r]], want)
+  stop, k0, last = _stop_blocks(lengths)
+  own_last = block.layout(LENGTHS, 4, 16)[3]
+  assert len(set(stop.tolist())) == 3 and (stop < own_last).all(), (stop, own_last)
+  # Blocks k0..max(stop) ran, not k0..last: a block write after each but the
+  # last one that ran (the uncached sampler writes none).
+  assert stop.max() < last
+  assert int(cached.nfe) == int(uncached.nfe) + stop.max() - k0
+
+
+def test_fixed_and_factor_rules_and_the_fused_write_equal_uncached(sharp):
+  """On the rows of the test above: the fixed rule (one token a step) and the
+  factor rule (factor 2: several tokens a step) give the same tokens with and
+  without the cache, and with the block write fused into the next block's first
+  step (as many forwards as uncached: one fewer per finished block than the
+  separate write); the fixed rule equals LLaDA2's `generate` with a threshold above 1
+  (no confidence passes it: exactly the schedule's n_s a step)."""
+  cfg, params = sharp
+  ways = {'uncached': dict(cache=False), 'cached': {},
+          'fused': dict(fuse_write=True)}
+  runs = [(rule, way) for rule in ('fixed', 'factor') for way in ways
+          if (rule, way) != ('factor', 'fused')]  # The write does not see the rule.
+
+  @jax.jit  # Every sampler in one program: one compile.
+  def sample(params, key):
+    return {run: block.generate(params, EARLY, key, config=cfg, prompt_lengths=LENGTHS,
+                                sampling=_knobs(parallel=run[0], factor=2.0,
+                                                **ways[run[1]]))
+            for run in runs}
+  outs = sample(params, jax.random.key(0))
+  for rule, way in runs:
+    base = outs[rule, 'uncached']
+    np.testing.assert_array_equal(outs[rule, way].tokens, base.tokens)
+    np.testing.assert_array_equal(outs[rule, way].lengths, base.lengths)
+    stop, k0, last = _stop_blocks(base.lengths)
+    assert stop.max() < last  # These rows stop early under every rule, too.
+    blocks = stop.max() - k0 + 1  # The batch's blocks.
+    writes = {'uncached': 0, 'cached': blocks - 1, 'fused': 0}[way]
+    assert int(outs[rule, way].nfe) == int(base.nfe) + writes, (rule, way)
+    if rule == 'fixed':  # One token a step: 4 steps a block.
+      assert int(base.nfe) == 4 * blocks
+    else:  # Several tokens in some step.
+      assert int(base.nfe) < 4 * blocks
+  fixed = outs['fixed', 'cached']
+  for r, want in enumerate(_llada2(cfg, params, EARLY, threshold=2.0)):
+    n = int(fixed.lengths[r])
+    np.testing.assert_array_equal(np.asarray(fixed.tokens[r, :n]), want)
 
 
 def test_one_editing_step_equals_llada21():
