@@ -26,6 +26,15 @@ def engine():
                 prompt_buckets=(16,))
 
 
+@pytest.fixture(scope='module')
+def sharp(engine):
+  """The model with its head scaled x20: its answers change with the
+  temperature, threshold and CFG scale (the plain random model's hardly do)."""
+  head = engine.params['ff_out']['kernel'] * 20
+  params = {**engine.params, 'ff_out': {**engine.params['ff_out'], 'kernel': head}}
+  return Engine(params, CFG, ByteTokenizer(), batch_sizes=(4,), prompt_buckets=(16,))
+
+
 def test_a_request_alone_equals_it_inside_a_batch(engine):
   """Greedy and sampled requests, of different lengths, in one call: each row
   has its own key, so its batch-mates do not change its answer."""
@@ -35,7 +44,7 @@ def test_a_request_alone_equals_it_inside_a_batch(engine):
           Request([257, 1, 2], hot, seed=7), Request('hello', hot, seed=4),
           Request('hello', greedy, seed=1), Request('abc', greedy, seed=2)]
   batch = engine.generate(reqs)
-  assert engine.num_compiled == 2  # One per settings (one prompt and batch bucket).
+  assert engine.num_compiled == 2  # Greedy and sampled (one prompt and batch bucket).
   for r, b in zip(reqs, batch):
     alone = engine.generate([r])[0]
     np.testing.assert_array_equal(b.tokens, alone.tokens)
@@ -47,24 +56,31 @@ def test_a_request_alone_equals_it_inside_a_batch(engine):
   np.testing.assert_array_equal(np.asarray(ref)[0, -8:], batch[0].tokens)
 
 
-def test_requests_differing_in_floats_share_one_program(engine):
+def test_requests_differing_in_floats_share_one_program(sharp):
   """Temperature, threshold and CFG scale are traced one per row: requests
   that differ only there run as one batch of one compiled program (greedy
-  and sampled rows apart), each answering what `generate` gives it alone."""
+  and sampled rows apart), each answering what `generate` gives it alone
+  with its own floats (which change the answers: not the program's
+  placeholders)."""
+  engine = sharp
   base = SamplingConfig(steps=4, gen_length=8, block_length=4, parallel='threshold',
                         cfg_scale=0.5)
   floats = [(0.8, 0.5, 0.5), (1.5, 0.9, 1.0), (0.0, 0.3, 0.5), (0.0, 0.95, 2.0)]
   reqs = [Request(p, dataclasses.replace(base, temperature=t, threshold=h, cfg_scale=c),
                   seed=i) for i, (p, (t, h, c)) in enumerate(zip(
-                      ['hello', 'world', 'hello', 'abcde'], floats))]  # One shape: one
+                      ['hello', 'world', 'world', 'hello'], floats))]  # One shape: one
   # compile of the reference below (its floats are traced too).
   before = engine.num_compiled
   batch = engine.generate(reqs)
   assert engine.num_compiled == before + 2  # Sampled and greedy.
+  run = lambda r, sc: np.asarray(generate(
+      engine.params, engine.encode(r.prompt)[None], jax.random.key(r.seed), config=CFG,
+      sampling=sc))[0, -8:]
+  changed = []
   for r, b in zip(reqs, batch):
-    ref = generate(engine.params, engine.encode(r.prompt)[None], jax.random.key(r.seed),
-                   config=CFG, sampling=r.sampling)
-    np.testing.assert_array_equal(np.asarray(ref)[0, -8:], b.tokens)
+    np.testing.assert_array_equal(run(r, r.sampling), b.tokens)
+    changed.append(not np.array_equal(run(r, r.sampling.program_part()), b.tokens))
+  assert any(changed[:2]) and any(changed[2:]), changed  # Sampled, greedy.
 
 
 def test_buckets_and_bad_requests(engine):
@@ -89,9 +105,11 @@ def assert_same(a, b):
   assert a.nfe == b.nfe and a.text == b.text
 
 
-def test_rows_stepped_block_by_block_equal_the_one_call_sampler(engine):
-  """Rows joining at different block boundaries (one into a row another left)
-  answer token for token what `Engine.generate` runs in one call."""
+def test_rows_stepped_block_by_block_equal_the_one_call_sampler(sharp):
+  """Rows joining at different block boundaries (one into a row another left),
+  with different temperatures, answer token for token what `Engine.generate`
+  runs in one call."""
+  engine = sharp
   hot = SamplingConfig(steps=4, gen_length=8, block_length=4, temperature=0.8)
   arrivals = [(0, Request('hello', hot, seed=3)),  # Temperatures differ: one batch.
               (1, Request('a longer prompt', dataclasses.replace(hot, temperature=1.5),

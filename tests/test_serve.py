@@ -121,6 +121,8 @@ def test_usage_after_a_stop_counts_the_tokens_of_the_cut_answer():
   assert text == 'a\ufffdbé' and len(tok.encode(text)) == 7  # Re-encoded: U+FFFD is 3.
   assert tokens_of(tok, answer, text) == 5
   assert tokens_of(tok, answer, '') == 0 and tokens_of(tok, answer, 'a\ufffdb') == 3
+  split = np.array([*b'a\xe2\x82X', tok.eos_id])  # A cut character before the stop.
+  assert tokens_of(tok, split, apply_stop(tok.decode(split), 'X')[0]) == 3
 
 
 @pytest.mark.parametrize('body, reason', [

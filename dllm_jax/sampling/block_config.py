@@ -4,7 +4,7 @@ argument) and `BlockKnobs`, its floats traced.
 `program_part()` is what a compiled program is specialised to: the shapes and
 rules, and whether noise is drawn (temperature > 0) and tokens edited
 (editing_threshold > 0); the values of temperature, threshold, factor and
-editing_threshold travel as `BlockKnobs` (float32 each, [] or one per row), so
+editing_threshold travel as `BlockKnobs` (float32 scalars), so
 changing them reuses the program, and a server batch mixes rows that differ
 only there.
 """
@@ -104,8 +104,9 @@ class BlockSamplingConfig:
 
 @flax.struct.dataclass
 class BlockKnobs:
-  """The block sampler's float settings, traced: float32 [] (one run) or [B]
-  (one per row, `stack`)."""
+  """The block sampler's float settings, traced: float32 [] for one run ([B]
+  from `stack`: one per row, for callers that `vmap` over rows; a sampler run
+  itself takes [] knobs)."""
 
   temperature: jax.Array
   threshold: jax.Array

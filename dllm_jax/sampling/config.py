@@ -112,8 +112,10 @@ def _check_choice(what: str, value: str, known) -> None:
 
 @flax.struct.dataclass
 class Knobs:
-  """The float settings, traced (float32 [] each): changing them reuses the
-  compiled sampler. `temperature` 0 and > 0 take different `lax.cond` branches."""
+  """The float settings, traced (float32 [] each; [B] from `stack`, one per row
+  under `vmap`): changing them reuses the compiled sampler. `temperature` 0 and
+  > 0 take different `lax.cond` branches unless the proposer fixes the branch
+  (`proposers.build(noised=)`, the server's rows)."""
 
   temperature: jax.Array
   threshold: jax.Array

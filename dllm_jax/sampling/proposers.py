@@ -2,9 +2,10 @@
 
 A proposer is a small frozen object (its static settings) with one method,
 `propose(logits, key, knobs) -> (candidates, confidence)`. The temperature is
-traced (`knobs.temperature`): 0 and > 0 take the two branches of a `lax.cond`,
-so the 0 branch is the plain argmax and draws no noise, exactly as with a
-Python 0.0, and the jax.random stream a step consumes is the one the NumPy
+traced (`knobs.temperature`): 0 and > 0 take the two branches of a `lax.cond`
+(or one fixed branch, `noised`: the server's rows, whose per-row temperatures
+under `vmap` would run both), so the 0 branch is the plain argmax and draws no
+noise, exactly as with a Python 0.0, and the jax.random stream a step consumes is the one the NumPy
 reference replays (`remasking.step_uniforms`). A new proposer is one class here
 plus its entry in `PROPOSERS` (keyed by `SamplingConfig.noise`).
 """

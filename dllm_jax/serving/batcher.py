@@ -2,9 +2,10 @@
 with continuous batching at block boundaries.
 
 Requests are queued (`submit`, bounded: a full queue raises `QueueFull`). The
-worker keeps one `stepper.RowBatch` per (settings, prompt bucket) in flight
-and loops: admit queued requests into free rows of their batch (a new batch
-for new settings), run one block of every batch, hand each streaming row the
+worker keeps one `stepper.RowBatch` per (program settings, prompt bucket) in
+flight (`Engine.group_key`: requests that differ only in floats such as the
+temperature share one) and loops: admit queued requests into free rows of
+their batch (a new batch for new program settings), run one block of every batch, hand each streaming row the
 answer so far (`Job.on_block`), answer the rows that finished (their last
 block; with the block sampler, the block where they produced EOS; or the block
 where `Job.stop_check` saw a stop sequence) and free them. So a request that
@@ -110,11 +111,8 @@ class Batcher:
     """Queues a request; its `future` gets a `Completion` (or the error)."""
     ids = self.engine.encode(request.prompt, request.chat)
     sampling = self.engine.resolve(request.sampling)
-    # Requests whose settings differ only in floats (temperature, threshold,
-    # ...) share a batch key, so they share a batch and a compiled program.
     job = Job(request, concurrent.futures.Future(), time.monotonic(), on_block,
-              stop_check, ids, (sampling.program_part(),
-                                self.engine.bucket(len(ids), sampling)), sampling)
+              stop_check, ids, self.engine.group_key(sampling, len(ids)), sampling)
     with self._cv:
       if self._stopping:
         raise QueueFull('the server is shutting down.')

@@ -29,7 +29,7 @@ bucket is a `BlockLayout`, and `generate` steps their rows block by block
 it produced EOS, its `tokens` end there (EOS included), and a request alone
 equals `block.generate` on its prompt with `jax.random.key(seed)`.
 
-The coupling to the sampler's internals lives in `_row_sampler`, `_group_key`
+The coupling to the sampler's internals lives in `_row_sampler`, `group_key`
 and `stepper._row_fn` / `block_rows.row_fns` (the server's block-by-block
 rows) alone.
 """
@@ -276,7 +276,7 @@ class Engine:
     """The compiled batch size an n-row batch (n <= max_batch) is padded to."""
     return next(b for b in self.batch_sizes if b >= n)
 
-  def _group_key(self, sampling: Sampling, n: int):
+  def group_key(self, sampling: Sampling, n: int):
     """Requests with equal keys share one compiled call: (the program's
     settings, `program_part`: the floats' values leave it, travelling one per
     row; the prompt bucket)."""
@@ -353,7 +353,7 @@ class Engine:
       rows.append((ids, sampling, r.seed))
     groups: dict = {}
     for i, (ids, sampling, _) in enumerate(rows):
-      groups.setdefault(self._group_key(sampling, len(ids)), []).append(i)
+      groups.setdefault(self.group_key(sampling, len(ids)), []).append(i)
     out: list[Completion | None] = [None] * len(rows)
     for (program, p), members in groups.items():
       for c in range(0, len(members), self.max_batch):

@@ -1,8 +1,11 @@
 """Compiled programs by key, at most `limit` kept (least recently used dropped).
 
-An engine compiles one program per (settings, prompt bucket, batch size) it
-meets; a bound keeps requests with ever new settings from growing memory
-without limit. A dropped program compiles again when asked for.
+An engine compiles one program per (program settings, prompt bucket, batch
+size) it meets (and the server one per re-packing); a bound keeps requests
+with ever new settings from growing memory without limit. A dropped program
+compiles again when asked for: keep `limit` above what a warm server steps
+through (each live batch's program is asked for at every block), or it
+recompiles while serving.
 """
 
 from __future__ import annotations

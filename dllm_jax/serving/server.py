@@ -188,17 +188,22 @@ def stopped_at(text: str, stop: str | list[str] | None) -> int | None:
 
 
 def tokens_of(tokenizer, tokens: np.ndarray, text: str) -> int:
-  """The fewest of the answer's `tokens` [G] whose decoded text starts with
-  `text` (the answer cut at a stop sequence): the completion tokens usage
-  counts. Encoding the cut text again would count differently (an invalid byte
-  comes back as U+FFFD, three bytes)."""
+  """How many of the answer's `tokens` [G] come before the stop sequence that
+  cut it to `text`: the completion tokens usage counts. The first prefix
+  whose decoded text starts with `text`, and the tokens after it that still
+  decode to `text` alone (the rest of a split character: b'\\xe2' and
+  b'\\xe2\\x82' both decode to U+FFFD). Encoding the cut text again would
+  count differently (U+FFFD comes back as three bytes)."""
+  decode = lambda k: tokenizer.decode(tokens[:k])
   lo, hi = 0, len(tokens)
   while lo < hi:  # Decoded prefixes grow with the tokens: bisect.
     mid = (lo + hi) // 2
-    if tokenizer.decode(tokens[:mid]).startswith(text):
+    if decode(mid).startswith(text):
       hi = mid
     else:
       lo = mid + 1
+  while lo < len(tokens) and decode(lo + 1) == text:
+    lo += 1
   return lo
 
 

@@ -1,7 +1,8 @@
 """Rows that step through the sampler one block at a time (the server's path).
 
-A `RowBatch` holds up to b rows of one (sampling settings, prompt bucket):
-each row has its own prompt, seed, canvas, block KV cache and block index.
+A `RowBatch` holds up to b rows of one (program settings, prompt bucket):
+each row has its own prompt, seed, floats (temperature, threshold, ...),
+canvas, block KV cache and block index.
 `step()` runs one compiled call that denoises every live row's next block, so
 between calls rows can join (a fresh row starts at its first block while others
 are at block 5), leave (finished, or their client gone), and the batch can be
@@ -139,7 +140,8 @@ def _repack(engine: Engine, sampling, p: int | BlockLayout, b: int, new_b: int):
 
 @functools.lru_cache(maxsize=64)
 def _row_carry(engine: Engine, sampling, p: int | BlockLayout):
-  """Shapes of one row's carry (traced once per settings: a batch opens fast)."""
+  """Shapes of one row's carry (traced once per program settings: a batch
+  opens fast)."""
   w = _width(p)
   one = jax.tree.map(lambda a: a[0], knobs_of([sampling]))
   args = (engine.params, jnp.zeros(w, jnp.int32), jnp.ones(w, bool), jnp.uint32(0), one)
