@@ -36,7 +36,8 @@ _PROMPT_BUCKETS = flags.DEFINE_list(
     'the next); default: 16, 32, 64, ... up to the model length.')
 _MAX_COMPILED = flags.DEFINE_integer(
     'max_compiled', 256, 'Most compiled programs kept (past that the least recently '
-    'used is dropped and compiles again when asked for).')
+    'used is dropped and compiles again when asked for; keep it above what a warm '
+    'server steps through: a step and re-packs per batch size and prompt bucket).')
 _MAX_QUEUE = flags.DEFINE_integer('max_queue', 256, 'Most waiting requests (then 429).')
 _WINDOW_MS = flags.DEFINE_float('batch_window_ms', 20.0,
                                 'A batch closes when no request came for this long.')

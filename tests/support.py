@@ -203,7 +203,8 @@ def step_rows(engine, arrivals):
   from dllm_jax.serving import stepper  # pylint: disable=g-import-not-at-top
   sc = engine.resolve(arrivals[0][1].sampling)
   ids = [engine.encode(r.prompt) for _, r in arrivals]
-  rows = stepper.RowBatch(engine, sc, engine.bucket(max(map(len, ids)), sc), 1)
+  rows = stepper.RowBatch(engine, sc, engine.bucket(max(map(len, ids)), sc),
+                          engine.batch_bucket(1))
   out, boundary = {}, 0
   while len(out) < len(arrivals):
     for k, (at, r) in enumerate(arrivals):

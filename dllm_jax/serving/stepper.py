@@ -127,15 +127,18 @@ def _zero_leaves(leaves):
   return [jnp.zeros(a.shape, a.dtype) for a in leaves]
 
 
-@functools.lru_cache(maxsize=256)
 def _repack(engine: Engine, sampling, p: int | BlockLayout, b: int, new_b: int):
   """The compiled (carry of b rows, rows to keep [new_b]) -> carry of new_b
   rows: one call (not one eager op per leaf), compiled ahead of time so that
-  a carry from the step (whatever its sharding) never recompiles it."""
-  one = _row_carry(engine, sampling, p)
-  specs = jax.tree.map(lambda a: jax.ShapeDtypeStruct((b, *a.shape), a.dtype), one)
-  take = jax.jit(lambda tree, idx: jax.tree.map(lambda a: a[idx], tree))
-  return take.lower(specs, jax.ShapeDtypeStruct((new_b,), jnp.int32)).compile()
+  a carry from the step (whatever its sharding) never recompiles it; kept
+  among the engine's programs."""
+
+  def build():
+    one = _row_carry(engine, sampling, p)
+    specs = jax.tree.map(lambda a: jax.ShapeDtypeStruct((b, *a.shape), a.dtype), one)
+    take = jax.jit(lambda tree, idx: jax.tree.map(lambda a: a[idx], tree))
+    return take.lower(specs, jax.ShapeDtypeStruct((new_b,), jnp.int32)).compile()
+  return engine.compile_once(('repack', sampling, p, b, new_b), build)
 
 
 @functools.lru_cache(maxsize=64)
