@@ -178,3 +178,16 @@ def test_compiled_programs_are_bounded_least_recently_used_first(engine):
   assert builds == list('abcb') and small.programs.compiles == 4  # Dropped, built again.
   with pytest.raises(ValueError, match='max_compiled=0 must be at least 1'):
     Engine(engine.params, CFG, ByteTokenizer(), max_compiled=0)
+
+
+def test_an_engine_is_freed_with_its_last_reference(engine):
+  """Nothing the stepper caches keeps an engine (and its parameters) alive."""
+  import gc  # pylint: disable=g-import-not-at-top
+  import weakref  # pylint: disable=g-import-not-at-top
+  e = Engine(engine.params, CFG, ByteTokenizer(), batch_sizes=(4,), prompt_buckets=(16,))
+  sc = e.resolve(SamplingConfig(steps=4, gen_length=8, block_length=4))
+  stepper.RowBatch(e, sc, e.bucket(3, sc), 4)
+  alive = weakref.ref(e)
+  del e
+  gc.collect()
+  assert alive() is None

@@ -27,6 +27,7 @@ runs such requests whole through `Engine.generate`.
 from __future__ import annotations
 
 import functools
+import weakref
 
 import jax
 import jax.numpy as jnp
@@ -141,10 +142,20 @@ def _repack(engine: Engine, sampling, p: int | BlockLayout, b: int, new_b: int):
   return engine.compile_once(('repack', sampling, p, b, new_b), build)
 
 
-@functools.lru_cache(maxsize=64)
+# Carry shapes per engine: weak, so a cache never keeps an engine's parameters.
+_CARRIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _row_carry(engine: Engine, sampling, p: int | BlockLayout):
   """Shapes of one row's carry (traced once per program settings: a batch
   opens fast)."""
+  shapes = _CARRIES.setdefault(engine, {})
+  if (sampling, p) not in shapes:
+    shapes[sampling, p] = _carry_shapes(engine, sampling, p)
+  return shapes[sampling, p]
+
+
+def _carry_shapes(engine: Engine, sampling, p: int | BlockLayout):
   w = _width(p)
   one = jax.tree.map(lambda a: a[0], knobs_of([sampling]))
   args = (engine.params, jnp.zeros(w, jnp.int32), jnp.ones(w, bool), jnp.uint32(0), one)
