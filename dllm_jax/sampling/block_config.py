@@ -115,11 +115,11 @@ class BlockKnobs:
 
   @classmethod
   def of(cls, sc: BlockSamplingConfig) -> BlockKnobs:
-    return cls.stack([sc], axis=False)
+    """Host float32 scalars of one config."""
+    return jax.tree.map(lambda a: a[0], cls.stack([sc]))
 
   @classmethod
-  def stack(cls, scs: Sequence[BlockSamplingConfig], axis: bool = True) -> BlockKnobs:
-    """Host arrays: [len(scs)] per field, or [] of the one config (`axis` False)."""
+  def stack(cls, scs: Sequence[BlockSamplingConfig]) -> BlockKnobs:
+    """Host float32 arrays [len(scs)], one field each."""
     pick = lambda name: np.asarray([getattr(sc, name) for sc in scs], np.float32)
-    fields = {f.name: pick(f.name) for f in dataclasses.fields(cls)}
-    return cls(**({k: v[0] for k, v in fields.items()} if not axis else fields))
+    return cls(**{f.name: pick(f.name) for f in dataclasses.fields(cls)})

@@ -114,6 +114,22 @@ def candidates_jnp(logits: jax.Array, seed: jax.Array, *, temperature: float,
   return cand, conf
 
 
+def parse_shape(cls, text: str, what: str, syntax: str):
+  """A launch-shape dataclass `cls` from its fields' integers joined by ':'
+  (`syntax`, the last field optional; a bool field is 0 or 1)."""
+  parts = [int(x) for x in text.split(':')]
+  fields = dataclasses.fields(cls)
+  if len(parts) not in (len(fields) - 1, len(fields)):
+    raise ValueError(f'{what} {text!r} is not {syntax}.')
+  return cls(*(bool(v) if isinstance(f.default, bool) else v
+               for f, v in zip(fields, parts)))
+
+
+def shape_name(config) -> str:
+  """A launch shape as `parse_shape` reads it."""
+  return ':'.join(str(int(getattr(config, f.name))) for f in dataclasses.fields(config))
+
+
 @dataclasses.dataclass(frozen=True)
 class KernelConfig:
   """Launch shape of the kernel (every setting computes the same function).
@@ -137,15 +153,10 @@ class KernelConfig:
   @classmethod
   def parse(cls, text: str) -> 'KernelConfig':
     """'rows:tile:splits:lanes:warps[:stages]', e.g. '8:1024:0:1:4'."""
-    parts = [int(x) for x in text.split(':')]
-    if len(parts) not in (5, 6):
-      raise ValueError(f'kernel config {text!r} is not rows:tile:splits:lanes:warps'
-                       '[:stages].')
-    return cls(*parts[:3], bool(parts[3]), *parts[4:])
+    return parse_shape(cls, text, 'kernel config', 'rows:tile:splits:lanes:warps[:stages]')
 
   def name(self) -> str:
-    return (f'{self.rows}:{self.tile}:{self.splits}:{int(self.lanes)}:'
-            f'{self.num_warps}:{self.num_stages}')
+    return shape_name(self)
 
 
 _BIG = 2**31 - 1

@@ -62,15 +62,11 @@ class HeadKernelConfig:
   @classmethod
   def parse(cls, text: str) -> 'HeadKernelConfig':
     """'rows:tile:k_tile:splits:warps[:stages]', e.g. '64:128:64:0:4'."""
-    parts = [int(x) for x in text.split(':')]
-    if len(parts) not in (5, 6):
-      raise ValueError(f'head kernel config {text!r} is not '
-                       'rows:tile:k_tile:splits:warps[:stages].')
-    return cls(*parts)
+    return fused.parse_shape(cls, text, 'head kernel config',
+                             'rows:tile:k_tile:splits:warps[:stages]')
 
   def name(self) -> str:
-    return (f'{self.rows}:{self.tile}:{self.k_tile}:{self.splits}:'
-            f'{self.num_warps}:{self.num_stages}')
+    return fused.shape_name(self)
 
   def check(self) -> None:
     for field in ('rows', 'tile', 'k_tile'):
