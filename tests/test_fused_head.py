@@ -59,14 +59,14 @@ def test_dispatcher_kernel_equals_unfused_path_with_ties():
   w = w.astype(jnp.bfloat16)
   hidden = np.eye(d, dtype=jnp.bfloat16)[[[0, 1], [2, 3]]]  # [2, 2, d]
   kw = dict(temperature=0.0, mask_id=0, logits_dtype=jnp.bfloat16)
-  got = _jit(fused.head_candidates, hidden, w, SEED, interpret=True, **kw)
+  got = _jit(fh.head_candidates, hidden, w, SEED, interpret=True, **kw)
   assert got[0].shape == (2, 2)
   assert list(np.asarray(got[0]).ravel()[:3]) == [1, 10, 199]
   for fuse in (None, True):
-    want = _jit(fused.head_candidates, hidden, w, SEED, fuse=fuse, **kw)
+    want = _jit(fh.head_candidates, hidden, w, SEED, fuse=fuse, **kw)
     np.testing.assert_array_equal(got[0], want[0])
     np.testing.assert_allclose(got[1], want[1], rtol=1e-6)
-  assert fused.HEAD_KERNEL_ROWS[0] > fused.HEAD_KERNEL_ROWS[1]  # Unmeasured: never.
+  assert fh.HEAD_KERNEL_ROWS[0] > fh.HEAD_KERNEL_ROWS[1]  # Unmeasured: never.
 
 
 def test_head_kernel_config_parses_and_rejects_bad_shapes():

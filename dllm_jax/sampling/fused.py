@@ -14,8 +14,9 @@ elements along a dimension, and a [128, 256]-block row-max kernel failed there
 with a bare AssertionError (jax 0.11, H100). Elsewhere the jnp twin
 runs (CPU tests use interpret mode). Selecting which positions to commit (a sort
 over <= block_length positions) stays in jnp: sorts lower to neither backend.
-`head_candidates` dispatches the same pass with the output head fused in
-(`fused_head`: hidden states in, the logits never written).
+`fused_head.py` builds on this module: the same pass with the output head
+fused in (hidden states in, the logits never written), and its dispatcher
+`head_candidates`.
 """
 
 from __future__ import annotations
@@ -364,43 +365,4 @@ def candidates(logits: jax.Array, seed: jax.Array, *, temperature: float,
   else:
     cand, conf = candidates_jnp(flat, seed, temperature=temperature, mask_id=mask_id,
                                 eos_id=eos_id)
-  return cand.reshape(shape), conf.reshape(shape)
-
-
-# The fused head + candidate kernel (`fused_head`: hidden states and output head
-# in, the logits never written) is prepared but not yet measured on a GPU, so no
-# rows range picks it (an empty range); `launch.bench_kernel --head_dim` times it
-# against the head matmul followed by the kernel or the twin.
-HEAD_KERNEL_ROWS = (1, 0)
-
-
-def head_candidates(hidden: jax.Array, head: jax.Array, seed: jax.Array, *,
-                    temperature: float, mask_id: int, eos_id: int | None = None,
-                    logits_dtype=None, fuse: bool | None = None,
-                    interpret: bool = False):
-  """Dispatch of the head + candidate pass: hidden [..., D], head [D, V] ->
-  (candidates [...], confidence [...]).
-
-  The fused kernel (`fused_head`) runs in interpret mode when asked, and on a
-  GPU where it compiles and either `fuse` is True or (`fuse` None) the rows lie
-  within `HEAD_KERNEL_ROWS` (none yet); otherwise the head matmul (float32
-  accumulate, logits rounded to `logits_dtype` when given, e.g. the model's
-  compute dtype) followed by `candidates`, which picks the logits kernel or the
-  twin as it always does. Same candidates either way up to float summation order.
-  `temperature` is a Python float, as for `candidates`.
-  """
-  from dllm_jax.sampling import fused_head  # pylint: disable=g-import-not-at-top
-  shape = hidden.shape[:-1]
-  flat = hidden.reshape(-1, hidden.shape[-1])
-  kw = dict(temperature=temperature, mask_id=mask_id, eos_id=eos_id)
-  wanted = (HEAD_KERNEL_ROWS[0] <= flat.shape[0] <= HEAD_KERNEL_ROWS[1]
-            if fuse is None else fuse)
-  if interpret or (wanted and fused_head.use_kernel()):
-    cand, conf = fused_head.head_candidates_pallas(
-        flat, head, seed, logits_dtype=logits_dtype, interpret=interpret, **kw)
-  else:
-    logits = jnp.dot(flat, head, preferred_element_type=jnp.float32)
-    if logits_dtype is not None:
-      logits = logits.astype(logits_dtype)
-    cand, conf = candidates(logits, seed, **kw)
   return cand.reshape(shape), conf.reshape(shape)

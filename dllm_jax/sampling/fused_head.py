@@ -18,6 +18,8 @@ candidate pass, so the kernel can stand in for the model's own logits.
 
 Backend: Triton on GPUs (Triton's dot wants power-of-two tiles of at least 16;
 the vocabulary, rows and D may be ragged). Measured: nothing yet.
+`head_candidates` picks this kernel or the head matmul followed by
+`fused.candidates`.
 """
 
 from __future__ import annotations
@@ -202,3 +204,41 @@ def use_kernel() -> bool:
     warnings.warn(f'fused head kernel unavailable on this GPU, using the head matmul: '
                   f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}')
     return False
+
+
+# The fused head + candidate kernel (hidden states and output head in, the
+# logits never written) is prepared but not yet measured on a GPU, so no
+# rows range picks it (an empty range); `launch.bench_kernel --head_dim` times it
+# against the head matmul followed by the kernel or the twin.
+HEAD_KERNEL_ROWS = (1, 0)
+
+
+def head_candidates(hidden: jax.Array, head: jax.Array, seed: jax.Array, *,
+                    temperature: float, mask_id: int, eos_id: int | None = None,
+                    logits_dtype=None, fuse: bool | None = None,
+                    interpret: bool = False):
+  """Dispatch of the head + candidate pass: hidden [..., D], head [D, V] ->
+  (candidates [...], confidence [...]).
+
+  The fused kernel runs in interpret mode when asked, and on a GPU where it
+  compiles and either `fuse` is True or (`fuse` None) the rows lie
+  within `HEAD_KERNEL_ROWS` (none yet); otherwise the head matmul (float32
+  accumulate, logits rounded to `logits_dtype` when given, e.g. the model's
+  compute dtype) followed by `fused.candidates`, which picks the logits kernel
+  or the twin as it always does. Same candidates either way up to float summation order.
+  `temperature` is a Python float, as for `fused.candidates`.
+  """
+  shape = hidden.shape[:-1]
+  flat = hidden.reshape(-1, hidden.shape[-1])
+  kw = dict(temperature=temperature, mask_id=mask_id, eos_id=eos_id)
+  wanted = (HEAD_KERNEL_ROWS[0] <= flat.shape[0] <= HEAD_KERNEL_ROWS[1]
+            if fuse is None else fuse)
+  if interpret or (wanted and use_kernel()):
+    cand, conf = head_candidates_pallas(
+        flat, head, seed, logits_dtype=logits_dtype, interpret=interpret, **kw)
+  else:
+    logits = jnp.dot(flat, head, preferred_element_type=jnp.float32)
+    if logits_dtype is not None:
+      logits = logits.astype(logits_dtype)
+    cand, conf = fused.candidates(logits, seed, **kw)
+  return cand.reshape(shape), conf.reshape(shape)
