@@ -48,7 +48,9 @@ _FIELDS = {
     'llada_moe': {**_COMMON, 'd_ff': ('dense_intermediate_size',),
                   'moe_d_ff': ('moe_intermediate_size', 'expert_intermediate_size',
                                'intermediate_size'),
-                  'shared_d_ff': ('shared_expert_intermediate_size',)},
+                  'shared_d_ff': ('shared_expert_intermediate_size',),
+                  'moe_layer_freq': ('moe_layer_freq',),
+                  'expert_bias': ('moe_router_enable_expert_bias',)},
 }
 
 
@@ -83,6 +85,9 @@ def config_from_hf(hf_config: dict, preset: str | None = None, **overrides: Any)
   vocab = hf_config['vocab_size']
   if hf_config.get('embedding_size', 0) > vocab:  # Rows padded past the vocabulary.
     vocab = hf_config['embedding_size']
+  freq = from_file.get('moe_layer_freq')
+  if freq and all(freq[1]):  # Every layer MoE: the default layout.
+    del from_file['moe_layer_freq']
   from_file['vocab_size'] = ('vocab_size', vocab)
   d, h = from_file['d_model'][1], from_file['n_heads'][1]
   from_file['head_dim'] = ('head_dim', hf_config.get('head_dim') or d // h)
