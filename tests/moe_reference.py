@@ -12,19 +12,24 @@ import torch
 
 F = torch.nn.functional
 
+# The byte tokenizer's ids, as config.json names them (no tokenizer files).
+BYTE_IDS = dict(mask_token_id=260, bos_token_id=257, eos_token_id=258, pad_token_id=256,
+                eot_token_id=259)
+
 LLADA2_CONFIG = dict(
     model_type='llada2_moe', vocab_size=264, hidden_size=32, num_hidden_layers=3,
     num_attention_heads=4, num_key_value_heads=2, head_dim=8, intermediate_size=48,
     moe_intermediate_size=16, num_experts=8, num_experts_per_tok=2,
     num_shared_experts=1, first_k_dense_replace=1, n_group=4, topk_group=2,
     routed_scaling_factor=2.5, norm_topk_prob=True, rope_theta=600000.0,
-    partial_rotary_factor=0.5, rms_norm_eps=1e-6, max_position_embeddings=64)
+    partial_rotary_factor=0.5, rms_norm_eps=1e-6, max_position_embeddings=64,
+    **BYTE_IDS)
 # model_type 'llada' as the released LLaDA-MoE ships it; embedding rows padded.
 LLADA_MOE_CONFIG = dict(
     model_type='llada', vocab_size=264, embedding_size=272, hidden_size=32,
     num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
     intermediate_size=16, num_experts=8, num_experts_per_tok=2, rope_theta=50000.0,
-    rms_norm_eps=1e-5, max_position_embeddings=64)
+    rms_norm_eps=1e-5, max_position_embeddings=64, **BYTE_IDS)
 
 # LLaDA-MoE's optional paths, with the reference config's own key names
 # (configuration_lladamoe.py): a dense middle layer (`moe_layer_freq`), a shared
@@ -36,7 +41,8 @@ LLADA_MOE_OPTIONS = dict(
     num_experts_per_tok=2, moe_layer_freq=[1, 0, 1],
     moe_router_enable_expert_bias=True, moe_router_score_function='softmax',
     qk_layernorm=True, partial_rotary_factor=1.0, rope_theta=50000.0,
-    rms_norm_eps=1e-5, max_position_embeddings=64, tie_word_embeddings=False)
+    rms_norm_eps=1e-5, max_position_embeddings=64, tie_word_embeddings=False,
+    **BYTE_IDS)
 
 
 def _is2(hc):

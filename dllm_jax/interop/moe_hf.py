@@ -25,7 +25,7 @@ from typing import Any, Callable
 import jax
 
 from dllm_jax import models
-from dllm_jax.interop import hf
+from dllm_jax.interop import hf, special_ids
 from dllm_jax.models.llada_moe import RELEASED_IDS
 
 # config.json key -> our field, per family (the first key present wins).
@@ -50,6 +50,7 @@ _FIELDS = {
                                'intermediate_size'),
                   'shared_d_ff': ('shared_expert_intermediate_size',),
                   'moe_layer_freq': ('moe_layer_freq',),
+                  'rotary_fraction': ('partial_rotary_factor',),
                   'expert_bias': ('moe_router_enable_expert_bias',)},
 }
 
@@ -99,8 +100,10 @@ def config_from_hf(hf_config: dict, preset: str | None = None, **overrides: Any)
       raise ValueError(f'config.json {key}={value} does not match preset '
                        f'{preset!r} ({ours}={base[ours]}).')
     fields[ours] = value
-  if not preset:
-    fields['ids'] = RELEASED_IDS if vocab > RELEASED_IDS.mask else template.ids
+  if 'ids' not in overrides:  # Tokenizer files, when there are any, pass theirs.
+    fields['ids'] = special_ids.ids_from_config(
+        hf_config, vocab_size=vocab, defaults=base.get('ids', RELEASED_IDS),
+        where='config.json')
   fields.update(overrides)
   return models.get(family).config_cls(**fields)
 
@@ -129,11 +132,12 @@ def _read_json(path: str, name: str) -> dict:
 def special_tokens(path: str) -> dict[str, str]:
   """Special token texts from a tokenizer's own files: BOS/EOS/pad from
   tokenizer_config.json, mask `<|mask|>` and end of turn `<|role_end|>` (the
-  LLaDA2 / Ling names; their ids are looked up in tokenizer.json)."""
+  LLaDA2 / Ling names, unless its `mask_token` / `eot_token` say otherwise;
+  their ids are looked up in tokenizer.json)."""
   cfg = _read_json(path, 'tokenizer_config.json')
   text = lambda t: t.get('content') if isinstance(t, dict) else t
   out = {'mask': '<|mask|>', 'eot': '<|role_end|>'}
-  for role in ('bos', 'eos', 'pad'):
+  for role in ('mask', 'eot', 'bos', 'eos', 'pad'):  # mask/eot: this project's exports.
     if text(cfg.get(f'{role}_token')):
       out[role] = text(cfg[f'{role}_token'])
   out.setdefault('pad', out.get('eos'))
@@ -154,11 +158,14 @@ def load(path: str, preset: str | None = None, *,
          sharding_for: Callable[[tuple, tuple], jax.sharding.Sharding] | None = None,
          dtype: str | None = None, **overrides: Any):
   """(config, parameters) of a released checkpoint directory (module doc). The
-  special ids come from the directory's tokenizer files when it has them."""
+  special ids come from the directory's tokenizer files when it has them (and
+  must agree with config.json's), else from config.json
+  (`interop/special_ids.py`)."""
   hf_config = _read_json(path, 'config.json')
   layout = detect_layout(hf._weight_files(path))  # pylint: disable=protected-access
-  if os.path.isfile(os.path.join(path, 'tokenizer.json')):
-    overrides.setdefault('ids', tokenizer(path).special_ids)
+  if 'ids' not in overrides and os.path.isfile(os.path.join(path, 'tokenizer.json')):
+    overrides['ids'] = tokenizer(path).special_ids
+    special_ids.check_agrees(hf_config, overrides['ids'], path)
   cfg = config_from_hf(hf_config, preset, hf_layout=layout, **overrides)
   return cfg, hf.load_params(path, cfg, sharding_for=sharding_for, dtype=dtype)
 
