@@ -54,12 +54,15 @@ class DllmJaxLM(LM):
     batch = int(batch_size) if str(batch_size or '').isdigit() else 32
     self.engine = (Engine.from_workdir(workdir, dtype=dtype, max_batch=batch) if workdir
                    else Engine.from_hf_dir(hf_dir, dtype=dtype, max_batch=batch))
+    # A block-diffusion checkpoint's likelihood is the block NELBO it was
+    # trained on (block_likelihood.py), not the bidirectional ELBO.
     self.opts = dict(config=self.engine.config, mc_num=int(mc_num),
-                     batch_size=int(mc_batch_size), cfg_scale=float(cfg_scale))
+                     batch_size=int(mc_batch_size), cfg_scale=float(cfg_scale),
+                     block_size=self.engine.trained_block_size)
+    likelihood.check_block_options(self.engine.trained_block_size, float(cfg_scale))
     self.seed = int(seed)
     as_int = lambda v: None if v is None else int(v)
-    # The block sampler (block-diffusion checkpoints) has no guidance knob: there
-    # cfg_scale weighs the likelihoods only.
+    # The block sampler (block-diffusion checkpoints) has no guidance knob.
     guide = {} if isinstance(self.engine.default_sampling, BlockSamplingConfig) else {
         'cfg_scale': float(cfg_scale)}
     self.sampling = self.engine.sampling_for(
