@@ -72,6 +72,20 @@ def test_every_family_exports_and_loads_back_with_identical_logits(family, tmp_p
     assert written['shared_expert_intermediate_size'] == 16
 
 
+@pytest.mark.parametrize('family', sorted(TINY))
+def test_exports_load_in_the_released_modeling_code(family, tmp_path):
+  """Optional: DLLM_REFERENCE_DIR=<ZHZisZZ/dllm checkout> with transformers:
+  the released code's from_pretrained reads the export, same logits."""
+  from tests import released_code  # pylint: disable=g-import-not-at-top
+  released_code.classes(family, tmp_path / 'code')  # Skips when unavailable.
+  opts = dict(TINY[family])
+  cfg = models.get_preset(opts.pop('preset'), **opts)
+  params = _random_params(cfg)
+  export.write(params, cfg, str(tmp_path / 'hf'))
+  want = released_code.logits(family, str(tmp_path / 'hf'), TOKENS, tmp_path / 'ref')
+  np.testing.assert_allclose(_logits(params, cfg), want, rtol=1e-5, atol=1e-5)
+
+
 def test_bfloat16_export_on_request_and_unexpressible_configs_refused(tmp_path):
   cfg = models.get_preset('llada2_tiny', d_model=32, n_layers=2)
   params = _random_params(cfg)

@@ -7,8 +7,6 @@ export against the PyTorch transcription of `modeling_lladamoe.py`
 from __future__ import annotations
 
 import json
-import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +19,7 @@ from dllm_jax.models import moe
 
 torch = pytest.importorskip('torch')
 from tests import moe_reference as ref  # pylint: disable=g-import-not-at-top
+from tests import released_code  # pylint: disable=g-import-not-at-top
 
 HC = ref.LLADA_MOE_OPTIONS
 TOKENS = np.random.default_rng(0).integers(0, 256, (2, 12))
@@ -81,38 +80,14 @@ def test_options_export_writes_back_the_reference_tensors(checkpoint, tmp_path):
     np.testing.assert_array_equal(written[k], v.numpy(), err_msg=k)
 
 
-def _reference_model(hc: dict, sd: dict, tmp_path):
-  """The released LLaDAMoEModelLM: its two files copied from a dllm checkout
-  into a package of their own (None: DLLM_REFERENCE_DIR is not set)."""
-  root = os.environ.get('DLLM_REFERENCE_DIR')
-  if not root:
-    return None
-  pytest.importorskip('transformers')
-  import importlib  # pylint: disable=g-import-not-at-top
-  import shutil  # pylint: disable=g-import-not-at-top
-  pkg = tmp_path / 'lladamoe_reference'
-  pkg.mkdir()
-  (pkg / '__init__.py').write_text('')
-  for name in ('modeling_lladamoe.py', 'configuration_lladamoe.py'):
-    shutil.copy(os.path.join(root, 'dllm/pipelines/llada/models', name), pkg / name)
-  sys.path.insert(0, str(tmp_path))
-  try:
-    mod = importlib.import_module('lladamoe_reference.modeling_lladamoe')
-  finally:
-    sys.path.remove(str(tmp_path))
-  config = mod.LLaDAMoEConfig(**{k: v for k, v in hc.items() if k != 'model_type'})
-  config._attn_implementation = 'eager'  # pylint: disable=protected-access
-  net = mod.LLaDAMoEModelLM(config).eval()
-  net.load_state_dict(sd, strict=True)
-  return net
-
-
 def test_options_match_the_released_modeling_code(checkpoint, tmp_path):
   """Optional: DLLM_REFERENCE_DIR=<ZHZisZZ/dllm checkout> with transformers."""
   sd, _, _, _, got = checkpoint
-  net = _reference_model(HC, sd, tmp_path)
-  if net is None:
-    pytest.skip('DLLM_REFERENCE_DIR (a ZHZisZZ/dllm checkout) is not set.')
+  model_cls, config_cls = released_code.classes('llada_moe', tmp_path)
+  config = config_cls(**{k: v for k, v in HC.items() if k != 'model_type'})
+  config._attn_implementation = 'eager'  # pylint: disable=protected-access
+  net = model_cls(config).eval()
+  net.load_state_dict(sd, strict=True)
   with torch.no_grad():
     want = net(input_ids=torch.as_tensor(TOKENS)).logits.numpy()
   np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4)
