@@ -4,6 +4,7 @@ loader) -> identical logits; special ids from config.json; `launch.export` then
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -154,3 +155,51 @@ def test_launch_export_then_serve_hf_dir(random_workdir, tmp_path):
   finally:
     proc.kill()
     proc.wait()
+
+
+def _word_tokenizer(path, specials):
+  """A word-level tokenizer.json with the given special tokens at ids 4, 5, ..."""
+  from tokenizers import Tokenizer, models as tok_models, pre_tokenizers  # pylint: disable=g-import-not-at-top
+  words = ['hello', 'world', 'cat', '<unk>'] + specials
+  tok = Tokenizer(tok_models.WordLevel({w: i for i, w in enumerate(words)},
+                                       unk_token='<unk>'))
+  tok.pre_tokenizer = pre_tokenizers.Whitespace()
+  tok.add_special_tokens(specials)
+  os.makedirs(path, exist_ok=True)
+  tok.save(os.path.join(path, 'tokenizer.json'))
+
+
+@pytest.mark.parametrize('family', ['llada', 'llada2'])
+def test_export_carries_the_tokenizer_files_and_special_tokens(family, tmp_path):
+  from dllm_jax.data.hf_tokenizer import HFTokenizer  # pylint: disable=g-import-not-at-top
+  specials = ['<s>', '</s>', '<m>', '<eot>']
+  _word_tokenizer(str(tmp_path / 'tok'), specials)
+  tok = HFTokenizer(str(tmp_path / 'tok'), {'bos': '<s>', 'eos': '</s>', 'pad': '</s>',
+                                            'mask': '<m>', 'eot': '<eot>'})
+  opts = dict(TINY[family], vocab_size=16, ids=tok.special_ids)
+  cfg = models.get_preset(opts.pop('preset'), **opts)
+  params = _random_params(cfg)
+  export.write(params, cfg, str(tmp_path / 'hf'), tokenizer=tok)
+  loaded = hf_dir.load(str(tmp_path / 'hf'))
+  assert loaded.tokenizer.name == 'hf' and loaded.tokenizer.special_ids == tok.special_ids
+  assert loaded.config.ids == tok.special_ids
+  np.testing.assert_array_equal(loaded.tokenizer.encode('hello cat', add_bos=True),
+                                tok.encode('hello cat', add_bos=True))
+  with pytest.raises(ValueError, match="special ids .* are not the model config's"):
+    export.write(params, dataclasses.replace(cfg, ids=dataclasses.replace(cfg.ids, eot=0)),
+                 str(tmp_path / 'bad'), tokenizer=tok)
+
+
+def test_block_diffusion_export_keeps_its_sampler_and_likelihood(random_block_workdir,
+                                                                 tmp_path):
+  from dllm_jax import workdir as checkpoint  # pylint: disable=g-import-not-at-top
+  from dllm_jax.sampling.block import BlockSamplingConfig  # pylint: disable=g-import-not-at-top
+  from dllm_jax.serving import Engine  # pylint: disable=g-import-not-at-top
+  from launch.export import sample_settings  # pylint: disable=g-import-not-at-top
+  cfg, params, tok = checkpoint.restore_for_inference(random_block_workdir)
+  export.write(params, cfg, str(tmp_path), tokenizer=tok,
+               sample=sample_settings(checkpoint.read_meta(random_block_workdir)))
+  engine = Engine.from_hf_dir(str(tmp_path))
+  assert engine.trained_block_size == 8
+  assert isinstance(engine.default_sampling, BlockSamplingConfig)
+  assert engine.default_sampling.block_length == 8
