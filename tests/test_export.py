@@ -203,3 +203,18 @@ def test_block_diffusion_export_keeps_its_sampler_and_likelihood(random_block_wo
   assert engine.trained_block_size == 8
   assert isinstance(engine.default_sampling, BlockSamplingConfig)
   assert engine.default_sampling.block_length == 8
+
+
+def test_export_carries_a_sentencepiece_model(tmp_path):
+  from dllm_jax.data import sp_tokenizer  # pylint: disable=g-import-not-at-top
+  texts = ['hello world, the cat sat on the mat.\n', 'def f(x):\n  return x + 1\n'] * 20
+  tok = tokenizer_lib.make_tokenizer('sentencepiece:' + sp_tokenizer.train(
+      texts, str(tmp_path / 'sp'), vocab_size=300, hard_vocab_limit=False))
+  opts = dict(TINY['llada'], vocab_size=tok.vocab_size, ids=tok.special_ids)
+  cfg = models.get_preset(opts.pop('preset'), **opts)
+  export.write(support.jit_init_params(cfg), cfg, str(tmp_path / 'hf'), tokenizer=tok)
+  loaded = hf_dir.load(str(tmp_path / 'hf'))
+  assert loaded.tokenizer.name == 'sentencepiece'
+  assert loaded.tokenizer.special_ids == tok.special_ids == loaded.config.ids
+  np.testing.assert_array_equal(loaded.tokenizer.encode('the cat', add_bos=True),
+                                tok.encode('the cat', add_bos=True))

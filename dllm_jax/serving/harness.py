@@ -8,7 +8,9 @@ importing this module registers the class itself (a source checkout that is
 not installed: `python -m launch.lm_eval`).
 
 `loglikelihood` is LLaDA's Monte Carlo ELBO (`dllm_jax.likelihood`, `mc_num`
-samples in batches of `mc_batch_size`, guidance `cfg_scale`); the context is
+samples in batches of `mc_batch_size`, guidance `cfg_scale`), or for a
+checkpoint trained with the block objective the block NELBO it was trained on
+(`dllm_jax.block_likelihood`; no guidance: cfg_scale > 0 is refused); the context is
 encoded after a BOS token and the continuation on its own, as `launch.eval`
 does, and the ELBO's key is `fold_in(key(seed), doc_id)`, so the numbers equal
 `launch.eval --mode=choice` on the same data. `is_greedy` is always False (a
@@ -37,7 +39,8 @@ from dllm_jax.serving.server import apply_stop
 
 @register_model('dllm_jax')
 class DllmJaxLM(LM):
-  """A dllm_jax checkpoint (`workdir=`) or LLaDA directory (`hf_dir=`)."""
+  """A dllm_jax checkpoint (`workdir=`) or Hugging Face directory (`hf_dir=`:
+  any built-in family, or a `launch.export` output)."""
 
   def __init__(self, workdir: str | None = None, hf_dir: str | None = None,
                mc_num: int = 128, mc_batch_size: int = 16, cfg_scale: float = 0.0,
