@@ -16,7 +16,9 @@ is treated one of three ways, listed by `test_every_command_is_classified`:
 * flag check: any other `python -m launch.X` command of an absl launcher is
   parsed by the launcher's own flag definitions and validators (an unknown
   flag, a bad value or an unknown config key fails) without running it.
-* parse only: the rest (installs, `curl`, `sbatch`, `lm_eval`, GPU runs).
+* parse only: the rest (installs, `curl`, `sbatch`, `dllm-lm-eval`, GPU runs).
+
+Relative links between the pages (and their `#anchors`) must resolve too.
 """
 
 from __future__ import annotations
@@ -253,3 +255,30 @@ def test_launcher_commands_pass_their_flag_checks(tmp_path):
   assert done.returncode == 0, done.stderr[-3000:]
   failures = json.loads(done.stdout.splitlines()[-1])
   assert not failures, '\n'.join(failures)
+
+
+def _anchor(heading: str) -> str:
+  """GitHub's anchor of a heading (lower case, punctuation dropped, spaces to -)."""
+  return re.sub(r'[^\w\- ]', '', heading.strip().lower()).replace(' ', '-')
+
+
+def test_relative_links_and_anchors_resolve():
+  """Every relative link of README.md and docs/ names a file of the repository
+  and, with `#anchor`, a heading of that page."""
+  bad = []
+  for page in PAGES:
+    with open(os.path.join(REPO, page)) as f:
+      text = _FENCE.sub('', f.read())
+    for target in re.findall(r'\]\(([^)\s]+)\)', text):
+      if '://' in target:
+        continue
+      path, _, anchor = target.partition('#')
+      file = os.path.normpath(os.path.join(os.path.dirname(page), path)) if path else page
+      if not os.path.exists(os.path.join(REPO, file)):
+        bad.append(f'{page}: {target} (no file {file})')
+      elif anchor:
+        with open(os.path.join(REPO, file)) as f:
+          headings = re.findall(r'^#+ (.+)$', _FENCE.sub('', f.read()), flags=re.M)
+        if anchor not in {_anchor(h) for h in headings}:
+          bad.append(f'{page}: {target} (no heading #{anchor} in {file})')
+  assert not bad, '\n'.join(bad)
