@@ -45,7 +45,7 @@ def main(argv):
 
   with cli.one_line_errors():
     out = _OUT.value
-    if os.path.isdir(out) and os.listdir(out):
+    if os.path.isdir(out) and os.listdir(out):  # Before the restore.
       raise ValueError(f'--out={out} exists and is not empty.')
     cfg, params, tok = checkpoint.restore_for_inference(_WORKDIR.value, step=_STEP.value)
     meta = checkpoint.read_meta(_WORKDIR.value, _STEP.value)

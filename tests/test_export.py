@@ -140,11 +140,6 @@ def test_launch_export_then_serve_hf_dir(random_workdir, tmp_path):
   assert r.returncode == 0 and 'wrote' in r.stdout, r.stderr[-2000:]
   with open(os.path.join(out, 'generation_config.json')) as f:
     assert json.load(f)['gen_length'] == 8
-  r = subprocess.run([sys.executable, '-m', 'launch.export', f'--workdir={random_workdir}',
-                      f'--out={out}'], cwd=support.REPO, env=env, capture_output=True,
-                     text=True, timeout=300)
-  assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].endswith(
-      'exists and is not empty.'), r.stderr[-2000:]
   proc, url = support.start_server([f'--hf_dir={out}', '--max_batch=1', '--warmup=',
                                     '--prompt_buckets=16', '--max_tokens=8'])
   try:
@@ -185,6 +180,11 @@ def test_export_carries_the_tokenizer_files_and_special_tokens(family, tmp_path)
   assert loaded.config.ids == tok.special_ids
   np.testing.assert_array_equal(loaded.tokenizer.encode('hello cat', add_bos=True),
                                 tok.encode('hello cat', add_bos=True))
+  with pytest.raises(ValueError, match='hf exists and is not empty'):
+    export.write(params, cfg, str(tmp_path / 'hf'))
+  export.write(params, cfg, str(tmp_path / 'no_tok'))  # Its ids are not the byte ones.
+  with pytest.raises(ValueError, match='has no tokenizer files .* not the byte'):
+    hf_dir.load(str(tmp_path / 'no_tok'))
   with pytest.raises(ValueError, match="special ids .* are not the model config's"):
     export.write(params, dataclasses.replace(cfg, ids=dataclasses.replace(cfg.ids, eot=0)),
                  str(tmp_path / 'bad'), tokenizer=tok)

@@ -50,6 +50,8 @@ def test_options_import_with_the_reference_config_keys(checkpoint):
   assert type(cfg).family == 'llada_moe'
   assert cfg.moe_layers == (0, 2) and cfg.moe_layer_freq == (1, 0, 1)
   assert (cfg.d_ff, cfg.moe_d_ff, cfg.shared_d_ff, cfg.expert_bias) == (24, 16, 12, True)
+  # No tokenizer files: the special ids are config.json's.
+  assert (cfg.ids.mask, cfg.ids.bos, cfg.ids.eos, cfg.ids.pad) == (260, 257, 258, 256)
   assert set(params['layers'][1]) >= {'mlp'} and 'moe' not in params['layers'][1]
   assert set(params['layers'][0]['moe']) == {'router', 'experts', 'expert_bias', 'shared'}
   # A moe_layer_freq of the wrong length is a one-line error.

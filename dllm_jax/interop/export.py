@@ -71,8 +71,11 @@ def generation_config(cfg, sample: dict[str, Any] | None) -> dict[str, Any]:
 
 def write(params, cfg, path: str, *, tokenizer=None, sample: dict[str, Any] | None = None,
           dtype: str | None = None, max_shard_bytes: int = 5 * 2**30) -> None:
-  """Writes the directory (module doc). `sample`: generation settings to record;
-  `dtype`: cast the weights (default: their own dtype)."""
+  """Writes the directory (module doc; it must be new or empty). `sample`:
+  generation settings to record; `dtype`: cast the weights (default: their own
+  dtype)."""
+  if os.path.isdir(path) and os.listdir(path):
+    raise ValueError(f'{path} exists and is not empty.')
   if tokenizer is not None and tokenizer.special_ids != cfg.ids:
     raise ValueError(f'the tokenizer\'s special ids {tokenizer.special_ids} are not the '
                      f'model config\'s {cfg.ids}.')
