@@ -225,3 +225,18 @@ def test_full_sequence_sampler_counts_each_rows_decisions(sharp):
     assert int(batch.decisions[i]) == int(alone[i].decisions[0]) == int(alone[i].nfe)
   assert int(batch.nfe) == int(batch.decisions.max())
   assert batch.decisions[0] != batch.decisions[1]  # The rows differ.
+
+
+def test_the_knobs_keep_one_program_with_no_host_call_per_step(sharp):
+  """eos_early_stop (a row's end mid-block) and minimal_topk add no host call:
+  still one `while` loop, the host waits once, for the answer."""
+  cfg, params = sharp
+  sc = block.BlockSamplingConfig(gen_length=GEN, block_length=BLOCK, steps=4,
+                                 threshold=0.5, minimal_topk=3, eos_early_stop=True)
+  k0, n, shift, last = block.layout(LENGTHS, BLOCK, GEN)
+  text = block._sample.lower(  # pylint: disable=protected-access
+      params, PADDED, LENGTHS, shift, last, jax.random.key(0), block.BlockKnobs.of(sc),
+      config=cfg, sc=sc.program_part(), k0=k0, n_blocks=n).as_text()
+  assert 'stablehlo.while' in text
+  for host in ('callback', 'outfeed', 'infeed', 'send', 'recv'):
+    assert host not in text.lower(), host
