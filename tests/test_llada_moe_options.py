@@ -45,6 +45,22 @@ def test_softmax_bias_chooses_and_stays_in_the_weights():
   assert int(idx[0, 0]) == 2 and np.isclose(float(w[0, 0]), float(jax.nn.sigmoid(logits[0, 2])))
 
 
+def test_softmax_bias_routing_equals_a_numpy_transcription():
+  """LLaDAMoESparseMoeBlock.forward's routing in NumPy: p = softmax(logits) +
+  expert_bias; top-k of p; the weights are those p (no renormalisation)."""
+  rng = np.random.default_rng(1)
+  logits = rng.normal(size=(32, 8)).astype(np.float32)
+  bias = (0.1 * rng.normal(size=8)).astype(np.float32)
+  e = np.exp(logits - logits.max(-1, keepdims=True))
+  p = e / e.sum(-1, keepdims=True) + bias
+  want_idx = np.argsort(-p, -1, kind='stable')[:, :2]
+  idx, w, _ = moe.route(jnp.asarray(logits), router='softmax', top_k=2,
+                        bias=jnp.asarray(bias))
+  np.testing.assert_array_equal(np.asarray(idx), want_idx)
+  np.testing.assert_allclose(np.asarray(w), np.take_along_axis(p, want_idx, -1),
+                             rtol=1e-6)
+
+
 def test_options_import_with_the_reference_config_keys(checkpoint):
   _, _, cfg, params, _ = checkpoint
   assert type(cfg).family == 'llada_moe'
