@@ -7,7 +7,10 @@ tokenizer -> (config, parameters), and back.
   moe_hf.save(params, cfg, '/out')
 
 The config comes from the checkpoint's `config.json` (a `preset` only checks
-it: every shape field must agree, else a one-line error naming the key); an
+it: every shape field must agree, else a one-line error naming the key;
+LLaDA-MoE's optional `moe_layer_freq`, `shared_expert_intermediate_size` and
+`moe_router_enable_expert_bias` included; the special ids from the tokenizer
+files, else from config.json: interop/special_ids.py); an
 embedding padded past the vocabulary (`embedding_size` > `vocab_size`) makes
 the model's vocabulary that many rows. The expert layout (per-expert keys,
 veomni-fused `experts.{gate,up,down}_proj`, or `w13`/`w2`) is detected from the
