@@ -6,11 +6,12 @@ exports (`interop/export.py`) alike.
   loaded.config, loaded.params, loaded.tokenizer, loaded.generation
 
 The family comes from config.json (LLaDA2 `model_type` llada2_moe*, LLaDA-MoE:
-`num_experts`, else dense LLaDA). The tokenizer: `tokenizer.json` (its special
-tokens named in tokenizer_config.json where it names them), else a SentencePiece
-`tokenizer.model`, else none: the special ids then come from config.json
-(`interop/special_ids.py`) and, when they are the byte tokenizer's, the byte
-tokenizer encodes. `generation` is generation_config.json (or {}).
+`num_experts`, else dense LLaDA). The tokenizer: `tokenizer.json` (with LLaDA's
+special token texts unless tokenizer_config.json names a `mask_token`: then its
+`{mask,bos,eos,eot,pad}_token`), else a SentencePiece `tokenizer.model`, else
+none: the special ids then come from config.json (`interop/special_ids.py`)
+and, when they are the byte tokenizer's, the byte tokenizer encodes.
+`generation` is generation_config.json (or {}).
 """
 
 from __future__ import annotations
@@ -59,7 +60,10 @@ def tokenizer(path: str, hf_config: dict):
       from dllm_jax.interop import moe_hf  # pylint: disable=g-import-not-at-top
       return moe_hf.tokenizer(path)
     from dllm_jax.data.hf_tokenizer import HFTokenizer  # pylint: disable=g-import-not-at-top
-    return HFTokenizer(path, named_special_tokens(path))
+    named = named_special_tokens(path)
+    # Only a config that names the mask token (this project's exports) replaces
+    # LLaDA's token texts: a released one may call its end of turn `eos_token`.
+    return HFTokenizer(path, named if 'mask' in named else None)
   if os.path.isfile(os.path.join(path, 'tokenizer.model')):
     from dllm_jax.data.sp_tokenizer import SentencePieceTokenizer  # pylint: disable=g-import-not-at-top
     return SentencePieceTokenizer(os.path.join(path, 'tokenizer.model'),
