@@ -74,7 +74,6 @@ def negative_elbo(params: model_lib.Params, tokens: jax.Array, answer_start: jax
     cfg_scale: classifier-free guidance scale (0: none; static).
     segment_ids, positions: optional int [T] for packed rows (default: one
       segment over prompt and answer, 0 on padding; positions 0..T-1).
-
     block_size: the block size a block-diffusion checkpoint was trained with
       (static; None: masked diffusion, the bidirectional ELBO).
 

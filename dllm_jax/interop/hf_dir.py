@@ -97,16 +97,19 @@ def load(path: str, *, dtype: str | None = None) -> Loaded:
 
 
 def default_sampling(generation: dict):
-  """The sample settings generation_config.json records (`interop/export.py`),
-  or None: the block sampler with the trained block size for a block-diffusion
-  export (as `Engine.from_workdir`), else the masked-diffusion sampler."""
+  """The sample settings generation_config.json records (`interop/export.py`:
+  `gen_length` and the rest; None without it): the block sampler with the
+  trained block size for a block-diffusion export (as `Engine.from_workdir`),
+  else the masked-diffusion sampler."""
   from dllm_jax.sampling import block  # pylint: disable=g-import-not-at-top
   from dllm_jax.sampling import generate as gen  # pylint: disable=g-import-not-at-top
   keys = ('steps', 'gen_length', 'block_length', 'temperature')
   given = {k: generation[k] for k in keys if generation.get(k) is not None}
+  if 'gen_length' not in given:  # Not this project's keys (HF: max_new_tokens, ...).
+    return None
   if generation.get('block_diffusion'):
     size = given['block_length']
     return block.BlockSamplingConfig(
         gen_length=given.get('gen_length', size), block_length=size, steps=size,
         parallel='fixed', threshold=0.9, temperature=given.get('temperature', 0.0))
-  return gen.SamplingConfig(**given) if given else None
+  return gen.SamplingConfig(**given)
