@@ -63,7 +63,7 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from dllm_jax.sampling import fused  # pylint: disable=g-import-not-at-top
+  from dllm_jax.kernels import fused  # pylint: disable=g-import-not-at-top
 
   def timed(fn, *args):
     jax.block_until_ready(fn(*args))
@@ -133,7 +133,8 @@ def _head_rows(timed, seed, run_kernel, shape):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from dllm_jax.sampling import fused, fused_head  # pylint: disable=g-import-not-at-top
+  from dllm_jax.kernels import fused  # pylint: disable=g-import-not-at-top
+  from dllm_jax.kernels import fused_head  # pylint: disable=g-import-not-at-top
   d, v = _HEAD_DIM.value, _VOCAB.value
   w = (jax.random.normal(jax.random.key(2), (d, v)) * d ** -0.5).astype(jnp.bfloat16)
   head = lambda h: jnp.dot(h, w, preferred_element_type=jnp.float32).astype(jnp.bfloat16)

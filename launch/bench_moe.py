@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from dllm_jax import flops, model, models
+from dllm_jax import models
+from dllm_jax.training import flops
 from dllm_jax.models import moe
 from dllm_jax.sampling import generate as gen
 from launch import step_timing
@@ -110,7 +111,7 @@ def main(argv):
   if 'train' not in _SKIP.value:
     bench_train(cfg)
   if 'sample' not in _SKIP.value:
-    params = jax.jit(lambda k: model.init_params(cfg, k))(jax.random.key(0))
+    params = jax.jit(lambda k: models.init_params(cfg, k))(jax.random.key(0))
     bench_sample(cfg, params)
     del params
   if 'moe' not in _SKIP.value:

@@ -52,7 +52,7 @@ def main(argv):
   import dataclasses  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from dllm_jax import model, presets  # pylint: disable=g-import-not-at-top
+  from dllm_jax import models  # pylint: disable=g-import-not-at-top
   from dllm_jax.sampling import autoregressive as ar  # pylint: disable=g-import-not-at-top
   from dllm_jax.sampling import generate as gen  # pylint: disable=g-import-not-at-top
   from dllm_jax.training import checkpoint  # pylint: disable=g-import-not-at-top
@@ -63,9 +63,9 @@ def main(argv):
     cfg, params, tokenizer = checkpoint.restore_for_inference(_WORKDIR.value)
     name = _WORKDIR.value
   else:
-    cfg = presets.get_preset(_PRESET.value, dtype=_DTYPE.value,
+    cfg = models.get_preset(_PRESET.value, dtype=_DTYPE.value,
                              param_dtype=_DTYPE.value)
-    params = jax.jit(model.init_params, static_argnums=0)(cfg, jax.random.key(0))
+    params = jax.jit(models.init_params, static_argnums=0)(cfg, jax.random.key(0))
     name = f'{_PRESET.value} (random weights)'
   ar_cfg = dataclasses.replace(cfg, causal=True)
   dev = jax.devices()[0]
@@ -96,7 +96,7 @@ def main(argv):
   for b in map(int, _BATCH.value):
     if _PROMPT.value is not None:
       if tokenizer is None:
-        from dllm_jax.data.tokenizer import ByteTokenizer  # pylint: disable=g-import-not-at-top
+        from dllm_jax.tokenizers import ByteTokenizer  # pylint: disable=g-import-not-at-top
         tokenizer = ByteTokenizer()
       prompt = np.tile(tokenizer.encode(_PROMPT.value, add_bos=True), (b, 1))
     else:

@@ -1,6 +1,6 @@
 r"""Likelihood evaluation of a checkpoint (LLaDA's Monte Carlo ELBO; for a checkpoint
 trained with the block objective, the block NELBO it was trained on:
-dllm_jax/block_likelihood.py); prints tables.
+dllm_jax/evaluation/block_likelihood.py); prints tables.
 
   # Per-token negative ELBO on held-out rows of the built-in corpus:
   python -m launch.eval --workdir=/tmp/dllm --mode=heldout --num_rows=16
@@ -93,9 +93,9 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from dllm_jax import likelihood  # pylint: disable=g-import-not-at-top
-  from dllm_jax import workdir as checkpoint  # pylint: disable=g-import-not-at-top
-  from dllm_jax.data.datasets import make_dataset  # pylint: disable=g-import-not-at-top
+  from dllm_jax.evaluation import likelihood  # pylint: disable=g-import-not-at-top
+  from dllm_jax.training import workdir as checkpoint  # pylint: disable=g-import-not-at-top
+  from dllm_jax.training.inputs import make_dataset  # pylint: disable=g-import-not-at-top
   from dllm_jax.serving import Engine  # pylint: disable=g-import-not-at-top
   from launch.configs import default  # pylint: disable=g-import-not-at-top
 

@@ -116,7 +116,7 @@ def _sample_block(meta, prompt: str, num: int,
   """Completions from the block sampler, sample i drawn from seed + i, and
   their forward counts (decided its tokens, all its run took)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from dllm_jax import workdir as checkpoint  # pylint: disable=g-import-not-at-top
+  from dllm_jax.training import workdir as checkpoint  # pylint: disable=g-import-not-at-top
   from dllm_jax.sampling import block, text  # pylint: disable=g-import-not-at-top
   sampling = _block_sampling(meta)
   sampling.validate()
@@ -160,7 +160,7 @@ def _sample_full(meta, prompt: str, num: int,
 
 def main(argv):
   cli.start(argv)
-  from dllm_jax import workdir as checkpoint  # pylint: disable=g-import-not-at-top
+  from dllm_jax.training import workdir as checkpoint  # pylint: disable=g-import-not-at-top
   with cli.one_line_errors():
     meta = checkpoint.read_meta(_WORKDIR.value)
     sample_cfg = meta['config']['sample']

@@ -85,7 +85,7 @@ def test_lm_eval_model_loads_a_block_run(random_block_workdir):
   sampler, its likelihoods the block NELBO (which has no guidance: cfg_scale
   is refused, tests/test_block_likelihood.py)."""
   from dllm_jax.sampling import block  # pylint: disable=g-import-not-at-top
-  from dllm_jax.serving import harness  # pylint: disable=g-import-not-at-top
+  from dllm_jax.evaluation import harness  # pylint: disable=g-import-not-at-top
   lm = harness.DllmJaxLM(workdir=random_block_workdir, temperature=0.5)
   assert isinstance(lm.sampling, block.BlockSamplingConfig)
   assert lm.sampling.temperature == 0.5 and lm.opts['block_size'] == 8

@@ -44,9 +44,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dllm_jax import model as model_lib
+from dllm_jax import models
 from dllm_jax.data import sft
-from dllm_jax.presets import ModelConfig
+from dllm_jax.models import ModelConfig
 from dllm_jax.sampling import block
 from dllm_jax.sampling import generate as gen
 from dllm_jax.sampling import loop, proposers
@@ -125,7 +125,7 @@ class Engine:
   # masked diffusion); its likelihood is the block NELBO (likelihood.py).
   trained_block_size: int | None = None
 
-  def __init__(self, params: model_lib.Params, config: ModelConfig, tokenizer, *,
+  def __init__(self, params: models.Params, config: ModelConfig, tokenizer, *,
                default_sampling: Sampling | None = None, chat: bool = False,
                max_batch: int = 64, batch_sizes: Sequence[int] | None = None,
                prompt_buckets: Sequence[int] = PROMPT_BUCKETS, name: str = 'dllm_jax',
@@ -154,7 +154,7 @@ class Engine:
     run's sample settings become the default, and SFT runs default to chat. A
     block-diffusion run gets the block sampler with the block size it was
     trained with, one step per token (as `launch.sample`)."""
-    from dllm_jax import workdir as checkpoint  # pylint: disable=g-import-not-at-top
+    from dllm_jax.training import workdir as checkpoint  # pylint: disable=g-import-not-at-top
     config, params, tokenizer = checkpoint.restore_for_inference(
         workdir, step=step, dtype=dtype)
     meta = checkpoint.read_meta(workdir, step)

@@ -20,9 +20,11 @@ import typing
 from typing import Any, Callable, ClassVar, Mapping
 
 
-from dllm_jax import block_diffusion, models, objectives, presets
-from dllm_jax.attention import IMPLEMENTATIONS
-from dllm_jax.data import pipeline, sources, tokenizer as tokenizer_lib
+from dllm_jax import models, objectives
+from dllm_jax import tokenizers as tokenizer_lib
+from dllm_jax.data import pipeline, sources
+from dllm_jax.models.attention import IMPLEMENTATIONS
+from dllm_jax.objectives import block as block_diffusion
 from dllm_jax.models.llada import DTYPES, EMBED_GRADS, REMAT_POLICIES
 from dllm_jax.training.train_step import NONFINITE_POLICIES
 
@@ -200,7 +202,7 @@ class ModelSection(Section):
       raise ValueError(f'model.{bad[0]} is not a field of the {family.name!r} family '
                        f'(preset {self.preset!r}).')
     overrides = {k: v for k, v in overrides.items() if k in fields}
-    overrides.update(presets.tokenizer_overrides(self.preset, tokenizer))
+    overrides.update(models.tokenizer_overrides(self.preset, tokenizer))
     return models.get_preset(self.preset, **overrides)
 
 
@@ -225,7 +227,7 @@ class DataSection(Section):
 
 @dataclasses.dataclass(frozen=True)
 class BlockSection(Section):
-  """`train.block`: objective block_diffusion's knobs (dllm_jax/block_diffusion.py)."""
+  """`train.block`: objective block_diffusion's knobs (dllm_jax/objectives/block.py)."""
 
   NAME: ClassVar[str] = 'train.block'
   block_size: int = knob(32, range=Range(1))  # Must divide data.seq_len.

@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dllm_jax import diffusion, models, objectives
-from dllm_jax import model as model_lib
-from dllm_jax.presets import ModelConfig
+from dllm_jax import models, objectives
+from dllm_jax.models import ModelConfig
+from dllm_jax.objectives import masked
 
 
 NONFINITE_POLICIES = ('stop', 'skip')
@@ -29,7 +29,7 @@ def fresh_guard(skipped: int = 0) -> dict[str, jax.Array]:
 @flax.struct.dataclass
 class TrainState:
   step: jax.Array  # [] int32.
-  params: model_lib.Params
+  params: models.Params
   opt_state: optax.OptState
   guard: dict[str, jax.Array]  # See `fresh_guard`.
 
@@ -37,12 +37,12 @@ class TrainState:
 def init_train_state(model_cfg: ModelConfig, optimizer: optax.GradientTransformation,
                      key: jax.Array) -> TrainState:
   """Fresh state (jit it so parameters are created on device)."""
-  params = model_lib.init_params(model_cfg, key)
+  params = models.init_params(model_cfg, key)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     opt_state=optimizer.init(params), guard=fresh_guard())
 
 
-def _split_microbatches(lb: diffusion.LossBatch, n: int) -> diffusion.LossBatch:
+def _split_microbatches(lb: masked.LossBatch, n: int) -> masked.LossBatch:
   def split(x):
     if x.ndim == 0:  # The shared denominator.
       return jnp.broadcast_to(x, (n,))
@@ -58,12 +58,12 @@ def _split_microbatches(lb: diffusion.LossBatch, n: int) -> diffusion.LossBatch:
 # loss (split evenly over microbatches), aux['metrics'] are logged, and the
 # whole aux (averaged over microbatches) goes to `after_step(new_params,
 # old_params, aux)` after the optimizer update. Other families: no change.
-def _logits_and_aux(model_cfg, params, lb: diffusion.LossBatch):
+def _logits_and_aux(model_cfg, params, lb: masked.LossBatch):
   """(logits, aux): a family with router statistics (`Family.forward_aux`,
   mixtures of experts) returns them and an auxiliary loss; others none."""
   family = models.of(model_cfg)
   if family.forward_aux is None:
-    return model_lib.forward(params, lb.inputs, positions=lb.positions,
+    return models.forward(params, lb.inputs, positions=lb.positions,
                              config=model_cfg, attention=lb.attention), {}
   return family.forward_aux(params, lb.inputs, lb.attention, lb.positions,
                             config=model_cfg)
@@ -80,7 +80,7 @@ def _after_step(model_cfg, new_params, old_params, aux):
 def make_train_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformation,
                     schedule: optax.Schedule, *, objective: str = 'pretrain',
                     grad_accum_steps: int = 1,
-                    random_length_prob: float = diffusion.RANDOM_LENGTH_PROB,
+                    random_length_prob: float = masked.RANDOM_LENGTH_PROB,
                     stratified_t: bool = False, nonfinite: str = 'stop',
                     debug_nan_step: int = -1, state_shardings=None,
                     batch_sharding=None, block_options=None):
@@ -117,9 +117,9 @@ def make_train_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformat
                                  random_length_prob=random_length_prob,
                                  stratified_t=stratified_t, block=block_options)
 
-  def loss_fn(params, lb: diffusion.LossBatch, step):
+  def loss_fn(params, lb: masked.LossBatch, step):
     logits, aux = _logits_and_aux(model_cfg, params, lb)
-    loss = diffusion.loss_from_logits(logits, lb)
+    loss = masked.loss_from_logits(logits, lb)
     if 'loss' in aux:
       loss = loss + aux['loss'] / grad_accum_steps
     if debug_nan_step >= 0:

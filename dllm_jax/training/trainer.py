@@ -2,10 +2,10 @@
 
 Run it again with the same workdir and it resumes from the latest checkpoint,
 with the data iterator where it stopped and the same masking noise per step.
-Who does what: `sections.py` reads and checks the config, `objectives.py` turns
+Who does what: `sections.py` reads and checks the config, `objectives/` turns
 data batches into losses, `train_step.py` is the jitted step, `checkpoint.py`
 saves and restores the whole train state, `progress.py` prints and logs, and
-`data/datasets.py` builds the dataset.
+`inputs.py` builds the dataset.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ import ml_collections
 import numpy as np
 
 from dllm_jax import models
-from dllm_jax.data import datasets, tokenizer as tokenizer_lib
+from dllm_jax.training import inputs as datasets
+from dllm_jax import tokenizers as tokenizer_lib
 from dllm_jax.errors import NonFiniteError
-from dllm_jax.model import abstract_params
+from dllm_jax.models import abstract_params
 from dllm_jax.parallel import mesh as mesh_lib, multihost, sharding
 from dllm_jax.sampling import generate as gen
 from dllm_jax.sampling.text import sample_text

@@ -87,12 +87,12 @@ def get_config() -> ml_collections.ConfigDict:
   # loss NaN at one step (-1: never).
   config.train.record_batches = False
   config.train.debug_nan_step = -1
-  # objective=block_diffusion (dllm_jax/block_diffusion.py): block size (must
+  # objective=block_diffusion (dllm_jax/objectives/block.py): block size (must
   # divide data.seq_len); noise 'row' (one t per row in [t_min, t_max], LLaDA2)
   # or 'block' (one t per block in [eps, 1], BD3-LM); loss weight none | inv_t;
   # grow_every > 0 grows the block size from grow_from, doubling every so many steps;
   # skip_tiles: attention computes only the (query, key) tiles the mask allows
-  # (dllm_jax/block_sparse.py; same loss and gradients as the dense mask).
+  # (dllm_jax/kernels/block_sparse.py; same loss and gradients as the dense mask).
   config.train.block = ml_collections.ConfigDict(dict(
       block_size=32, noise='row', t_min=0.3, t_max=0.8, eps=1e-3, weight='none',
       grow_every=0, grow_from=1, skip_tiles=True))
