@@ -78,7 +78,7 @@ def model_config(causal: bool, tokenizer=TOKENIZER, **shape) -> models.ModelConf
   """The `tiny` preset; with another tokenizer, its ids and vocabulary (rounded
   up to a multiple of 128), as the trainer does."""
   return models.get_preset('tiny', causal=causal,
-                            **{**models.tokenizer_overrides('tiny', tokenizer), **shape})
+                           **{**models.tokenizer_overrides('tiny', tokenizer), **shape})
 
 
 def train(rows: dict[str, np.ndarray], cfg: models.ModelConfig, *, steps: int,

@@ -107,8 +107,8 @@ def bench_attention():
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from dllm_jax.objectives import block as bd  # pylint: disable=g-import-not-at-top
   from dllm_jax.kernels import block_sparse  # pylint: disable=g-import-not-at-top
+  from dllm_jax.objectives import block as bd  # pylint: disable=g-import-not-at-top
   bl = _BLOCK_LENGTH.value
   tile = _TILE.value or bl
   b, h, d = int(_BATCH.value[0]), 4, 32
@@ -136,9 +136,9 @@ def bench_attention():
 
 
 def bench_train():
-  from dllm_jax.objectives import block as bd  # pylint: disable=g-import-not-at-top
-  from dllm_jax.kernels import block_sparse  # pylint: disable=g-import-not-at-top
   from dllm_jax import models  # pylint: disable=g-import-not-at-top
+  from dllm_jax.kernels import block_sparse  # pylint: disable=g-import-not-at-top
+  from dllm_jax.objectives import block as bd  # pylint: disable=g-import-not-at-top
   from launch import step_timing  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   bl, b = _BLOCK_LENGTH.value, int(_BATCH.value[0])
@@ -147,7 +147,7 @@ def bench_train():
   rows = []
   for l in map(int, _SEQ_LEN.value):
     cfg = models.get_preset(_PRESET.value, dtype=_DTYPE.value, param_dtype=_DTYPE.value,
-                             max_len=max(l, 64))
+                            max_len=max(l, 64))
     runs = []
     for skip in (False, True):
       opts = bd.BlockDiffusionOptions(block_size=bl, skip_tiles=skip)

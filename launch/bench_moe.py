@@ -24,9 +24,9 @@ import jax.numpy as jnp
 from absl import app, flags
 
 from dllm_jax import models
-from dllm_jax.training import flops
 from dllm_jax.models import moe
 from dllm_jax.sampling import generate as gen
+from dllm_jax.training import flops
 from launch import step_timing
 
 _PRESET = flags.DEFINE_string('preset', 'llada2_tiny', 'An MoE preset.')

@@ -81,8 +81,8 @@ def main(argv):
   cli.start(argv)
   runs = _rows()
   import jax  # pylint: disable=g-import-not-at-top
-  from dllm_jax.training import flops  # pylint: disable=g-import-not-at-top
   from dllm_jax import models  # pylint: disable=g-import-not-at-top
+  from dllm_jax.training import flops  # pylint: disable=g-import-not-at-top
   from launch import step_timing  # pylint: disable=g-import-not-at-top
 
   dev = jax.devices()[0]

@@ -40,8 +40,8 @@ def sample_settings(meta: dict) -> dict:
 def main(argv):
   cli.start(argv)
   import os  # pylint: disable=g-import-not-at-top
-  from dllm_jax.training import workdir as checkpoint  # pylint: disable=g-import-not-at-top
   from dllm_jax.interop import export  # pylint: disable=g-import-not-at-top
+  from dllm_jax.training import workdir as checkpoint  # pylint: disable=g-import-not-at-top
 
   with cli.one_line_errors():
     out = _OUT.value

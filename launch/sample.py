@@ -116,8 +116,8 @@ def _sample_block(meta, prompt: str, num: int,
   """Completions from the block sampler, sample i drawn from seed + i, and
   their forward counts (decided its tokens, all its run took)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from dllm_jax.training import workdir as checkpoint  # pylint: disable=g-import-not-at-top
   from dllm_jax.sampling import block, text  # pylint: disable=g-import-not-at-top
+  from dllm_jax.training import workdir as checkpoint  # pylint: disable=g-import-not-at-top
   sampling = _block_sampling(meta)
   sampling.validate()
   block.check_model(None, sampling, meta)  # Its objective, before restoring.

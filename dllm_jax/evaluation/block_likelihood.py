@@ -91,8 +91,8 @@ def negative_block_elbo(params: models.Params, tokens: jax.Array,
     masked, weight = draw_masks(key, groups, maskable, batch_size)
     noisy = jnp.where(masked, config.ids.mask, seq)
     logits = models.forward(params, jnp.concatenate([noisy, seq], axis=1),
-                               positions=both_pos, config=config, attention=spec,
-                               output_window=(0, t)).astype(jnp.float32)
+                            positions=both_pos, config=config, attention=spec,
+                            output_window=(0, t)).astype(jnp.float32)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, seq)
     return total + jnp.sum(ce * weight) / batch_size, None
 

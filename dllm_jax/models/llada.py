@@ -5,7 +5,7 @@ attention as the caller's `AttentionSpec` says (bidirectional for the mask
 predictor; `causal=True` in the config makes causal the default: the
 autoregressive twin), no biases, untied input embedding and output head.
 Parameter names follow the LLaDA Hugging Face layout (`wte`, `blocks.N.{q_proj,
-...}`, `ln_f`, `ff_out`). `FAMILY` is what the registry (`models/__init__.py`)
+...}`, `ln_f`, `ff_out`). `FAMILY` is what the registry (`models/registry.py`)
 hands to the rest of the library.
 """
 

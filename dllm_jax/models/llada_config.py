@@ -6,8 +6,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
-from dllm_jax.models import attention as attention_lib
 from dllm_jax import ids as ids_lib
+from dllm_jax.models import attention as attention_lib
 
 DTYPES = ('float32', 'bfloat16')
 REMAT_POLICIES = ('none', 'full', 'dots')

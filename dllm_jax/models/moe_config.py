@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from dllm_jax.models import attention as attention_lib
 from dllm_jax import ids as ids_lib
+from dllm_jax.models import attention as attention_lib
 from dllm_jax.models import moe as moe_lib
 from dllm_jax.models.llada_config import DTYPES, REMAT_POLICIES
 

@@ -33,8 +33,8 @@ import jax
 import jax.numpy as jnp
 
 from dllm_jax.kernels import block_sparse
-from dllm_jax.objectives import masked
 from dllm_jax.models.attention import AttentionSpec
+from dllm_jax.objectives import masked
 
 NOISES = ('row', 'block')
 WEIGHTS = ('none', 'inv_t')

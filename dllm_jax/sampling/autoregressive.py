@@ -13,8 +13,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from dllm_jax.models import attention
 from dllm_jax import models
+from dllm_jax.models import attention
 
 
 @functools.partial(jax.jit, static_argnames=('config', 'gen_length'))
@@ -25,8 +25,8 @@ def _greedy(params, prompt, *, config, gen_length: int):
 
   def body(i, canvas):
     logits = models.forward(params, canvas, config=config,
-                               output_window=(p + i - 1, 1),
-                               attention=attention.causal())
+                            output_window=(p + i - 1, 1),
+                            attention=attention.causal())
     logits = logits[:, 0].astype(jnp.float32).at[:, config.ids.mask].set(-jnp.inf)
     return canvas.at[:, p + i].set(jnp.argmax(logits, -1).astype(jnp.int32))
 
@@ -46,8 +46,8 @@ def _greedy_cached(params, prompt, *, config, gen_length: int):
   # Prefill: the causal forward over the canvas caches every position's keys
   # and values; only those of the prompt are used (the rest are masked below).
   logits, cache = models.forward_with_cache(params, canvas, config=config,
-                                               output_window=(p - 1, 1),
-                                               attention=attention.causal())
+                                            output_window=(p - 1, 1),
+                                            attention=attention.causal())
   canvas = canvas.at[:, p].set(pick(logits))
 
   def body(i, carry):
@@ -55,8 +55,8 @@ def _greedy_cached(params, prompt, *, config, gen_length: int):
     pos = p + i - 1  # The newest token; it attends to positions <= pos.
     token = jax.lax.dynamic_slice_in_dim(canvas, pos, 1, axis=1)
     logits, cache = models.forward_window(params, token, pos, cache,
-                                             config=config, output_length=1,
-                                             attention=attention.causal())
+                                          config=config, output_length=1,
+                                          attention=attention.causal())
     return canvas.at[:, pos + 1].set(pick(logits)), cache
 
   canvas, _ = jax.lax.fori_loop(1, gen_length, body, (canvas, cache))

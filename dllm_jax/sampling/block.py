@@ -159,7 +159,7 @@ def _step_logits(params, x, k, cache, pending, spec, pos, *, config, sc, b):
   start = k * b
   if not sc.cache:
     return models.forward(params, x, positions=pos, config=config,
-                             attention=spec, output_window=(start, b)), cache
+                          attention=spec, output_window=(start, b)), cache
 
   def one(cache):
     return models.forward_window(
@@ -261,8 +261,8 @@ class BlockWalk:
       cache = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
       if self.k0:
         _, cache = models.forward_window(params, x[:, :self.k0 * b], 0, cache,
-                                            positions=self.pos, config=self.config,
-                                            output_length=1, attention=self.spec)
+                                         positions=self.pos, config=self.config,
+                                         output_length=1, attention=self.spec)
     bsz = x.shape[0]
     return dict(x=x, cache=cache, k=jnp.int32(self.k0), step=jnp.int32(0),
                 post=jnp.zeros(bsz, jnp.int32), settled=jnp.zeros(bsz, bool),

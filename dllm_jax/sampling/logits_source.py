@@ -20,9 +20,9 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from dllm_jax.models import attention
 from dllm_jax import models
 from dllm_jax.models import ModelConfig
+from dllm_jax.models import attention
 
 # (tokens [B, T], segment_ids [B, T] | None, positions [B, T] | None,
 #  output_window=(start, length)) -> logits [B, length, V] of positions
@@ -52,19 +52,19 @@ def model_calls(params: models.Params,
 
   def logits_fn(tokens, segment_ids, positions, output_window):
     return models.forward(params, tokens, positions=positions, config=config,
-                             output_window=output_window,
-                             attention=spec(segment_ids))
+                          output_window=output_window,
+                          attention=spec(segment_ids))
 
   def full(tokens, segment_ids, positions, output_window):
     return models.forward_with_cache(params, tokens, positions=positions,
-                                        config=config, output_window=output_window,
-                                        attention=spec(segment_ids))
+                                     config=config, output_window=output_window,
+                                     attention=spec(segment_ids))
 
   def window(tokens, start, cache, segment_ids, positions, output_length):
     return models.forward_window(params, tokens, start, cache,
-                                    positions=positions, config=config,
-                                    output_length=output_length,
-                                    attention=spec(segment_ids))
+                                 positions=positions, config=config,
+                                 output_length=output_length,
+                                 attention=spec(segment_ids))
   return logits_fn, CachedModel(full=full, window=window)
 
 

@@ -53,7 +53,8 @@ from dllm_jax.sampling import loop, proposers
 from dllm_jax.serving import block_rows, programs
 from dllm_jax.serving.block_rows import BlockLayout
 
-PROMPT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+# The sampler's buckets, widened for chat turns (16) and long prompts (8192).
+PROMPT_BUCKETS = (16,) + gen.PROMPT_BUCKETS + (8192,)
 MAX_SEED = 2**32 - 1
 MAX_COMPILED = 256  # Compiled programs an engine keeps (least recently used go).
 

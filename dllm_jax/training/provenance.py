@@ -15,9 +15,9 @@ from typing import Any
 import jax
 
 from dllm_jax import models
-from dllm_jax.version import __version__
 from dllm_jax import tokenizers as tokenizer_lib
 from dllm_jax.training.sections import RunConfig
+from dllm_jax.version import __version__
 
 
 def run_record(config: dict, model_cfg, tokenizer) -> dict[str, Any]:

@@ -25,8 +25,8 @@ from dllm_jax import models, objectives
 from dllm_jax import tokenizers as tokenizer_lib
 from dllm_jax.data import pipeline, sources
 from dllm_jax.models.attention import IMPLEMENTATIONS
-from dllm_jax.objectives import block as block_diffusion
 from dllm_jax.models.llada import DTYPES, EMBED_GRADS, REMAT_POLICIES
+from dllm_jax.objectives import block as block_diffusion
 from dllm_jax.training.train_step import NONFINITE_POLICIES
 
 

@@ -19,7 +19,6 @@ import ml_collections
 import numpy as np
 
 from dllm_jax import models
-from dllm_jax.training import inputs as datasets
 from dllm_jax import tokenizers as tokenizer_lib
 from dllm_jax.errors import NonFiniteError
 from dllm_jax.models import abstract_params
@@ -27,9 +26,10 @@ from dllm_jax.parallel import mesh as mesh_lib, multihost, sharding
 from dllm_jax.sampling import generate as gen
 from dllm_jax.sampling.text import sample_text
 from dllm_jax.training import checkpoint, optimizer as optimizer_lib, preemption
+from dllm_jax.training import elastic, workdir_lock
+from dllm_jax.training import inputs as datasets
 from dllm_jax.training import progress, provenance, run_checks
 from dllm_jax.training import train_step as ts
-from dllm_jax.training import elastic, workdir_lock
 from dllm_jax.training.progress import log
 from dllm_jax.training.sections import RunConfig
 

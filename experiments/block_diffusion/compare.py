@@ -34,9 +34,9 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from dllm_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
 from dllm_jax.objectives import block as bd  # pylint: disable=g-import-not-at-top,wrong-import-position
 from dllm_jax.objectives import masked as diffusion  # pylint: disable=g-import-not-at-top,wrong-import-position
-from dllm_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
 from dllm_jax.sampling import autoregressive, block  # pylint: disable=g-import-not-at-top,wrong-import-position
 from dllm_jax.sampling import generate as gen  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -112,7 +112,7 @@ def nll_bound(kind, params, cfg, rows, opts, draws=8):
                                       weight='inv_t')
       lb = bd.make_loss_batch(batch, key, mask_id=cfg.ids.mask, options=elbo)
     logits = models.forward(params, lb.inputs, positions=lb.positions, config=cfg,
-                           attention=lb.attention)
+                            attention=lb.attention)
     return diffusion.loss_from_logits(logits, lb)
   f = jax.jit(one)
   return float(np.mean([f(jax.random.key(100 + i)) for i in range(draws)]))

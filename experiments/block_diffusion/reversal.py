@@ -31,9 +31,9 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from dllm_jax.objectives import block as bd  # pylint: disable=g-import-not-at-top,wrong-import-position
 from dllm_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
 from dllm_jax.models.attention import AttentionSpec  # pylint: disable=g-import-not-at-top,wrong-import-position
+from dllm_jax.objectives import block as bd  # pylint: disable=g-import-not-at-top,wrong-import-position
 from dllm_jax.tokenizers import sp as sp_tokenizer  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 HERE = os.path.dirname(os.path.abspath(__file__))
