@@ -209,6 +209,8 @@ import sys
 import jax, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from dllm_jax import models as model
+from dllm_jax import models as presets
+from dllm_jax.interop import llada_hf
 cfg = presets.get_preset('tiny', d_model=32, n_layers=2, n_heads=4, d_ff=48, max_len=64)
 mesh = Mesh(np.array(jax.devices()).reshape(2, 4), ('data', 'model'))
 def sharding_for(path, shape):  # Columns over 'model' where they divide.
