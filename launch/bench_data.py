@@ -30,10 +30,10 @@ _STEPS = flags.DEFINE_integer('steps', 5, 'Timed train steps.')
 
 
 def _time_pipeline(packing: str, workers: int) -> float:
-  from dllm_jax import tokenizers as tokenizer
+  from dllm_jax import tokenizers  # pylint: disable=g-import-not-at-top
   from dllm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   ds = pipeline.pretrain_dataset(
-      _SOURCE.value, tokenizer.make_tokenizer(_TOKENIZER.value),
+      _SOURCE.value, tokenizers.make_tokenizer(_TOKENIZER.value),
       seq_len=_SEQ_LEN.value, batch_size=_BATCH.value, seed=0,
       data_dir=_DATA_DIR.value, packing=packing, num_workers=workers)
   it = iter(ds)

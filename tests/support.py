@@ -168,7 +168,7 @@ def write_random_checkpoint(workdir, config=None, seed=0, edit=None) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   from dllm_jax import models  # pylint: disable=g-import-not-at-top
-  from dllm_jax import models as model
+  from dllm_jax import models as model  # pylint: disable=g-import-not-at-top
   from dllm_jax.tokenizers import ByteTokenizer  # pylint: disable=g-import-not-at-top
   from dllm_jax.training import checkpoint, trainer  # pylint: disable=g-import-not-at-top
   config = config or small_config()
