@@ -25,6 +25,7 @@ each device's local experts.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -32,7 +33,7 @@ import jax.numpy as jnp
 
 IMPLS = ('auto', 'ragged', 'capacity', 'dense')
 CAPACITY_FACTOR = 1.25 # 'capacity': slots per expert / mean assignments per expert.
-TILE = 8  # 'capacity': rows per overflow tile (a multiple of 8: the f32 sublane).
+TILE = 8  # 'capacity': fewest rows per overflow tile.
 
 
 def choose_impl(impl: str = 'auto', backend: str | None = None) -> str:
@@ -66,12 +67,46 @@ def ragged_swiglu(x: jax.Array, sizes: jax.Array, gate_up: jax.Array,
 
 
 def _sort(idx: jax.Array, e: int):
-  """(order [M]: assignments sorted by expert, their experts [M], sizes [E],
-  first sorted position of each expert [E])."""
+  """(order [M]: assignments sorted by expert, its inverse [M], their experts
+  [M], sizes [E], first sorted position of each expert [E])."""
   flat = idx.reshape(-1)
-  order = jnp.argsort(flat, stable=True)
+  order = jnp.argsort(flat, stable=True).astype(jnp.int32)
+  inverse = jnp.zeros_like(order).at[order].set(jnp.arange(order.shape[0], dtype=jnp.int32))
   sizes = jnp.bincount(flat, length=e).astype(jnp.int32)
-  return order, flat[order], sizes, jnp.cumsum(sizes) - sizes
+  return order, inverse, flat[order], sizes, jnp.cumsum(sizes) - sizes
+
+
+@jax.custom_vjp
+def take_rows(src: jax.Array, rows: jax.Array, valid: jax.Array, back: jax.Array,
+              back_valid: jax.Array) -> jax.Array:
+  """out[r] = src[rows[r]] where valid[r], else 0, for a one-to-one map of rows
+  (a permutation, or rows into/out of slots): `back`/`back_valid` is the map
+  the other way (src row j came from out row back[j]). The gradient is then a
+  gather too, not the scatter-add autodiff makes of a gather (slow on CPU)."""
+  del back, back_valid
+  return jnp.where(valid[:, None], jnp.take(src, rows, 0, mode='clip'), 0)
+
+
+def _take_rows_fwd(src, rows, valid, back, back_valid):
+  return take_rows(src, rows, valid, back, back_valid), (rows, valid, back, back_valid)
+
+
+def _take_rows_bwd(res, g):
+  rows, valid, back, back_valid = res
+  return (take_rows(g, back, back_valid, rows, valid), None, None, None, None)
+
+
+take_rows.defvjp(_take_rows_fwd, _take_rows_bwd)
+
+
+def _permute(src: jax.Array, rows: jax.Array, back: jax.Array) -> jax.Array:
+  ok = jnp.ones(rows.shape, bool)
+  return take_rows(src, rows, ok, back, ok)
+
+
+def _by_assignment(x: jax.Array, k: int) -> jax.Array:
+  """x [N, D] -> [N * k, D], row n * k + j = x[n]."""
+  return jnp.broadcast_to(x[:, None], (x.shape[0], k, x.shape[1])).reshape(-1, x.shape[1])
 
 
 def ragged_ffn(x: jax.Array, idx: jax.Array, w: jax.Array, gate_up: jax.Array,
@@ -79,9 +114,10 @@ def ragged_ffn(x: jax.Array, idx: jax.Array, w: jax.Array, gate_up: jax.Array,
   """'ragged': x [N, D], idx/w [N, k], gate_up [E, D, 2, I], down [E, I, D] ->
   [N, D] float32."""
   n, k = idx.shape
-  order, _, sizes, _ = _sort(idx, gate_up.shape[0])
-  ys = ragged_swiglu(x[order // k], sizes, gate_up, down)
-  return combine(jnp.zeros_like(ys).at[order].set(ys), w, n, k)
+  order, inverse, _, sizes, _ = _sort(idx, gate_up.shape[0])
+  ys = ragged_swiglu(_permute(_by_assignment(x, k), order, inverse), sizes, gate_up,
+                     down)
+  return combine(_permute(ys, inverse, order), w, n, k)
 
 
 def dense_ffn(x: jax.Array, idx: jax.Array, w: jax.Array, gate_up: jax.Array,
@@ -103,19 +139,95 @@ def default_capacity(m: int, e: int, factor: float = CAPACITY_FACTOR) -> int:
   return min(m, max(8, 8 * math.ceil(factor * m / e / 8)))
 
 
+def _swiglu_tile(x: jax.Array, gu: jax.Array, dn: jax.Array) -> jax.Array:
+  """x [T, D] through one expert: gu [D, 2I] (gate, up), dn [I, D]."""
+  h = x @ gu
+  i = dn.shape[0]
+  return (jax.nn.silu(h[:, :i]) * h[:, i:]) @ dn
+
+
+def _tile_at(t, starts, sizes, c: int, tile: int):
+  """Overflow tile t: (expert, first sorted row, which of its rows are the
+  expert's), the tiles in expert order, each expert's rows past its c slots."""
+  tiles = (jnp.maximum(sizes - c, 0) + tile - 1) // tile
+  tile_end = jnp.cumsum(tiles)
+  g = jnp.minimum(jnp.searchsorted(tile_end, t, side='right'), sizes.shape[0] - 1)
+  s = starts[g] + c + (t - tile_end[g] + tiles[g]) * tile
+  return g, s, s + jnp.arange(tile) < starts[g] + sizes[g]
+
+
+def _n_tiles(sizes, c: int, tile: int) -> jax.Array:
+  return jnp.sum((jnp.maximum(sizes - c, 0) + tile - 1) // tile)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _overflow(xs, gu_w, dn_w, starts, sizes, c: int, tile: int):
+  """The sorted rows xs [M + tile, D] (padded) that sit past their expert's c
+  slots, through their expert, in tiles of `tile` rows; a `while_loop` over the
+  tiles that exist (usually none); other rows 0 -> [M + tile, D]."""
+
+  def body(carry):
+    t, out = carry
+    g, s, ok = _tile_at(t, starts, sizes, c, tile)
+    y = _swiglu_tile(jax.lax.dynamic_slice_in_dim(xs, s, tile), gu_w[g], dn_w[g])
+    old = jax.lax.dynamic_slice_in_dim(out, s, tile)
+    return t + 1, jax.lax.dynamic_update_slice_in_dim(
+        out, jnp.where(ok[:, None], y, old), s, 0)
+
+  n = _n_tiles(sizes, c, tile)
+  return jax.lax.while_loop(lambda carry: carry[0] < n, body,
+                            (0, jnp.zeros_like(xs)))[1]
+
+
+def _overflow_fwd(xs, gu_w, dn_w, starts, sizes, c, tile):
+  return _overflow(xs, gu_w, dn_w, starts, sizes, c, tile), (xs, gu_w, dn_w, starts,
+                                                             sizes)
+
+
+def _overflow_bwd(c, tile, res, dy):
+  """The same tiles again, each tile's VJP accumulated (a while_loop too)."""
+  xs, gu_w, dn_w, starts, sizes = res
+
+  def body(carry):
+    t, dxs, dgu, ddn = carry
+    g, s, ok = _tile_at(t, starts, sizes, c, tile)
+    dyt = jnp.where(ok[:, None], jax.lax.dynamic_slice_in_dim(dy, s, tile), 0)
+    _, vjp = jax.vjp(_swiglu_tile, jax.lax.dynamic_slice_in_dim(xs, s, tile),
+                     gu_w[g], dn_w[g])
+    dxt, dgu_g, ddn_g = vjp(dyt.astype(xs.dtype))
+    add = lambda a, v, at, n: jax.lax.dynamic_update_slice_in_dim(
+        a, jax.lax.dynamic_slice_in_dim(a, at, n) + v, at, 0)
+    return (t + 1, add(dxs, jnp.where(ok[:, None], dxt, 0), s, tile),
+            add(dgu, dgu_g[None], g, 1), add(ddn, ddn_g[None], g, 1))
+
+  n = _n_tiles(sizes, c, tile)
+  _, dxs, dgu, ddn = jax.lax.while_loop(
+      lambda carry: carry[0] < n, body,
+      (0, jnp.zeros_like(xs), jnp.zeros_like(gu_w), jnp.zeros_like(dn_w)))
+  return dxs, dgu, ddn, None, None
+
+
+_overflow.defvjp(_overflow_fwd, _overflow_bwd)
+
+
 def capacity_ffn(x: jax.Array, idx: jax.Array, w: jax.Array, gate_up: jax.Array,
                  down: jax.Array, *, capacity: int | None = None,
-                 tile: int = TILE) -> jax.Array:
+                 tile: int | None = None) -> jax.Array:
   """'capacity': shapes as `ragged_ffn`. `capacity` slots per expert (default
-  `default_capacity`), overflow rows in tiles of `tile` rows (module doc)."""
+  `default_capacity`), overflow rows in tiles of `tile` rows (default about a
+  quarter of the slots, at least 8; module doc)."""
   n, k = idx.shape
   e, d, _, i = gate_up.shape
   m = n * k
   c = capacity or default_capacity(m, e)
-  tile = min(tile, c)  # Then the overflow of one expert is the worst case.
-  order, expert, sizes, starts = _sort(idx, e)
+  tile = min(tile or max(TILE, 8 * math.ceil(c / 32)), c)
+  order, inverse, expert, sizes, starts = _sort(idx, e)
   rank = jnp.arange(m) - starts[expert]
-  xs = x[order // k]  # [M, D]: rows sorted by expert.
+  xs = _permute(_by_assignment(x, k), order, inverse)  # [M, D]: sorted by expert.
+  # Slot e * c + r holds sorted row starts[e] + r (r < sizes[e]); both ways.
+  slot_e, slot_r = jnp.divmod(jnp.arange(e * c), c)
+  slot_row, slot_ok = starts[slot_e] + slot_r, slot_r < sizes[slot_e]
+  row_slot, row_ok = expert * c + rank, rank < c
   gu_w = gate_up.reshape(e, d, 2 * i).astype(x.dtype)
   dn_w = down.astype(x.dtype)
 
@@ -123,32 +235,14 @@ def capacity_ffn(x: jax.Array, idx: jax.Array, w: jax.Array, gate_up: jax.Array,
     h = jnp.einsum(spec, rows, gu)
     return jnp.einsum(spec, jax.nn.silu(h[..., :i]) * h[..., i:], dn)
 
-  slots = jnp.zeros((e, c, d), x.dtype).at[expert, rank].set(xs, mode='drop')
-  ys = swiglu(slots, gu_w, dn_w, 'ecd,edf->ecf').at[expert, rank].get(
-      mode='fill', fill_value=0)  # [M, D]; overflow rows still zero.
-  n_tiles = math.ceil((m - c) / tile) if m > c else 0  # Static bound (all in one expert).
-  if n_tiles:
-    over = jnp.maximum(sizes - c, 0)
-    tiles = (over + tile - 1) // tile  # [E] overflow tiles of each expert.
-    tile_end = jnp.cumsum(tiles)
-    xs_pad = jnp.concatenate([xs, jnp.zeros((tile, d), xs.dtype)])
-    ys = jnp.concatenate([ys, jnp.zeros((tile, d), ys.dtype)])
-
-    def body(t, ys):
-      g = jnp.minimum(jnp.searchsorted(tile_end, t, side='right'), e - 1)
-      s = starts[g] + c + (t - tile_end[g] + tiles[g]) * tile
-
-      def run(ys):
-        y = swiglu(jax.lax.dynamic_slice_in_dim(xs_pad, s, tile), gu_w[g], dn_w[g],
-                   'td,df->tf')
-        old = jax.lax.dynamic_slice_in_dim(ys, s, tile)
-        valid = (s + jnp.arange(tile) < starts[g] + sizes[g])[:, None]
-        return jax.lax.dynamic_update_slice_in_dim(ys, jnp.where(valid, y, old), s, 0)
-
-      return jax.lax.cond(t < tile_end[-1], run, lambda ys: ys, ys)
-
-    ys = jax.lax.fori_loop(0, n_tiles, body, ys)[:m]
-  return combine(jnp.zeros_like(ys).at[order].set(ys), w, n, k)
+  slots = take_rows(xs, slot_row, slot_ok, row_slot, row_ok).reshape(e, c, d)
+  y_slots = swiglu(slots, gu_w, dn_w, 'ecd,edf->ecf').reshape(e * c, d)
+  ys = take_rows(y_slots, row_slot, row_ok, slot_row, slot_ok)  # Overflow rows: 0.
+  if m > c:  # Some expert may hold more than c rows.
+    pad = jnp.zeros((tile, d), xs.dtype)
+    ys = ys + _overflow(jnp.concatenate([xs, pad]), gu_w, dn_w, starts, sizes, c,
+                        tile)[:m].astype(ys.dtype)
+  return combine(_permute(ys, inverse, order), w, n, k)
 
 
 PATHS = {'ragged': ragged_ffn, 'capacity': capacity_ffn, 'dense': dense_ffn}
