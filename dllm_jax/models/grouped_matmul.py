@@ -1,5 +1,5 @@
 """Routed SwiGLU experts on one device, by several grouped matmuls, and the
-dispatcher that picks one for the backend and shape.
+dispatcher that picks one for the backend.
 
   y = routed_ffn(x, idx, w, gate_up, down, impl='auto')  # x [N, D] -> [N, D] f32
 
@@ -11,9 +11,11 @@ N * k (row, expert) assignments, dropless, with gradients:
 - 'capacity': assignments sorted by expert into C slots per expert ([E, C, D],
   C static, about 1.25x the mean load) and one batched matmul over the experts'
   weights in place; the assignments past an expert's C slots (rare) go through
-  a loop over row tiles of only the experts that overflowed (a tile that holds
-  nothing is skipped by `lax.cond`). Cost follows E * C + the overflow, not
-  N * E. The fastest measured on CPU at every MoE shape tried
+  a `while_loop` over the row tiles that exist, each tile through its expert
+  (backward: the same tiles again, custom VJP). Cost follows E * C + the
+  overflow, not N * E. Rows move by gathers whose gradients are gathers too
+  (`take_rows`), not the scatter-adds autodiff makes (slow on CPU). The
+  fastest path measured on CPU at every MoE shape tried, forward and backward
   (`python -m launch.bench_moe`).
 - 'dense': every expert on every row, weighted by the routing (zero for the
   unchosen): N * E rows of work; the reference the tests compare against.
@@ -32,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 IMPLS = ('auto', 'ragged', 'capacity', 'dense')
-CAPACITY_FACTOR = 1.25 # 'capacity': slots per expert / mean assignments per expert.
+CAPACITY_FACTOR = 1.25  # 'capacity': slots per expert / mean assignments per expert.
 TILE = 8  # 'capacity': fewest rows per overflow tile.
 
 
