@@ -37,7 +37,6 @@ rows) alone.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Sequence
 
@@ -94,15 +93,21 @@ class Request:
 class Completion:
   """One request's answer: `tokens` [G] (and the step that committed each, [G];
   -1 from the block sampler), decoded `text` (up to EOS / end-of-turn), the
-  model evaluations its row took, and `finish_reason` ('stop' when the model
+  model evaluations its row took (`nfe`; `decisions` those that decided its
+  tokens, the reference's count; `forwards` all, with the block sampler's cache
+  prefill and block writes), and `finish_reason` ('stop' when the model
   ended the answer, else 'length'). G is gen_length, fewer where the block
-  sampler stopped at EOS (EOS included) or a stop sequence ended the row."""
+  sampler stopped at EOS (EOS included) or a stop sequence ended the row (more,
+  up to the last block's end, where LLaDA2.0's eos_early_stop ended it at an
+  EOS past gen_length, as the reference does)."""
   tokens: np.ndarray
   commit_step: np.ndarray
   text: str
   nfe: int
   prompt_tokens: int
   finish_reason: str
+  decisions: int = -1
+  forwards: int = -1
 
 
 def powers_of_two(limit: int) -> tuple[int, ...]:
@@ -115,6 +120,10 @@ def powers_of_two(limit: int) -> tuple[int, ...]:
 
 class Engine:
   """Parameters, tokenizer, and a cache of compiled samplers by bucket."""
+
+  # The block size of a checkpoint trained with the block objective (None:
+  # masked diffusion); its likelihood is the block NELBO (likelihood.py).
+  trained_block_size: int | None = None
 
   def __init__(self, params: model_lib.Params, config: ModelConfig, tokenizer, *,
                default_sampling: Sampling | None = None, chat: bool = False,
@@ -161,33 +170,27 @@ class Engine:
     kwargs.setdefault('name', os.path.basename(os.path.abspath(workdir)))
     engine = cls(params, config, tokenizer, **kwargs)
     engine.meta = meta
+    if meta['config']['train'].get('objective') == 'block_diffusion':
+      engine.trained_block_size = defaults.block_length
     return engine
 
   @classmethod
   def from_hf_dir(cls, path: str, *, dtype: str | None = None, **kwargs) -> Engine:
-    """A local Hugging Face directory (config.json, safetensors, tokenizer.json);
-    the family is picked from its config.json: LLaDA-MoE and LLaDA2 through
-    `interop/moe_hf.py`, dense LLaDA otherwise. Chat defaults on when the
-    tokenizer has a template."""
-    from dllm_jax.interop import moe_hf  # pylint: disable=g-import-not-at-top
-    file = os.path.join(path, 'config.json')
-    if not os.path.isfile(file):
-      raise FileNotFoundError(f'no config.json in {path!r}.')
-    with open(file) as f:
-      hf_config = json.load(f)
-    if 'llada2' in str(hf_config.get('model_type', '')) or 'num_experts' in hf_config:
-      tokenizer = moe_hf.tokenizer(path)
-      overrides = {} if dtype is None else dict(dtype=dtype, param_dtype=dtype)
-      config, params = moe_hf.load(path, **overrides)
-    else:
-      from dllm_jax.data.hf_tokenizer import HFTokenizer  # pylint: disable=g-import-not-at-top
-      from dllm_jax.interop import llada_hf  # pylint: disable=g-import-not-at-top
-      tokenizer = HFTokenizer(path)
-      config = llada_hf.model_config(path, tokenizer, dtype)
-      params = llada_hf.load_params(path, config)
-    kwargs.setdefault('chat', bool(getattr(tokenizer, 'chat_template', None)))
+    """A local Hugging Face directory (config.json, safetensors, tokenizer
+    files) of any built-in family, a released checkpoint or an export
+    (`interop/hf_dir.py`); its generation_config.json's sample settings become
+    the default. Chat defaults on when the tokenizer has a template."""
+    from dllm_jax.interop import hf_dir  # pylint: disable=g-import-not-at-top
+    loaded = hf_dir.load(path, dtype=dtype)
+    sampling = hf_dir.default_sampling(loaded.generation)
+    if sampling is not None:
+      kwargs.setdefault('default_sampling', sampling)
+    kwargs.setdefault('chat', bool(getattr(loaded.tokenizer, 'chat_template', None)))
     kwargs.setdefault('name', os.path.basename(os.path.abspath(path)))
-    return cls(params, config, tokenizer, **kwargs)
+    engine = cls(loaded.params, loaded.config, loaded.tokenizer, **kwargs)
+    if loaded.generation.get('block_diffusion'):
+      engine.trained_block_size = int(loaded.generation['block_length'])
+    return engine
 
   # --- requests -> rows ---------------------------------------------------------
 
@@ -394,10 +397,15 @@ class Engine:
     return stepper.run(self, program, p, prompts, seeds, samplings)
 
   def completion(self, tokens: np.ndarray, commit_step: np.ndarray, nfe: int,
-                 prompt_tokens: int) -> Completion:
-    """A row's `Completion` from its answer tokens [G] and commit steps [G]."""
+                 prompt_tokens: int, decisions: int | None = None,
+                 forwards: int | None = None) -> Completion:
+    """A row's `Completion` from its answer tokens [G] and commit steps [G];
+    `decisions` and `forwards` default to `nfe` (the full-sequence sampler,
+    whose every forward of a one-row walk decides and refreshes in one)."""
     ends = (self.config.ids.eos, self.config.ids.eot)  # The sampler's own ids.
     return Completion(tokens=tokens, commit_step=commit_step,
                       text=self.tokenizer.decode(tokens), nfe=nfe,
                       prompt_tokens=prompt_tokens,
-                      finish_reason='stop' if np.isin(tokens, ends).any() else 'length')
+                      finish_reason='stop' if np.isin(tokens, ends).any() else 'length',
+                      decisions=nfe if decisions is None else decisions,
+                      forwards=nfe if forwards is None else forwards)
