@@ -70,7 +70,7 @@ def test_dispatcher_picks_by_backend_and_rejects_unknown_paths():
   assert gm.choose_impl('auto', 'cpu') == 'capacity'
   assert gm.choose_impl('auto', 'gpu') == gm.choose_impl('auto', 'tpu') == 'ragged'
   assert gm.choose_impl('dense', 'gpu') == 'dense'
-  assert gm.default_capacity(128, 16) == 16 and gm.default_capacity(4, 16) == 4
+  assert gm.default_capacity(128, 16) == 12 and gm.default_capacity(4, 16) == 4
   with pytest.raises(ValueError, match="moe_impl='fast' is not one of"):
     gm.choose_impl('fast')
   with pytest.raises(ValueError, match="moe_impl='fast' is not one of"):

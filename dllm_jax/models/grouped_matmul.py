@@ -137,8 +137,9 @@ def dense_ffn(x: jax.Array, idx: jax.Array, w: jax.Array, gate_up: jax.Array,
 
 def default_capacity(m: int, e: int, factor: float = CAPACITY_FACTOR) -> int:
   """Slots per expert for m assignments over e experts: factor x the mean,
-  rounded up to a multiple of 8, at most m."""
-  return min(m, max(8, 8 * math.ceil(factor * m / e / 8)))
+  rounded up to a multiple of 4, at most m (a multiple of 8 measured slower
+  on CPU: 16 slots for a mean of 8 cost 1.9 ms where 12 cost 1.0)."""
+  return min(m, 4 * math.ceil(factor * m / e / 4))
 
 
 def _swiglu_tile(x: jax.Array, gu: jax.Array, dn: jax.Array) -> jax.Array:
