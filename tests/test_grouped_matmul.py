@@ -96,7 +96,7 @@ def test_block_sampler_tokens_are_the_same_on_every_path():
   cfg = dataclasses.replace(cfg, ids=dataclasses.replace(cfg.ids, eos=cfg.ids.pad))
   params = model.init_params(cfg, jax.random.key(0))
   prompt = np.random.default_rng(0).integers(0, 200, (2, 8))
-  sc = block.BlockSamplingConfig(gen_length=16, block_length=8, steps=8)
+  sc = block.BlockSamplingConfig(gen_length=8, block_length=8, steps=8)
   tokens = {impl: np.asarray(block.generate(
       params, prompt, jax.random.key(1), config=dataclasses.replace(cfg, moe_impl=impl),
       sampling=sc).tokens) for impl in ('ragged', 'capacity')}
