@@ -65,6 +65,22 @@ def test_sigterm_saves_at_the_current_step_and_resumes_there(tmp_path):
   assert lines[-1].startswith(f'resumed from step {step} '), ''.join(lines)
 
 
+def test_ctrl_c_saves_and_stops_in_one_line_like_sigterm(tmp_path):
+  proc = _launch(tmp_path, '--config.train.steps=3000', '--config.train.log_every=2',
+                 '--config.train.checkpoint_every=100000', NO_SAMPLE)
+  lines = []
+  for line in proc.stdout:
+    lines.append(line)
+    if line.startswith('step 4/'):
+      break
+  proc.send_signal(signal.SIGINT)
+  out = ''.join(lines) + proc.communicate(timeout=120)[0]
+  assert proc.returncode == 0 and 'Traceback' not in out, out
+  match = re.search(r'stopped by SIGINT after step (\d+): checkpoint saved', out)
+  assert match, out
+  assert checkpoint.read_meta(str(tmp_path))['step'] == int(match.group(1))
+
+
 # The default run kills once, mid-run (40 steps and 8 saves before its end);
 # -m slow kills four times over 200 steps, once during start-up. Timeouts allow
 # for a loaded 2-core machine, where one launch can take minutes.

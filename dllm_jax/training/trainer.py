@@ -92,7 +92,11 @@ def train(config: Config, workdir: str, *,
   global batch. `stop_after`: end (with a checkpoint) once this step is done, as
   if the job were interrupted there; the schedule still spans `train.steps`. On
   SIGTERM (JAX's preemption sync point on several hosts) the current step
-  finishes, a checkpoint is written and waited for, and the function returns.
+  finishes, a checkpoint is written and waited for, and the function returns;
+  SIGINT (Ctrl-C) is treated the same (a second one interrupts at once). A
+  signal during start-up (restore, compile) ends the run before its first step.
+  A run whose workdir lock another run took over stops before its next step or
+  save with WorkdirLockedError.
   """
   run = RunConfig.of(config)
   tokenizer = tokenizer_lib.make_tokenizer(run.data.tokenizer)
@@ -100,8 +104,15 @@ def train(config: Config, workdir: str, *,
   run_checks.check_run(run, model_cfg, tokenizer)
   mesh = mesh_lib.from_config(run.mesh)
   run_checks.check_mesh(run, model_cfg, dict(mesh.shape))
-  with workdir_lock.hold(workdir), jax.set_mesh(mesh):  # One writer per workdir.
-    return _train(run, workdir, stop_after, tokenizer, model_cfg, mesh)
+  # The signal handlers first: a SIGTERM while the lock is held must release it.
+  watcher = preemption.PreemptionWatcher(catch_interrupt=True)
+  try:
+    # One writer per workdir.
+    with workdir_lock.hold(workdir) as lock, jax.set_mesh(mesh):
+      return _train(run, workdir, stop_after, tokenizer, model_cfg, mesh, watcher,
+                    lock)
+  finally:
+    watcher.restore()
 
 
 def _start(run: RunConfig, workdir: str, model_cfg, tokenizer, optimizer, mesh,
@@ -160,7 +171,8 @@ def _compile_step(run: RunConfig, model_cfg, optimizer, schedule, abstract, mesh
 
 
 def _train(run: RunConfig, workdir: str, stop_after: int | None, tokenizer,
-           model_cfg, mesh) -> ts.TrainState:
+           model_cfg, mesh, watcher: preemption.PreemptionWatcher,
+           lock: workdir_lock.WorkdirLock | None) -> ts.TrainState:
   t = run.train
   os.makedirs(workdir, exist_ok=True)
   progress.log_start(run.to_dict(), model_cfg, mesh)
@@ -175,12 +187,12 @@ def _train(run: RunConfig, workdir: str, stop_after: int | None, tokenizer,
   step_key = jax.device_put(step_key, sharding.replicated(mesh))
   train_step, batch_sh = _compile_step(run, model_cfg, optimizer, schedule,
                                        abstract, mesh, step_key)
-  watcher = preemption.PreemptionWatcher()
   start = int(state.step)
   end = t.steps if stop_after is None else min(stop_after, t.steps)
 
   def save():
     nonlocal last_saved
+    workdir_lock.check_held(lock)  # Never write into another run's workdir.
     _check_finite(state, last_saved)  # Never save a state past a bad step.
     last_saved = checkpoint.save_state(mngr, state, data_iter, record)
 
@@ -188,7 +200,13 @@ def _train(run: RunConfig, workdir: str, stop_after: int | None, tokenizer,
                          batch_size=t.batch_size, total_steps=t.steps,
                          start_step=start, record_batches=t.record_batches) as prog:
     try:
+      if jax.process_count() == 1 and watcher.signal_name is not None:
+        log(f'stopped by {watcher.signal_name} during start-up, before step '
+            f'{start + 1}: nothing new to save; rerun the same command to resume.')
+        return state
       for step in range(start, end):
+        if lock is not None and lock.lost and jax.process_count() == 1:
+          lock.check()  # Its heartbeat saw another run take the workdir over.
         batch = next(data_iter)
         state, metrics = train_step(state, multihost.global_batch(batch, batch_sh),
                                     step_key)
@@ -208,7 +226,6 @@ def _train(run: RunConfig, workdir: str, stop_after: int | None, tokenizer,
               'command to resume.')
           return state
     finally:
-      watcher.restore()
       # On every exit, errors included: finish saves (last: a failed save raises
       # CheckpointSaveError here).
       mngr.wait_until_finished()
