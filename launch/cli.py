@@ -1,8 +1,11 @@
 """Shared launcher plumbing: config flags and flag errors in one line."""
 
 import contextlib
+import logging as py_logging
+import os
 import re
 import sys
+import threading
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -74,13 +77,43 @@ def config_value(config_flag):
     sys.exit(f'error: cannot load --config: {detail}')
 
 
+class _QuietBackgroundErrors(py_logging.Filter):
+  """Drops the error logs of Orbax's and asyncio's background threads: a failed
+  save logs a traceback per array there (hundreds of lines on a full disk); the
+  checkpoint manager reports it in one line instead (training/save_guard.py)."""
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    if record.levelno < py_logging.ERROR:
+      return True
+    background = (record.name == 'asyncio' or
+                  f'{os.sep}orbax{os.sep}' in (record.pathname or ''))
+    return not background
+
+
+def _quiet_closed_loops() -> None:
+  """TensorStore's callbacks into an event loop Orbax already closed (after a
+  failed save) print `RuntimeError: Event loop is closed` tracebacks through
+  sys.excepthook / threading.excepthook: only those are dropped."""
+  def closed(exc) -> bool:
+    return isinstance(exc, RuntimeError) and str(exc) == 'Event loop is closed'
+  hook, thread_hook = sys.excepthook, threading.excepthook
+  sys.excepthook = lambda t, e, tb: None if closed(e) else hook(t, e, tb)
+  threading.excepthook = lambda a: None if closed(a.exc_value) else thread_hook(a)
+
+
 def start(argv: list[str]) -> None:
   """The common start of a launcher's main: no stray arguments, and absl logging
-  at WARNING unless --verbosity is given (Orbax logs every save at INFO)."""
+  at WARNING unless --verbosity is given (Orbax logs every save at INFO; the
+  error logs of its background threads are dropped too: see
+  `_QuietBackgroundErrors`)."""
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
+    quiet = _QuietBackgroundErrors()
+    for handler in py_logging.getLogger().handlers:
+      handler.addFilter(quiet)
+    _quiet_closed_loops()
 
 
 @contextlib.contextmanager
@@ -90,5 +123,12 @@ def one_line_errors():
   from dllm_jax import errors  # pylint: disable=g-import-not-at-top
   try:
     yield
+  except errors.CheckpointSaveError as e:
+    # Orbax's threads of a failed save may wait for each other forever, and
+    # Python's exit would wait for them: leave at once (every `finally`, the
+    # workdir lock's release included, has run).
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(1)  # pylint: disable=protected-access
   except (ValueError, FileNotFoundError, errors.DllmError) as e:
     sys.exit(f'error: {e}')
