@@ -256,6 +256,8 @@ class TrainSection(Section):
   checkpoint_every: int = knob(500, range=Range(1))
   max_to_keep: int = knob(3, range=Range(1))
   keep_every: int | None = knob(None, range=Range(1))
+  # No checkpoint restorable (all corrupt): start from scratch instead of refusing.
+  fresh_start: bool = knob(False)
   nonfinite: str = knob('stop', choices=NONFINITE_POLICIES)
   record_batches: bool = knob(False)
   debug_nan_step: int = knob(-1, range=Range(-1))

@@ -130,7 +130,8 @@ def _start(run: RunConfig, workdir: str, model_cfg, tokenizer, optimizer, mesh,
   restored = checkpoint.restore_latest_good(
       mngr, workdir, abstract, data_iter,
       check_meta=lambda meta: (elastic.check_resume(meta, run.train.batch_size),
-                               provenance.check_resume(meta, record)))
+                               provenance.check_resume(meta, record)),
+      fresh_start=run.train.fresh_start)
   if restored is not None:
     state, saved = restored
     for change in provenance.check_resume(saved, record):

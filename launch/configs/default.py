@@ -80,6 +80,10 @@ def get_config() -> ml_collections.ConfigDict:
   # run with one line; the steps already written stay restorable.
   config.train.max_to_keep = 3
   config.train.keep_every = config_dict.placeholder(int)
+  # Every checkpoint found corrupt (a checksum mismatch, missing files; each is
+  # moved to WORKDIR/corrupt_checkpoints/): a run refuses to start unless this
+  # is True, which starts from scratch.
+  config.train.fresh_start = False
   # A non-finite loss or gradient norm: 'stop' (the last good checkpoint stays)
   # or 'skip' (drop that update, count it).
   config.train.nonfinite = 'stop'
