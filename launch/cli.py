@@ -15,12 +15,35 @@ def _override_error(e: Exception, argv: list[str]) -> str:
   text = ' '.join(str(e).replace('\\n', ' ').split())
   keys = [a[len('--config.'):].split('=')[0] for a in argv[1:]
           if a.startswith('--config.')]
-  hint = re.search(r'Did you mean "([^"]+)"', text)
-  hint = f' (did you mean {hint.group(1)!r}?)' if hint else ''
-  bad = next((k for k in keys if k.split('.')[-1] in text), None)
+  hint = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', text)
+  # The name ml_collections did not find: after "instead of", else the first
+  # quoted word (a key that has no close match).
+  missing = hint.group(2) if hint else next(iter(re.findall(r"'(\w+)", text)), None)
+  bad = next((k for k in keys if missing in k.split('.')), None) if missing else None
   if bad is not None and isinstance(e, (AttributeError, KeyError)):
-    return f'error: unknown config key {bad!r}{hint}.'
+    parts = bad.split('.')
+    where = '.'.join(parts[:parts.index(missing) + 1])
+    fix = '.'.join(parts[:parts.index(missing)] + [hint.group(1)]) if hint else ''
+    suggestion = f' (did you mean {fix!r}?)' if hint else ''
+    if where != bad:
+      return f'error: unknown config section {where!r} in --config.{bad}{suggestion}.'
+    return f'error: unknown config key {bad!r}{suggestion}.'
   return f'error: bad config override ({", ".join(keys)}): {text}'
+
+
+def _load_error(e: BaseException) -> str:
+  """A config file that does not load (a syntax error, an exception in
+  get_config), in one line naming the file and line."""
+  if isinstance(e, SyntaxError):
+    return (f'error: cannot load --config: {e.filename}, line {e.lineno}: '
+            f'{e.msg}: {(e.text or "").strip()}')
+  tb = e.__traceback__
+  where = ''
+  while tb is not None:  # The innermost frame: the config file's line.
+    where = f'{tb.tb_frame.f_code.co_filename}, line {tb.tb_lineno}: '
+    tb = tb.tb_next
+  detail = ' '.join(str(e).split())
+  return f'error: cannot load --config: {where}{type(e).__name__}: {detail}'
 
 
 def define_config(default_path: str):
@@ -36,6 +59,8 @@ def define_config(default_path: str):
         lock_config=True)
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     sys.exit(_override_error(e, sys.argv))
+  except Exception as e:  # pylint: disable=broad-except  (the file's own errors)
+    sys.exit(_load_error(e))
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -46,6 +71,8 @@ def parse_flags(argv: list[str]) -> list[str]:
     sys.exit(f'error: {e}')
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     sys.exit(_override_error(e, argv))
+  except Exception as e:  # pylint: disable=broad-except  (the config file's own errors)
+    sys.exit(_load_error(e))
 
 
 def check_flag(holder: flags.FlagHolder, ok, allowed: str) -> None:

@@ -198,7 +198,8 @@ def test_flipped_bytes_are_found_by_checksum_quarantined_and_skipped(tmp_path,
 
 
 def test_no_restorable_checkpoint_refuses_until_a_fresh_start_is_asked(tmp_path,
-                                                                      four_steps):
+                                                                      four_steps,
+                                                                      capsys):
   config = _config(steps=4, checkpoint_every=2)
   tmp_path = _copy(four_steps, tmp_path)
   for step in ('2', '4'):
@@ -212,8 +213,14 @@ def test_no_restorable_checkpoint_refuses_until_a_fresh_start_is_asked(tmp_path,
                      r'4-\d+\); refusing .*fresh_start=True'):
     trainer.train(config, str(tmp_path))
   config.train.fresh_start = True
+  config.optimizer.warmup_steps = 10  # Longer than the run: said, not silent.
   state = trainer.train(config, str(tmp_path))
   assert int(state.step) == 4
+  out = capsys.readouterr().out
+  assert 'starting from scratch' in out
+  assert ('optimizer.warmup_steps=10 does not fit before the decay of this 4-step '
+          'run (decay_fraction=0.3): the learning rate warms up over 3 steps '
+          'instead.') in out
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):

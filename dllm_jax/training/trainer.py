@@ -23,7 +23,6 @@ from dllm_jax.data import datasets, tokenizer as tokenizer_lib
 from dllm_jax.errors import NonFiniteError
 from dllm_jax.model import abstract_params
 from dllm_jax.parallel import mesh as mesh_lib, multihost, sharding
-from dllm_jax.sampling import generate as gen
 from dllm_jax.sampling.text import sample_text
 from dllm_jax.training import checkpoint, optimizer as optimizer_lib, preemption
 from dllm_jax.training import progress, provenance, run_checks
@@ -180,6 +179,10 @@ def _train(run: RunConfig, workdir: str, stop_after: int | None, tokenizer,
   record = provenance.run_record(run.to_dict(), model_cfg, tokenizer)
   optimizer, schedule = optimizer_lib.make_optimizer(
       total_steps=t.steps, **dataclasses.asdict(run.optimizer))
+  note = optimizer_lib.warmup_note(t.steps, run.optimizer.warmup_steps,
+                                   run.optimizer.decay_fraction)
+  if note:
+    log(note)
   data_iter = datasets.make_train_iterator(run, tokenizer)
   init_key, step_key, sample_key = jax.random.split(jax.random.key(run.seed), 3)
   state, abstract, mngr, last_saved = _start(run, workdir, model_cfg, tokenizer,
@@ -239,17 +242,19 @@ def _train(run: RunConfig, workdir: str, stop_after: int | None, tokenizer,
 
 def _print_samples(run: RunConfig, params, model_cfg, tokenizer, key) -> None:
   s = run.sample
-  sampling = gen.SamplingConfig(steps=s.steps, gen_length=s.gen_length,
-                                block_length=s.block_length, temperature=s.temperature)
-  if run.train.objective == 'block_diffusion':
-    from dllm_jax.sampling import block  # pylint: disable=g-import-not-at-top
-    b = run.train.block.block_size
-    sampling = block.BlockSamplingConfig(gen_length=s.gen_length, block_length=b,
-                                         steps=b, temperature=s.temperature)
+  sampling = run_checks.sample_config(run)
   try:
-    texts = sample_text(params, model_cfg, tokenizer, s.prompt, sampling, key,
-                        s.num_samples, chat=run.objective.data == 'chat')
-  except ValueError as e:  # E.g. prompt + gen_length longer than the model.
+    if sampling is None:  # A next-token run: greedy decoding.
+      from dllm_jax.sampling import autoregressive  # pylint: disable=g-import-not-at-top
+      ids = run_checks.sample_prompt_ids(run, tokenizer)
+      out = autoregressive.greedy(params, np.tile(ids, (s.num_samples, 1)),
+                                  config=model_cfg, gen_length=s.gen_length)
+      texts = [tokenizer.decode(row[len(ids):]) for row in np.asarray(out)]
+      sampling = 'greedy'
+    else:
+      texts = sample_text(params, model_cfg, tokenizer, s.prompt, sampling, key,
+                          s.num_samples, chat=run.objective.data == 'chat')
+  except ValueError as e:  # Checked before training (run_checks.check_sample).
     log(f'no sample: {e}')
     texts = []
   for i, text in enumerate(texts):

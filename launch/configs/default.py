@@ -59,6 +59,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.response_field = 'response'
   config.data.seq_len = 64
   config.data.num_workers = 0  # Grain worker processes (0: read in the trainer).
+  # Bad records (undecodable, a missing field, too long) are skipped and counted;
+  # this many in a row stop the run with one line naming the first (0: no limit).
+  config.data.skip_budget = 1000
 
   config.train = ml_collections.ConfigDict()
   config.train.objective = 'pretrain'  # pretrain | sft | next_token (AR twin)
