@@ -173,6 +173,7 @@ def _flip_bytes(step_dir, item):
   return os.path.relpath(biggest, step_dir)
 
 
+@pytest.mark.filterwarnings('ignore:checkpoint at step 2 cannot be restored')
 def test_flipped_bytes_are_found_by_checksum_quarantined_and_skipped(tmp_path,
                                                                   four_steps):
   tmp_path = _copy(four_steps, tmp_path)

@@ -81,7 +81,9 @@ class GuardedManager(ocp.CheckpointManager):
     folder cannot take a new entry or lacks room for one more checkpoint."""
     directory = os.fspath(self.directory)
     error = None
-    if '://' not in directory:  # Object stores: no folders, no statvfs.
+    # Object stores have no folders or statvfs; a folder not made yet (another
+    # process creates it) is left to Orbax.
+    if '://' not in directory and os.path.isdir(directory):
       probe = os.path.join(directory, f'.dllm_write_probe-{step}-'
                            f'{jax.process_index()}-{os.getpid()}')
       try:
