@@ -1,76 +1,15 @@
 """dllm_jax: masked diffusion language models (the LLaDA family) in JAX/Flax."""
 
-import base64
-import glob
-import hashlib
-import os
 import re
-import zipfile
 
 from setuptools import find_packages, setup
-from setuptools.command.build_py import build_py
 
-try:  # setuptools >= 64 (PEP 660); older ones install editable without the hook.
-  from setuptools.command.editable_wheel import editable_wheel
-except ImportError:
-  editable_wheel = None
-
-# `lm_eval --model dllm_jax`: lm-eval has no plugin lookup, so this .pth file in
-# site-packages imports a tiny top-level module at interpreter start that
-# registers the model lazily when lm-eval's registry loads (see its docstring).
-PTH_NAME = 'dllm_jax_lm_eval.pth'
-# Guarded: a moved or half-removed install must not print a traceback at every
-# interpreter start.
-PTH_LINE = (b"import importlib.util as _u; _u.find_spec('dllm_jax_lm_eval_hook') and "
-            b"__import__('dllm_jax_lm_eval_hook').install()\n")
+# The lm-evaluation-harness model, as `name = module:class` (the class's own
+# `@register_model` name and location; tests/test_harness.py checks both).
+LM_EVAL_MODEL = 'dllm_jax = dllm_jax.serving.harness:DllmJaxLM'
 
 with open('dllm_jax/__init__.py') as f:
   VERSION = re.search(r"__version__ = '([^']+)'", f.read()).group(1)
-
-
-class BuildPyWithPth(build_py):
-  """`pip install .`: the wheel's root (site-packages) gets the .pth file."""
-
-  def run(self):
-    super().run()
-    with open(os.path.join(self.build_lib, PTH_NAME), 'wb') as f:
-      f.write(PTH_LINE)
-
-
-def _wheels(folder) -> dict[str, int]:
-  return {p: os.stat(p).st_mtime_ns for p in glob.glob(os.path.join(folder, '*.whl'))}
-
-
-def _add_to_wheel(path: str) -> None:
-  """Rewrites the wheel at `path` with the .pth file and its RECORD line."""
-  digest = base64.urlsafe_b64encode(hashlib.sha256(PTH_LINE).digest()).rstrip(b'=')
-  record = f'{PTH_NAME},sha256={digest.decode()},{len(PTH_LINE)}\n'.encode()
-  with zipfile.ZipFile(path) as z:
-    entries = [(info, z.read(info)) for info in z.infolist()]
-  if any(info.filename == PTH_NAME for info, _ in entries):
-    return
-  with zipfile.ZipFile(path, 'w', zipfile.ZIP_DEFLATED) as z:
-    z.writestr(PTH_NAME, PTH_LINE)
-    for info, data in entries:
-      z.writestr(info, data + record if info.filename.endswith('.dist-info/RECORD') else data)
-
-
-CMDCLASS = {'build_py': BuildPyWithPth}
-if editable_wheel is not None:
-
-  class EditableWheelWithPth(editable_wheel):
-    """`pip install -e .`: setuptools writes the editable wheel without
-    build_lib's files; the .pth file is added to the wheel it wrote."""
-
-    def run(self):
-      before = _wheels(self.dist_dir)
-      super().run()
-      for path, stamp in _wheels(self.dist_dir).items():
-        if before.get(path) != stamp:  # Written by this run.
-          _add_to_wheel(path)
-
-  CMDCLASS['editable_wheel'] = EditableWheelWithPth
-
 
 setup(
     name='dllm_jax',
@@ -79,8 +18,6 @@ setup(
     long_description=open('README.md').read(),
     long_description_content_type='text/markdown',
     packages=find_packages(include=['dllm_jax', 'dllm_jax.*', 'launch', 'launch.*']),
-    py_modules=['dllm_jax_lm_eval_hook'],
-    cmdclass=CMDCLASS,
     python_requires='>=3.11',
     install_requires=[
         'jax>=0.10.2',
@@ -114,5 +51,11 @@ setup(
         # The independent PyTorch LLaDA forward of tests/test_interop.py (CPU build).
         'torch': ['torch==2.13.0'],
     },
-    entry_points={'console_scripts': ['dllm-lm-eval = launch.lm_eval:main']},
+    entry_points={
+        'console_scripts': ['dllm-lm-eval = launch.lm_eval:main'],
+        # lm-eval's plugin group for models: a release that reads it finds
+        # `--model dllm_jax` without an import of ours (lm-eval 0.4.13 does
+        # not: `dllm-lm-eval` / `python -m launch.lm_eval` register it).
+        'lm_eval.models': [LM_EVAL_MODEL],
+    },
 )

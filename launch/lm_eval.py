@@ -5,11 +5,12 @@ r"""The lm-evaluation-harness command line with the `dllm_jax` model registered.
       --tasks arc_challenge --num_fewshot 0 --batch_size 8
 
 Every `lm_eval` flag works (`--include_path` for local task YAML, `--limit`,
-`--output_path`, `--log_samples`, ...). An installed dllm_jax (`pip install .`
-or `pip install -e .`) makes the plain `lm_eval --model dllm_jax ...` work
-(`dllm_jax_lm_eval_hook`). This module, and its console script `dllm-lm-eval`
-kept for existing scripts, is the same command; it also works in a source
-checkout that is not installed.
+`--output_path`, `--log_samples`, ...). This module and its console script
+`dllm-lm-eval` are the documented command: lm-eval 0.4.13 finds models only in
+its own registry, so the model must be imported first, which this does (also in
+a source checkout that is not installed). An installed dllm_jax also declares
+the model in lm-eval's plugin entry-point group `lm_eval.models`, so an lm-eval
+release that reads that group runs the plain `lm_eval --model dllm_jax ...`.
 """
 
 

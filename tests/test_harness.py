@@ -2,10 +2,11 @@
 tasks (YAML and JSONL written here, nothing downloaded) gives the numbers
 launch.eval gives on the same data."""
 
+import ast
 import glob
+import importlib.metadata
 import json
 import os
-import site
 import subprocess
 import sys
 
@@ -113,69 +114,69 @@ def test_rolling_loglikelihood_sums_windows(tasks):
   assert np.isfinite(total) and total < 0
 
 
-def _hook_installed() -> bool:
-  """Whether the installed dllm_jax brought the .pth file that makes plain
-  `lm_eval --model dllm_jax` work (a checkout installed before it did not)."""
-  return any(os.path.isfile(os.path.join(d, 'dllm_jax_lm_eval.pth'))
-             for d in site.getsitepackages())
-
-
-needs_hook = pytest.mark.skipif(not _hook_installed(), reason=(
-    'dllm_jax is installed without dllm_jax_lm_eval.pth: pip install -e . again'))
-
-
 def _env() -> dict[str, str]:
-  """This checkout's dllm_jax (and hook module) ahead of an installed copy."""
+  """This checkout's dllm_jax ahead of an installed copy."""
   path = os.pathsep.join(filter(None, [REPO, os.environ.get('PYTHONPATH')]))
   return {**os.environ, 'PYTHONPATH': path, 'HF_DATASETS_OFFLINE': '1',
           'HF_HUB_OFFLINE': '1'}
 
 
-def _registry_line(*code: str) -> str:
-  """What a fresh interpreter prints about lm-eval's model registry."""
-  probe = ('import sys; from lm_eval.api.registry import model_registry as r; '
-           "print(dict(r.items()).get('dllm_jax'), 'hf' in r, 'jax' in sys.modules)")
-  r = subprocess.run([sys.executable, '-c', '; '.join([*code, probe])], env=_env(),
-                     cwd=REPO, text=True, capture_output=True, timeout=120)
+def _lm_eval_entry_point() -> importlib.metadata.EntryPoint:
+  """The `lm_eval.models` entry point that setup.py declares."""
+  with open(os.path.join(REPO, 'setup.py')) as f:
+    tree = ast.parse(f.read())
+  (value,) = [node.value.value for node in ast.walk(tree) if isinstance(node, ast.Assign)
+              and [t.id for t in node.targets if isinstance(t, ast.Name)] == ['LM_EVAL_MODEL']]
+  setup_call = next(node for node in ast.walk(tree) if isinstance(node, ast.Call)
+                    and getattr(node.func, 'id', None) == 'setup')
+  (groups,) = [k.value for k in setup_call.keywords if k.arg == 'entry_points']
+  group_names = [ast.literal_eval(key) for key in groups.keys]
+  assert 'lm_eval.models' in group_names  # lm-eval's plugin group for models.
+  name, target = (part.strip() for part in value.split('='))
+  return importlib.metadata.EntryPoint(name=name, value=target, group='lm_eval.models')
+
+
+def test_entry_point_names_the_registered_model():
+  """setup.py's `lm_eval.models` entry point names the class that registers
+  itself as `dllm_jax` (lm-eval reconciles the two only when they agree)."""
+  from lm_eval.api.registry import get_model
+  from dllm_jax.serving import harness
+  ep = _lm_eval_entry_point()
+  assert ep.name == 'dllm_jax'
+  assert ep.load() is harness.DllmJaxLM is get_model('dllm_jax')
+  assert ep.value == f'{harness.DllmJaxLM.__module__}:{harness.DllmJaxLM.__name__}'
+
+
+def test_entry_point_resolves_lazily_beside_lm_evals_own_models():
+  """As lm-eval's plugin discovery does, the entry point's target becomes a
+  lazy placeholder: nothing of ours (no jax) loads until `--model dllm_jax` is
+  asked for; then the class's own registration upgrades it, and lm-eval's
+  models stay."""
+  ep = _lm_eval_entry_point()
+  code = '; '.join([
+      'import sys',
+      # An environment installed before this change may still carry the old
+      # interpreter-start hook (dllm_jax_lm_eval.pth): take it out here.
+      "sys.meta_path[:] = [f for f in sys.meta_path if type(f).__module__ != "
+      "'dllm_jax_lm_eval_hook']",
+      'import lm_eval.models',
+      'from lm_eval.api.registry import model_registry as r, get_model',
+      "assert 'dllm_jax' not in r",
+      f'r.register({ep.name!r}, target={ep.value!r})',
+      "print('jax' in sys.modules, 'dllm_jax' in sys.modules)",
+      f"cls = get_model({ep.name!r}); print(cls.__name__, 'jax' in sys.modules, "
+      "get_model('dummy').__name__)"])
+  r = subprocess.run([sys.executable, '-c', code], env=_env(), cwd=REPO, text=True,
+                     capture_output=True, timeout=120)
   assert r.returncode == 0, r.stderr[-2000:]
-  return r.stdout.strip()
-
-
-def test_hook_registers_the_model_lazily():
-  """On lm-eval's registry import the hook adds a placeholder (no jax yet)
-  and keeps lm-eval's own models; a `find_spec` of the registry first (an
-  availability check) does not use the hook up."""
-  line = _registry_line('import dllm_jax_lm_eval_hook as h', 'h.install()',
-                        'import importlib.util as u',
-                        "u.find_spec('lm_eval.api.registry')")
-  assert line == 'dllm_jax.serving.harness:DllmJaxLM True False'
-
-
-def test_hook_warns_rather_than_break_an_unexpected_lm_eval():
-  import types
-  import dllm_jax_lm_eval_hook as hook
-
-  class Loader:
-    def exec_module(self, module):
-      module.ran = True
-
-  module = types.ModuleType('lm_eval.api.registry')  # Without model_registry.
-  with pytest.warns(UserWarning, match='could not register the lm-eval model'):
-    hook._Loader(Loader(), None).exec_module(module)  # pylint: disable=protected-access
-  assert module.ran
-
-
-@needs_hook
-def test_installed_hook_runs_at_interpreter_start():
-  """The installed .pth file installs the hook in every interpreter."""
-  assert _registry_line() == 'dllm_jax.serving.harness:DllmJaxLM True False'
+  assert r.stdout.split('\n')[:2] == ['False False', 'DllmJaxLM True DummyLM']
 
 
 @pytest.mark.slow
-@needs_hook
-def test_launch_eval_and_the_plain_lm_eval_command_agree(tasks, random_workdir, tmp_path):
-  """`launch.eval` prints the scores and ELBOs the harness gives; the plain
-  `lm_eval` executable (no import of ours first) finds the model `dllm_jax`."""
+def test_launch_eval_and_the_lm_eval_command_agree(tasks, random_workdir, tmp_path):
+  """`launch.eval` prints the scores and ELBOs the harness gives; so does
+  lm-eval's command line run as `python -m launch.lm_eval` (`dllm-lm-eval`),
+  which registers the model `dllm_jax` (lm-eval 0.4.13 reads no plugins)."""
   _, path, lls = tasks
   run = lambda *a: subprocess.run([sys.executable, '-m', *a], cwd=REPO, text=True,
                                   capture_output=True, timeout=600)
@@ -186,8 +187,8 @@ def test_launch_eval_and_the_plain_lm_eval_command_agree(tasks, random_workdir, 
           '--gen_length=8', '--block_length=4', '--steps=4', '--until=\\n')
   assert r.returncode == 0 and '| 4 | 0.500 |' in r.stdout, r.stderr[-2000:]
   args = ','.join(f'{k}={v}' for k, v in MODEL_ARGS.items())
-  lm_eval_exe = os.path.join(os.path.dirname(sys.executable), 'lm_eval')
-  r = subprocess.run([lm_eval_exe, '--model', 'dllm_jax', '--model_args',
+  r = subprocess.run([sys.executable, '-m', 'launch.lm_eval', '--model', 'dllm_jax',
+                      '--model_args',
                       f'workdir={random_workdir},{args}', '--tasks', 'dllm_mc,dllm_gen',
                       '--include_path', path, '--output_path', str(tmp_path),
                       '--log_samples'], env=_env(), cwd=str(tmp_path), text=True,

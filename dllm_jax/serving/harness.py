@@ -1,11 +1,13 @@
 """lm-evaluation-harness model `dllm_jax`.
 
-  lm_eval --model dllm_jax --model_args workdir=DIR,mc_num=128 --tasks arc_challenge
+  python -m launch.lm_eval --model dllm_jax --model_args workdir=DIR,mc_num=128 --tasks arc_challenge
   lm_eval.simple_evaluate(model='dllm_jax', model_args={'workdir': DIR}, ...)
 
-An installed dllm_jax registers the name lazily (`dllm_jax_lm_eval_hook`);
-importing this module registers the class itself (a source checkout that is
-not installed: `python -m launch.lm_eval`).
+Importing this module registers the class (`python -m launch.lm_eval`, its
+console script `dllm-lm-eval`, or an `import dllm_jax.serving.harness` before
+`simple_evaluate`). An installed dllm_jax also declares it in lm-eval's plugin
+entry-point group `lm_eval.models` (setup.py), which lm-eval releases that read
+plugins resolve lazily, without an import of ours.
 
 `loglikelihood` is LLaDA's Monte Carlo ELBO (`dllm_jax.likelihood`, `mc_num`
 samples in batches of `mc_batch_size`, guidance `cfg_scale`); the context is
