@@ -168,9 +168,10 @@ def _sample_full(meta, prompt: str, num: int,
   return [c.text for c in out], [(c.decisions, c.forwards) for c in out]
 
 
-def _sample_next_token(meta, prompt: str, num: int, chat: bool) -> list[str]:
-  """Greedy completions of a next-token (causal) checkpoint; the diffusion
-  samplers' knobs do not apply and are refused."""
+def _sample_next_token(meta, prompt: str, num: int, chat: bool):
+  """(greedy completions, forward counts) of a next-token (causal) checkpoint:
+  one forward per token; the diffusion samplers' knobs do not apply and are
+  refused."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   from dllm_jax import workdir as checkpoint  # pylint: disable=g-import-not-at-top
   from dllm_jax.data import sft  # pylint: disable=g-import-not-at-top
@@ -189,7 +190,8 @@ def _sample_next_token(meta, prompt: str, num: int, chat: bool) -> list[str]:
                 else _GEN_LENGTH.value)
   out = autoregressive.greedy(params, np.tile(ids, (num, 1)), config=config,
                               gen_length=gen_length)
-  return [tokenizer.decode(row[len(ids):]) for row in np.asarray(out)]
+  return ([tokenizer.decode(row[len(ids):]) for row in np.asarray(out)],
+          [(gen_length, gen_length)] * num)
 
 
 def main(argv):
@@ -205,7 +207,7 @@ def main(argv):
       trained = meta['config']['train'].get('objective')
       sampler = 'block' if trained == 'block_diffusion' else 'full'
     if meta.get('model_config', {}).get('causal'):  # A next-token run: greedy.
-      texts = _sample_next_token(meta, prompt, num, bool(_CHAT.value))
+      texts, counts = _sample_next_token(meta, prompt, num, bool(_CHAT.value))
     elif sampler == 'block':
       chat = (meta['config']['train'].get('objective') == 'sft'
               if _CHAT.value is None else _CHAT.value)

@@ -115,7 +115,8 @@ def test_sample_launcher_decodes_a_next_token_checkpoint_greedily(
   config, params, tok = checkpoint.restore_for_inference(next_token_workdir)
   ids = tok.encode('ab', add_bos=True)
   want = autoregressive.greedy(params, ids[None], config=config, gen_length=6)
-  assert out == f'--- sample 0 ---\nab{tok.decode(np.asarray(want)[0, len(ids):])}\n'
+  assert out == (f'--- sample 0 ---\nab{tok.decode(np.asarray(want)[0, len(ids):])}\n'
+                 '[forwards: 6 decided tokens, 6 in all]\n')
   message, _ = sample_main(capsys, run, '--steps=4', '--temperature=0.5')
   assert message == ('error: --steps, --temperature: knobs of the diffusion '
                      'samplers; this checkpoint was trained with train.objective='
