@@ -4,10 +4,13 @@
   python -m tests.save_failure_worker MODE --workdir=... --config...
 
 MODE eperm: the folder takes no new entry (EPERM from mkdir, as `chattr +i` or a
-read-only remount give); enospc: the disk reports no free space (statvfs).
+read-only remount give); enospc: the disk reports no free space (statvfs);
+takeover: during the second save another run (host 'other-node', pid 4242) takes
+the workdir lock over, as when this run was suspended past the stale timeout.
 """
 
 import errno
+import json
 import os
 import sys
 
@@ -42,6 +45,11 @@ def main():
     self.wait_until_finished()  # The first save completes untouched.
     if self._committed_steps():  # pylint: disable=protected-access
       failing[:] = [os.fspath(self.directory)]
+      if mode == 'takeover':
+        lock = os.path.join(os.path.dirname(os.fspath(self.directory)), '.dllm_lock')
+        with open(lock, 'w') as f:
+          json.dump({'host': 'other-node', 'pid': 4242, 'pid_ns': 'pid:[1]',
+                     'started': '2026-12-05T00:00:00+00:00'}, f)
     return real_save(self, step, *args, **kwargs)
 
   os.mkdir, os.statvfs, save_guard.GuardedManager.save = mkdir, statvfs, save
