@@ -192,7 +192,9 @@ def test_a_run_that_lost_its_lock_stops_without_writing(tmp_path):
 
 
 def test_sigterm_during_start_up_releases_the_lock(tmp_path):
-  proc = launch_train(tmp_path, '--config.train.steps=5')
+  # A model shape no other test compiles: its compile (seconds, not in the
+  # session's XLA cache) is the start-up the signal lands in.
+  proc = launch_train(tmp_path, '--config.train.steps=5', '--config.model.n_layers=3')
   lines = []
   try:
     _wait_for(proc, 'mesh: ', lines)  # Logged under the lock, before compiling.
