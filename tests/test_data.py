@@ -300,25 +300,33 @@ def test_empty_or_missing_sources_are_clear_errors(tmp_path):
     convert.convert('stdlib', str(tmp_path / 'x'))
 
 
-def _sft_too_long(d):
-  (d / 'train.jsonl').write_text(json.dumps({'prompt': 'p', 'response': 'y' * 99}) + '\n')
-  return f'jsonl:{d}/train.jsonl', 'sft', {}
+# id: (file name, its bytes, the source spec ({d}: the folder), objective, the
+# first error).
+_BAD_SOURCES = {
+    'bad_json': ('a.jsonl', b'{broken\n' * 3, 'jsonl:{d}/a.jsonl', 'pretrain',
+                 'not JSON'),
+    'wrong_field': ('a.jsonl', b'{"txt": "x"}\n', 'jsonl:{d}/a.jsonl', 'pretrain',
+                    "no text field 'text'"),
+    'sft_too_long': ('a.jsonl', b'{"prompt": "p", "response": "%s"}\n' % (b'y' * 99),
+                     'jsonl:{d}/a.jsonl', 'sft',
+                     'example of 1\\d\\d tokens does not fit a row of 32'),
+    'invalid_utf8': ('a.txt', b'\xff\xfe bad', 'text:{d}/*.txt', 'pretrain',
+                     'not UTF-8'),
+    'sft_on_text': ('a.txt', b'plain text', 'text:{d}/*.txt', 'sft',
+                    r"no field\(s\) \['prompt', 'response'\]"),
+}
 
 
-@pytest.mark.parametrize('make,reason', [
-    (lambda d: ((d / 'a.jsonl').write_text('{broken\n' * 3), ('jsonl:' + str(d / 'a.jsonl'), 'pretrain', {}))[1], 'not JSON'),
-    (lambda d: ((d / 'a.jsonl').write_text('{"txt": "x"}\n'), ('jsonl:' + str(d / 'a.jsonl'), 'pretrain', {}))[1], "no text field 'text'"),
-    (_sft_too_long, 'example of 1\\d\\d tokens does not fit a row of 32'),
-    (lambda d: ((d / 'a.txt').write_bytes(b'\xff\xfe bad'), ('text:' + str(d / '*.txt'), 'pretrain', {}))[1], 'not UTF-8'),
-    (lambda d: ((d / 'a.txt').write_text('plain text'), ('text:' + str(d / '*.txt'), 'sft', {}))[1], r"no field\(s\) \['prompt', 'response'\]"),
-], ids=['bad_json', 'wrong_field', 'sft_too_long', 'invalid_utf8', 'sft_on_text'])
-def test_a_source_of_only_bad_records_stops_with_one_error(tmp_path, make, reason):
+@pytest.mark.parametrize('case', sorted(_BAD_SOURCES))
+def test_a_source_of_only_bad_records_stops_with_one_error(tmp_path, case):
   """Every record skipped used to loop forever; a bounded run of skips stops it
   with one error naming the first."""
   from dllm_jax.errors import DataError
-  spec, objective, extra = make(tmp_path)
+  name, data, spec, objective, reason = _BAD_SOURCES[case]
+  (tmp_path / name).write_bytes(data)
+  spec = spec.format(d=tmp_path)
   build = pipeline.sft_dataset if objective == 'sft' else pipeline.pretrain_dataset
-  ds = build(spec, TOK, seq_len=32, batch_size=2, seed=0, skip_budget=40, **extra)
+  ds = build(spec, TOK, seq_len=32, batch_size=2, seed=0, skip_budget=40)
   # Grain reads ahead in threads: the count and the first record may run past.
   with pytest.raises(DataError, match=rf'\d+ records of {re.escape(spec)} in a row '
                      rf'could not be used; the first: skipped record \d+ of '

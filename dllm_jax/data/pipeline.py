@@ -106,8 +106,9 @@ class _Tokenize:
                                       f'(fields: {sorted(rec)})')
       row = {'tokens': _encode(self.tokenizer, text, add_bos=True, add_eos=True)}
     except sources_lib.RecordError as e:
-      _skipped(self.source, f'skipped record {self.shard_index + index * self.shard_count}'
-               f' of {self.source}: {e}', self.skip_budget)
+      record = self.shard_index + index * self.shard_count
+      _skipped(self.source, f'skipped record {record} of {self.source}: {e}',
+               self.skip_budget)
       return None
     _used(self.source)
     return row
@@ -134,8 +135,9 @@ class _SftRow:
       row = sft_lib.sft_row(self.tokenizer, messages, response, self.seq_len)
     except (sources_lib.RecordError, UnicodeError) as e:  # Unicode: a lone surrogate.
       reason = f'not valid Unicode ({e.reason})' if isinstance(e, UnicodeError) else e
-      _skipped(self.source, f'skipped record {self.shard_index + index * self.shard_count}'
-               f' of {self.source}: {reason}', self.skip_budget)
+      record = self.shard_index + index * self.shard_count
+      _skipped(self.source, f'skipped record {record} of {self.source}: {reason}',
+               self.skip_budget)
       return None
     _used(self.source)
     return row
