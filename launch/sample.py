@@ -160,6 +160,9 @@ def _sample_full(meta, prompt: str, num: int,
       confidence_eos_eot_inf=_CONF_EOS_EOT_INF.value, parallel=_PARALLEL.value,
       threshold=_THRESHOLD.value, factor=_FACTOR.value, cache=_CACHE.value,
       noise=_NOISE.value)
+  if _STEPS.value is None:  # The checkpoint's steps, at most one per position.
+    sampling = dataclasses.replace(sampling, steps=min(sampling.steps,
+                                                       sampling.gen_length))
   from dllm_jax.training import run_checks  # pylint: disable=g-import-not-at-top
   run_checks.check_steps(sampling)  # At most one step per position to fill.
   chat = engine.chat if chat is None else chat

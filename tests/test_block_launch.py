@@ -130,6 +130,9 @@ def test_sample_launcher_refuses_more_steps_than_positions_to_fill(
                            '--gen_length=8', '--block_length=8')
   assert message == ('error: steps=16 exceeds the 8 positions to fill (gen_length): '
                      'each step commits at least one.')
+  message, out = sample_main(capsys, f'--workdir={random_workdir}', '--gen_length=2',
+                             '--block_length=2', '--num_samples=1')
+  assert message is None and out.count('--- sample ') == 1  # Its 4 steps: 2.
   message, _ = sample_main(capsys, f'--workdir={random_block_workdir}', '--steps=9')
   assert message == ('error: steps=9 exceeds the 8 positions a block has: each step '
                      'commits at least one.')
