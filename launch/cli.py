@@ -117,14 +117,26 @@ class _QuietBackgroundErrors(py_logging.Filter):
     return not background
 
 
+_QUIET = _QuietBackgroundErrors()
+
+
 def _quiet_closed_loops() -> None:
   """TensorStore's callbacks into an event loop Orbax already closed (after a
   failed save) print `RuntimeError: Event loop is closed` tracebacks through
-  sys.excepthook / threading.excepthook: only those are dropped."""
+  sys.excepthook / threading.excepthook: only those are dropped (installed
+  once per process)."""
+  if getattr(sys.excepthook, 'quiets_closed_loops', False):
+    return
+
   def closed(exc) -> bool:
     return isinstance(exc, RuntimeError) and str(exc) == 'Event loop is closed'
   hook, thread_hook = sys.excepthook, threading.excepthook
-  sys.excepthook = lambda t, e, tb: None if closed(e) else hook(t, e, tb)
+
+  def excepthook(t, e, tb):
+    if not closed(e):
+      hook(t, e, tb)
+  excepthook.quiets_closed_loops = True
+  sys.excepthook = excepthook
   threading.excepthook = lambda a: None if closed(a.exc_value) else thread_hook(a)
 
 
@@ -137,9 +149,8 @@ def start(argv: list[str]) -> None:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
-    quiet = _QuietBackgroundErrors()
     for handler in py_logging.getLogger().handlers:
-      handler.addFilter(quiet)
+      handler.addFilter(_QUIET)  # A no-op where it is already there.
     _quiet_closed_loops()
 
 
