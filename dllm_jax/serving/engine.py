@@ -37,7 +37,6 @@ rows) alone.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Sequence
 
@@ -122,6 +121,10 @@ def powers_of_two(limit: int) -> tuple[int, ...]:
 class Engine:
   """Parameters, tokenizer, and a cache of compiled samplers by bucket."""
 
+  # The block size of a checkpoint trained with the block objective (None:
+  # masked diffusion); its likelihood is the block NELBO (likelihood.py).
+  trained_block_size: int | None = None
+
   def __init__(self, params: model_lib.Params, config: ModelConfig, tokenizer, *,
                default_sampling: Sampling | None = None, chat: bool = False,
                max_batch: int = 64, batch_sizes: Sequence[int] | None = None,
@@ -167,33 +170,27 @@ class Engine:
     kwargs.setdefault('name', os.path.basename(os.path.abspath(workdir)))
     engine = cls(params, config, tokenizer, **kwargs)
     engine.meta = meta
+    if meta['config']['train'].get('objective') == 'block_diffusion':
+      engine.trained_block_size = defaults.block_length
     return engine
 
   @classmethod
   def from_hf_dir(cls, path: str, *, dtype: str | None = None, **kwargs) -> Engine:
-    """A local Hugging Face directory (config.json, safetensors, tokenizer.json);
-    the family is picked from its config.json: LLaDA-MoE and LLaDA2 through
-    `interop/moe_hf.py`, dense LLaDA otherwise. Chat defaults on when the
-    tokenizer has a template."""
-    from dllm_jax.interop import moe_hf  # pylint: disable=g-import-not-at-top
-    file = os.path.join(path, 'config.json')
-    if not os.path.isfile(file):
-      raise FileNotFoundError(f'no config.json in {path!r}.')
-    with open(file) as f:
-      hf_config = json.load(f)
-    if 'llada2' in str(hf_config.get('model_type', '')) or 'num_experts' in hf_config:
-      tokenizer = moe_hf.tokenizer(path)
-      overrides = {} if dtype is None else dict(dtype=dtype, param_dtype=dtype)
-      config, params = moe_hf.load(path, **overrides)
-    else:
-      from dllm_jax.data.hf_tokenizer import HFTokenizer  # pylint: disable=g-import-not-at-top
-      from dllm_jax.interop import llada_hf  # pylint: disable=g-import-not-at-top
-      tokenizer = HFTokenizer(path)
-      config = llada_hf.model_config(path, tokenizer, dtype)
-      params = llada_hf.load_params(path, config)
-    kwargs.setdefault('chat', bool(getattr(tokenizer, 'chat_template', None)))
+    """A local Hugging Face directory (config.json, safetensors, tokenizer
+    files) of any built-in family, a released checkpoint or an export
+    (`interop/hf_dir.py`); its generation_config.json's sample settings become
+    the default. Chat defaults on when the tokenizer has a template."""
+    from dllm_jax.interop import hf_dir  # pylint: disable=g-import-not-at-top
+    loaded = hf_dir.load(path, dtype=dtype)
+    sampling = hf_dir.default_sampling(loaded.generation)
+    if sampling is not None:
+      kwargs.setdefault('default_sampling', sampling)
+    kwargs.setdefault('chat', bool(getattr(loaded.tokenizer, 'chat_template', None)))
     kwargs.setdefault('name', os.path.basename(os.path.abspath(path)))
-    return cls(params, config, tokenizer, **kwargs)
+    engine = cls(loaded.params, loaded.config, loaded.tokenizer, **kwargs)
+    if loaded.generation.get('block_diffusion'):
+      engine.trained_block_size = int(loaded.generation['block_length'])
+    return engine
 
   # --- requests -> rows ---------------------------------------------------------
 
