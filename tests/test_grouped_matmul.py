@@ -101,3 +101,15 @@ def test_block_sampler_tokens_are_the_same_on_every_path():
       params, prompt, jax.random.key(1), config=dataclasses.replace(cfg, moe_impl=impl),
       sampling=sc).tokens) for impl in ('ragged', 'capacity')}
   np.testing.assert_array_equal(tokens['capacity'], tokens['ragged'])
+
+
+def test_bench_moe_prints_the_layer_and_block_tables():
+  from tests.test_benchmarks import _run, _table  # pylint: disable=g-import-not-at-top
+  out = _run('launch.bench_moe', '--preset=llada2_tiny', '--layer_rows=16',
+             '--repeats=1', '--block_batch=1', '--prompt_length=8', '--gen_length=8',
+             '--block_length=8', '--impls=ragged,capacity')
+  layer = _table(out, '| rows |')
+  assert [r[2] for r in layer] == ['ragged', 'capacity', 'dense', 'active dense']
+  assert all(float(r[5]) < 1e-5 for r in layer)  # Max difference to dense.
+  rows = _table(out, '| batch |')
+  assert [(r[1], r[-1]) for r in rows] == [('ragged', 'yes'), ('capacity', 'yes')]
