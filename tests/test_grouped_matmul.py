@@ -57,20 +57,6 @@ def test_every_path_equals_the_dense_reference_with_gradients(problem, path):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_few_rows_use_slots_of_the_chosen_experts_only(problem):
-  x, _, _, gate_up, down = problem
-  idx = jnp.array([[5, 2], [2, 7]], jnp.int32)  # 4 assignments <= 8 experts / 2.
-  w = jnp.array([[0.7, 0.2], [0.4, 0.9]])
-  grad = lambda f: jax.jit(jax.value_and_grad(
-      lambda x, gu, dn: jnp.sum(f(x, idx, w, gu, dn) ** 2), argnums=(0, 1, 2)))(
-          x[:2], gate_up, down)
-  (got, g_got), (want, g_want) = grad(gm.capacity_ffn), grad(gm.dense_ffn)
-  np.testing.assert_allclose(got, want, rtol=1e-5)
-  for a, b in zip(g_got, g_want):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-  assert float(jnp.max(jnp.abs(g_got[1][jnp.array([0, 1, 3, 4, 6])]))) == 0.0
-
-
 def test_every_assignment_in_one_expert_is_not_dropped(problem):
   x, _, _, gate_up, down = problem
   idx = jnp.zeros((24, 2), jnp.int32).at[:, 1].set(1)  # Experts 0 and 1 take all.

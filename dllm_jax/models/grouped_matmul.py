@@ -13,8 +13,7 @@ N * k (row, expert) assignments, dropless, with gradients:
   weights in place; the assignments past an expert's C slots (rare) go through
   a `while_loop` over the row tiles that exist, each tile through its expert
   (backward: the same tiles again, custom VJP). Cost follows E * C + the
-  overflow, not N * E; with at most E / 2 assignments, slots only for the
-  experts used (their weights gathered). Rows move by gathers whose gradients are gathers too
+  overflow, not N * E. Rows move by gathers whose gradients are gathers too
   (`take_rows`), not the scatter-adds autodiff makes (slow on CPU). The
   fastest path measured on CPU at every MoE shape tried, forward and backward
   (`python -m launch.bench_moe`).
@@ -214,19 +213,6 @@ def _overflow_bwd(c, tile, res, dy):
 _overflow.defvjp(_overflow_fwd, _overflow_bwd)
 
 
-def _used_experts(idx: jax.Array, gate_up: jax.Array, down: jax.Array):
-  """(idx renumbered among the experts it uses, their gate_up [M, D, 2, I] and
-  down [M, I, D]): M = idx.size slots, the unused ones zero weights."""
-  e, m = gate_up.shape[0], idx.size
-  used = jnp.bincount(idx.reshape(-1), length=e) > 0
-  compact = (jnp.cumsum(used) - 1).astype(jnp.int32)  # [E] -> slot of a used expert.
-  ids = jnp.nonzero(used, size=m, fill_value=0)[0].astype(jnp.int32)
-  ok = jnp.arange(m) < jnp.sum(used)
-  pick = lambda a: take_rows(a.reshape(e, -1), ids, ok, compact, used).reshape(
-      (m,) + a.shape[1:])
-  return compact[idx], pick(gate_up), pick(down)
-
-
 def capacity_ffn(x: jax.Array, idx: jax.Array, w: jax.Array, gate_up: jax.Array,
                  down: jax.Array, *, capacity: int | None = None,
                  tile: int | None = None) -> jax.Array:
@@ -236,9 +222,6 @@ def capacity_ffn(x: jax.Array, idx: jax.Array, w: jax.Array, gate_up: jax.Array,
   n, k = idx.shape
   e, d, _, i = gate_up.shape
   m = n * k
-  if 2 * m <= e:  # Few rows: slots for the (at most m) experts used only.
-    idx, gate_up, down = _used_experts(idx, gate_up, down)
-    e = m
   c = capacity or default_capacity(m, e)
   tile = min(tile or max(TILE, 8 * math.ceil(c / 32)), c)
   order, inverse, expert, sizes, starts = _sort(idx, e)
