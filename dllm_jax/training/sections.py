@@ -17,6 +17,7 @@ them through `RunConfig.fixed_keys()`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from typing import Any, Callable, ClassVar, Mapping
 
@@ -113,6 +114,9 @@ class Section:
     if not _type_ok(value, hint):
       raise ValueError(f'{key}={value!r} has the wrong type; allowed: '
                        f'{_type_name(hint)}.')
+    if isinstance(value, float) and not math.isfinite(value):
+      raise ValueError(f'{key}={value!r} is not a finite number; allowed: '
+                       f'{f.metadata.get("range") or "finite numbers"}.')
     meta = f.metadata
     if value is None or not meta:
       return
@@ -233,6 +237,8 @@ class DataSection(Section):
   response_field: str = knob('response', fixed=True)
   seq_len: int = knob(64, range=Range(1), fixed=True)
   num_workers: int = knob(0, range=Range(0), fixed=True)  # Grain workers (0: in the trainer).
+  # Bad records skipped in a row before the run stops (0: no limit).
+  skip_budget: int = knob(1000, range=Range(0))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,6 +285,8 @@ class TrainSection(Section):
   # divisible by keep_every (None: none), which are never deleted.
   max_to_keep: int = knob(3, range=Range(1))
   keep_every: int | None = knob(None, range=Range(1))
+  # No checkpoint restorable (all corrupt): start from scratch instead of refusing.
+  fresh_start: bool = knob(False)
   # A non-finite loss or gradient norm: 'stop' (the last good checkpoint stays)
   # or 'skip' (drop that update, count it).
   nonfinite: str = knob('stop', choices=NONFINITE_POLICIES)
