@@ -85,14 +85,18 @@ def bench_sampler():
       label, sc = variants[v]
       out, t, compile_s = _median_time(lambda sc=sc: jax.block_until_ready(
           block.generate(params, prompt, jax.random.key(1), config=cfg, sampling=sc)))
-      tokens, nfe = np.asarray(out.tokens), int(out.nfe)
+      # Every forward (the cache prefill and block writes included) divides
+      # the time; the decision forwards are the reference's count per row.
+      tokens, forwards = np.asarray(out.tokens), int(out.forwards)
+      decisions = int(np.max(out.decisions))
       reference = tokens if reference is None else reference
-      rows.append((b, label, nfe, b * g / t, 1e3 * t / nfe,
+      rows.append((b, label, f'{decisions} / {forwards}', b * g / t, 1e3 * t / forwards,
                    f'{np.mean(tokens == reference):.3f}', compile_s))
       print(f'  batch {b}, {label}: {rows[-1][3]:,.1f} tokens/s', flush=True)
   print(f'\n{_PRESET.value}, {cfg.dtype}, prompt {_PROMPT_LEN.value}, gen_length {g}, '
         f'block {bl}, on {dev.device_kind}\n')
-  print('| batch | variant | forwards | tokens/s | ms/forward | agree | compile s |')
+  print('| batch | variant | forwards (decisions / all) | tokens/s | ms/forward | agree '
+        '| compile s |')
   print('|---|---|---|---|---|---|---|')
   for r in rows:
     print(f'| {r[0]} | {r[1]} | {r[2]} | {r[3]:,.1f} | {r[4]:.2f} | {r[5]} | '

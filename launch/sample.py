@@ -64,15 +64,19 @@ _BLOCK_CACHE = flags.DEFINE_bool('block_cache', True, 'Block sampler: the exact 
                                  'cache (off: recompute the canvas each step).')
 _BLOCK_FUSE = flags.DEFINE_bool('block_fuse_write', False, "Block sampler: write a "
                                 "finished block's keys/values in the next block's step.")
+_BLOCK_TOPK = flags.DEFINE_integer('block_minimal_topk', 1, 'Block sampler: LLaDA2 '
+                                   'minimal_topk, steps = min(steps, gen_length // it).')
+_BLOCK_EOS_STOP = flags.DEFINE_bool('block_eos_early_stop', False, 'Block sampler: '
+                                    "LLaDA2's eos_early_stop (see docs/block_diffusion.md).")
 _BLOCK_ONLY = (_BLOCK_RULE, _BLOCK_CONF, _BLOCK_MIN, _BLOCK_EDIT, _BLOCK_POST,
-               _BLOCK_CACHE, _BLOCK_FUSE)
+               _BLOCK_CACHE, _BLOCK_FUSE, _BLOCK_TOPK, _BLOCK_EOS_STOP)
 # Knobs of the full-sequence sampler alone: given with the block sampler, an error.
 _FULL_ONLY = (_CFG_SCALE, _REMASKING, _LOGITS_EOS_INF, _CONF_EOS_EOT_INF, _CACHE, _NOISE)
 _SEED = flags.DEFINE_integer('seed', 0, 'PRNG seed (sample i uses seed + i).')
 
 # Bad values end the program at flag parsing, in one line, before any restore.
 _positive = lambda v: v > 0
-for _flag in (_STEPS, _GEN_LENGTH, _BLOCK_LENGTH, _NUM_SAMPLES):
+for _flag in (_STEPS, _GEN_LENGTH, _BLOCK_LENGTH, _NUM_SAMPLES, _BLOCK_TOPK):
   cli.check_flag(_flag, _positive, 'a positive integer')
 for _flag in (_BLOCK_MIN, _BLOCK_POST, _BLOCK_EDIT):
   cli.check_flag(_flag, lambda v: v >= 0, '>= 0')
@@ -103,11 +107,14 @@ def _block_sampling(meta):
       factor=_FACTOR.value, min_tokens=_BLOCK_MIN.value,
       temperature=pick(_TEMPERATURE, s['temperature']), confidence=_BLOCK_CONF.value,
       editing_threshold=_BLOCK_EDIT.value, max_post_steps=_BLOCK_POST.value,
-      cache=_BLOCK_CACHE.value, fuse_write=_BLOCK_FUSE.value)
+      cache=_BLOCK_CACHE.value, fuse_write=_BLOCK_FUSE.value,
+      minimal_topk=_BLOCK_TOPK.value, eos_early_stop=_BLOCK_EOS_STOP.value)
 
 
-def _sample_block(meta, prompt: str, num: int, chat: bool) -> list[str]:
-  """Completions from the block sampler; sample i draws from seed + i."""
+def _sample_block(meta, prompt: str, num: int,
+                  chat: bool) -> tuple[list[str], list[tuple[int, int]]]:
+  """Completions from the block sampler, sample i drawn from seed + i, and
+  their forward counts (decided its tokens, all its run took)."""
   import jax  # pylint: disable=g-import-not-at-top
   from dllm_jax import workdir as checkpoint  # pylint: disable=g-import-not-at-top
   from dllm_jax.sampling import block, text  # pylint: disable=g-import-not-at-top
@@ -116,14 +123,16 @@ def _sample_block(meta, prompt: str, num: int, chat: bool) -> list[str]:
   block.check_model(None, sampling, meta)  # Its objective, before restoring.
   config, params, tokenizer = checkpoint.restore_for_inference(_WORKDIR.value)
   block.check_model(config, sampling)
-  return [text.sample_text(params, config, tokenizer, prompt, sampling,
-                           jax.random.key(_SEED.value + i), 1, chat=chat)[0]
+  runs = [text.sample_text_counts(params, config, tokenizer, prompt, sampling,
+                                  jax.random.key(_SEED.value + i), 1, chat=chat)
           for i in range(num)]
+  return [r[0][0] for r in runs], [(r[1][0], r[2]) for r in runs]
 
 
-def _sample_full(meta, prompt: str, num: int, chat) -> list[str]:
-  """Completions from the full-sequence sampler (`Engine`); sample i draws from
-  seed + i."""
+def _sample_full(meta, prompt: str, num: int,
+                 chat) -> tuple[list[str], list[tuple[int, int]]]:
+  """Completions from the full-sequence sampler (`Engine`), sample i drawn
+  from seed + i, and their forward counts (decided its tokens, all)."""
   import dataclasses  # pylint: disable=g-import-not-at-top
   from dllm_jax.sampling import generate as gen  # pylint: disable=g-import-not-at-top
   from dllm_jax.serving import Engine, Request  # pylint: disable=g-import-not-at-top
@@ -146,7 +155,7 @@ def _sample_full(meta, prompt: str, num: int, chat) -> list[str]:
   chat = engine.chat if chat is None else chat
   out = engine.generate([Request(prompt, sampling, seed=_SEED.value + i, chat=chat)
                          for i in range(num)])
-  return [c.text for c in out]
+  return [c.text for c in out], [(c.decisions, c.forwards) for c in out]
 
 
 def main(argv):
@@ -164,11 +173,12 @@ def main(argv):
     if sampler == 'block':
       chat = (meta['config']['train'].get('objective') == 'sft'
               if _CHAT.value is None else _CHAT.value)
-      texts = _sample_block(meta, prompt, num, chat)
+      texts, counts = _sample_block(meta, prompt, num, chat)
     else:
-      texts = _sample_full(meta, prompt, num, _CHAT.value)
-  for i, t in enumerate(texts):
+      texts, counts = _sample_full(meta, prompt, num, _CHAT.value)
+  for i, (t, (decisions, forwards)) in enumerate(zip(texts, counts)):
     print(f'--- sample {i} ---\n{prompt}{t}', flush=True)
+    print(f'[forwards: {decisions} decided tokens, {forwards} in all]', flush=True)
 
 
 if __name__ == '__main__':

@@ -57,9 +57,12 @@ def _cut(x, p, gen_length, eos_id):
 
 
 def llada2_generate(logits_fn, prompt, *, gen_length, block_length, steps,
-                    threshold, eos_id, mask_id, minimal_topk=1):
-  """LLaDA2.0 `generate` (temperature 0, eos_early_stop=False): the answer cut
-  after its first EOS, and the number of forwards."""
+                    threshold, eos_id, mask_id, minimal_topk=1, eos_early_stop=False,
+                    schedules=None):
+  """LLaDA2.0 `generate` (temperature 0), line for line: the answer (cut after
+  its first EOS; with `eos_early_stop`, what its early return returns, which
+  runs past gen_length when that EOS lies in the last block's tail) and the
+  number of forwards. `schedules`, a list, collects each step's quota n_s."""
   steps = min(steps, gen_length // minimal_topk)
   p = len(prompt)
   x, num_blocks = _canvas(prompt, gen_length, block_length, mask_id)
@@ -75,6 +78,8 @@ def llada2_generate(logits_fn, prompt, *, gen_length, block_length, steps,
       nfe += 1
       x0, x0_p = _sample_greedy(logits)
       n = int(schedule[step])
+      if schedules is not None:
+        schedules.append(n)
       confidence = np.where(active, x0_p, -np.inf)
       high = confidence > threshold
       transfer = np.zeros(block_length, bool)
@@ -83,6 +88,15 @@ def llada2_generate(logits_fn, prompt, *, gen_length, block_length, steps,
       else:
         transfer[_topk_index(confidence, min(n, int(active.sum())))] = True
       x[0, end - block_length:end][transfer] = x0[transfer]
+      if eos_early_stop and (x0[transfer] == eos_id).any():
+        # The reference looks for the first EOS in cur_x, prompt included: a
+        # prompt holding EOS makes it return an empty answer (the project
+        # searches the answer only; the tests' prompts hold no EOS).
+        eos_pos = np.nonzero(x[0, :end] == eos_id)[0]
+        if len(eos_pos) > 0:
+          eos_pos = eos_pos[0]
+          if (x[0, p:eos_pos] != mask_id).all():
+            return x[0, p:eos_pos + 1].copy(), nfe
     if (x[0, p:end] == eos_id).any():
       break
   return _cut(x, p, gen_length, eos_id), nfe
@@ -90,9 +104,11 @@ def llada2_generate(logits_fn, prompt, *, gen_length, block_length, steps,
 
 def llada21_generate(logits_fn, prompt, *, gen_length, block_length, threshold,
                      editing_threshold, max_post_steps, eos_id, mask_id,
-                     num_to_transfer=1):
-  """LLaDA2.1 `generate` with token editing (temperature 0, eos_early_stop=True):
-  (answer cut after its first EOS, forwards, edits made)."""
+                     num_to_transfer=1, eos_early_stop=True):
+  """LLaDA2.1 `generate` with token editing (temperature 0): (answer cut after
+  its first EOS, forwards, edits made). Its `steps = min(steps, gen_length //
+  minimal_topk)` is computed and never read (each step commits at least
+  `num_to_transfer`), so neither is a parameter here."""
   p = len(prompt)
   x, num_blocks = _canvas(prompt, gen_length, block_length, mask_id)
   nfe = edits = 0
@@ -130,7 +146,8 @@ def llada21_generate(logits_fn, prompt, *, gen_length, block_length, threshold,
       if not active.any() and not edit.any():
         break
     generated = x[0, p:end]
-    if (generated == mask_id).sum() == 0 and (generated == eos_id).any():
+    if eos_early_stop and (generated == mask_id).sum() == 0 and (
+        generated == eos_id).any():
       break
   return _cut(x, p, gen_length, eos_id), nfe, edits
 

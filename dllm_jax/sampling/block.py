@@ -8,9 +8,13 @@ finished block's keys/values are written once from its final tokens (a separate
 forward, or fused into the next block's first step with `fuse_write`). Inside
 a block, masked positions are committed by the `fixed`, `threshold` or `factor`
 rule; `editing_threshold` > 0 adds LLaDA2.1's token editing. A row stops at the
-end of the block in which it produced EOS (its length is returned); the loop
-stops when every row has, all inside one `lax.while_loop` over the steps of a
-`BlockWalk` (the server runs them a block per call: serving/block_rows.py).
+end of the block in which it produced EOS (its length is returned), or as
+`eos_early_stop` says (see `BlockSamplingConfig`); the loop stops when every
+row has, all inside one `lax.while_loop` over the steps of a `BlockWalk` (the
+server runs them a block per call: serving/block_rows.py). The run counts its
+forwards: per row those that decided its tokens (`decisions`: the reference's
+forward count for that prompt alone), and all it ran (`forwards`: with the
+cache prefill and the block writes).
 
 Rows with different prompt lengths share one canvas: row b is shifted right by a
 whole number of blocks so that every row's first generated block is the same
@@ -46,9 +50,15 @@ __all__ = ['BlockKnobs', 'BlockSample', 'BlockSamplingConfig', 'BlockWalk', 'CON
 
 @flax.struct.dataclass
 class BlockSample:
-  tokens: jax.Array  # [B, gen_length] int32; EOS after each row's length.
+  # [B, W] int32, W = `answer_width()` (gen_length unless eos_early_stop may
+  # end a row in its last block's tail); EOS after each row's length.
+  tokens: jax.Array
   lengths: jax.Array  # [B] int32: tokens up to and including the first EOS.
-  nfe: jax.Array  # [] int32: model forwards of the loop (the batch's steps).
+  nfe: jax.Array  # [] int32: model forwards of the loop (steps and block writes).
+  # [B] int32: the steps that decided row b's tokens (forwards in which it had
+  # a block to denoise): what the reference runs for that prompt alone.
+  decisions: jax.Array
+  forwards: jax.Array  # [] int32: every forward of the batch (nfe + prefill).
 
 
 def transfer_schedule(block_length: int, steps: int) -> np.ndarray:
@@ -202,6 +212,24 @@ def _commit(blk, cand, conf, s, sched, prompt_end_in_blk, *, sc, ids, knobs=None
   return new, s['settled'] | (active & finished), post
 
 
+def _early_stop(x, blk, new, active, prompt_end, k, end, *, sc, ids):
+  """LLaDA2.0's `eos_early_stop` after one step: (rows that end now [B], the
+  canvas index of the EOS each ended at [B], -1 if none). A row ends when this
+  step committed an EOS into its block and no MASK lies between its prompt and
+  its first answer EOS; canvas x [B, T] is after the step, blk / new [B, b]
+  its block before / after."""
+  if not sc.early_in_block():
+    return jnp.zeros_like(active), end
+  b = sc.block_length
+  hit = active & jnp.any((blk == ids.mask) & (new == ids.eos), axis=1)
+  idx = jnp.arange(x.shape[1])[None, :]
+  region = (idx >= prompt_end[:, None]) & (idx < (k + 1) * b)
+  first = jnp.argmax(region & (x == ids.eos), axis=1)  # Exists where `hit`.
+  gap = jnp.any(region & (idx < first[:, None]) & (x == ids.mask), axis=1)
+  early = hit & ~gap
+  return early, jnp.where(early, first, end).astype(jnp.int32)
+
+
 @dataclasses.dataclass(frozen=True)
 class BlockWalk:
   """One run, walked a step or a block at a time (built inside a trace):
@@ -239,14 +267,16 @@ class BlockWalk:
     return dict(x=x, cache=cache, k=jnp.int32(self.k0), step=jnp.int32(0),
                 post=jnp.zeros(bsz, jnp.int32), settled=jnp.zeros(bsz, bool),
                 done=jnp.zeros(bsz, bool), pending=jnp.bool_(False),
-                nfe=jnp.int32(0), key=self.key)
+                nfe=jnp.int32(0), decisions=jnp.zeros(bsz, jnp.int32),
+                end=jnp.full(bsz, -1, jnp.int32), key=self.key)
 
   def step(self, s: dict) -> dict:
     """One step on block k; a block ends when every running row settled it."""
     params, config, sc, ids = self.params, self.config, self.sc, self.config.ids
     b, prompt_end, spec, pos = sc.block_length, self.prompt_end, self.spec, self.pos
-    sched = jnp.asarray(transfer_schedule(b, sc.steps))
+    sched = jnp.asarray(transfer_schedule(b, sc.decision_steps()))
     k, x = s['k'], s['x']
+    active = ~s['settled'] & ~s['done']
     logits, cache = _step_logits(params, x, k, s['cache'], s['pending'], spec, pos,
                                  config=config, sc=sc, b=b)
     key, sub = jax.random.split(s['key'])
@@ -256,11 +286,16 @@ class BlockWalk:
                                  jnp.clip(prompt_end - k * b, 0, b), sc=sc, ids=ids,
                                  knobs=self.knobs)
     x = jax.lax.dynamic_update_slice_in_dim(x, new, k * b, axis=1)
-    block_done = jnp.all(settled | s['done'])
-    # A row stops after a block holding EOS in its answer, or after its last block.
+    early, end = _early_stop(x, blk, new, active, prompt_end, k, s['end'], sc=sc,
+                             ids=ids)
+    block_done = jnp.all(settled | s['done'] | early)
+    # A row stops after a block holding EOS in its answer (LLaDA2.1 without
+    # eos_early_stop: never), or after its last block.
     answer = k * b + jnp.arange(b)[None, :] >= prompt_end[:, None]
     eos = jnp.any((new == ids.eos) & answer, axis=1)
-    done = s['done'] | (block_done & (eos | (k >= self.last_block)))
+    if sc.editing_threshold > 0 and not sc.eos_early_stop:
+      eos = jnp.zeros_like(eos)
+    done = s['done'] | early | (block_done & (eos | (k >= self.last_block)))
     more = block_done & ~jnp.all(done)
     nfe = s['nfe'] + 1
     if sc.cache and not sc.fuse_write:
@@ -272,7 +307,8 @@ class BlockWalk:
                 step=jnp.where(block_done, 0, s['step'] + 1),
                 post=jnp.where(block_done, 0, post),
                 settled=jnp.where(block_done, done, settled), done=done,
-                pending=more & sc.fuse_write, nfe=nfe, key=key)
+                pending=more & sc.fuse_write, nfe=nfe,
+                decisions=s['decisions'] + active.astype(jnp.int32), end=end, key=key)
 
   def run_block(self, s: dict, live=True) -> dict:
     """The steps until block k ends (or every row is done); none if not `live`."""
@@ -284,7 +320,8 @@ class BlockWalk:
     """(`BlockSample` of the canvas now, answer tokens final so far [B]: up to
     the end of the last finished block, or the length once a row is done)."""
     gen = self.sc.gen_length
-    out = _finish(s['x'], self.prompt_end, gen, self.config.ids, s['nfe'])
+    out = _finish(s['x'], self.prompt_end, self.sc, self.config.ids, s,
+                  prefill_forwards(self.sc, self.k0))
     ready = jnp.clip(s['k'] * self.sc.block_length - self.prompt_end, 0, gen)
     return out, jnp.where(s['done'], out.lengths, ready).astype(jnp.int32)
 
@@ -311,14 +348,24 @@ def _sample(params, prompts, prompt_lengths, shift, last_block, key, knobs, *,
   return w.answer(s)[0]
 
 
-def _finish(x, prompt_end, gen, ids, nfe) -> BlockSample:
-  """Each row's answer [B, gen] cut after its first EOS (inclusive)."""
-  idx = prompt_end[:, None] + jnp.arange(gen)[None, :]
+def _finish(x, prompt_end, sc, ids, s, prefill: int) -> BlockSample:
+  """Each row's answer [B, W] cut after its first EOS in the first gen_length
+  tokens (inclusive), or at the EOS an early stop ended it at (`s['end']`)."""
+  gen, width = sc.gen_length, sc.answer_width()
+  idx = prompt_end[:, None] + jnp.arange(width)[None, :]
   out = jnp.take_along_axis(x, jnp.minimum(idx, x.shape[1] - 1), axis=1)
-  is_eos = out == ids.eos
+  is_eos = out[:, :gen] == ids.eos
   first = jnp.where(jnp.any(is_eos, axis=1), jnp.argmax(is_eos, axis=1) + 1, gen)
-  out = jnp.where(jnp.arange(gen)[None, :] < first[:, None], out, ids.eos)
-  return BlockSample(tokens=out, lengths=first.astype(jnp.int32), nfe=nfe)
+  first = jnp.where(s['end'] >= 0, s['end'] - prompt_end + 1, first)
+  out = jnp.where(jnp.arange(width)[None, :] < first[:, None], out, ids.eos)
+  return BlockSample(tokens=out, lengths=first.astype(jnp.int32), nfe=s['nfe'],
+                     decisions=s['decisions'], forwards=s['nfe'] + prefill)
+
+
+def prefill_forwards(sc: BlockSamplingConfig, k0: int) -> int:
+  """Forwards before the first step: 1 (the prompt's whole blocks into the
+  cache) when there are some and the cache is on, else 0."""
+  return int(bool(sc.cache) and k0 > 0)
 
 
 def generate(params, prompts, key: jax.Array, *, config,
@@ -336,8 +383,10 @@ def generate(params, prompts, key: jax.Array, *, config,
     meta: the checkpoint's meta, if any: checked to be a block-diffusion run.
 
   Returns:
-    `BlockSample`: tokens [B, gen_length] (EOS after each row's length), lengths
-    [B], nfe (forwards of the batch).
+    `BlockSample`: tokens [B, W] (W = `sampling.answer_width()`: gen_length
+    unless eos_early_stop without editing; EOS after each row's length),
+    lengths [B], decisions [B] (the forwards that decided each row's tokens),
+    forwards [] (all of the batch's, prefill and block writes included), nfe.
   """
   sampling.validate()
   check_model(config, sampling, meta)

@@ -28,8 +28,13 @@ class BlockSamplingConfig:
   """Knobs of the block sampler (hashable: static under jit; the floats are
   read through `BlockKnobs`, never from the config a program is built with).
 
-  steps: per block; the fixed schedule commits block_length / steps tokens per
-    step, split evenly (LLaDA2's `_get_num_transfer_tokens`).
+  steps: per block; the fixed schedule commits block_length / steps' tokens per
+    step, split evenly (LLaDA2's `_get_num_transfer_tokens`), where steps' =
+    min(steps, gen_length // minimal_topk) (`decision_steps`).
+  minimal_topk: LLaDA2's cap on the steps, applied before the schedule is
+    built (1: steps' = min(steps, gen_length); gen_length 6, blocks of 8,
+    steps 8 commit [2, 2, 1, 1, 1, 1]); the schedule is unused when
+    `min_tokens` > 0 (as LLaDA2.1's `generate` computes and never reads it).
   parallel: 'fixed' (the schedule's n_s most confident), 'threshold' or
     'factor' (Fast-dLLM: the largest n whose n-th confidence >= 1 - factor/(n+1)).
   threshold_rule: 'llada2' every masked position with confidence > threshold if
@@ -49,6 +54,14 @@ class BlockSamplingConfig:
   confidence: the probability a candidate is ranked by: 'tempered' under
     softmax(logits / temperature) (LLaDA2 / LLaDA2.1 `generate`), 'plain' under
     softmax(logits) (dInfer, LLaDA); the same at temperature 0.
+  eos_early_stop: LLaDA2's `eos_early_stop`. Without editing (LLaDA2.0):
+    False ends a row after the block whose answer holds an EOS; True also ends
+    it right after a step that committed an EOS when no MASK lies between its
+    prompt and its first EOS, and when that EOS lies in the last block's tail
+    (past gen_length) the answer is longer than gen_length, as the reference
+    returns it (`answer_width`). With editing (LLaDA2.1): False decodes every
+    block whatever the EOS (the answer is cut at the first EOS all the same);
+    True ends a row after a block whose answer so far holds an EOS and no MASK.
   cache: False recomputes the whole canvas each step (the reference).
   fuse_write: write a finished block's keys/values in the next block's first
     step (a 2-block window) instead of a separate forward.
@@ -66,12 +79,14 @@ class BlockSamplingConfig:
   confidence: str = 'tempered'
   editing_threshold: float = 0.0
   max_post_steps: int = 16
+  minimal_topk: int = 1
+  eos_early_stop: bool = False
   cache: bool = True
   fuse_write: bool = False
 
   def validate(self) -> None:
     """One-line ValueErrors for bad values."""
-    for name in ('gen_length', 'block_length', 'steps'):
+    for name in ('gen_length', 'block_length', 'steps', 'minimal_topk'):
       if getattr(self, name) <= 0:
         raise ValueError(f'{name} must be positive, got {getattr(self, name)}.')
     if self.parallel not in PARALLEL:
@@ -90,6 +105,27 @@ class BlockSamplingConfig:
       raise ValueError(f'factor must be positive, got {self.factor}.')
     if self.fuse_write and not self.cache:
       raise ValueError('fuse_write needs cache=True.')
+    if self.minimal_topk > self.gen_length:
+      raise ValueError(f'minimal_topk must be at most gen_length {self.gen_length} '
+                       f'(steps = min(steps, gen_length // minimal_topk) >= 1), got '
+                       f'{self.minimal_topk}.')
+
+  def decision_steps(self) -> int:
+    """The steps the schedule is built for: min(steps, gen_length //
+    minimal_topk), LLaDA2 / LLaDA2.1 `generate`'s first line."""
+    return min(self.steps, self.gen_length // self.minimal_topk)
+
+  def early_in_block(self) -> bool:
+    """Whether a row may end in the middle of a block (LLaDA2.0 with
+    `eos_early_stop`)."""
+    return self.eos_early_stop and self.editing_threshold <= 0
+
+  def answer_width(self) -> int:
+    """Answer tokens a `BlockSample` holds per row: gen_length, or up to the
+    end of the row's last block (gen_length + block_length - 1) when a row may
+    end at an EOS in that block's tail (`early_in_block`), as LLaDA2.0's
+    `generate` returns such an answer whole."""
+    return self.gen_length + (self.block_length - 1 if self.early_in_block() else 0)
 
   def program_part(self) -> BlockSamplingConfig:
     """This config with each traced float at one fixed value that keeps only

@@ -34,7 +34,12 @@ class SamplerState:
   # Steps are numbered as the schedule numbers them (a skipped step keeps its
   # number) for scheduled rules, by model evaluations for adaptive ones.
   commit_step: jax.Array
-  nfe: jax.Array  # [] int32: model evaluations (steps actually run).
+  # [] int32: model evaluations (steps actually run): every forward of the
+  # run (a cache refresh is its step's forward), the total to divide by.
+  nfe: jax.Array
+  # [B] int32: the steps that decided row b's tokens (its schedule committed
+  # some; adaptive rules: its block had masks), what the row takes alone.
+  decisions: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,9 +72,13 @@ class _Walk:
         full, blk, block_start, axis=1)
     committed = jnp.where(commit, jnp.asarray(index, jnp.int32),
                           self._block(state.commit_step, block_start))
+    decides = jnp.any(x == self.mask_id, axis=1)
+    if self.rule.scheduled:
+      decides = decides & (k > 0)
     return SamplerState(tokens=put(state.tokens, jnp.where(commit, candidates, x)),
                         commit_step=put(state.commit_step, committed),
-                        nfe=state.nfe + 1), carry
+                        nfe=state.nfe + 1,
+                        decisions=state.decisions + decides.astype(jnp.int32)), carry
 
   def scheduled_block(self, state, carry, block_start, first_index):
     """The schedule's steps; one that commits nothing in every row is skipped
@@ -122,7 +131,8 @@ class BlockWalk:
     b, t = self.canvas.shape
     state = SamplerState(tokens=self.canvas.astype(jnp.int32),
                          commit_step=jnp.full((b, t), -1, jnp.int32),
-                         nfe=jnp.zeros((), jnp.int32))
+                         nfe=jnp.zeros((), jnp.int32),
+                         decisions=jnp.zeros((b,), jnp.int32))
     return state, self.walk.source.init(self.canvas)
 
   def run(self, carry, block):

@@ -44,15 +44,20 @@ def defaults(meta: dict) -> block.BlockSamplingConfig:
 
 
 def canonical(sampling: block.BlockSamplingConfig) -> block.BlockSamplingConfig:
-  """The settings with `steps` at most the block length, the same answers: the
-  schedule's first block_length steps commit at least one token each, so a
-  block has no masks left by the later ones (which would commit none); other
-  rules ignore it. Such requests then share one compiled program, and a huge
-  `steps` no longer stalls the server's worker building a [steps] schedule
-  (or fails it, 500)."""
-  if 0 < sampling.block_length < sampling.steps:
-    return dataclasses.replace(sampling, steps=sampling.block_length)
-  return sampling
+  """The settings with `steps` at most the block length and `minimal_topk`
+  folded into it (steps = min(steps, gen_length // minimal_topk), then
+  minimal_topk 1), the same answers: the schedule's first block_length steps
+  commit at least one token each, so a block has no masks left by the later
+  ones (which would commit none); other rules ignore it. Such requests then
+  share one compiled program, and a huge `steps` no longer stalls the server's
+  worker building a [steps] schedule (or fails it, 500). Settings that do not
+  validate are left as they are (the check refuses them)."""
+  try:
+    sampling.validate()
+  except ValueError:
+    return sampling
+  steps = min(sampling.decision_steps(), sampling.block_length)
+  return dataclasses.replace(sampling, steps=steps, minimal_topk=1)
 
 
 def layout_for(n: int, sampling: block.BlockSamplingConfig, prompt_buckets,

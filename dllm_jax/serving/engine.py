@@ -94,15 +94,21 @@ class Request:
 class Completion:
   """One request's answer: `tokens` [G] (and the step that committed each, [G];
   -1 from the block sampler), decoded `text` (up to EOS / end-of-turn), the
-  model evaluations its row took, and `finish_reason` ('stop' when the model
+  model evaluations its row took (`nfe`; `decisions` those that decided its
+  tokens, the reference's count; `forwards` all, with the block sampler's cache
+  prefill and block writes), and `finish_reason` ('stop' when the model
   ended the answer, else 'length'). G is gen_length, fewer where the block
-  sampler stopped at EOS (EOS included) or a stop sequence ended the row."""
+  sampler stopped at EOS (EOS included) or a stop sequence ended the row (more,
+  up to the last block's end, where LLaDA2.0's eos_early_stop ended it at an
+  EOS past gen_length, as the reference does)."""
   tokens: np.ndarray
   commit_step: np.ndarray
   text: str
   nfe: int
   prompt_tokens: int
   finish_reason: str
+  decisions: int = -1
+  forwards: int = -1
 
 
 def powers_of_two(limit: int) -> tuple[int, ...]:
@@ -394,10 +400,15 @@ class Engine:
     return stepper.run(self, program, p, prompts, seeds, samplings)
 
   def completion(self, tokens: np.ndarray, commit_step: np.ndarray, nfe: int,
-                 prompt_tokens: int) -> Completion:
-    """A row's `Completion` from its answer tokens [G] and commit steps [G]."""
+                 prompt_tokens: int, decisions: int | None = None,
+                 forwards: int | None = None) -> Completion:
+    """A row's `Completion` from its answer tokens [G] and commit steps [G];
+    `decisions` and `forwards` default to `nfe` (the full-sequence sampler,
+    whose every forward of a one-row walk decides and refreshes in one)."""
     ends = (self.config.ids.eos, self.config.ids.eot)  # The sampler's own ids.
     return Completion(tokens=tokens, commit_step=commit_step,
                       text=self.tokenizer.decode(tokens), nfe=nfe,
                       prompt_tokens=prompt_tokens,
-                      finish_reason='stop' if np.isin(tokens, ends).any() else 'length')
+                      finish_reason='stop' if np.isin(tokens, ends).any() else 'length',
+                      decisions=nfe if decisions is None else decisions,
+                      forwards=nfe if forwards is None else forwards)

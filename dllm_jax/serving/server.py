@@ -67,6 +67,8 @@ class _Fields(pydantic.BaseModel):
   threshold_rule: Literal['llada2', 'dinfer'] | None = None
   min_tokens: int | None = None
   editing_threshold: float | None = None
+  minimal_topk: int | None = None
+  eos_early_stop: bool | None = None
 
 
 class CompletionBody(_Fields):
@@ -121,7 +123,7 @@ _BOTH = ('steps', 'block_length')
 _FULL_KNOBS = ('temperature', 'parallel', 'threshold', 'factor', 'cache', 'remasking',
                'cfg_scale')
 _BLOCK_KNOBS = ('temperature', 'parallel', 'threshold', 'factor', 'threshold_rule',
-                'min_tokens', 'editing_threshold')
+                'min_tokens', 'editing_threshold', 'minimal_topk', 'eos_early_stop')
 
 
 def sampling_of(body: _Fields, engine: Engine, limits: Limits) -> Sampling:
@@ -349,7 +351,8 @@ async def _answer(engine: Engine, batcher: Batcher, limits: Limits, body: _Field
   n_answer = (tokens_of(engine.tokenizer, done.tokens, text) if stopped else
               int(np.argmax(ends)) if ends.any() else len(done.tokens))
   usage = {'prompt_tokens': len(ids), 'completion_tokens': n_answer,
-           'total_tokens': len(ids) + n_answer, 'nfe': done.nfe}
+           'total_tokens': len(ids) + n_answer, 'nfe': done.nfe,
+           'decision_forwards': done.decisions, 'forwards': done.forwards}
   choice = ({'index': 0, 'message': {'role': 'assistant', 'content': text},
              'finish_reason': reason} if chat else
             {'index': 0, 'text': text, 'finish_reason': reason, 'logprobs': None})

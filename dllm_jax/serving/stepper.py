@@ -281,10 +281,14 @@ class RowBatch:
     # Whole arrays to the host, then NumPy indexing (an eager jax index per row
     # would compile one program per row index).
     if is_block(self.sampling):
-      steps, nfe = np.full(len(tokens), -1, np.int32), jax.device_get(self.carry['nfe'])
-    else:
-      steps, nfe = jax.device_get((self.carry[0].commit_step, self.carry[0].nfe))
-      steps = steps[i, 0, self.width:self.width + len(tokens)]
+      steps = np.full(len(tokens), -1, np.int32)
+      nfe, decisions = jax.device_get((self.carry['nfe'], self.carry['decisions']))
+      prefill = block_lib.prefill_forwards(self.sampling, self.p.first_block)
+      return self.engine.completion(tokens, steps, int(nfe[i]), prompt_tokens,
+                                    decisions=int(decisions[i, 0]),
+                                    forwards=int(nfe[i]) + prefill)
+    steps, nfe = jax.device_get((self.carry[0].commit_step, self.carry[0].nfe))
+    steps = steps[i, 0, self.width:self.width + len(tokens)]
     return self.engine.completion(tokens, steps, int(nfe[i]), prompt_tokens)
 
 
