@@ -146,10 +146,20 @@ class ChatBody(Fields):
   messages: list[Message] = pydantic.Field(min_length=1)
 
 
+def _where(loc) -> str:
+  """A field's path without pydantic's union member tags ('list[int]', ...)."""
+  tag = lambda x: isinstance(x, str) and ('[' in x or x in _TAGS)
+  return '.'.join(str(x) for x in loc if x != 'body' and not tag(x)) or 'body'
+
+
+_TAGS = ('str', 'int', 'float', 'bool', 'list', 'dict', 'none', 'constrained-int')
+
+
 def one_line(exc: pydantic.ValidationError) -> str:
-  """The first validation error as one line: where and why."""
-  e = exc.errors()[0]
-  where = '.'.join(str(x) for x in e.get('loc', ()) if x != 'body') or 'body'
+  """The most specific validation error (the deepest; of a union, the member
+  that got furthest) as one line: where and why."""
+  e = max(exc.errors(), key=lambda e: len(_where(e.get('loc', ())).split('.')))
+  where = _where(e.get('loc', ()))
   if e.get('type') == 'extra_forbidden':
     return f'unknown field {where!r}.'
   msg = str(e.get('msg', 'invalid')).removeprefix('Value error, ')
