@@ -151,21 +151,24 @@ def test_llada20_knobs_equal_the_reference(sharp, minimal_topk, eos_early_stop):
 
 
 def test_forward_counts_with_and_without_the_cache(sharp):
-  """eos_early_stop (rows end mid-block): the cache changes neither tokens nor
-  decisions; every forward = the uncached run's steps + the prompt prefill + a
-  block write after each block the batch ran but its last."""
+  """eos_early_stop (rows end mid-block): the cache and the fused write change
+  neither tokens nor decisions; every forward = the uncached run's steps + the
+  prompt prefill + a block write after each block the batch ran but its last
+  (none with the fused write, which folds them into the steps)."""
   cfg, params = sharp
   sc = block.BlockSamplingConfig(gen_length=GEN, block_length=BLOCK, steps=4,
                                  threshold=0.5, eos_early_stop=True)
-  cached, uncached = _run(cfg, params, sc), _run(cfg, params,
-                                                 dataclasses.replace(sc, cache=False))
-  for name in ('tokens', 'lengths', 'decisions'):
-    np.testing.assert_array_equal(getattr(cached, name), getattr(uncached, name))
+  cached, uncached, fused = (_run(cfg, params, dataclasses.replace(sc, **kw)) for kw in
+                             ({}, dict(cache=False), dict(fuse_write=True)))
+  for out in (cached, fused):
+    for name in ('tokens', 'lengths', 'decisions'):
+      np.testing.assert_array_equal(getattr(out, name), getattr(uncached, name))
   assert int(uncached.forwards) == int(uncached.nfe) >= int(uncached.decisions.max())
   last, k0 = _stop_block(cached, sc)
-  assert k0 > 0
+  assert k0 > 0 and last > k0
   assert int(cached.forwards) == int(uncached.forwards) + 1 + (last - k0)
   assert int(cached.nfe) == int(cached.forwards) - 1
+  assert int(fused.forwards) == int(uncached.forwards) + 1
 
 
 @pytest.mark.parametrize('eos_early_stop', [False, True])
@@ -225,3 +228,18 @@ def test_full_sequence_sampler_counts_each_rows_decisions(sharp):
     assert int(batch.decisions[i]) == int(alone[i].decisions[0]) == int(alone[i].nfe)
   assert int(batch.nfe) == int(batch.decisions.max())
   assert batch.decisions[0] != batch.decisions[1]  # The rows differ.
+
+
+def test_the_knobs_keep_one_program_with_no_host_call_per_step(sharp):
+  """eos_early_stop (a row's end mid-block) and minimal_topk add no host call:
+  still one `while` loop, the host waits once, for the answer."""
+  cfg, params = sharp
+  sc = block.BlockSamplingConfig(gen_length=GEN, block_length=BLOCK, steps=4,
+                                 threshold=0.5, minimal_topk=3, eos_early_stop=True)
+  k0, n, shift, last = block.layout(LENGTHS, BLOCK, GEN)
+  text = block._sample.lower(  # pylint: disable=protected-access
+      params, PADDED, LENGTHS, shift, last, jax.random.key(0), block.BlockKnobs.of(sc),
+      config=cfg, sc=sc.program_part(), k0=k0, n_blocks=n).as_text()
+  assert 'stablehlo.while' in text
+  for host in ('callback', 'outfeed', 'infeed', 'send', 'recv'):
+    assert host not in text.lower(), host

@@ -34,9 +34,11 @@ def test_sample_launcher_routes_and_refuses_by_objective(
   message, out = sample_main(capsys, block_run, '--prompt=ab', '--num_samples=2',
                              '--parallel=threshold', '--block_threshold_rule=dinfer',
                              '--temperature=0.7', '--block_confidence=plain',
-                             '--steps=4')
+                             '--steps=4', '--block_minimal_topk=2',
+                             '--block_eos_early_stop')
   assert message is None
   assert out.count('--- sample ') == 2 and '--- sample 1 ---\nab' in out, out
+  assert out.count('[forwards: ') == 2 and ' decided tokens, ' in out, out
   refusals = [
       ((block_run, '--sampler=full'), 'objective block_diffusion (block size 8); '
        'the full-sequence sampler does not apply'),
@@ -45,6 +47,8 @@ def test_sample_launcher_routes_and_refuses_by_objective(
       ((block_run, '--block_length=4', '--gen_length=8'),
        'block_length=4 differs from the block size 8 the checkpoint was trained with'),
       ((block_run, '--cache=dual'), '--cache: knobs of the full-sequence sampler'),
+      ((block_run, '--gen_length=8', '--block_minimal_topk=9'),
+       'minimal_topk must be at most gen_length 8'),
       ((f'--workdir={random_workdir}', '--block_fuse_write'),
        '--block_fuse_write: knobs of the block sampler'),
   ]

@@ -179,6 +179,24 @@ def test_steps_beyond_the_block_length_answer_as_the_block_length(server):
   assert server.get('/health').json()['compiled'] == compiled
 
 
+def test_reference_knobs_per_request_and_forward_counts_in_usage(server, engine):
+  """minimal_topk and eos_early_stop as request fields: the answer and the
+  usage's forward counts (decisions, all) equal `block.generate`'s alone."""
+  prompt, seed, _ = ROWS[2]
+  r = post(server, prompt=prompt, seed=seed, minimal_topk=4, eos_early_stop=True)
+  assert r.status_code == 200, r.text
+  sc = dataclasses.replace(engine.default_sampling, minimal_topk=4, eos_early_stop=True)
+  assert sc.decision_steps() == 3 < sc.steps  # gen_length 12 // 4.
+  ids = engine.encode(prompt)
+  out = block.generate(engine.params, ids[None], jax.random.key(seed),
+                       config=engine.config, sampling=sc)
+  tokens = np.asarray(out.tokens[0, :int(out.lengths[0])])
+  assert r.json()['choices'][0]['text'] == engine.tokenizer.decode(tokens)
+  usage = r.json()['usage']
+  assert usage['decision_forwards'] == int(out.decisions[0]) > 0
+  assert usage['forwards'] == int(out.forwards) > usage['decision_forwards']
+
+
 @pytest.mark.parametrize('body, reason', [
     ({'cache': 'dual'}, 'cache is not a setting of the block sampler'),
     ({'cfg_scale': 1.0}, 'cfg_scale is not a setting of the block sampler'),
@@ -189,6 +207,9 @@ def test_steps_beyond_the_block_length_answer_as_the_block_length(server):
     ({'factor': 0.0}, 'factor must be positive'),
     ({'threshold_rule': 'mine'}, "threshold_rule: Input should be 'llada2' or 'dinfer'"),
     ({'prompt': []}, 'needs a prompt of at least 1 token, got 0'),
+    ({'minimal_topk': 0}, 'minimal_topk must be positive, got 0'),
+    ({'minimal_topk': 13}, 'minimal_topk must be at most gen_length 12'),
+    ({'eos_early_stop': 'maybe'}, 'eos_early_stop: Input should be a valid boolean'),
 ])
 def test_block_settings_are_checked_with_one_line_400s(server, body, reason):
   r = post(server, **{'prompt': 'x', **body})
