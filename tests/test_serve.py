@@ -374,11 +374,11 @@ def test_a_stop_sequence_ends_the_row_at_its_block(server):
 
 
 @pytest.mark.slow
-def test_prefix_cache_runs_whole_and_dual_cache_steps(server):
-  """The prefix cache cannot step block by block: one event with the whole
-  answer; the dual cache steps: one event per block. Both equal non-streamed."""
+def test_prefix_and_dual_cache_requests_step(server):
+  """Both caches step block by block (the prefix cache with a program per
+  block index): one event per block, equal to the non-streamed answer."""
   url = server[1]
-  for cache, blocks in (('prefix', 1), ('dual', 2)):
+  for cache, blocks in (('prefix', 2), ('dual', 2)):
     body = {'prompt': 'cache', 'seed': 9, 'cache': cache, 'max_tokens': 8,
             'block_length': 4}
     plain = complete(url, **body)

@@ -10,8 +10,8 @@ bucket): `row_fns` gives its first state and one block of its walk
 
 The prefix cache recomputes the canvas from the current block to its end: a
 window whose width depends on the block, static under jit, so its blocks
-cannot be a traced per-row index; such requests are not `steppable`: the
-batcher runs them whole (`run`).
+cannot be a traced per-row index: its rows step with one program per block
+index (`static_blocks`; a batch runs one call per block index its rows are at).
 """
 
 from __future__ import annotations
@@ -69,8 +69,8 @@ class FullSequenceSampler(sampler.RowSampler):
   def stack(self, samplings):
     return gen.Knobs.stack(samplings)
 
-  def steppable(self, sampling):
-    return sampling.cache != 'prefix'
+  def static_blocks(self, sampling):
+    return sampling.cache == 'prefix'
 
   def _walk_of(self, engine, program):
     config = engine.config
@@ -94,6 +94,9 @@ class FullSequenceSampler(sampler.RowSampler):
 
     def step(params, prompt, mask, seed, knobs, carry, block):
       walk = walk_of(params, prompt, mask, seed, knobs)
+      if isinstance(block, int):  # Static (the prefix cache): rows at it step.
+        carry = walk.run(carry, block)
+        return carry, carry[0].tokens[0, p:], (block + 1) * bl, block + 1 >= nb
       new = walk.run(carry, jnp.minimum(block, nb - 1))
       carry = jax.tree.map(lambda x, y: jnp.where(block < nb, x, y), new, carry)
       return (carry, carry[0].tokens[0, p:], jnp.minimum(block + 1, nb) * bl,
@@ -147,7 +150,7 @@ class FullSequenceSampler(sampler.RowSampler):
             for i in range(n)]
 
   def warmup(self, engine, sampling, n, b, stepped=True):
-    if stepped and self.steppable(sampling):
+    if stepped:
       super().warmup(engine, sampling, n, b)
     else:
       self.compiled_run(engine, sampling.program_part(), self.bucket(engine, sampling, n),

@@ -15,8 +15,9 @@ it provides:
     the sampler lacks is a one-line ValueError) and `check`;
   per-row knob stacking: `stack` (host arrays [B], traced one per row);
   init / step / finish: `row_fns` (one row's first state and one block of
-    it, vmapped over rows by `stepper.RowBatch`) and `finish` (a row's
-    `Completion` from the batch's state);
+    it, vmapped over rows by `stepper.RowBatch`; `static_blocks`: one program
+    per block index) and `finish` (a row's `Completion` from the batch's
+    state);
   warmup: `warmup` (the programs a (settings, prompt, batch) request needs).
 
 A new sampler is one class and one `register(SettingsType, TheClass())` call
@@ -53,6 +54,7 @@ class SamplerProgram(Protocol):
   def num_blocks(self, sampling, bucket) -> int: ...
   def stack(self, samplings: Sequence[Any]) -> Any: ...
   def steppable(self, sampling) -> bool: ...
+  def static_blocks(self, sampling) -> bool: ...
   def row_fns(self, engine, program, bucket) -> tuple[Callable, Callable]: ...
   def finish(self, engine, program, bucket, carry, i: int, tokens: np.ndarray,
              prompt_tokens: int) -> Completion: ...
@@ -101,8 +103,9 @@ def gen_bucket(tokens: int, block: int, room: int | None = None) -> int:
 
 class RowSampler:
   """Defaults for a `SamplerProgram`: a knobs dataclass stacked field by field
-  (`knobs_type`), prompts left-padded to the engine's prompt buckets, every request steppable, `run` and `warmup`
-  through the stepper. A subclass gives `name`, `request_knobs`,
+  (`knobs_type`), prompts left-padded to the engine's prompt buckets, every
+  request steppable with a traced block index, `run` and `warmup` through
+  the stepper. A subclass gives `name`, `request_knobs`,
   `knobs_type`, `sampling_for`, `check`, `row_fns` and `finish`."""
 
   name = 'a sampler'
@@ -132,6 +135,11 @@ class RowSampler:
 
   def steppable(self, sampling) -> bool:
     return True
+
+  def static_blocks(self, sampling) -> bool:
+    """Whether a row's block index must be static under jit (one program per
+    block index; `row_fns`' step then gets it as a Python int)."""
+    return False
 
   def run(self, engine, program, bucket, prompts, seeds, samplings):
     from dllm_jax.serving import stepper  # pylint: disable=g-import-not-at-top

@@ -42,23 +42,29 @@ def steppable(sampling) -> bool:
   return sampler_lib.of(sampling).steppable(sampling)
 
 
-def _batch_fn(engine, sampling, p):
+def _batch_fn(engine, sampling, p, k: int | None = None):
   """The (params, prompts [B, W], masks [B, W], seeds [B], knobs [B], carry,
   block [B], fresh [B]) -> (carry, answers [B, G], final tokens so far [B],
   finished [B]) of one block of every row; fresh rows start from their
   prompts (the first state computed only in a call that has some); a row at
-  block >= its number of blocks is left as it is."""
+  block >= its number of blocks is left as it is. With a static block index
+  k (`SamplerProgram.static_blocks`), only the rows at block k step."""
   init, step = sampler_lib.of(sampling).row_fns(engine, sampling, p)
   pick = lambda on, a, b: jax.tree.map(
       lambda x, y: jnp.where(on.reshape(on.shape + (1,) * (x.ndim - 1)), x, y), a, b)
   rows = lambda f, n: jax.vmap(f, in_axes=(None,) + (0,) * n)
 
   def blocks(params, prompts, masks, seeds, knobs, carry, block, fresh):
-    carry = jax.lax.cond(
-        jnp.any(fresh),
-        lambda c: pick(fresh, rows(init, 4)(params, prompts, masks, seeds, knobs), c),
-        lambda c: c, carry)
-    return rows(step, 6)(params, prompts, masks, seeds, knobs, carry, block)
+    if k in (None, 0):
+      carry = jax.lax.cond(
+          jnp.any(fresh),
+          lambda c: pick(fresh, rows(init, 4)(params, prompts, masks, seeds, knobs), c),
+          lambda c: c, carry)
+    if k is None:
+      return rows(step, 6)(params, prompts, masks, seeds, knobs, carry, block)
+    at_k = lambda *a: step(*a, k)
+    new, *out = rows(at_k, 5)(params, prompts, masks, seeds, knobs, carry)
+    return (pick(block == k, new, carry), *out)
   return blocks
 
 
@@ -101,18 +107,27 @@ def _specs(engine, sampling, p, b: int):
           s((b,), jnp.int32), s((b,), jnp.bool_))
 
 
-def step_key(sampling, p, b: int) -> tuple:
-  return ('blocks', sampling, p, b)
+def step_key(sampling, p, b: int, k: int | None = None) -> tuple:
+  return ('blocks', sampling, p, b) + (() if k is None else (k,))
 
 
 def repack_key(sampling, p, b: int, new_b: int) -> tuple:
   return ('repack', sampling, p, b, new_b)
 
 
-def _build_step(engine, sampling, p, b: int, new: bool):
+def _block_indices(sampling, p) -> list[int | None]:
+  """The static block indices of a batch's programs ([None]: one program
+  takes every block index traced)."""
+  program = sampler_lib.of(sampling)
+  if not program.static_blocks(sampling):
+    return [None]
+  return list(range(program.num_blocks(sampling, p)))
+
+
+def _build_step(engine, sampling, p, b: int, new: bool, k: int | None = None):
   def build():
     specs = _specs(engine, sampling, p, b)
-    fn = jax.jit(_batch_fn(engine, sampling, p)).lower(engine.params, *specs).compile()
+    fn = jax.jit(_batch_fn(engine, sampling, p, k)).lower(engine.params, *specs).compile()
     if new:
       _zeros(specs[4])  # A new batch's first state: compiled here, not on the loop.
     return fn
@@ -134,7 +149,8 @@ def _build_repack(engine, sampling, p, b: int, new_b: int):
 def needs(engine, sampling, p, b: int, new_b: int) -> list[tuple[Hashable, Callable]]:
   """The (key, build) of each program a batch of (program settings
   `sampling`, bucket p) at b rows (0: a new batch) needs to step at new_b."""
-  out = [(step_key(sampling, p, new_b), _build_step(engine, sampling, p, new_b, not b))]
+  out = [(step_key(sampling, p, new_b, k), _build_step(engine, sampling, p, new_b, not b, k))
+         for k in _block_indices(sampling, p)]
   if b and b != new_b:
     out.append((repack_key(sampling, p, b, new_b),
                 _build_repack(engine, sampling, p, b, new_b)))
@@ -157,9 +173,9 @@ class RowBatch:
     self.jobs: list = []
     self._resize(b)
 
-  def _compiled(self, b: int):
+  def _compiled(self, b: int, k: int | None = None):
     e, sc, p = self.engine, self.sampling, self.p
-    return e.compile_once(step_key(sc, p, b), _build_step(e, sc, p, b, False))
+    return e.compile_once(step_key(sc, p, b, k), _build_step(e, sc, p, b, False, k))
 
   # --- rows -----------------------------------------------------------------------
 
@@ -223,17 +239,24 @@ class RowBatch:
     """One block for every live row: [(row, answer tokens final so far [end],
     finished)]; a finished block-sampler row's tokens end at its first EOS."""
     live = self.live
-    fn = self._compiled(self.b)
     # Copies: on CPU a NumPy argument may be read in place after the call
     # returns (asynchronous dispatch), and these arrays change next.
     host = [a.copy() for a in (self.prompts, self.masks, self.seeds)]
     knobs = jax.tree.map(np.copy, self.knobs)
-    self.carry, answer, end, finished = fn(self.engine.params, *host, knobs, self.carry,
-                                           self.block.copy(), self.fresh.copy())
+    block, fresh = self.block.copy(), self.fresh.copy()
+    static = _block_indices(self.sampling, self.p) != [None]
+    out = {}
+    # One call (or, with static block indices, one per block index a row is at).
+    for k in sorted({int(block[i]) for i in live}) if static else [None]:
+      fn = self._compiled(self.b, k)
+      self.carry, answer, end, finished = fn(self.engine.params, *host, knobs, self.carry,
+                                             block, fresh)
+      answer, end, finished = jax.device_get((answer, end, finished))
+      out.update({i: (np.asarray(answer[i, :end[i]]), bool(finished[i]))
+                  for i in live if k is None or block[i] == k})
     self.fresh[:] = False
-    answer, end, finished = jax.device_get((answer, end, finished))
     self.block[live] += 1
-    return [(i, np.asarray(answer[i, :end[i]]), bool(finished[i])) for i in live]
+    return [(i, *out[i]) for i in live]
 
   def completion(self, i: int, tokens: np.ndarray, prompt_tokens: int) -> Completion:
     """Row i's answer `tokens` (all, or final so far: a stop sequence or its
@@ -271,6 +294,7 @@ def warmup(engine, sampling, n: int, b: int) -> None:
     engine.warmup([(sampling, n, b)])
     return
   sc, p = sampling.program_part(), engine.bucket(n, sampling)
-  engine.compile_once(step_key(sc, p, b), _build_step(engine, sc, p, b, True))
+  for k in _block_indices(sc, p):
+    engine.compile_once(step_key(sc, p, b, k), _build_step(engine, sc, p, b, True, k))
   for size in engine.batch_sizes:
     engine.compile_once(repack_key(sc, p, b, size), _build_repack(engine, sc, p, b, size))
