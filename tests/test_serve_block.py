@@ -165,6 +165,24 @@ def test_server_answers_with_the_block_sampler(server, engine, at_once):
   assert ''.join(e['choices'][0]['text'] for e in events) == at_once[2].text
 
 
+def test_a_stop_sequence_or_max_tokens_ends_a_block_row_early(server, engine, at_once):
+  """'hello' runs all 3 answer blocks to max_tokens 12; a stop sequence in its
+  first block, or max_tokens 2, ends its row after that block (fewer block
+  calls), its answer the whole answer cut there."""
+  prompt, seed, _ = ROWS[3]
+  whole = at_once[3].text  # '\x0b' * 12 (the checkpoint's favourite).
+  blocks = lambda: server.get('/health').json()['row_blocks']
+  before = blocks()
+  r = post(server, prompt=prompt, seed=seed, stop=whole[:2]).json()
+  assert r['choices'][0]['text'] == '' and r['choices'][0]['finish_reason'] == 'stop'
+  assert blocks() - before < blocks_run(len(engine.encode(prompt)), 12)
+  before = blocks()
+  r = post(server, prompt=prompt, seed=seed, max_tokens=2).json()
+  assert r['choices'][0]['finish_reason'] == 'length'
+  assert engine.tokenizer.decode(at_once[3].tokens[:2]) == r['choices'][0]['text']
+  assert blocks() - before < blocks_run(len(engine.encode(prompt)), 12)
+
+
 def test_steps_beyond_the_block_length_answer_as_the_block_length(server):
   """More steps than a block has tokens: the same answer from the same compiled
   program as steps = block length (a huge count stalled the worker building
