@@ -14,6 +14,12 @@ row's slot is free for a queued request at once, and a row whose client left
 (`Job.cancel`) is dropped at the next one. Batches are re-packed to the compiled batch size their live rows
 need (`Engine.batch_sizes`), at most `max_batch` rows each.
 
+Batches in flight share the worker by compute time: each round steps the
+batch that has had the least (`RowBatch.service`, seconds of block calls; a
+new batch starts level with the least), so a batch of short, cheap blocks
+keeps its pace beside one of long blocks instead of waiting for each of them
+(with equal costs this is round robin).
+
 When nothing is in flight the worker waits for the first request, then for as
 many as its last block call answered (their clients tend to come back together;
 one client never waits) while they keep coming: until none arrived for
@@ -244,6 +250,8 @@ class Batcher:
         if rb is None:
           rb = stepper.RowBatch(self.engine, key[0], key[1],
                                 self.engine.batch_bucket(len(jobs)))
+          # It starts level with the batches in flight (fair share from now).
+          rb.service = min((b.service for b in self._live.values()), default=0.0)
           self._live[key] = rb
           self.batches += 1
         else:
@@ -340,7 +348,12 @@ class Batcher:
       joins, whole = self._take()
       self._admit(joins)
       self._run_whole(whole)
-      answered = sum(self._step(key, rb) for key, rb in list(self._live.items()))
+      answered = 0
+      if self._live:  # The batch that has had the least compute time steps.
+        key, rb = min(self._live.items(), key=lambda kv: kv[1].service)
+        start = time.perf_counter()
+        answered = self._step(key, rb)
+        rb.service += time.perf_counter() - start
       self._just_answered = answered
       if answered:
         self._answered = answered

@@ -171,6 +171,7 @@ class RowBatch:
     self.num_blocks = self.program.num_blocks(self.sampling, p)
     self.b = 0
     self.jobs: list = []
+    self.service = 0.0  # Seconds of block calls (the batcher's fair share).
     self._resize(b)
 
   def _compiled(self, b: int, k: int | None = None):
