@@ -133,3 +133,30 @@ def test_a_registered_toy_sampler_serves_over_http(url):
   r = post(prompt='hi', seed=5, threshold=0.5)
   assert r.status_code == 400
   assert 'threshold is not a setting of the toy sampler' in r.json()['error']['message']
+
+
+def test_health_is_503_until_the_warmup_returned():
+  from fastapi.testclient import TestClient  # pylint: disable=g-import-not-at-top
+  from dllm_jax.serving import server as server_lib  # pylint: disable=g-import-not-at-top
+  engine = Engine({}, CFG, ByteTokenizer(), default_sampling=ToySettings(),
+                  batch_sizes=(1,), prompt_buckets=(16,))
+  release = threading.Event()
+  app = server_lib.create_app(engine, Batcher(engine, max_batch=1),
+                              server_lib.Limits(max_tokens=16), warmup=release.wait)
+  with TestClient(app) as client:
+    r = client.get('/health')
+    assert r.status_code == 503 and r.json()['status'] == 'warming_up'
+    release.set()
+    for _ in range(100):
+      if client.get('/health').status_code == 200:
+        break
+      time.sleep(0.01)
+    assert client.get('/health').json()['status'] == 'ok'
+
+
+def test_length_buckets_are_powers_of_two_of_whole_blocks():
+  assert [sampler.gen_bucket(t, 8) for t in (1, 8, 9, 17, 33, 64, 65)] == [
+      8, 8, 16, 32, 64, 64, 128]
+  assert sampler.gen_bucket(40, 8, room=48) == 48  # 6 blocks fit, 8 do not.
+  assert sampler.gen_bucket(40, 8, room=32) == 40  # The fewest whole blocks.
+  assert len({sampler.gen_bucket(t, 32) for t in range(1, 257)}) == 4

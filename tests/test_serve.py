@@ -55,6 +55,8 @@ def test_models_health_completion_and_chat(server, client):
   url = server[1]
   health = httpx.get(url + '/health').json()
   assert health['status'] == 'ok' and health['compiled'] == 2  # The step, a re-pack.
+  server[0].log.seek(0)  # Printed once the port accepted.
+  assert f'serving {health["model"]} on {url}' in server[0].log.read()
   name = client.models.list().data[0].id
   out = client.completions.create(model=name, prompt='hello', seed=3)
   assert out.choices[0].finish_reason in ('stop', 'length')
