@@ -1,4 +1,6 @@
-"""Likelihood evaluation: LLaDA's lower-variance Monte Carlo ELBO.
+"""Likelihood evaluation: LLaDA's lower-variance Monte Carlo ELBO (and, for a
+checkpoint trained with the block objective, the block NELBO of
+block_likelihood.py: pass its `block_size`).
 
 For an answer of length L (after a prompt that is never masked): draw k in
 {1..L}; row j of a batch of b masks exactly l_j = round(k + j L / b), wrapped into
@@ -23,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from dllm_jax import block_likelihood
 from dllm_jax import model as model_lib
 from dllm_jax.presets import ModelConfig
 
@@ -46,14 +49,23 @@ def answer_masks(key: jax.Array, counts: jax.Array, answer_start: jax.Array,
   return rank < counts[:, None]
 
 
-@functools.partial(jax.jit,
-                   static_argnames=('config', 'mc_num', 'batch_size', 'cfg_scale'))
+def check_block_options(block_size: int | None, cfg_scale: float) -> None:
+  if block_size and cfg_scale:
+    raise ValueError(f'cfg_scale={cfg_scale}: a block-diffusion checkpoint\'s block '
+                     'likelihood has no classifier-free guidance (use cfg_scale=0).')
+
+
+@functools.partial(jax.jit, static_argnames=('config', 'mc_num', 'batch_size',
+                                             'cfg_scale', 'block_size'))
 def negative_elbo(params: model_lib.Params, tokens: jax.Array, answer_start: jax.Array,
                   answer_len: jax.Array, key: jax.Array, *, config: ModelConfig,
                   mc_num: int = 128, batch_size: int = 16, cfg_scale: float = 0.0,
                   segment_ids: jax.Array | None = None,
-                  positions: jax.Array | None = None) -> jax.Array:
-  """Monte Carlo -ELBO of tokens[answer_start : answer_start + answer_len].
+                  positions: jax.Array | None = None,
+                  block_size: int | None = None) -> jax.Array:
+  """Monte Carlo -ELBO of tokens[answer_start : answer_start + answer_len]
+  (with `block_size`: the block NELBO of a checkpoint trained with the block
+  objective, block_likelihood.py).
 
   Args:
     tokens: int [T]: prompt, answer, then padding (anything; never attended).
@@ -62,10 +74,18 @@ def negative_elbo(params: model_lib.Params, tokens: jax.Array, answer_start: jax
     cfg_scale: classifier-free guidance scale (0: none; static).
     segment_ids, positions: optional int [T] for packed rows (default: one
       segment over prompt and answer, 0 on padding; positions 0..T-1).
+    block_size: the block size a block-diffusion checkpoint was trained with
+      (static; None: masked diffusion, the bidirectional ELBO).
 
   Returns:
     float32 scalar, in nats (divide by answer_len for per token).
   """
+  check_block_options(block_size, cfg_scale)
+  if block_size:
+    return block_likelihood.negative_block_elbo(
+        params, tokens, answer_start, answer_len, key, config=config,
+        block_size=block_size, mc_num=mc_num, batch_size=batch_size,
+        segment_ids=segment_ids, positions=positions)
   if mc_num % batch_size:
     raise ValueError(f'mc_num={mc_num} is not a multiple of batch_size={batch_size}.')
   t = tokens.shape[0]
@@ -104,8 +124,12 @@ def bucket_length(n: int, multiple: int = 32) -> int:
 
 def log_likelihood(params: model_lib.Params, prompt: Sequence[int], answer: Sequence[int],
                    key: jax.Array, *, config: ModelConfig, mc_num: int = 128,
-                   batch_size: int = 16, cfg_scale: float = 0.0) -> float:
-  """ELBO lower bound of log p(answer | prompt), in nats (LLaDA's estimator)."""
+                   batch_size: int = 16, cfg_scale: float = 0.0,
+                   block_size: int | None = None) -> float:
+  """ELBO lower bound of log p(answer | prompt), in nats (LLaDA's estimator;
+  with `block_size`, the block NELBO a block-diffusion checkpoint was trained
+  on: block_likelihood.py)."""
+  check_block_options(block_size, cfg_scale)
   if len(answer) == 0:
     raise ValueError('the answer is empty.')
   n = len(prompt) + len(answer)
@@ -120,4 +144,4 @@ def log_likelihood(params: model_lib.Params, prompt: Sequence[int], answer: Sequ
   return -float(negative_elbo(params, jnp.asarray(tokens), jnp.asarray(len(prompt)),
                               jnp.asarray(len(answer)), key, config=config,
                               mc_num=mc_num, batch_size=batch_size,
-                              cfg_scale=cfg_scale))
+                              cfg_scale=cfg_scale, block_size=block_size))

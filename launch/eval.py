@@ -1,4 +1,6 @@
-r"""Likelihood evaluation of a checkpoint (LLaDA's Monte Carlo ELBO); prints tables.
+r"""Likelihood evaluation of a checkpoint (LLaDA's Monte Carlo ELBO; for a checkpoint
+trained with the block objective, the block NELBO it was trained on:
+dllm_jax/block_likelihood.py); prints tables.
 
   # Per-token negative ELBO on held-out rows of the built-in corpus:
   python -m launch.eval --workdir=/tmp/dllm --mode=heldout --num_rows=16
@@ -106,8 +108,10 @@ def main(argv):
     cfg, params, tok = engine.config, engine.params, engine.tokenizer
     data_cfg = checkpoint.read_meta(_WORKDIR.value)['config']['data']
     seq_len = data_cfg['seq_len']
+    # A block-diffusion checkpoint: the block NELBO it was trained on.
     opts = dict(config=cfg, mc_num=_MC_NUM.value, batch_size=_BATCH_SIZE.value,
-                cfg_scale=_CFG_SCALE.value)
+                cfg_scale=_CFG_SCALE.value, block_size=engine.trained_block_size)
+    likelihood.check_block_options(engine.trained_block_size, _CFG_SCALE.value)
     key = jax.random.key(_SEED.value)
     t0 = time.time()
 
@@ -135,7 +139,9 @@ def main(argv):
       print(f'\n{_NUM_ROWS.value} held-out rows of {seq_len} tokens ('
             f'{data_cfg["source"]} validation split), mc_num {_MC_NUM.value}, '
             f'{time.time() - t0:.1f} s\n')
-      print('| tokens | -ELBO nats/token | bits/token | perplexity bound |')
+      bound = f'block NELBO (block {engine.trained_block_size})' if (
+          engine.trained_block_size) else '-ELBO'
+      print(f'| tokens | {bound} nats/token | bits/token | perplexity bound |')
       print('|---|---|---|---|')
       print(f'| {count} | {per_token:.4f} | {per_token / math.log(2):.4f} | '
             f'{math.exp(per_token):.3f} |')

@@ -2,6 +2,7 @@ r"""An OpenAI-compatible server over a checkpoint (see dllm_jax/serving/server.p
 
   python -m launch.serve --workdir=/tmp/dllm --port=8000
   python -m launch.serve --hf_dir=/path/to/LLaDA-8B-Instruct --dtype=bfloat16
+  python -m launch.serve --hf_dir=/tmp/dllm_hf      # A launch.export directory.
   curl localhost:8000/v1/completions -H 'Content-Type: application/json' \
       -d '{"prompt": "def ", "max_tokens": 64, "steps": 32, "seed": 1}'
 
@@ -23,7 +24,8 @@ from absl import app, flags
 from launch import cli
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir written by launch.train.')
-_HF_DIR = flags.DEFINE_string('hf_dir', None, 'Local Hugging Face directory (LLaDA).')
+_HF_DIR = flags.DEFINE_string('hf_dir', None, 'Local Hugging Face directory (LLaDA, '
+                              'LLaDA-MoE, LLaDA2, or a launch.export output).')
 _DTYPE = flags.DEFINE_string('dtype', None, 'Compute dtype override (bfloat16, ...).')
 _HOST = flags.DEFINE_string('host', '127.0.0.1', 'Address to listen on.')
 _PORT = flags.DEFINE_integer('port', 8000, 'Port to listen on.')

@@ -12,19 +12,37 @@ import torch
 
 F = torch.nn.functional
 
+# The byte tokenizer's ids, as config.json names them (no tokenizer files).
+BYTE_IDS = dict(mask_token_id=260, bos_token_id=257, eos_token_id=258, pad_token_id=256,
+                eot_token_id=259)
+
 LLADA2_CONFIG = dict(
     model_type='llada2_moe', vocab_size=264, hidden_size=32, num_hidden_layers=3,
     num_attention_heads=4, num_key_value_heads=2, head_dim=8, intermediate_size=48,
     moe_intermediate_size=16, num_experts=8, num_experts_per_tok=2,
     num_shared_experts=1, first_k_dense_replace=1, n_group=4, topk_group=2,
     routed_scaling_factor=2.5, norm_topk_prob=True, rope_theta=600000.0,
-    partial_rotary_factor=0.5, rms_norm_eps=1e-6, max_position_embeddings=64)
+    partial_rotary_factor=0.5, rms_norm_eps=1e-6, max_position_embeddings=64,
+    **BYTE_IDS)
 # model_type 'llada' as the released LLaDA-MoE ships it; embedding rows padded.
 LLADA_MOE_CONFIG = dict(
     model_type='llada', vocab_size=264, embedding_size=272, hidden_size=32,
     num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
     intermediate_size=16, num_experts=8, num_experts_per_tok=2, rope_theta=50000.0,
-    rms_norm_eps=1e-5, max_position_embeddings=64)
+    rms_norm_eps=1e-5, max_position_embeddings=64, **BYTE_IDS)
+
+# LLaDA-MoE's optional paths, with the reference config's own key names
+# (configuration_lladamoe.py): a dense middle layer (`moe_layer_freq`), a shared
+# expert at the decoder layer, a router bias kept in the weights.
+LLADA_MOE_OPTIONS = dict(
+    model_type='lladamoe', vocab_size=264, hidden_size=32, num_hidden_layers=3,
+    num_attention_heads=4, num_key_value_heads=4, dense_intermediate_size=24,
+    expert_intermediate_size=16, shared_expert_intermediate_size=12, num_experts=8,
+    num_experts_per_tok=2, moe_layer_freq=[1, 0, 1],
+    moe_router_enable_expert_bias=True, moe_router_score_function='softmax',
+    qk_layernorm=True, partial_rotary_factor=1.0, rope_theta=50000.0,
+    rms_norm_eps=1e-5, max_position_embeddings=64, tie_word_embeddings=False,
+    **BYTE_IDS)
 
 
 def _is2(hc):
@@ -39,7 +57,9 @@ def random_state_dict(hc: dict, seed: int = 0) -> dict:
   hq, hkv = hc['num_attention_heads'], hc['num_key_value_heads']
   dh = hc.get('head_dim') or d // hq
   rows = max(hc['vocab_size'], hc.get('embedding_size', 0))
-  f_e = hc.get('moe_intermediate_size') or hc['intermediate_size']
+  f_e = (hc.get('moe_intermediate_size') or hc.get('expert_intermediate_size') or
+         hc['intermediate_size'])
+  freq = hc.get('moe_layer_freq') or [1] * hc['num_hidden_layers']
   is2 = _is2(hc)
   sd = {('model.word_embeddings.weight' if is2 else 'model.embed_tokens.weight'):
         rand(rows, d), 'model.norm.weight': 1 + rand(d), 'lm_head.weight': rand(rows, d)}
@@ -58,12 +78,18 @@ def random_state_dict(hc: dict, seed: int = 0) -> dict:
       sd[p + 'self_attn.o_proj.weight'] = rand(d, hq * dh)
       sd[p + 'self_attn.q_norm.weight'] = 1 + rand(dh)
       sd[p + 'self_attn.k_norm.weight'] = 1 + rand(dh)
-    if is2 and i < hc['first_k_dense_replace']:
-      f = hc['intermediate_size']
+    if (is2 and i < hc['first_k_dense_replace']) or not freq[i]:
+      f = hc['intermediate_size'] if is2 else hc['dense_intermediate_size']
       for n, shape in (('gate', (f, d)), ('up', (f, d)), ('down', (d, f))):
         sd[f'{p}mlp.{n}_proj.weight'] = rand(*shape)
       continue
     sd[p + 'mlp.gate.weight'] = rand(e, d)
+    if not is2 and hc.get('moe_router_enable_expert_bias'):
+      sd[p + 'mlp.expert_bias'] = 0.1 * torch.randn(e, generator=g)
+    if not is2 and hc.get('shared_expert_intermediate_size'):
+      f_s = hc['shared_expert_intermediate_size']
+      for n, shape in (('gate', (f_s, d)), ('up', (f_s, d)), ('down', (d, f_s))):
+        sd[f'{p}shared_expert.{n}_proj.weight'] = rand(*shape)
     if is2:
       sd[p + 'mlp.gate.expert_bias'] = 0.3 * torch.randn(e, generator=g)
       for n, shape in (('gate', (f_e, d)), ('up', (f_e, d)), ('down', (d, f_e))):
@@ -133,8 +159,10 @@ def _rope(x, theta, rd):
 def _route(hc, sd, p, h):
   logits = h.float() @ sd[p + 'mlp.gate.weight'].float().T
   k, e = hc['num_experts_per_tok'], hc['num_experts']
-  if not _is2(hc):  # Softmax, top-k, no renormalisation, no scaling.
-    probs = torch.softmax(logits, -1)
+  if not _is2(hc):  # LLaDAMoESparseMoeBlock.forward: softmax (+ expert_bias), top-k,
+    probs = torch.softmax(logits, -1)  # no renormalisation, no scaling.
+    if p + 'mlp.expert_bias' in sd:
+      probs = probs + sd[p + 'mlp.expert_bias']
     w, idx = torch.topk(probs, k, -1)
     return idx, w
   s = torch.sigmoid(logits)
@@ -192,8 +220,9 @@ def torch_logits(sd: dict, hc: dict, tokens) -> torch.Tensor:
     for j in range(hc['num_experts']):
       weight = (w * (idx == j)).sum(-1, keepdim=True)
       out = out + weight * _swiglu(sd, f'{p}mlp.experts.{j}.', flat)
-    if p + 'mlp.shared_experts.gate_proj.weight' in sd:
-      out = out + _swiglu(sd, p + 'mlp.shared_experts.', flat)
+    for shared in ('mlp.shared_experts.', 'shared_expert.'):  # LLaDA2, LLaDA-MoE.
+      if p + shared + 'gate_proj.weight' in sd:
+        out = out + _swiglu(sd, p + shared, flat)
     x = x + out.view(b, l, d)
   x = _rms(x, sd['model.norm.weight'], eps)
   return x @ sd['lm_head.weight'].T

@@ -81,11 +81,11 @@ def test_engine_serves_a_block_run_with_the_block_sampler(random_block_workdir):
 
 
 def test_lm_eval_model_loads_a_block_run(random_block_workdir):
-  """The harness model of a block-diffusion run (likelihood tasks need no
-  sampler knob it lacks): its generations use the block sampler, and
-  `cfg_scale` weighs only the likelihoods."""
+  """The harness model of a block-diffusion run: its generations use the block
+  sampler, its likelihoods the block NELBO (which has no guidance: cfg_scale
+  is refused, tests/test_block_likelihood.py)."""
   from dllm_jax.sampling import block  # pylint: disable=g-import-not-at-top
   from dllm_jax.serving import harness  # pylint: disable=g-import-not-at-top
-  lm = harness.DllmJaxLM(workdir=random_block_workdir, cfg_scale=1.0, temperature=0.5)
+  lm = harness.DllmJaxLM(workdir=random_block_workdir, temperature=0.5)
   assert isinstance(lm.sampling, block.BlockSamplingConfig)
-  assert lm.sampling.temperature == 0.5 and lm.opts['cfg_scale'] == 1.0
+  assert lm.sampling.temperature == 0.5 and lm.opts['block_size'] == 8

@@ -65,6 +65,7 @@ RUN = {
     'python -m launch.eval --workdir=/tmp/dllm --mode=heldout --num_rows=16':
         '--num_rows=2 --mc_num=2 --batch_size=2',
     'python -m launch.make_sft_data --out=/tmp/sft_data': '--num_train=8',
+    'python -m launch.export --workdir=/tmp/dllm --out=/tmp/dllm_hf': '',
     'python -m launch.train --workdir=/tmp/bd --config.train.objective=block_diffusion '
     '--config.train.block.block_size=32 --config.train.block.noise=row '
     '--config.train.block.weight=none': TINY_TRAIN + ' --config.train.block.block_size=8',
@@ -82,6 +83,7 @@ PATHS = {
     '/tmp/dllm': ('dllm', None),
     '/tmp/bd': ('bd', None),
     '/tmp/sft_data': ('sft_data', None),
+    '/tmp/dllm_hf': ('dllm_hf', None),
     'pairs.jsonl': ('pairs.jsonl', '{"prompt": "def ", "answer": "main():"}\n'),
     'mc.jsonl': ('mc.jsonl', '{"prompt": "def ", "choices": ["a", "b"], "label": 0}\n'),
     'qa.jsonl': ('qa.jsonl', '{"prompt": "def ", "answer": "main"}\n'),
@@ -216,6 +218,7 @@ def test_the_cheap_commands_run(tiny_run):
     if 'launch.sample' in command:
       assert '--- sample 0 ---' in out, out
   assert os.path.isfile(os.path.join(tiny_run, 'sft_data', 'train.jsonl'))
+  assert os.path.isfile(os.path.join(tiny_run, 'dllm_hf', 'config.json'))
 
 
 _FLAG_CHECK = r'''

@@ -124,22 +124,24 @@ def _flatten(tree: dict, prefix: tuple = ()) -> Iterator[tuple[tuple, object]]:
 
 
 def save_params(params: model_lib.Params, cfg, path: str, *,
-                max_shard_bytes: int = 5 * 2**30, dtype: str = 'bfloat16') -> None:
+                max_shard_bytes: int = 5 * 2**30, dtype: str | None = None) -> None:
   """Writes dllm_jax parameters in the family's Hugging Face layout: safetensors
-  shards of at most `max_shard_bytes` plus `model.safetensors.index.json`."""
+  shards of at most `max_shard_bytes` plus `model.safetensors.index.json`.
+  `dtype` (e.g. 'bfloat16') casts the weights; default: each parameter's own
+  dtype (the float32 router and expert bias stay float32 either way)."""
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   os.makedirs(path, exist_ok=True)
   flat = dict(_flatten(params))
-  target = np.dtype(jax.numpy.dtype(dtype))
+  cast = lambda a: a if dtype is None else a.astype(np.dtype(jax.numpy.dtype(dtype)))
   shards, current, size = [], {}, 0
   for entry in name_map(cfg):
     if isinstance(entry, HFTensor):
       value = np.asarray(jax.device_get(flat[entry.path]))
-      dest = np.dtype(entry.dtype) if entry.dtype else target
-      tensors = zip(entry.hf_names, entry.to_hf(value.astype(dest)))
+      value = value.astype(np.dtype(entry.dtype)) if entry.dtype else cast(value)
+      tensors = zip(entry.hf_names, entry.to_hf(value))
     else:
       hf_name, our_path, transpose = entry
-      array = np.asarray(jax.device_get(flat[our_path])).astype(target)
+      array = cast(np.asarray(jax.device_get(flat[our_path])))
       tensors = [(hf_name, array.T if transpose else array)]
     for hf_name, array in tensors:
       array = np.ascontiguousarray(array)

@@ -7,7 +7,10 @@ tokenizer -> (config, parameters), and back.
   moe_hf.save(params, cfg, '/out')
 
 The config comes from the checkpoint's `config.json` (a `preset` only checks
-it: every shape field must agree, else a one-line error naming the key); an
+it: every shape field must agree, else a one-line error naming the key;
+LLaDA-MoE's optional `moe_layer_freq`, `shared_expert_intermediate_size` and
+`moe_router_enable_expert_bias` included; the special ids from the tokenizer
+files, else from config.json: interop/special_ids.py); an
 embedding padded past the vocabulary (`embedding_size` > `vocab_size`) makes
 the model's vocabulary that many rows. The expert layout (per-expert keys,
 veomni-fused `experts.{gate,up,down}_proj`, or `w13`/`w2`) is detected from the
@@ -25,7 +28,7 @@ from typing import Any, Callable
 import jax
 
 from dllm_jax import models
-from dllm_jax.interop import hf
+from dllm_jax.interop import hf, special_ids
 from dllm_jax.models.llada_moe import RELEASED_IDS
 
 # config.json key -> our field, per family (the first key present wins).
@@ -48,7 +51,10 @@ _FIELDS = {
     'llada_moe': {**_COMMON, 'd_ff': ('dense_intermediate_size',),
                   'moe_d_ff': ('moe_intermediate_size', 'expert_intermediate_size',
                                'intermediate_size'),
-                  'shared_d_ff': ('shared_expert_intermediate_size',)},
+                  'shared_d_ff': ('shared_expert_intermediate_size',),
+                  'moe_layer_freq': ('moe_layer_freq',),
+                  'rotary_fraction': ('partial_rotary_factor',),
+                  'expert_bias': ('moe_router_enable_expert_bias',)},
 }
 
 
@@ -83,6 +89,9 @@ def config_from_hf(hf_config: dict, preset: str | None = None, **overrides: Any)
   vocab = hf_config['vocab_size']
   if hf_config.get('embedding_size', 0) > vocab:  # Rows padded past the vocabulary.
     vocab = hf_config['embedding_size']
+  freq = from_file.get('moe_layer_freq')
+  if freq and all(freq[1]):  # Every layer MoE: the default layout.
+    del from_file['moe_layer_freq']
   from_file['vocab_size'] = ('vocab_size', vocab)
   d, h = from_file['d_model'][1], from_file['n_heads'][1]
   from_file['head_dim'] = ('head_dim', hf_config.get('head_dim') or d // h)
@@ -94,8 +103,10 @@ def config_from_hf(hf_config: dict, preset: str | None = None, **overrides: Any)
       raise ValueError(f'config.json {key}={value} does not match preset '
                        f'{preset!r} ({ours}={base[ours]}).')
     fields[ours] = value
-  if not preset:
-    fields['ids'] = RELEASED_IDS if vocab > RELEASED_IDS.mask else template.ids
+  if 'ids' not in overrides:  # Tokenizer files, when there are any, pass theirs.
+    fields['ids'] = special_ids.ids_from_config(
+        hf_config, vocab_size=vocab, defaults=base.get('ids', RELEASED_IDS),
+        where='config.json')
   fields.update(overrides)
   return models.get(family).config_cls(**fields)
 
@@ -124,11 +135,12 @@ def _read_json(path: str, name: str) -> dict:
 def special_tokens(path: str) -> dict[str, str]:
   """Special token texts from a tokenizer's own files: BOS/EOS/pad from
   tokenizer_config.json, mask `<|mask|>` and end of turn `<|role_end|>` (the
-  LLaDA2 / Ling names; their ids are looked up in tokenizer.json)."""
+  LLaDA2 / Ling names, unless its `mask_token` / `eot_token` say otherwise;
+  their ids are looked up in tokenizer.json)."""
   cfg = _read_json(path, 'tokenizer_config.json')
   text = lambda t: t.get('content') if isinstance(t, dict) else t
   out = {'mask': '<|mask|>', 'eot': '<|role_end|>'}
-  for role in ('bos', 'eos', 'pad'):
+  for role in ('mask', 'eot', 'bos', 'eos', 'pad'):  # mask/eot: this project's exports.
     if text(cfg.get(f'{role}_token')):
       out[role] = text(cfg[f'{role}_token'])
   out.setdefault('pad', out.get('eos'))
@@ -149,11 +161,14 @@ def load(path: str, preset: str | None = None, *,
          sharding_for: Callable[[tuple, tuple], jax.sharding.Sharding] | None = None,
          dtype: str | None = None, **overrides: Any):
   """(config, parameters) of a released checkpoint directory (module doc). The
-  special ids come from the directory's tokenizer files when it has them."""
+  special ids come from the directory's tokenizer files when it has them (and
+  must agree with config.json's), else from config.json
+  (`interop/special_ids.py`)."""
   hf_config = _read_json(path, 'config.json')
   layout = detect_layout(hf._weight_files(path))  # pylint: disable=protected-access
-  if os.path.isfile(os.path.join(path, 'tokenizer.json')):
-    overrides.setdefault('ids', tokenizer(path).special_ids)
+  if 'ids' not in overrides and os.path.isfile(os.path.join(path, 'tokenizer.json')):
+    overrides['ids'] = tokenizer(path).special_ids
+    special_ids.check_agrees(hf_config, overrides['ids'], path)
   cfg = config_from_hf(hf_config, preset, hf_layout=layout, **overrides)
   return cfg, hf.load_params(path, cfg, sharding_for=sharding_for, dtype=dtype)
 

@@ -1,9 +1,12 @@
 """The `llada_moe` family: LLaDA-MoE (7B total, 1B active) mask predictor.
 
-Every layer a mixture of experts: softmax router (float32), top-k experts whose
-weights are the softmax probabilities, not renormalised nor scaled; no shared
-expert in the released shape; separate q/k/v/o projections with a per-head
-RMSNorm of queries and keys before a full-width RoPE. The network is
+Every layer a mixture of experts (or those `moe_layer_freq` marks, the others
+dense): softmax router (float32), top-k experts whose weights are the softmax
+probabilities, not renormalised nor scaled; an optional per-expert bias
+(`moe_router_enable_expert_bias`) added to the probabilities, so it both
+chooses and stays in the weights; an optional shared expert beside the routed
+ones (none in the released shape); separate q/k/v/o projections with a
+per-head RMSNorm of queries and keys before a full-width RoPE. The network is
 `models/moe_transformer.py`'s; this module holds the config class, presets and
 the Hugging Face names (`model.layers.N.self_attn.q_proj.weight`, ...).
 """
@@ -50,10 +53,13 @@ def hf_name_map(cfg: mt.MoEConfig) -> Iterator[Any]:
   """Hugging Face names of every parameter (LLaDA-MoE layout): `model.
   embed_tokens.weight`; `model.layers.N.self_attn.{q,k,v,o}_proj.weight`,
   `self_attn.{q,k}_norm.weight`; `input_layernorm`, `post_attention_layernorm`;
-  `mlp.gate.weight` [E, D]; experts per `cfg.hf_layout`: 'experts'
-  `mlp.experts.{e}.{gate,up,down}_proj.weight`, 'fused' `mlp.experts.{gate,up,
-  down}_proj` [E, out, in], 'w13' `mlp.w1` [E, 2I, D] and `mlp.w2` [E, D, I];
-  optional `mlp.shared_expert.*`; `model.norm.weight`; `lm_head.weight`."""
+  dense layers `mlp.{gate,up,down}_proj.weight`; MoE layers `mlp.gate.weight`
+  [E, D], optional `mlp.expert_bias` [E] (float32), experts per
+  `cfg.hf_layout`: 'experts' `mlp.experts.{e}.{gate,up,down}_proj.weight`,
+  'fused' `mlp.experts.{gate,up,down}_proj` [E, out, in], 'w13' `mlp.w1`
+  [E, 2I, D] and `mlp.w2` [E, D, I]; the optional shared expert at the decoder
+  layer, `model.layers.N.shared_expert.{gate,up,down}_proj.weight` (not under
+  `mlp.`); `model.norm.weight`; `lm_head.weight`."""
   yield 'model.embed_tokens.weight', ('embed', 'embedding'), False
   for i in range(cfg.n_layers):
     p = f'model.layers.{i}.'
@@ -63,7 +69,7 @@ def hf_name_map(cfg: mt.MoEConfig) -> Iterator[Any]:
       yield f'{p}self_attn.{ours}.weight', ('layers', i, 'attn', ours, 'weight'), False
     yield from names.norms(p, i)
     yield from names.feed_forward(cfg, p, i, bias_name='mlp.expert_bias',
-                                  shared='mlp.shared_expert.',
+                                  shared='shared_expert.',
                                   w13=(f'{p}mlp.w1', f'{p}mlp.w2'))
   yield from names.final()
 

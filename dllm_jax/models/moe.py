@@ -42,8 +42,10 @@ def route(logits: jax.Array, *, router: str, top_k: int,
     logits: [N, E] float32, x @ router kernel.
     router: 'softmax' (LLaDA-MoE: weights are the softmax probabilities of the
       chosen experts) or 'sigmoid' (LLaDA2: sigmoid scores).
-    bias: [E] or None: added to the scores for the choice only (LLaDA2's
-      load-balancing expert bias); the weights use the unbiased scores.
+    bias: [E] or None: a per-expert bias added to the scores. With 'sigmoid'
+      it only chooses (LLaDA2's load-balancing bias: the weights use the
+      unbiased scores); with 'softmax' the biased probabilities both choose
+      and are the weights (LLaDA-MoE's `expert_bias`).
     n_group, topk_group: group-limited choice: experts in `n_group` groups, a
       group scored by the sum of its two best (biased) scores, only the best
       `topk_group` groups eligible.
@@ -56,8 +58,9 @@ def route(logits: jax.Array, *, router: str, top_k: int,
     raise ValueError(f'router={router!r} is not one of {ROUTERS}.')
   logits = logits.astype(jnp.float32)
   scores = jax.nn.softmax(logits, -1) if router == 'softmax' else jax.nn.sigmoid(logits)
-  choice = scores if bias is None else scores + jax.lax.stop_gradient(
+  biased = scores if bias is None else scores + jax.lax.stop_gradient(
       bias.astype(jnp.float32))
+  choice = biased
   if n_group > 1:
     n, e = choice.shape
     grouped = choice.reshape(n, n_group, e // n_group)
@@ -66,7 +69,7 @@ def route(logits: jax.Array, *, router: str, top_k: int,
     allowed = jnp.zeros((n, n_group), bool).at[jnp.arange(n)[:, None], keep].set(True)
     choice = jnp.where(allowed[:, :, None], grouped, -jnp.inf).reshape(n, e)
   _, idx = jax.lax.top_k(choice, top_k)
-  w = jnp.take_along_axis(scores, idx, -1)
+  w = jnp.take_along_axis(biased if router == 'softmax' else scores, idx, -1)
   if norm_topk_prob:
     w = w / (jnp.sum(w, -1, keepdims=True) + 1e-20)
   return idx.astype(jnp.int32), w * scaling, scores

@@ -30,8 +30,13 @@ class MoEConfig(tokenizer_lib.WithSpecialIds):
   max_len: int
   shared_d_ff: int = 0  # Shared experts' total width (0: none).
   first_k_dense: int = 0
+  # LLaDA-MoE's `moe_layer_freq`: one entry per layer, 0 a dense layer, else
+  # MoE (empty: the first `first_k_dense` layers dense, the rest MoE).
+  moe_layer_freq: tuple[int, ...] = ()
   router: str = 'softmax'  # softmax | sigmoid (models/moe.py: route).
-  expert_bias: bool = False  # A selection-only bias per expert (sigmoid routers).
+  # A per-expert router bias: selection only with a sigmoid router (LLaDA2);
+  # with a softmax router (LLaDA-MoE) also kept in the weights (moe.py: route).
+  expert_bias: bool = False
   n_group: int = 1
   topk_group: int = 1
   norm_topk_prob: bool = False
@@ -54,7 +59,14 @@ class MoEConfig(tokenizer_lib.WithSpecialIds):
   ids: tokenizer_lib.SpecialIds = tokenizer_lib.BYTE_IDS
 
   def __post_init__(self):
+    # JSON (checkpoints) gives a list: a tuple keeps the config hashable.
+    object.__setattr__(self, 'moe_layer_freq', tuple(int(f) for f in self.moe_layer_freq))
     checks = [
+        (not self.moe_layer_freq or len(self.moe_layer_freq) == self.n_layers,
+         f'moe_layer_freq has {len(self.moe_layer_freq)} entries; need one per layer '
+         f'(n_layers={self.n_layers}).'),
+        (not (self.moe_layer_freq and self.first_k_dense),
+         f'give moe_layer_freq or first_k_dense={self.first_k_dense}, not both.'),
         (self.n_heads % self.n_kv_heads == 0,
          f'n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}.'),
         (self.n_experts % self.n_group == 0,
@@ -85,8 +97,18 @@ class MoEConfig(tokenizer_lib.WithSpecialIds):
     return int(self.head_dim * self.rotary_fraction)
 
   @property
-  def moe_layers(self) -> range:
-    return range(self.first_k_dense, self.n_layers)
+  def moe_layers(self) -> tuple[int, ...]:
+    """Indices of the mixture-of-experts layers (the others are dense)."""
+    if self.moe_layer_freq:
+      return tuple(i for i, f in enumerate(self.moe_layer_freq) if f)
+    return tuple(range(self.first_k_dense, self.n_layers))
+
+  def is_moe(self, layer: int) -> bool:
+    return layer in self.moe_layers
+
+  @property
+  def n_dense_layers(self) -> int:
+    return self.n_layers - len(self.moe_layers)
 
   def _attn_params(self) -> int:
     d, dh = self.d_model, self.head_dim
@@ -97,7 +119,7 @@ class MoEConfig(tokenizer_lib.WithSpecialIds):
     per_layer = self._attn_params() + 2 * self.head_dim + 2 * d
     moe = (d * self.n_experts + self.n_experts * self.expert_bias +
            3 * experts_used * d * self.moe_d_ff + 3 * d * self.shared_d_ff)
-    return (self.n_layers * per_layer + self.first_k_dense * 3 * d * self.d_ff +
+    return (self.n_layers * per_layer + self.n_dense_layers * 3 * d * self.d_ff +
             len(self.moe_layers) * moe + 2 * self.vocab_size * d + d)
 
   def num_params(self) -> int:
@@ -115,7 +137,7 @@ class MoEConfig(tokenizer_lib.WithSpecialIds):
     attention = 2 * self._attn_params() + 4 * seq_len * self.n_heads * self.head_dim
     moe = 2 * (d * self.n_experts + 3 * self.top_k * d * self.moe_d_ff +
                3 * d * self.shared_d_ff)
-    return (self.n_layers * attention + self.first_k_dense * 6 * d * self.d_ff +
+    return (self.n_layers * attention + self.n_dense_layers * 6 * d * self.d_ff +
             len(self.moe_layers) * moe + 2 * d * self.vocab_size)
 
 

@@ -67,10 +67,11 @@ def experts(cfg, p: str, ours: tuple, w13: tuple[str, str]) -> Iterator[HFTensor
 def feed_forward(cfg, p: str, i: int, *, bias_name: str, w13: tuple[str, str],
                  shared: str) -> Iterator[Any]:
   """Layer i's feed-forward names under prefix `p` ('model.layers.{i}.'): a dense
-  SwiGLU below `cfg.first_k_dense`, else the router, its optional expert bias
+  SwiGLU in a dense layer (`cfg.is_moe`), else the router, its optional expert bias
   (`p + bias_name`), the experts (`w13`: the family's fused pair names) and the
-  optional shared expert (`p + shared`)."""
-  if i < cfg.first_k_dense:
+  optional shared expert (`p + shared`: under `mlp.` in LLaDA2, beside it at
+  the decoder layer in LLaDA-MoE)."""
+  if not cfg.is_moe(i):
     yield from swiglu(f'{p}mlp.', ('layers', i, 'mlp'))
     return
   moe = ('layers', i, 'moe')

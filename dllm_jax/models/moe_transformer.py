@@ -16,8 +16,9 @@ Pure functions over a nested dict of parameters (no module objects):
 
 Pre-norm layers; grouped-query attention with a per-head RMSNorm of queries and
 keys before RoPE, which may rotate only the first part of each head; SwiGLU
-feed-forward; the first `first_k_dense` layers dense, the rest routed experts
-(models/moe.py) plus optional shared experts fed the same normed input.
+feed-forward; dense layers (the first `first_k_dense`, or those `moe_layer_freq`
+marks 0), the rest routed experts (models/moe.py) plus optional shared experts
+fed the same normed input.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def init_params(cfg: MoEConfig, key: jax.Array) -> dict:
     else:
       attn.update(q=kernel(d, hq * dh), k=kernel(d, hkv * dh), v=kernel(d, hkv * dh))
     layer = {'attn_norm': ones(d), 'attn': attn, 'ffn_norm': ones(d)}
-    if i < cfg.first_k_dense:
+    if not cfg.is_moe(i):
       layer['mlp'] = swiglu(cfg.d_ff)
     else:
       e, f = cfg.n_experts, cfg.moe_d_ff

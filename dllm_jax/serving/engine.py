@@ -37,8 +37,6 @@ only coupling to a sampler's internals.
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Sequence
 
 import numpy as np
@@ -48,7 +46,7 @@ from dllm_jax.data import sft
 from dllm_jax.presets import ModelConfig
 from dllm_jax.sampling import block
 from dllm_jax.sampling import generate as gen
-from dllm_jax.serving import block_rows, full_rows, programs, sampler
+from dllm_jax.serving import block_rows, full_rows, loading, programs, sampler
 from dllm_jax.serving.records import MAX_SEED, Completion, Request
 
 PROMPT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
@@ -69,6 +67,10 @@ def powers_of_two(limit: int) -> tuple[int, ...]:
 
 class Engine:
   """Parameters, tokenizer, and a cache of compiled samplers by bucket."""
+
+  # The block size of a checkpoint trained with the block objective (None:
+  # masked diffusion); its likelihood is the block NELBO (likelihood.py).
+  trained_block_size: int | None = None
 
   def __init__(self, params: model_lib.Params, config: ModelConfig, tokenizer, *,
                default_sampling: Sampling | None = None, chat: bool = False,
@@ -93,55 +95,26 @@ class Engine:
     self.meta = None  # The checkpoint's meta (`from_workdir`): which sampler fits.
 
   @classmethod
-  def from_workdir(cls, workdir: str, *, step: int | None = None,
-                   dtype: str | None = None, **kwargs) -> Engine:
-    """The latest (or given) checkpoint of a training workdir (Orbax); the
-    run's sample settings become the default, and SFT runs default to chat. A
-    block-diffusion run gets the block sampler with the block size it was
-    trained with, one step per token (as `launch.sample`)."""
-    from dllm_jax import workdir as checkpoint  # pylint: disable=g-import-not-at-top
-    config, params, tokenizer = checkpoint.restore_for_inference(
-        workdir, step=step, dtype=dtype)
-    meta = checkpoint.read_meta(workdir, step)
-    s = meta['config']['sample']
-    if meta['config']['train'].get('objective') == 'block_diffusion':
-      defaults = block_rows.defaults(meta)
-    else:
-      defaults = gen.SamplingConfig(steps=s['steps'], gen_length=s['gen_length'],
-                                    block_length=s['block_length'],
-                                    temperature=s['temperature'])
-    kwargs.setdefault('default_sampling', defaults)
-    kwargs.setdefault('chat', meta['config']['train']['objective'] == 'sft')
-    kwargs.setdefault('name', os.path.basename(os.path.abspath(workdir)))
-    engine = cls(params, config, tokenizer, **kwargs)
-    engine.meta = meta
+  def from_loaded(cls, loaded: loading.Loaded, **kwargs) -> Engine:
+    """An engine running a loaded model (`loading.py`); `kwargs` override
+    the defaults the checkpoint implies."""
+    engine = cls(loaded.params, loaded.config, loaded.tokenizer,
+                 **{**loaded.defaults, **kwargs})
+    engine.meta, engine.trained_block_size = loaded.meta, loaded.trained_block_size
     return engine
 
   @classmethod
+  def from_workdir(cls, workdir: str, *, step: int | None = None,
+                   dtype: str | None = None, **kwargs) -> Engine:
+    """`loading.from_workdir`: a training workdir's checkpoint with the run's
+    sample settings as the default (a block-diffusion run: the block sampler)."""
+    return cls.from_loaded(loading.from_workdir(workdir, step=step, dtype=dtype), **kwargs)
+
+  @classmethod
   def from_hf_dir(cls, path: str, *, dtype: str | None = None, **kwargs) -> Engine:
-    """A local Hugging Face directory (config.json, safetensors, tokenizer.json);
-    the family is picked from its config.json: LLaDA-MoE and LLaDA2 through
-    `interop/moe_hf.py`, dense LLaDA otherwise. Chat defaults on when the
-    tokenizer has a template."""
-    from dllm_jax.interop import moe_hf  # pylint: disable=g-import-not-at-top
-    file = os.path.join(path, 'config.json')
-    if not os.path.isfile(file):
-      raise FileNotFoundError(f'no config.json in {path!r}.')
-    with open(file) as f:
-      hf_config = json.load(f)
-    if 'llada2' in str(hf_config.get('model_type', '')) or 'num_experts' in hf_config:
-      tokenizer = moe_hf.tokenizer(path)
-      overrides = {} if dtype is None else dict(dtype=dtype, param_dtype=dtype)
-      config, params = moe_hf.load(path, **overrides)
-    else:
-      from dllm_jax.data.hf_tokenizer import HFTokenizer  # pylint: disable=g-import-not-at-top
-      from dllm_jax.interop import llada_hf  # pylint: disable=g-import-not-at-top
-      tokenizer = HFTokenizer(path)
-      config = llada_hf.model_config(path, tokenizer, dtype)
-      params = llada_hf.load_params(path, config)
-    kwargs.setdefault('chat', bool(getattr(tokenizer, 'chat_template', None)))
-    kwargs.setdefault('name', os.path.basename(os.path.abspath(path)))
-    return cls(params, config, tokenizer, **kwargs)
+    """`loading.from_hf_dir`: a local Hugging Face directory of any built-in
+    family (`interop/hf_dir.py`)."""
+    return cls.from_loaded(loading.from_hf_dir(path, dtype=dtype), **kwargs)
 
   # --- requests -> rows ---------------------------------------------------------
 

@@ -10,7 +10,9 @@ entry-point group `lm_eval.models` (setup.py), which lm-eval releases that read
 plugins resolve lazily, without an import of ours.
 
 `loglikelihood` is LLaDA's Monte Carlo ELBO (`dllm_jax.likelihood`, `mc_num`
-samples in batches of `mc_batch_size`, guidance `cfg_scale`); the context is
+samples in batches of `mc_batch_size`, guidance `cfg_scale`), or for a
+checkpoint trained with the block objective the block NELBO it was trained on
+(`dllm_jax.block_likelihood`; no guidance: cfg_scale > 0 is refused); the context is
 encoded after a BOS token and the continuation on its own, as `launch.eval`
 does, and the ELBO's key is `fold_in(key(seed), doc_id)`, so the numbers equal
 `launch.eval --mode=choice` on the same data. `is_greedy` is always False (a
@@ -39,7 +41,8 @@ from dllm_jax.serving.server import apply_stop
 
 @register_model('dllm_jax')
 class DllmJaxLM(LM):
-  """A dllm_jax checkpoint (`workdir=`) or LLaDA directory (`hf_dir=`)."""
+  """A dllm_jax checkpoint (`workdir=`) or Hugging Face directory (`hf_dir=`:
+  any built-in family, or a `launch.export` output)."""
 
   def __init__(self, workdir: str | None = None, hf_dir: str | None = None,
                mc_num: int = 128, mc_batch_size: int = 16, cfg_scale: float = 0.0,
@@ -56,12 +59,15 @@ class DllmJaxLM(LM):
     batch = int(batch_size) if str(batch_size or '').isdigit() else 32
     self.engine = (Engine.from_workdir(workdir, dtype=dtype, max_batch=batch) if workdir
                    else Engine.from_hf_dir(hf_dir, dtype=dtype, max_batch=batch))
+    # A block-diffusion checkpoint's likelihood is the block NELBO it was
+    # trained on (block_likelihood.py), not the bidirectional ELBO.
     self.opts = dict(config=self.engine.config, mc_num=int(mc_num),
-                     batch_size=int(mc_batch_size), cfg_scale=float(cfg_scale))
+                     batch_size=int(mc_batch_size), cfg_scale=float(cfg_scale),
+                     block_size=self.engine.trained_block_size)
+    likelihood.check_block_options(self.engine.trained_block_size, float(cfg_scale))
     self.seed = int(seed)
     as_int = lambda v: None if v is None else int(v)
-    # The block sampler (block-diffusion checkpoints) has no guidance knob: there
-    # cfg_scale weighs the likelihoods only.
+    # The block sampler (block-diffusion checkpoints) has no guidance knob.
     guide = {} if isinstance(self.engine.default_sampling, BlockSamplingConfig) else {
         'cfg_scale': float(cfg_scale)}
     self.sampling = self.engine.sampling_for(
