@@ -100,6 +100,7 @@ class Batcher:
     self._live: dict[tuple, stepper.RowBatch] = {}
     # Batch keys whose programs compile on `_compiler` (their requests wait).
     self._compiling: set = set()
+    self._failed: dict = {}  # Batch keys whose programs failed to compile: why.
     self._compiler = concurrent.futures.ThreadPoolExecutor(1, 'compile')
     self._whole = concurrent.futures.ThreadPoolExecutor(1, 'whole')
     # Requests answered together last, and by the latest round of block calls.
@@ -187,7 +188,8 @@ class Batcher:
         self._gather(self._just_answered, busy=True)
       want: dict = {}
       for job in self._queue:
-        if stepper.steppable(job.key[0]) and not job.abandoned:
+        if (stepper.steppable(job.key[0]) and not job.abandoned and
+            job.key not in self._failed):
           want[job.key] = want.get(job.key, 0) + 1
       room = {k: self._room(k, n) for k, n in want.items()}
       joins, whole, keep = {}, [], collections.deque()
@@ -195,16 +197,19 @@ class Batcher:
         steps = stepper.steppable(job.key[0])
         if job.abandoned or job.future.cancelled():
           self.cancelled += 1
-        elif steps and room.get(job.key, 0) <= 0:
+        elif steps and room.get(job.key, 0) <= 0 and job.key not in self._failed:
           keep.append(job)
         elif not job.future.set_running_or_notify_cancel():  # Cancelled just now.
           self.cancelled += 1
+        elif job.key in self._failed:
+          job.future.set_exception(self._failed[job.key])
         elif not steps:
           whole.append(job)
         else:
           room[job.key] -= 1
           joins.setdefault(job.key, []).append(job)
       self._queue = keep
+      self._failed.clear()  # Requests that come later try again.
       return joins, whole
 
   def _room(self, key: tuple, n: int) -> int:
@@ -232,9 +237,11 @@ class Batcher:
     futures = [self.engine.programs.prepare(k, build, self._compiler) for k, build in missing]
     left = [len(futures)]
 
-    def done(_):
+    def done(future):
       with self._cv:
         self.compiles += 1
+        if future.exception() is not None:  # Its waiting requests fail (`_take`).
+          self._failed[key] = future.exception()
         left[0] -= 1
         if not left[0]:
           self._compiling.discard(key)

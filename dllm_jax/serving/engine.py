@@ -11,7 +11,9 @@ such as temperature and threshold, which travel one per row) and their
 prompt-length bucket (left-padded to the bucket with a prompt mask), and each
 group runs as batches whose size is rounded up to a power of two; every
 (program settings, prompt bucket, batch bucket) triple is compiled once and
-cached (at most `max_compiled`).
+cached (at most `max_compiled`). A request's `max_tokens` cuts its answer
+(`cut`); the server runs such a request at its length bucket (`gen_bucket`:
+a power of two of whole blocks), so its programs are few.
 
 Batch invariance: each row runs the sampler on its own, with its own PRNG key
 `jax.random.key(seed)` (`jax.vmap` over rows of a one-row sampler call), so a

@@ -5,7 +5,8 @@ size) it meets (and the server one per re-packing); a bound keeps requests
 with ever new settings from growing memory without limit. A dropped program
 compiles again when asked for: keep `limit` above what a warm server steps
 through (each live batch's program is asked for at every block), or it
-recompiles while serving.
+recompiles while serving. `prepare` builds a program on an executor (the
+batcher's compile thread), so that serving never waits for a compile.
 """
 
 from __future__ import annotations

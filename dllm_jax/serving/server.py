@@ -47,7 +47,7 @@ import numpy as np
 from fastapi import responses
 from starlette.exceptions import HTTPException
 
-from dllm_jax.serving import api
+from dllm_jax.serving import api, sampler
 from dllm_jax.serving.api import BadRequest
 from dllm_jax.serving.batcher import Batcher, Job, QueueFull
 from dllm_jax.serving.engine import Engine
@@ -87,8 +87,7 @@ def sampling_of(body: api.Fields, engine: Engine, limits: Limits, n: int,
   knobs = {k: getattr(body, k) for k in KNOBS}
   wrong = [k for k, v in knobs.items() if v is not None and k not in known]
   if wrong:
-    from dllm_jax.serving.sampler import not_a_setting  # pylint: disable=g-import-not-at-top
-    raise BadRequest(400, not_a_setting(wrong[0], program, known))
+    raise BadRequest(400, sampler.not_a_setting(wrong[0], program, known))
   knobs = {k: v for k, v in knobs.items() if k in program.request_knobs}
   bl = body.block_length or program.block_length(engine.default_sampling)
   bucket = (-(-g // bl) * bl if exact else
