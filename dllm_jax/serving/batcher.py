@@ -31,9 +31,10 @@ Compilation never holds the loop: a batch that needs a program not yet built
 (new settings, a prompt or length bucket, a batch size, a re-packing) has it
 built on a compile thread (`Programs.prepare`) while the loop keeps stepping
 the batches whose programs exist; its requests wait in the queue until it is
-ready (a batch that would shrink keeps its size meanwhile). Requests whose
-settings cannot step block by block (the prefix cache) run whole through
-`Engine.generate` on a thread of their own. A request's `max_tokens` ends its
+ready (a batch that would shrink keeps its size meanwhile). Requests of a
+sampler that cannot step block by block (`SamplerProgram.steppable` False;
+the built-in ones all step, the prefix cache with a program per block index)
+run whole through `Engine.generate` on a thread of their own. A request's `max_tokens` ends its
 row at the block boundary that reached it (its answer is cut there).
 """
 
