@@ -16,9 +16,10 @@ need (`Engine.batch_sizes`), at most `max_batch` rows each.
 
 Batches in flight share the worker by compute time: each round steps the
 batch that has had the least (`RowBatch.service`, seconds of block calls; a
-new batch starts level with the least), so a batch of short, cheap blocks
-keeps its pace beside one of long blocks instead of waiting for each of them
-(with equal costs this is round robin).
+new batch starts one longest block call ahead of the least served, or where
+the last batch of its settings ended if that is later), so a
+batch of short, cheap blocks keeps its pace beside one of long blocks instead
+of waiting for each of them (with equal costs this is round robin).
 
 When nothing is in flight the worker waits for the first request, then for as
 many as its last block call answered (their clients tend to come back together;
@@ -102,6 +103,7 @@ class Batcher:
     # Batch keys whose programs compile on `_compiler` (their requests wait).
     self._compiling: set = set()
     self._failed: dict = {}  # Batch keys whose programs failed to compile: why.
+    self._served: dict = {}  # Batch keys that ended lately: their service then.
     self._compiler = concurrent.futures.ThreadPoolExecutor(1, 'compile')
     self._whole = concurrent.futures.ThreadPoolExecutor(1, 'whole')
     # Requests answered together last, and by the latest round of block calls.
@@ -258,8 +260,13 @@ class Batcher:
         if rb is None:
           rb = stepper.RowBatch(self.engine, key[0], key[1],
                                 self.engine.batch_bucket(len(jobs)))
-          # It starts level with the batches in flight (fair share from now).
-          rb.service = min((b.service for b in self._live.values()), default=0.0)
+          # It starts one longest block call ahead of the least served batch
+          # (a short request runs through instead of waiting out each long
+          # block), but not before where the last batch of its key ended (the
+          # credit is had once, not by every request of a steady client).
+          ahead = min((b.service for b in self._live.values()), default=0.0) - max(
+              (b.last_call for b in self._live.values()), default=0.0)
+          rb.service = max(ahead, self._served.pop(key, ahead))
           self._live[key] = rb
           self.batches += 1
         else:
@@ -329,6 +336,9 @@ class Batcher:
             job.cancel()  # Nobody to send to (the server's loop is gone).
     if not rb.live:
       del self._live[key]
+      self._served[key] = rb.service
+      while len(self._served) > 64:  # The most recent keys' only.
+        del self._served[next(iter(self._served))]
     return answered
 
   def _shrink(self, key: tuple, rb: stepper.RowBatch) -> None:
@@ -361,7 +371,8 @@ class Batcher:
         key, rb = min(self._live.items(), key=lambda kv: kv[1].service)
         start = time.perf_counter()
         answered = self._step(key, rb)
-        rb.service += time.perf_counter() - start
+        rb.last_call = time.perf_counter() - start
+        rb.service += rb.last_call
       self._just_answered = answered
       if answered:
         self._answered = answered

@@ -172,6 +172,7 @@ class RowBatch:
     self.b = 0
     self.jobs: list = []
     self.service = 0.0  # Seconds of block calls (the batcher's fair share).
+    self.last_call = 0.0  # Seconds of the latest.
     self._resize(b)
 
   def _compiled(self, b: int, k: int | None = None):
