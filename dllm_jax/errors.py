@@ -20,3 +20,11 @@ class WorkdirLockedError(DllmError):
 class CheckpointSaveError(DllmError):
   """A checkpoint could not be written (no space, no permission); the run ends
   and the checkpoints already there stay restorable."""
+
+
+class DataError(DllmError):
+  """A data source yields no usable records (every one skipped)."""
+
+  def __str__(self) -> str:
+    # Grain appends a note on its filtered traceback to the message: one line.
+    return str(self.args[0]).split('\n', 1)[0] if self.args else ''

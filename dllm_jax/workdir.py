@@ -1,7 +1,8 @@
 """A run's workdir on disk, read by training and inference alike.
 
 Layout: `WORKDIR/checkpoints/STEP/{params, opt_state, data, meta}` (Orbax),
-`WORKDIR/corrupt_checkpoints/` (checkpoints that failed to restore),
+`WORKDIR/corrupt_checkpoints/` (checkpoints that failed to restore), each
+step's `dllm_checksums.json` (`checksums.py`: verified on every restore),
 `WORKDIR/tensorboard/` and `WORKDIR/batches.txt` (optional). `meta` is JSON:
 step, resolved run config, model config, tokenizer, versions, mesh.
 Parameters and optimizer state are separate items, so inference restores the
@@ -21,7 +22,7 @@ from typing import Any, NamedTuple
 import jax
 import orbax.checkpoint as ocp
 
-from dllm_jax import model as model_lib, models
+from dllm_jax import checksums, model as model_lib, models
 from dllm_jax.data import tokenizer as tokenizer_lib
 from dllm_jax.errors import CheckpointError
 from dllm_jax.parallel import sharding as sharding_lib
@@ -72,6 +73,9 @@ def _restore_items(mngr: ocp.CheckpointManager, step: int | None, make_items):
     try:
       meta = restore_meta(mngr, s)
       items = make_items(meta)
+      # The files read, against the checksums recorded when they were saved.
+      checksums.verify(os.path.join(os.fspath(mngr.directory), str(s)),
+                       ('meta', *items))
       restored = mngr.restore(s, args=ocp.args.Composite(**items)) if items else {}
       return s, meta, restored
     except Exception as e:  # pylint: disable=broad-except

@@ -27,16 +27,6 @@ _SHARD_GB = flags.DEFINE_float('max_shard_gb', 5.0, 'Largest safetensors shard (
 cli.check_flag(_SHARD_GB, lambda v: v > 0, '> 0')
 
 
-def sample_settings(meta: dict) -> dict:
-  """generation_config.json's sample settings of a run (its meta)."""
-  s, train = meta['config']['sample'], meta['config']['train']
-  out = {k: s.get(k) for k in ('steps', 'gen_length', 'block_length', 'temperature')}
-  if train.get('objective') == 'block_diffusion':
-    size = train.get('block', {}).get('block_size', s['block_length'])
-    out.update(block_diffusion=True, block_length=size, steps=size)
-  return out
-
-
 def main(argv):
   cli.start(argv)
   import os  # pylint: disable=g-import-not-at-top
@@ -49,7 +39,7 @@ def main(argv):
       raise ValueError(f'--out={out} exists and is not empty.')
     cfg, params, tok = checkpoint.restore_for_inference(_WORKDIR.value, step=_STEP.value)
     meta = checkpoint.read_meta(_WORKDIR.value, _STEP.value)
-    export.write(params, cfg, out, tokenizer=tok, sample=sample_settings(meta),
+    export.write(params, cfg, out, tokenizer=tok, sample=export.sample_settings(meta),
                  dtype=_DTYPE.value, max_shard_bytes=int(_SHARD_GB.value * 2**30))
     print(f'wrote {out} ({type(cfg).family}, {len(os.listdir(out))} files)')
 

@@ -4,7 +4,8 @@
 # sampler (exact cache, separate and fused block write), the fused head +
 # candidate kernel against head-then-kernel / head-then-XLA, a profile of the
 # dual-cache sampler at the LLaDA-8B shape, batch 1, against its memory floor,
-# and the batch-32 block sampler (both writes). Then, while the time budget
+# the batch-32 block sampler (both writes), and the MoE grouped-matmul paths
+# (llada2_mini layer vs its weight floor, block sampler ragged vs capacity). Then, while the time budget
 # lasts, the items measured before (candidate kernel shapes, train rows incl.
 # the packed layout, the dual-cache sampler, all GPU tests). Wheels for grain, array_record,
 # ml_collections and portpicker (not on the GPU image) are carried in .whl/.
@@ -42,12 +43,15 @@ if [ -n "${SMALL:-}" ]; then
   K="--vocab=4096 --rows=64,512"
   H="--vocab=4096 --head_dim=256 --head_rows=32,384"
   B32=4; PSTEPS=8; FLOOR_GB=0.01
+  MOE="--preset=llada2_tiny --layer_rows=32,256 --block_batch=1,4 --gen_length=32"
 else
   S8="--preset=llada_8b --dtype=bfloat16 --prompt_len=128 --gen_length=256 --block_length=32"
   T1="--preset=llada_1b --dtype=bfloat16 --seq_len=2048 --batch=8"
   K="--rows=384,12288"
   H="--head_dim=4096 --head_rows=32,384,12288"
   B32=32; PSTEPS=32; FLOOR_GB=16
+  MOE="--preset=llada2_mini --dtype=bfloat16 --param_dtype=bfloat16 \
+    --layer_rows=32,1024,16384 --block_batch=1,32 --prompt_length=128 --gen_length=256"
 fi
 # The floor's bandwidth: the card's copy rate (perf_notes: H100 3.0, H200 ~4.3 TB/s).
 BW=3.0e12
@@ -79,6 +83,11 @@ fi
 if go sample 150 "block diffusion sampler, batch $B32: exact cache, separate and fused write"; then
   T python3 -m launch.bench_block $S8 --batch=$B32 --tokens_per_step=8 --repeats=1 \
     --variants=cached,fused 2>&1 | tee "$OUT/block_b32.txt" | show | tail -5
+fi
+if go sample 150 "MoE layer paths (ragged, capacity, dense) vs active dense and the weight floor; \
+block sampler ragged vs capacity"; then
+  T python3 -m launch.bench_moe $MOE --bandwidth=$BW --parts=layer,block \
+    --impls=ragged,capacity --repeats=2 2>&1 | tee "$OUT/moe.txt" | show | tail -24
 fi
 
 # Measured before (experiments/perf_notes.md): reruns while the budget lasts.

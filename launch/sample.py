@@ -8,8 +8,13 @@ A checkpoint trained with train.objective=block_diffusion goes to the block
 sampler (sampling/block.py: exact KV cache, stops at EOS) with the block size it
 was trained with; --steps then counts steps per block (default: the block size),
 and the --block_* flags are its knobs. --sampler forces one sampler; each refuses
-a checkpoint it does not fit in one line.
+a checkpoint it does not fit in one line. A next-token checkpoint
+(train.objective=next_token, a causal model) is decoded greedily token by token
+(sampling/autoregressive.py). --steps may not exceed the positions to fill
+(gen_length; per block: the block length).
 """
+
+import math
 
 from absl import app, flags
 
@@ -79,10 +84,11 @@ _positive = lambda v: v > 0
 for _flag in (_STEPS, _GEN_LENGTH, _BLOCK_LENGTH, _NUM_SAMPLES, _BLOCK_TOPK):
   cli.check_flag(_flag, _positive, 'a positive integer')
 for _flag in (_BLOCK_MIN, _BLOCK_POST, _BLOCK_EDIT):
-  cli.check_flag(_flag, lambda v: v >= 0, '>= 0')
-cli.check_flag(_FACTOR, _positive, 'positive')
-cli.check_flag(_TEMPERATURE, lambda v: v >= 0, '>= 0 (0 is greedy)')
-cli.check_flag(_CFG_SCALE, lambda v: v >= 0, '>= 0')
+  cli.check_flag(_flag, lambda v: 0 <= v < math.inf, '>= 0')
+cli.check_flag(_FACTOR, lambda v: 0 < v < math.inf, 'positive and finite')
+cli.check_flag(_TEMPERATURE, lambda v: 0 <= v < math.inf,
+               '>= 0 and finite (0 is greedy)')
+cli.check_flag(_CFG_SCALE, lambda v: 0 <= v < math.inf, '>= 0 and finite')
 cli.check_flag(_THRESHOLD, lambda v: 0 < v <= 1, 'in (0, 1]')
 cli.check_divides(_BLOCK_LENGTH, _GEN_LENGTH)
 
@@ -118,8 +124,10 @@ def _sample_block(meta, prompt: str, num: int,
   import jax  # pylint: disable=g-import-not-at-top
   from dllm_jax import workdir as checkpoint  # pylint: disable=g-import-not-at-top
   from dllm_jax.sampling import block, text  # pylint: disable=g-import-not-at-top
+  from dllm_jax.training import run_checks  # pylint: disable=g-import-not-at-top
   sampling = _block_sampling(meta)
   sampling.validate()
+  run_checks.check_steps(sampling)  # Steps per block: at most its positions.
   block.check_model(None, sampling, meta)  # Its objective, before restoring.
   config, params, tokenizer = checkpoint.restore_for_inference(_WORKDIR.value)
   block.check_model(config, sampling)
@@ -152,10 +160,41 @@ def _sample_full(meta, prompt: str, num: int,
       confidence_eos_eot_inf=_CONF_EOS_EOT_INF.value, parallel=_PARALLEL.value,
       threshold=_THRESHOLD.value, factor=_FACTOR.value, cache=_CACHE.value,
       noise=_NOISE.value)
+  if _STEPS.value is None:  # The checkpoint's steps, at most one per position.
+    sampling = dataclasses.replace(sampling, steps=min(sampling.steps,
+                                                       sampling.gen_length))
+  from dllm_jax.training import run_checks  # pylint: disable=g-import-not-at-top
+  run_checks.check_steps(sampling)  # At most one step per position to fill.
   chat = engine.chat if chat is None else chat
   out = engine.generate([Request(prompt, sampling, seed=_SEED.value + i, chat=chat)
                          for i in range(num)])
   return [c.text for c in out], [(c.decisions, c.forwards) for c in out]
+
+
+def _sample_next_token(meta, prompt: str, num: int, chat: bool):
+  """(greedy completions, forward counts) of a next-token (causal) checkpoint:
+  one forward per token; the diffusion samplers' knobs do not apply and are
+  refused."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from dllm_jax import workdir as checkpoint  # pylint: disable=g-import-not-at-top
+  from dllm_jax.data import sft  # pylint: disable=g-import-not-at-top
+  from dllm_jax.sampling import autoregressive  # pylint: disable=g-import-not-at-top
+  given = [f'--{f.name}' for f in (_SAMPLER, _STEPS, _BLOCK_LENGTH, _TEMPERATURE,
+                                   _PARALLEL, _THRESHOLD, _FACTOR) + _FULL_ONLY +
+           _BLOCK_ONLY if flags.FLAGS[f.name].present]
+  if given:
+    raise ValueError(f'{", ".join(given)}: knobs of the diffusion samplers; this '
+                     'checkpoint was trained with train.objective=next_token and is '
+                     'decoded greedily, one token at a time.')
+  config, params, tokenizer = checkpoint.restore_for_inference(_WORKDIR.value)
+  ids = (sft.prompt_ids(tokenizer, [{'role': 'user', 'content': prompt}]) if chat
+         else tokenizer.encode(prompt, add_bos=True))
+  gen_length = (meta['config']['sample']['gen_length'] if _GEN_LENGTH.value is None
+                else _GEN_LENGTH.value)
+  out = autoregressive.greedy(params, np.tile(ids, (num, 1)), config=config,
+                              gen_length=gen_length)
+  return ([tokenizer.decode(row[len(ids):]) for row in np.asarray(out)],
+          [(gen_length, gen_length)] * num)
 
 
 def main(argv):
@@ -170,7 +209,9 @@ def main(argv):
     if sampler == 'auto':
       trained = meta['config']['train'].get('objective')
       sampler = 'block' if trained == 'block_diffusion' else 'full'
-    if sampler == 'block':
+    if meta.get('model_config', {}).get('causal'):  # A next-token run: greedy.
+      texts, counts = _sample_next_token(meta, prompt, num, bool(_CHAT.value))
+    elif sampler == 'block':
       chat = (meta['config']['train'].get('objective') == 'sft'
               if _CHAT.value is None else _CHAT.value)
       texts, counts = _sample_block(meta, prompt, num, chat)

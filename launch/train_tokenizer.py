@@ -29,11 +29,12 @@ def main(argv):
   from dllm_jax.data import sources, sp_tokenizer  # pylint: disable=g-import-not-at-top
   with cli.one_line_errors():
     source = sources.open_source(_SOURCE.value, data_dir=_DATA_DIR.value)
+    record_format = sources.record_format_of(_SOURCE.value)
 
     def texts():
       for i in range(min(len(source), _MAX_DOCS.value)):
         try:
-          text = sources.decode_record(source[i]).get(_FIELD.value)
+          text = sources.decode_record(source[i], record_format).get(_FIELD.value)
         except sources.RecordError:
           continue
         if isinstance(text, str):

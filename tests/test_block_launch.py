@@ -89,3 +89,50 @@ def test_lm_eval_model_loads_a_block_run(random_block_workdir):
   lm = harness.DllmJaxLM(workdir=random_block_workdir, temperature=0.5)
   assert isinstance(lm.sampling, block.BlockSamplingConfig)
   assert lm.sampling.temperature == 0.5 and lm.opts['block_size'] == 8
+
+
+@pytest.fixture(scope='module')
+def next_token_workdir(tmp_path_factory):
+  """Random weights of a next-token (causal) run of one layer; do not write to it."""
+  from tests import support  # pylint: disable=g-import-not-at-top
+  config = support.small_config(objective='next_token')
+  config.model.n_layers = 1
+  workdir = tmp_path_factory.mktemp('next_token_workdir')
+  support.write_random_checkpoint(workdir, config)
+  return str(workdir)
+
+
+def test_sample_launcher_decodes_a_next_token_checkpoint_greedily(
+    sample_main, capsys, next_token_workdir):
+  """The diffusion samplers printed garbage for a causal model (exit 0)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from dllm_jax import workdir as checkpoint  # pylint: disable=g-import-not-at-top
+  from dllm_jax.sampling import autoregressive  # pylint: disable=g-import-not-at-top
+  run = f'--workdir={next_token_workdir}'
+  message, out = sample_main(capsys, run, '--prompt=ab', '--num_samples=1',
+                             '--gen_length=6')
+  assert message is None, message
+  config, params, tok = checkpoint.restore_for_inference(next_token_workdir)
+  ids = tok.encode('ab', add_bos=True)
+  want = autoregressive.greedy(params, ids[None], config=config, gen_length=6)
+  assert out == (f'--- sample 0 ---\nab{tok.decode(np.asarray(want)[0, len(ids):])}\n'
+                 '[forwards: 6 decided tokens, 6 in all]\n')
+  message, _ = sample_main(capsys, run, '--steps=4', '--temperature=0.5')
+  assert message == ('error: --steps, --temperature: knobs of the diffusion '
+                     'samplers; this checkpoint was trained with train.objective='
+                     'next_token and is decoded greedily, one token at a time.')
+
+
+def test_sample_launcher_refuses_more_steps_than_positions_to_fill(
+    sample_main, capsys, random_workdir, random_block_workdir):
+  """`--steps` was unbounded (10^8 ran for minutes)."""
+  message, _ = sample_main(capsys, f'--workdir={random_workdir}', '--steps=16',
+                           '--gen_length=8', '--block_length=8')
+  assert message == ('error: steps=16 exceeds the 8 positions to fill (gen_length): '
+                     'each step commits at least one.')
+  message, out = sample_main(capsys, f'--workdir={random_workdir}', '--gen_length=2',
+                             '--block_length=2', '--num_samples=1')
+  assert message is None and out.count('--- sample ') == 1  # Its 4 steps: 2.
+  message, _ = sample_main(capsys, f'--workdir={random_block_workdir}', '--steps=9')
+  assert message == ('error: steps=9 exceeds the 8 positions a block has: each step '
+                     'commits at least one.')

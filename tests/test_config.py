@@ -145,3 +145,56 @@ def test_train_launcher_prints_one_line_before_any_work(tmp_path, override, line
   assert r.returncode != 0 and 'Traceback' not in r.stderr, r.stderr
   assert r.stderr.strip().splitlines()[-1] == line, r.stderr
   assert not os.path.exists(workdir)  # Nothing was started.
+
+
+_LONG_PROMPT = 'x' * 500
+BAD_CONFIGS = [  # (arguments after --workdir, the one line it ends with)
+    (['--config.optimizer.lr=inf'],
+     'error: optimizer.lr=inf is not a finite number; allowed: > 0.'),
+    (['--config.sample.temperature=inf'],
+     'error: sample.temperature=inf is not a finite number; allowed: >= 0.'),
+    (['--config.train.steps=3', '--config.train.stepz=10'],
+     "error: unknown config key 'train.stepz' (did you mean 'train.steps'?)."),
+    (['--config.trian.steps=3'],
+     "error: unknown config section 'trian' in --config.trian.steps (did you mean "
+     "'train'?)."),
+    (['--config={dir}/syntax_error.py'],
+     'error: cannot load --config: {dir}/syntax_error.py, line 1: invalid syntax: '
+     'def get_config(:'),
+    (['--config.sample.gen_length=30'],
+     'error: sample settings: gen_length=30 is not divisible by block_length=8 (or '
+     'set sample.num_samples=0: no sample after training).'),
+    (['--config.sample.steps=1024'],
+     'error: sample settings: steps=1024 exceeds the 64 positions to fill '
+     '(gen_length): each step commits at least one (or set sample.num_samples=0: '
+     'no sample after training).'),
+    (['--config.data.tokenizer=hf:{dir}/hf'],
+     'error: {dir}/hf/tokenizer.json is not a valid tokenizer.json ('),
+    ([f'--config.sample.prompt={_LONG_PROMPT}'],
+     'error: sample settings: the prompt (501 tokens) and gen_length 64 need 565 '
+     'positions, more than the model max_len 512 (or set sample.num_samples=0: no '
+     'sample after training).'),
+]
+
+
+def test_bad_configs_end_the_train_launcher_in_one_line_before_any_work(tmp_path):
+  """Infinite values, a misspelt key beside a valid one, an unknown section, a
+  config file that does not parse, a corrupt tokenizer.json, sample settings the
+  end-of-run sample cannot use: one line each, before a workdir is made (one
+  step would otherwise run). A line ending in '(' is a prefix."""
+  (tmp_path / 'syntax_error.py').write_text('def get_config(:\n  pass\n')
+  os.makedirs(tmp_path / 'hf')
+  (tmp_path / 'hf' / 'tokenizer.json').write_text('{"model": {')  # Cut short.
+  runs = [(tmp_path / f'run{i}', [a.format(dir=tmp_path) for a in args],
+           line.format(dir=tmp_path)) for i, (args, line) in enumerate(BAD_CONFIGS)]
+  procs = [subprocess.Popen([sys.executable, '-m', 'launch.train', f'--workdir={w}',
+                             '--config.train.steps=1', *args], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+           for w, args, _ in runs]
+  for (workdir, args, line), proc in zip(runs, procs):
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode != 0 and 'Traceback' not in err, (args, err[-2000:])
+    last = err.strip().splitlines()[-1]
+    assert last == line or line.endswith('(') and last.startswith(line), (
+        args, err[-2000:])
+    assert not os.path.exists(workdir), args

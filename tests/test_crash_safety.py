@@ -65,6 +65,22 @@ def test_sigterm_saves_at_the_current_step_and_resumes_there(tmp_path):
   assert lines[-1].startswith(f'resumed from step {step} '), ''.join(lines)
 
 
+def test_ctrl_c_saves_and_stops_in_one_line_like_sigterm(tmp_path):
+  proc = _launch(tmp_path, '--config.train.steps=3000', '--config.train.log_every=2',
+                 '--config.train.checkpoint_every=100000', NO_SAMPLE)
+  lines = []
+  for line in proc.stdout:
+    lines.append(line)
+    if line.startswith('step 4/'):
+      break
+  proc.send_signal(signal.SIGINT)
+  out = ''.join(lines) + proc.communicate(timeout=120)[0]
+  assert proc.returncode == 0 and 'Traceback' not in out, out
+  match = re.search(r'stopped by SIGINT after step (\d+): checkpoint saved', out)
+  assert match, out
+  assert checkpoint.read_meta(str(tmp_path))['step'] == int(match.group(1))
+
+
 # The default run kills once, mid-run (40 steps and 8 saves before its end);
 # -m slow kills four times over 200 steps, once during start-up. Timeouts allow
 # for a loaded 2-core machine, where one launch can take minutes.
@@ -143,14 +159,69 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, how, fou
   assert os.listdir(tmp_path / 'corrupt_checkpoints')
 
 
-def test_no_restorable_checkpoint_is_a_clear_error(tmp_path, four_steps):
+def _flip_bytes(step_dir, item):
+  """Flips bytes in the middle of the biggest array-data file of `item` (its
+  size stays: Orbax restores it without a word)."""
+  files = [f for f in glob.glob(os.path.join(step_dir, item, '**', '*'),
+                                recursive=True) if os.path.isfile(f)]
+  biggest = max(files, key=os.path.getsize)
+  with open(biggest, 'r+b') as f:
+    f.seek(os.path.getsize(biggest) // 2)
+    data = f.read(8)
+    f.seek(os.path.getsize(biggest) // 2)
+    f.write(bytes(b ^ 0x5A for b in data))
+  return os.path.relpath(biggest, step_dir)
+
+
+@pytest.mark.filterwarnings('ignore:checkpoint at step 2 cannot be restored')
+def test_flipped_bytes_are_found_by_checksum_quarantined_and_skipped(tmp_path,
+                                                                  four_steps):
+  tmp_path = _copy(four_steps, tmp_path)
+  ckpt = checkpoint.checkpoint_dir(str(tmp_path))
+  bad = _flip_bytes(os.path.join(ckpt, '4'), 'params')
+  message = (rf'checkpoint at step 4 cannot be restored \(ChecksumError: '
+             rf'{re.escape(bad)} does not match its checksum')
+  with pytest.warns(UserWarning, match=message):  # Sampling skips it too.
+    params = checkpoint.restore_for_inference(str(tmp_path)).params
+  ok = checkpoint.restore_for_inference(str(four_steps), step=2).params
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ok)):
+    np.testing.assert_array_equal(a, b)
+  _flip_bytes(os.path.join(ckpt, '2'), 'opt_state')
+  # Training: both are quarantined; with none left the run refuses in one line.
+  with pytest.warns(UserWarning, match=message):
+    with pytest.raises(errors.CheckpointError,
+                       match=r'no checkpoint .* can be restored: step 4 .*; step 2 '
+                       r'\(ChecksumError: opt_state/.*; moved to .*corrupt_checkpoints; '
+                       r'set --config.train.fresh_start=True'):
+      trainer.train(_config(steps=6, checkpoint_every=2), str(tmp_path))
+  assert sorted(n.split('-')[0] for n in os.listdir(tmp_path / 'corrupt_checkpoints')
+                ) == ['2', '4']
+
+
+def test_no_restorable_checkpoint_refuses_until_a_fresh_start_is_asked(tmp_path,
+                                                                      four_steps,
+                                                                      capsys):
   config = _config(steps=4, checkpoint_every=2)
   tmp_path = _copy(four_steps, tmp_path)
   for step in ('2', '4'):
     _corrupt(os.path.join(checkpoint.checkpoint_dir(str(tmp_path)), step), 'missing')
   with pytest.warns(UserWarning):
-    with pytest.raises(errors.CheckpointError, match='can be restored'):
+    with pytest.raises(errors.CheckpointError, match='can be restored.*fresh_start'):
       trainer.train(config, str(tmp_path))
+  # The next run finds only quarantined checkpoints: no silent fresh start.
+  with pytest.raises(errors.CheckpointError, match=r'has no checkpoint, and earlier '
+                     r'runs moved corrupt ones to .*corrupt_checkpoints \(2-\d+, '
+                     r'4-\d+\); refusing .*fresh_start=True'):
+    trainer.train(config, str(tmp_path))
+  config.train.fresh_start = True
+  config.optimizer.warmup_steps = 10  # Longer than the run: said, not silent.
+  state = trainer.train(config, str(tmp_path))
+  assert int(state.step) == 4
+  out = capsys.readouterr().out
+  assert 'starting from scratch' in out
+  assert ('optimizer.warmup_steps=10 does not fit before the decay of this 4-step '
+          'run (decay_fraction=0.3): the learning rate warms up over 3 steps '
+          'instead.') in out
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):

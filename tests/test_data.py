@@ -4,6 +4,7 @@ exact resume (workers off and on), process sharding and bad input."""
 import json
 import logging
 import os
+import re
 
 import numpy as np
 import pytest
@@ -297,3 +298,67 @@ def test_empty_or_missing_sources_are_clear_errors(tmp_path):
                               batch_size=1, seed=0, shard_count=2, shard_index=1)
   with pytest.raises(ValueError, match="can convert text:GLOB or jsonl:GLOB"):
     convert.convert('stdlib', str(tmp_path / 'x'))
+
+
+# id: (file name, its bytes, the source spec ({d}: the folder), objective, the
+# first error).
+_BAD_SOURCES = {
+    'bad_json': ('a.jsonl', b'{broken\n' * 3, 'jsonl:{d}/a.jsonl', 'pretrain',
+                 'not JSON'),
+    'wrong_field': ('a.jsonl', b'{"txt": "x"}\n', 'jsonl:{d}/a.jsonl', 'pretrain',
+                    "no text field 'text'"),
+    'sft_too_long': ('a.jsonl', b'{"prompt": "p", "response": "%s"}\n' % (b'y' * 99),
+                     'jsonl:{d}/a.jsonl', 'sft',
+                     'example of 1\\d\\d tokens does not fit a row of 32'),
+    'invalid_utf8': ('a.txt', b'\xff\xfe bad', 'text:{d}/*.txt', 'pretrain',
+                     'not UTF-8'),
+    'sft_on_text': ('a.txt', b'plain text', 'text:{d}/*.txt', 'sft',
+                    r"no field\(s\) \['prompt', 'response'\]"),
+}
+
+
+@pytest.mark.parametrize('case', sorted(_BAD_SOURCES))
+def test_a_source_of_only_bad_records_stops_with_one_error(tmp_path, case):
+  """Every record skipped used to loop forever; a bounded run of skips stops it
+  with one error naming the first."""
+  from dllm_jax.errors import DataError
+  name, data, spec, objective, reason = _BAD_SOURCES[case]
+  (tmp_path / name).write_bytes(data)
+  spec = spec.format(d=tmp_path)
+  build = pipeline.sft_dataset if objective == 'sft' else pipeline.pretrain_dataset
+  ds = build(spec, TOK, seq_len=32, batch_size=2, seed=0, skip_budget=40)
+  # Grain reads ahead in threads: the count and the first record may run past.
+  with pytest.raises(DataError, match=rf'\d+ records of {re.escape(spec)} in a row '
+                     rf'could not be used; the first: skipped record \d+ of '
+                     rf'{re.escape(spec)}: {reason}') as e:
+    next(iter(ds))
+  assert '\n' not in str(e.value)
+
+
+def test_a_text_source_is_read_as_text_without_record_format(tmp_path):
+  for i in range(3):
+    (tmp_path / f'{i}.txt').write_text(f'doc-{i:04d} plain text, not JSON')
+  ds = pipeline.pretrain_dataset(f'text:{tmp_path}/*.txt', TOK, seq_len=64,
+                                 batch_size=1, seed=0, packing='first_fit',
+                                 num_epochs=1)
+  assert set().union(*(_doc_ids(b) for b in ds)) == {0, 1, 2}
+
+
+def test_unreadable_data_and_tokenizer_files_are_one_line_errors_naming_them(tmp_path):
+  from dllm_jax.data import hf_tokenizer, sp_tokenizer
+  (tmp_path / 'empty.array_record').write_bytes(b'')
+  with pytest.raises(ValueError, match=rf'{tmp_path}/empty.array_record is not a '
+                     'readable ArrayRecord file'):
+    sources.open_source(f'array_record:{tmp_path}/*.array_record')
+  os.makedirs(tmp_path / 'hf')
+  (tmp_path / 'hf' / 'tokenizer.json').write_text('{"model": {')
+  with pytest.raises(ValueError, match=rf'{tmp_path}/hf/tokenizer.json is not a valid '
+                     'tokenizer.json'):
+    hf_tokenizer.HFTokenizer(str(tmp_path / 'hf'))
+  (tmp_path / 'bad.model').write_bytes(b'\x00garbage' * 10)
+  with pytest.raises(ValueError, match=rf'{tmp_path}/bad.model is not a valid '
+                     'SentencePiece model'):
+    tokenizer_lib.make_tokenizer(f'sentencepiece:{tmp_path}/bad.model')
+  with pytest.raises(ValueError, match=r'cannot train a SentencePiece model .*sp.model '
+                     r'with vocab_size=20: .*Vocabulary size is smaller'):
+    sp_tokenizer.train(['some text here'] * 10, str(tmp_path / 'sp'), vocab_size=20)

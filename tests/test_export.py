@@ -195,10 +195,9 @@ def test_block_diffusion_export_keeps_its_sampler_and_likelihood(random_block_wo
   from dllm_jax import workdir as checkpoint  # pylint: disable=g-import-not-at-top
   from dllm_jax.sampling.block import BlockSamplingConfig  # pylint: disable=g-import-not-at-top
   from dllm_jax.serving import Engine  # pylint: disable=g-import-not-at-top
-  from launch.export import sample_settings  # pylint: disable=g-import-not-at-top
   cfg, params, tok = checkpoint.restore_for_inference(random_block_workdir)
   export.write(params, cfg, str(tmp_path), tokenizer=tok,
-               sample=sample_settings(checkpoint.read_meta(random_block_workdir)))
+               sample=export.sample_settings(checkpoint.read_meta(random_block_workdir)))
   engine = Engine.from_hf_dir(str(tmp_path))
   assert engine.trained_block_size == 8
   assert isinstance(engine.default_sampling, BlockSamplingConfig)

@@ -17,6 +17,8 @@ BAD = [
      '--block_length'),
     ('sample', ['--temperature=-0.5'], 'flag --temperature=-0.5: must be >= 0'),
     ('sample', ['--cfg_scale=-1'], 'flag --cfg_scale=-1.0: must be >= 0'),
+    ('sample', ['--temperature=inf'], 'flag --temperature=inf: must be >= 0 and finite'),
+    ('sample', ['--factor=inf'], 'flag --factor=inf: must be positive and finite'),
     ('sample', ['--threshold=1.5'], 'flag --threshold=1.5: must be in (0, 1]'),
     ('sample', ['--factor=0'], 'flag --factor=0.0: must be positive'),
     ('sample', ['--remasking=best'], 'flag --remasking=best: value should be one of'),

@@ -4,6 +4,9 @@ naming the path, and the checkpoints already there stay restorable; retention
 
 import errno
 import os
+import subprocess
+import sys
+import time
 import types
 
 import grain
@@ -13,7 +16,7 @@ from orbax.checkpoint._src.path import atomicity
 
 from dllm_jax import errors
 from dllm_jax.training import checkpoint, trainer
-from tests.support import small_config
+from tests.support import REPO, SMALL_CLI, small_config
 
 
 def _fail_step(monkeypatch, step, err=errno.ENOSPC):
@@ -114,3 +117,41 @@ def test_a_run_whose_save_failed_resumes_from_the_last_good_step(tmp_path,
   state = trainer.train(config, str(tmp_path))
   assert int(state.step) == 6
   assert checkpoint.read_meta(str(tmp_path))['step'] == 6
+
+
+@pytest.mark.parametrize('mode,error', [('eperm', 'Operation not permitted'),
+                                        ('enospc', 'No space left on device')])
+def test_a_save_that_cannot_write_ends_the_run_in_one_line_within_seconds(
+    tmp_path, mode, error):
+  """A checkpoint folder that takes no new entry (chattr +i, a read-only
+  remount: Orbax's async save used to deadlock) or a full disk: one line naming
+  the path and the OS error, exit 1, the earlier checkpoint intact."""
+  start = time.time()
+  r = subprocess.run(
+      [sys.executable, '-m', 'tests.save_failure_worker', mode,
+       f'--workdir={tmp_path}', *SMALL_CLI, '--config.train.steps=6',
+       '--config.train.checkpoint_every=2', '--config.train.log_every=2',
+       '--config.sample.num_samples=0'], cwd=REPO, capture_output=True, text=True,
+      timeout=180)
+  assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr[-3000:]
+  ckpt = checkpoint.checkpoint_dir(str(tmp_path))
+  last = r.stderr.strip().splitlines()[-1]
+  assert last.startswith(f'error: cannot write checkpoint step 4 to {ckpt}/4 '
+                         f'({error}'), last
+  assert 'the checkpoints already there (steps 2) stay restorable' in last, last
+  assert len(r.stderr.strip().splitlines()) < 10, r.stderr
+  assert time.time() - start < 120
+  assert sorted(os.listdir(ckpt)) == ['2']
+  assert checkpoint.read_meta(str(tmp_path))['step'] == 2
+  assert checkpoint.restore_for_inference(str(tmp_path)).params
+
+
+def test_a_full_disk_inside_tensorstore_is_named_by_its_os_error():
+  """TensorStore's error text cut at 300 characters used to drop the OS error."""
+  from dllm_jax.training import save_guard  # pylint: disable=g-import-not-at-top
+  path = '/w/checkpoints/4.orbax-checkpoint-tmp/opt_state/ocdbt.process_0'
+  e = ValueError(f'RESOURCE_EXHAUSTED: Error writing "1.0.mu.w/0" in OCDBT database '
+                 f'at local file "{path}/": Failed writing: "{path}/d/0a1b": Failed '
+                 "to write 6829 bytes to file 8: No space left on device "
+                 "[os_error_code='28']")
+  assert save_guard._cause(e) == f'No space left on device: {path}/d/0a1b'  # pylint: disable=protected-access

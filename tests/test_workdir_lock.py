@@ -13,12 +13,17 @@ import pytest
 
 from dllm_jax import errors
 from dllm_jax.training import workdir_lock
-from tests.support import REPO, launch_train
+from tests.support import REPO, SMALL_CLI, launch_train
 
-def _write_lock(workdir, host, pid, age_s=0.0):
+
+def _write_lock(workdir, host, pid, age_s=0.0, pid_ns=None):
+  """A lock file of `host`/`pid` (in this process's PID namespace unless
+  `pid_ns` names another) whose heartbeat is `age_s` old."""
   path = workdir_lock.lock_path(str(workdir))
   with open(path, 'w') as f:
-    json.dump({'host': host, 'pid': pid, 'started': '2026-01-01T00:00:00+00:00'}, f)
+    json.dump({'host': host, 'pid': pid,
+               'pid_ns': pid_ns or workdir_lock._pid_namespace(),  # pylint: disable=protected-access
+               'started': '2026-01-01T00:00:00+00:00'}, f)
   then = time.time() - age_s
   os.utime(path, (then, then))
   return path
@@ -136,3 +141,69 @@ def test_object_store_workdirs_are_not_locked(tmp_path, monkeypatch):
     with workdir_lock.hold('gs://bucket/run') as lock:
       assert lock is None
   assert not os.listdir(tmp_path)  # No local 'gs:' folder.
+
+
+def _dead_pid() -> int:
+  proc = subprocess.Popen([sys.executable, '-c', 'pass'])
+  proc.wait()
+  return proc.pid
+
+
+def test_a_same_named_host_in_another_container_is_trusted_by_its_heartbeat(tmp_path):
+  """Two containers that share a hostname and a volume: the other's pid means
+  nothing here, so its fresh heartbeat keeps the lock; in our own PID namespace
+  a dead pid is stale at once (kill -9, then rerun)."""
+  pid = _dead_pid()
+  _write_lock(tmp_path, socket.gethostname(), pid, age_s=1, pid_ns='pid:[1]')
+  with pytest.raises(errors.WorkdirLockedError, match=f'pid {pid}'):
+    workdir_lock.WorkdirLock(str(tmp_path), stale_after_s=60).acquire()
+  _write_lock(tmp_path, socket.gethostname(), pid, age_s=1)
+  with pytest.warns(UserWarning, match=f'pid {pid} no longer runs on this host'):
+    with workdir_lock.WorkdirLock(str(tmp_path), stale_after_s=60):
+      pass
+
+
+def _wait_for(proc, prefix: str, lines: list[str]) -> None:
+  for line in proc.stdout:
+    lines.append(line)
+    if line.startswith(prefix):
+      return
+  raise AssertionError(''.join(lines))
+
+
+def test_a_run_that_lost_its_lock_stops_without_writing(tmp_path):
+  """Another run takes the lock over while this one saves step 6 (as when it
+  was suspended past the stale timeout): the save of step 9 is refused, the run
+  ends in one line and leaves the new holder's lock alone."""
+  r = subprocess.run(
+      [sys.executable, '-m', 'tests.save_failure_worker', 'takeover',
+       f'--workdir={tmp_path}', *SMALL_CLI, '--config.train.steps=12',
+       '--config.train.checkpoint_every=3', '--config.train.log_every=3',
+       '--config.sample.num_samples=0'], cwd=REPO, capture_output=True, text=True,
+      timeout=180)
+  assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr[-3000:]
+  path = workdir_lock.lock_path(str(tmp_path))
+  last = r.stderr.strip().splitlines()[-1]
+  assert last.startswith(f'error: this run lost the workdir lock {path} (it is now '
+                         "held by host 'other-node', pid 4242, started "), last
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3', '6']
+  with open(path) as f:
+    assert json.load(f)['host'] == 'other-node'  # The new holder's lock stays.
+
+
+def test_sigterm_during_start_up_releases_the_lock(tmp_path):
+  # A model shape no other test compiles: its compile (seconds, not in the
+  # session's XLA cache) is the start-up the signal lands in.
+  proc = launch_train(tmp_path, '--config.train.steps=5', '--config.model.n_layers=3')
+  lines = []
+  try:
+    _wait_for(proc, 'mesh: ', lines)  # Logged under the lock, before compiling.
+    proc.send_signal(signal.SIGTERM)
+    out = ''.join(lines) + proc.communicate(timeout=120)[0]
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.communicate()
+  assert proc.returncode == 0, out
+  assert 'stopped by SIGTERM during start-up, before step 1' in out, out
+  assert not os.path.exists(workdir_lock.lock_path(str(tmp_path)))

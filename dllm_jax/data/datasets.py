@@ -28,7 +28,8 @@ def make_dataset(config, tokenizer, *, split: str = 'train',
                 batch_size=batch_size or config.train.batch_size // jax.process_count(),
                 shard_index=jax.process_index() if shard_index is None else shard_index,
                 shard_count=shard_count or jax.process_count(),
-                num_workers=d.num_workers, record_format=d.record_format)
+                num_workers=d.num_workers, record_format=d.record_format,
+                skip_budget=d.skip_budget)
   if objectives.get(config.train.objective).data == 'chat':
     return pipeline.sft_dataset(d.source, tokenizer, prompt_field=d.prompt_field,
                                 response_field=d.response_field, **common)

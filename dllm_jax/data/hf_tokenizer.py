@@ -36,7 +36,11 @@ class HFTokenizer:
     file = os.path.join(self.path, 'tokenizer.json')
     if not os.path.isfile(file):
       raise FileNotFoundError(f'no tokenizer.json in {path!r}.')
-    self._tok = Tokenizer.from_file(file)
+    try:
+      self._tok = Tokenizer.from_file(file)
+    except Exception as e:  # pylint: disable=broad-except  (tokenizers raises Exception)
+      detail = (str(e).strip().splitlines() or [''])[0][:200]
+      raise ValueError(f'{file} is not a valid tokenizer.json ({detail}).') from None
     self.special_tokens = {**LLADA_SPECIAL_TOKENS, **(special_tokens or {})}
     for role, text in self.special_tokens.items():
       token_id = self._tok.token_to_id(text)

@@ -8,7 +8,9 @@ a new order every epoch, and optionally run in Grain worker processes. The
 iterators' `get_state()` goes into the checkpoint for exact resume.
 
 Bad records (undecodable, missing field, too long for an SFT row) are logged and
-counted, then skipped; a document longer than a row is split into row-sized
+counted, then skipped; `skip_budget` records skipped in a row (a source whose
+every record is bad would otherwise be read forever) stop the run with a
+DataError naming the first error; a document longer than a row is split into row-sized
 pieces (packing 'first_fit'; logged and counted) or simply spans rows (packing
 'concat', where that is the design).
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 from typing import Any
 
 import grain
@@ -24,6 +27,7 @@ import numpy as np
 
 from dllm_jax.data import sft as sft_lib
 from dllm_jax.data import sources as sources_lib
+from dllm_jax.errors import DataError
 
 PACKINGS = ('concat', 'first_fit', 'stream')
 log = logging.getLogger('dllm_jax.data')
@@ -33,6 +37,10 @@ log = logging.getLogger('dllm_jax.data')
 COUNTS: dict[str, int] = {}
 _PER_SOURCE: dict[tuple[str, str], int] = {}
 _LOG_FIRST = 10
+SKIP_BUDGET = 1000
+# Per source: [records skipped in a row, the first skip's message].
+_IN_A_ROW: dict[str, list] = {}
+_IN_A_ROW_LOCK = threading.Lock()  # Grain may run transforms in threads.
 
 
 def _count(kind: str, source: str, message: str) -> None:
@@ -40,6 +48,28 @@ def _count(kind: str, source: str, message: str) -> None:
   n = _PER_SOURCE[kind, source] = _PER_SOURCE.get((kind, source), 0) + 1
   if n <= _LOG_FIRST or n % 1000 == 0:
     log.warning('%s (%d %s of this source so far in this process)', message, n, kind)
+
+
+def _skipped(source: str, message: str, budget: int) -> None:
+  """Counts a skipped record; raises DataError once `budget` (> 0) were
+  skipped in a row."""
+  _count('skipped records', source, message)
+  with _IN_A_ROW_LOCK:
+    run = _IN_A_ROW.setdefault(source, [0, message])
+    if run[0] == 0:
+      run[1] = message
+    run[0] += 1
+    count, first = run
+  if 0 < budget <= count:
+    raise DataError(f'{count} records of {source} in a row could not be used; the '
+                    f'first: {first}. Check data.source, data.record_format and '
+                    'the field names (or raise data.skip_budget).')
+
+
+def _used(source: str) -> None:
+  run = _IN_A_ROW.get(source)
+  if run:
+    run[0] = 0
 
 
 def _not_none(x) -> bool:
@@ -65,6 +95,7 @@ class _Tokenize:
   shard_count: int
   text_field: str
   record_format: str
+  skip_budget: int = SKIP_BUDGET
 
   def __call__(self, index: int, record: Any) -> dict[str, np.ndarray] | None:
     try:
@@ -73,12 +104,14 @@ class _Tokenize:
       if not isinstance(text, str):
         raise sources_lib.RecordError(f'no text field {self.text_field!r} '
                                       f'(fields: {sorted(rec)})')
-      return {'tokens': _encode(self.tokenizer, text, add_bos=True, add_eos=True)}
+      row = {'tokens': _encode(self.tokenizer, text, add_bos=True, add_eos=True)}
     except sources_lib.RecordError as e:
-      _count('skipped records', self.source,
-             f'skipped record {self.shard_index + index * self.shard_count} of '
-             f'{self.source}: {e}')
+      record = self.shard_index + index * self.shard_count
+      _skipped(self.source, f'skipped record {record} of {self.source}: {e}',
+               self.skip_budget)
       return None
+    _used(self.source)
+    return row
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,19 +125,22 @@ class _SftRow:
   record_format: str
   prompt_field: str
   response_field: str
+  skip_budget: int = SKIP_BUDGET
 
   def __call__(self, index: int, record: Any) -> dict[str, np.ndarray] | None:
     try:
       rec = sources_lib.decode_record(record, self.record_format)
       messages, response = sft_lib.messages_of(rec, self.prompt_field,
                                                self.response_field)
-      return sft_lib.sft_row(self.tokenizer, messages, response, self.seq_len)
+      row = sft_lib.sft_row(self.tokenizer, messages, response, self.seq_len)
     except (sources_lib.RecordError, UnicodeError) as e:  # Unicode: a lone surrogate.
       reason = f'not valid Unicode ({e.reason})' if isinstance(e, UnicodeError) else e
-      _count('skipped records', self.source,
-             f'skipped record {self.shard_index + index * self.shard_count} of '
-             f'{self.source}: {reason}')
+      record = self.shard_index + index * self.shard_count
+      _skipped(self.source, f'skipped record {record} of {self.source}: {reason}',
+               self.skip_budget)
       return None
+    _used(self.source)
+    return row
 
 
 class _SplitLong(grain.experimental.FlatMapTransform):
@@ -144,6 +180,7 @@ def _examples(source: Any, transform, *, seed: int, num_epochs: int | None,
   skipped), shuffled anew every epoch."""
   if not 0 <= shard_index < shard_count:
     raise ValueError(f'shard_index={shard_index} not in [0, {shard_count}).')
+  _IN_A_ROW.pop(name, None)  # A new dataset counts afresh.
   ds = grain.MapDataset.source(source)
   if len(ds) < shard_count:
     raise ValueError(f'data source {name!r} has {len(ds)} records, fewer than the '
@@ -171,7 +208,8 @@ def pretrain_dataset(source: str | Any, tokenizer, *, seq_len: int, batch_size: 
                      packing: str = 'concat', num_epochs: int | None = None,
                      shard_index: int = 0, shard_count: int = 1,
                      num_workers: int = 0, text_field: str = 'text',
-                     record_format: str = 'json') -> grain.IterDataset:
+                     record_format: str = 'json',
+                     skip_budget: int = SKIP_BUDGET) -> grain.IterDataset:
   """Packed pretraining batches {tokens, segment_ids, positions}, int32 [B, L].
 
   `source`: a spec string (`sources.py`) or an opened random-access source.
@@ -181,13 +219,15 @@ def pretrain_dataset(source: str | Any, tokenizer, *, seq_len: int, batch_size: 
   longer than a row. 'stream' cuts rows as 'concat' does but keeps no document
   boundaries: batches are {tokens} alone, so attention crosses documents (as in
   plain GPT-style pretraining; BOS/EOS still mark them) and runs with no mask,
-  its fastest path.
+  its fastest path. `skip_budget`: bad records skipped in a row before a
+  DataError (0: no limit). A `text:`/`jsonl:` spec implies its record format.
   """
   if packing not in PACKINGS:
     raise ValueError(f'unknown packing {packing!r}; known: {PACKINGS}.')
   name, source = _open(source, split, data_dir)
+  record_format = sources_lib.record_format_of(name, record_format)
   ds = _examples(source, _Tokenize(tokenizer, name, shard_index, shard_count,
-                                   text_field, record_format),
+                                   text_field, record_format, skip_budget),
                  seed=seed, num_epochs=num_epochs, shard_index=shard_index,
                  shard_count=shard_count, name=name)
   if packing in ('concat', 'stream'):
@@ -209,11 +249,15 @@ def sft_dataset(source: str | Any, tokenizer, *, seq_len: int, batch_size: int,
                 num_epochs: int | None = None, shard_index: int = 0,
                 shard_count: int = 1, num_workers: int = 0,
                 prompt_field: str = 'prompt', response_field: str = 'response',
-                record_format: str = 'json') -> grain.IterDataset:
-  """SFT batches {tokens int32 [B, L], prompt_lengths int32 [B]}; see `sft.py`."""
+                record_format: str = 'json',
+                skip_budget: int = SKIP_BUDGET) -> grain.IterDataset:
+  """SFT batches {tokens int32 [B, L], prompt_lengths int32 [B]}; see `sft.py`
+  (`skip_budget`, the record format: as `pretrain_dataset`)."""
   name, source = _open(source, split, data_dir)
+  record_format = sources_lib.record_format_of(name, record_format)
   ds = _examples(source, _SftRow(tokenizer, name, shard_index, shard_count, seq_len,
-                                 record_format, prompt_field, response_field),
+                                 record_format, prompt_field, response_field,
+                                 skip_budget),
                  seed=seed, num_epochs=num_epochs, shard_index=shard_index,
                  shard_count=shard_count, name=name)
   return _finish(ds, batch_size, num_workers)

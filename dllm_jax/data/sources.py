@@ -6,7 +6,9 @@
   text:GLOB               local text files, one document per file
   jsonl:GLOB              local JSON-lines files, one record per line
 
-A `{split}` in a glob is replaced by the split name. Every source is a Grain
+A `{split}` in a glob is replaced by the split name. A `text:` source's records
+are text and a `jsonl:` source's JSON, whatever `data.record_format` says
+(`record_format_of`); it applies to ArrayRecord files. Every source is a Grain
 random-access source (`len`, `__getitem__`); `decode_record` turns any record into
 a dict of strings, and raises `RecordError` for one it cannot read (the
 pipeline logs, counts and skips those).
@@ -35,6 +37,33 @@ def parse_spec(spec: str) -> tuple[str, str]:
     raise ValueError(f'unknown data source {spec!r}; use stdlib, tfds:NAME, '
                      'array_record:GLOB, text:GLOB or jsonl:GLOB.')
   return kind, arg
+
+
+def record_format_of(spec: str, record_format: str = 'json') -> str:
+  """The format of the byte records of source `spec`: its kind's own (text:
+  text, jsonl: JSON), else `record_format`."""
+  kind = spec.partition(':')[0] if isinstance(spec, str) else None
+  return {'text': 'text', 'jsonl': 'json'}.get(kind, record_format)
+
+
+def _array_record(spec: str, files: list[str]) -> Any:
+  """Grain's ArrayRecord source; a file that is not ArrayRecord (empty,
+  truncated, another format) is a ValueError naming it."""
+  try:
+    return grain.sources.ArrayRecordDataSource(files)
+  except RuntimeError as e:
+    error = e
+  for path in files:  # Which one: open them one by one.
+    try:
+      grain.sources.ArrayRecordDataSource([path])
+    except RuntimeError as e:
+      error, bad = e, path
+      break
+  else:
+    bad = ', '.join(files)
+  detail = (str(error).strip().splitlines() or [''])[0][:200]
+  raise ValueError(f'data source {spec!r}: {bad} is not a readable ArrayRecord '
+                   f'file ({detail}).') from None
 
 
 def _files(spec: str, pattern: str, split: str) -> list[str]:
@@ -111,7 +140,7 @@ def open_source(spec: str, *, split: str = 'train',
           f'data source {spec!r}: cannot open split {split!r} in data_dir '
           f'{data_dir or "(TFDS default)"}: {e}'.splitlines()[0]) from e
   elif kind == 'array_record':
-    source = grain.sources.ArrayRecordDataSource(_files(spec, arg, split))
+    source = _array_record(spec, _files(spec, arg, split))
   elif kind == 'text':
     source = TextFilesSource(_files(spec, arg, split))
   else:

@@ -30,7 +30,12 @@ class SentencePieceTokenizer:
     if not os.path.isfile(self.path):
       raise FileNotFoundError(f'no SentencePiece model at {path!r}; train one with '
                               'python -m launch.train_tokenizer.')
-    self._sp = spm.SentencePieceProcessor(model_file=self.path)
+    try:
+      self._sp = spm.SentencePieceProcessor(model_file=self.path)
+    except (RuntimeError, OSError) as e:
+      detail = (str(e).strip().splitlines() or [''])[0][:200]
+      raise ValueError(f'{self.path} is not a valid SentencePiece model '
+                       f'({detail}).') from None
     self.special_tokens = {**DEFAULT_SPECIAL_TOKENS, **(special_tokens or {})}
     unk = self._sp.unk_id()
     for role, piece in self.special_tokens.items():
@@ -93,12 +98,24 @@ def train(texts: Iterable[str], model_prefix: str, *, vocab_size: int = 1024,
             return
 
   os.makedirs(os.path.dirname(os.path.abspath(model_prefix)), exist_ok=True)
+  try:
+    _train(spm, lines(), model_prefix, vocab_size, model_type, options)
+  except RuntimeError as e:  # SentencePiece's trainer: 'INTERNAL: ... [check]'.
+    detail = ' '.join(str(e).split())[:300]
+    if 'sentences_.empty()' in detail:
+      detail = 'the corpus has no text'
+    raise ValueError(f'cannot train a SentencePiece model {model_prefix}.model with '
+                     f'vocab_size={vocab_size}: {detail}') from None
+  return model_prefix + '.model'
+
+
+def _train(spm, sentences, model_prefix: str, vocab_size: int, model_type: str,
+           options: dict) -> None:
   spm.SentencePieceTrainer.train(
-      sentence_iterator=lines(), model_prefix=model_prefix, vocab_size=vocab_size,
+      sentence_iterator=sentences, model_prefix=model_prefix, vocab_size=vocab_size,
       model_type=model_type, unk_id=0, bos_id=1, eos_id=2, pad_id=3,
       user_defined_symbols=[DEFAULT_SPECIAL_TOKENS['mask'], DEFAULT_SPECIAL_TOKENS['eot']],
       byte_fallback=True, character_coverage=1.0, split_digits=True,
       remove_extra_whitespaces=False, normalization_rule_name='identity',
       add_dummy_prefix=False,  # Concatenated encodings equal the whole's.
       minloglevel=2, **options)
-  return model_prefix + '.model'

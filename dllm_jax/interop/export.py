@@ -89,3 +89,13 @@ def write(params, cfg, path: str, *, tokenizer=None, sample: dict[str, Any] | No
   _write_json(path, 'config.json', config)
   write_tokenizer(tokenizer, path)
   _write_json(path, 'generation_config.json', generation_config(cfg, sample))
+
+
+def sample_settings(meta: dict) -> dict:
+  """generation_config.json's sample settings of a run (its meta)."""
+  s, train = meta['config']['sample'], meta['config']['train']
+  out = {k: s.get(k) for k in ('steps', 'gen_length', 'block_length', 'temperature')}
+  if train.get('objective') == 'block_diffusion':
+    size = train.get('block', {}).get('block_size', s['block_length'])
+    out.update(block_diffusion=True, block_length=size, steps=size)
+  return out

@@ -5,9 +5,9 @@ parallelism.
   y, dropped = experts_ffn(x, idx, w, gate_up, down)   # x [N, D] -> [N, D]
 
 Dispatch is dropless: the N * k (token, expert) assignments are sorted by
-expert and every expert's rows go through one grouped matrix multiply
-(`jax.lax.ragged_dot`), so there is no loop over experts and no capacity; an
-expert with no tokens is a group of size 0.
+expert and every expert's rows go through a grouped matrix multiply, the path
+chosen for the backend (models/grouped_matmul.py: `jax.lax.ragged_dot` on
+GPU/TPU, slots per expert + an overflow loop on CPU); no token is dropped.
 
 On a mesh with an `expert` axis of size > 1, the experts' weights are split over
 it ([E, ...] on 'experts' -> 'expert', parallel/sharding.py) and
@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from dllm_jax.models import grouped_matmul as gm
 from dllm_jax.parallel import sharding as sharding_lib
 
 ROUTERS = ('softmax', 'sigmoid')
@@ -75,46 +76,10 @@ def route(logits: jax.Array, *, router: str, top_k: int,
   return idx.astype(jnp.int32), w * scaling, scores
 
 
-def _swiglu_grouped(x, sizes, gate_up, down):
-  """Grouped SwiGLU: rows of x [M, D] in groups of `sizes` [G] through experts
-  gate_up [G, D, 2, I] (gate, then up), down [G, I, D]. Rows past sum(sizes)
-  give zeros."""
-  g, d, _, i = gate_up.shape
-  gu = jax.lax.ragged_dot(x, gate_up.reshape(g, d, 2 * i).astype(x.dtype), sizes)
-  gu = gu.reshape(-1, 2, i)
-  return jax.lax.ragged_dot(jax.nn.silu(gu[:, 0]) * gu[:, 1], down.astype(x.dtype),
-                            sizes)
-
-
-def _combine(y_assign, w, n, k):
-  """Weighted sum over each token's k expert outputs, in float32."""
-  y = y_assign.reshape(n, k, -1).astype(jnp.float32)
-  return jnp.einsum('nkd,nk->nd', y, w.astype(jnp.float32))
-
-
-def grouped_ffn(x: jax.Array, idx: jax.Array, w: jax.Array, gate_up: jax.Array,
-                down: jax.Array) -> jax.Array:
-  """Dropless MoE on one device: x [N, D], idx/w [N, k], experts gate_up
-  [E, D, 2, I], down [E, I, D] -> [N, D] float32 (sum_k w * expert(x))."""
-  n, k = idx.shape
-  flat = idx.reshape(-1)
-  order = jnp.argsort(flat, stable=True)
-  sizes = jnp.bincount(flat, length=gate_up.shape[0]).astype(jnp.int32)
-  ys = _swiglu_grouped(x[order // k], sizes, gate_up, down)
-  y_assign = jnp.zeros_like(ys).at[order].set(ys)
-  return _combine(y_assign, w, n, k)
-
-
-def dense_reference(x: jax.Array, idx: jax.Array, w: jax.Array, gate_up: jax.Array,
-                    down: jax.Array) -> jax.Array:
-  """Every expert on every token, weighted by the routing (zero for the
-  unchosen): the slow reference of `grouped_ffn` (tests, benchmarks)."""
-  e = gate_up.shape[0]
-  gu = jnp.einsum('nd,edci->ceni', x, gate_up)
-  h = jax.nn.silu(gu[0]) * gu[1]
-  y = jnp.einsum('eni,eid->end', h, down).astype(jnp.float32)
-  dense_w = jnp.sum(jax.nn.one_hot(idx, e, dtype=jnp.float32) * w[..., None], 1)
-  return jnp.einsum('end,ne->nd', y, dense_w)
+_swiglu_grouped = gm.ragged_swiglu
+_combine = gm.combine
+grouped_ffn = gm.ragged_ffn  # Sort + ragged_dot (grouped_matmul.py: every path).
+dense_reference = gm.dense_ffn  # Every expert on every token: the slow reference.
 
 
 def _ep_local(x, idx, w, gate_up, down, *, ep, capacity, tensor_axis):
@@ -154,15 +119,16 @@ def _expert_mesh():
 
 
 def experts_ffn(x: jax.Array, idx: jax.Array, w: jax.Array, gate_up: jax.Array,
-                down: jax.Array, *, capacity_factor: float = 0.0):
+                down: jax.Array, *, capacity_factor: float = 0.0, impl: str = 'auto'):
   """Routed experts of tokens x [N, D] -> (y [N, D] float32, dropped []).
 
-  One device (or a mesh without an `expert` axis): `grouped_ffn`. On a mesh
-  with an `expert` axis: expert parallelism with all-to-all (module doc).
+  One device (or a mesh without an `expert` axis): `grouped_matmul.routed_ffn`
+  by the path `impl` ('auto': chosen for the backend). On a mesh with an
+  `expert` axis: expert parallelism with all-to-all (module doc).
   """
   mesh = _expert_mesh()
   if mesh is None:
-    return grouped_ffn(x, idx, w, gate_up, down), jnp.zeros((), jnp.int32)
+    return gm.routed_ffn(x, idx, w, gate_up, down, impl=impl), jnp.zeros((), jnp.int32)
   ep = mesh.shape['expert']
   if gate_up.shape[0] % ep:
     raise ValueError(f'{gate_up.shape[0]} experts are not divisible by the expert-'

@@ -7,7 +7,7 @@ import dataclasses
 
 from dllm_jax import attention as attention_lib
 from dllm_jax.data import tokenizer as tokenizer_lib
-from dllm_jax.models import moe as moe_lib
+from dllm_jax.models import grouped_matmul, moe as moe_lib
 from dllm_jax.models.llada_config import DTYPES, REMAT_POLICIES
 
 HF_LAYOUTS = ('experts', 'fused', 'w13')
@@ -51,6 +51,7 @@ class MoEConfig(tokenizer_lib.WithSpecialIds):
   param_dtype: str = 'float32'
   attention_impl: str | None = None
   remat: str = 'none'
+  moe_impl: str = 'auto'  # Routed experts' grouped matmul (models/grouped_matmul.py).
   # Training-only knobs (the function computed is the same):
   capacity_factor: float = 0.0  # Expert-parallel send buffers; 0: dropless.
   aux_loss_coef: float = 0.0  # Switch-style load-balance loss (0: off).
@@ -80,6 +81,8 @@ class MoEConfig(tokenizer_lib.WithSpecialIds):
          f'router={self.router!r} is not one of {moe_lib.ROUTERS}.'),
         (self.remat in REMAT_POLICIES,
          f'remat={self.remat!r} is not one of {REMAT_POLICIES}.'),
+        (self.moe_impl in grouped_matmul.IMPLS,
+         f'moe_impl={self.moe_impl!r} is not one of {grouped_matmul.IMPLS}.'),
         (self.hf_layout in HF_LAYOUTS,
          f'hf_layout={self.hf_layout!r} is not one of {HF_LAYOUTS}.'),
         (self.attention_impl in attention_lib.IMPLEMENTATIONS,

@@ -124,7 +124,8 @@ def _moe(cfg: MoEConfig, p: dict, h: jax.Array):
       norm_topk_prob=cfg.norm_topk_prob, scaling=cfg.routed_scaling)
   e = p['experts']
   y, dropped = moe_lib.experts_ffn(x, idx, w, e['gate_up'], e['down'],
-                                   capacity_factor=cfg.capacity_factor)
+                                   capacity_factor=cfg.capacity_factor,
+                                   impl=cfg.moe_impl)
   if 'shared' in p:
     y = y + _swiglu(p['shared'], x).astype(jnp.float32)
   load = jnp.bincount(idx.reshape(-1), length=cfg.n_experts).astype(jnp.float32)
@@ -302,7 +303,7 @@ def check_mesh(cfg: MoEConfig, mesh_shape) -> None:
                        f'tensor-parallel size mesh.tensor={tp}.')
 
 
-COMPUTE_FIELDS = ('dtype', 'attention_impl', 'remat', 'capacity_factor',
+COMPUTE_FIELDS = ('dtype', 'attention_impl', 'remat', 'moe_impl', 'capacity_factor',
                   'aux_loss_coef', 'bias_update_rate', 'hf_layout')
 
 

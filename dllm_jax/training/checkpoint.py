@@ -17,8 +17,10 @@ from typing import Any
 import grain
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
+from dllm_jax import checksums
 from dllm_jax.data import shards
 from dllm_jax.errors import CheckpointError
 from dllm_jax.training import elastic, save_guard, train_step as ts
@@ -119,22 +121,56 @@ def restore_state(mngr: ocp.CheckpointManager, step: int, abstract: ts.TrainStat
   return state, meta
 
 
+def _verify(workdir: str, step: int) -> None:
+  """Checks step's files against its checksum manifest on process 0 (the
+  others learn the outcome): raises ChecksumError on a mismatch."""
+  error = None
+  if jax.process_index() == 0:
+    try:
+      checksums.verify(os.path.join(checkpoint_dir(workdir), str(step)))
+    except checksums.ChecksumError as e:
+      error = e
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    bad = int(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
+    if bad and error is None:
+      error = checksums.ChecksumError('process 0 found a file that does not match '
+                                      'its checksum')
+  if error is not None:
+    raise error
+
+
+FRESH_START_HINT = ('set --config.train.fresh_start=True to start from scratch '
+                    'instead')
+
+
 def restore_latest_good(mngr: ocp.CheckpointManager, workdir: str,
-                        abstract: ts.TrainState, data_iter, check_meta=None
+                        abstract: ts.TrainState, data_iter, check_meta=None,
+                        fresh_start: bool = False
                         ) -> tuple[ts.TrainState, dict[str, Any]] | None:
   """Restores the newest checkpoint that can be read, newest first.
 
   Each checkpoint's JSON meta is read first and passed to `check_meta`, which may
   raise (e.g. ValueError: written by an incompatible run); that error propagates
   and nothing is touched. A checkpoint that fails to restore (truncated or
-  missing files) is moved to `WORKDIR/corrupt_checkpoints/STEP-TIME` (so its step
-  can be saved again) with a warning naming what was wrong.
+  missing files, a file that does not match the checksum recorded when it was
+  saved) is moved to `WORKDIR/corrupt_checkpoints/STEP-TIME` (so its step can
+  be saved again) with a warning naming what was wrong.
 
-  Returns (state, meta), or None when there is no checkpoint; raises
-  CheckpointError when none can be restored.
+  Returns (state, meta), or None when there is no checkpoint. When none can be
+  restored (now, or an earlier run moved every one to corrupt_checkpoints/),
+  raises CheckpointError unless `fresh_start` (then None: start from scratch).
   """
   failures = []
-  for step in sorted(mngr.all_steps(), reverse=True):
+  steps = sorted(mngr.all_steps(), reverse=True)
+  quarantine = quarantine_dir(workdir)
+  if not steps and not fresh_start and os.path.isdir(quarantine) and os.listdir(
+      quarantine):
+    raise CheckpointError(
+        f'{checkpoint_dir(workdir)} has no checkpoint, and earlier runs moved '
+        f'corrupt ones to {quarantine} ({", ".join(sorted(os.listdir(quarantine)))}); '
+        f'refusing to start from scratch silently: {FRESH_START_HINT}.')
+  for step in steps:
     try:
       meta = restore_meta(mngr, step)
     except Exception as e:  # pylint: disable=broad-except
@@ -143,13 +179,13 @@ def restore_latest_good(mngr: ocp.CheckpointManager, workdir: str,
       if check_meta is not None:
         check_meta(meta)
       try:
+        _verify(workdir, step)
         restored = restore_state(mngr, step, abstract, data_iter, meta)
         mngr.reload()
         return restored
       except Exception as e:  # pylint: disable=broad-except
         error = e
     failures.append(f'step {step} ({describe(error)})')
-    quarantine = quarantine_dir(workdir)
     if jax.process_index() == 0:
       os.makedirs(quarantine, exist_ok=True)
       os.replace(os.path.join(checkpoint_dir(workdir), str(step)),
@@ -158,6 +194,12 @@ def restore_latest_good(mngr: ocp.CheckpointManager, workdir: str,
                   f'moved it to {quarantine} and trying the previous one.')
   if failures:
     mngr.reload()
+    if fresh_start:
+      warnings.warn(f'no checkpoint in {checkpoint_dir(workdir)} can be restored '
+                    f'({"; ".join(failures)}); train.fresh_start: starting from '
+                    'scratch.')
+      return None
     raise CheckpointError(f'no checkpoint in {checkpoint_dir(workdir)} can be '
-                          'restored: ' + '; '.join(failures))
+                          'restored: ' + '; '.join(failures) + f'; moved to '
+                          f'{quarantine}; {FRESH_START_HINT}.')
   return None

@@ -18,13 +18,28 @@ def wsd_schedule(peak_lr: float, total_steps: int, warmup_steps: int,
   if not 0 <= decay_fraction <= 1:
     raise ValueError(f'decay_fraction must be in [0, 1], got {decay_fraction}.')
   decay_steps = int(round(total_steps * decay_fraction))
-  warmup_steps = min(warmup_steps, total_steps - decay_steps)
+  warmup_steps = warmup_used(total_steps, warmup_steps, decay_fraction)
   stable_steps = max(total_steps - warmup_steps - decay_steps, 0)
   return optax.join_schedules(
       [optax.linear_schedule(0.0, peak_lr, max(warmup_steps, 1)),
        optax.constant_schedule(peak_lr),
        optax.linear_schedule(peak_lr, peak_lr * final_lr_ratio, max(decay_steps, 1))],
       boundaries=[warmup_steps, warmup_steps + stable_steps])
+
+
+def warmup_used(total_steps: int, warmup_steps: int, decay_fraction: float) -> int:
+  """The warmup the schedule runs: at most the steps before the decay."""
+  return min(warmup_steps, total_steps - int(round(total_steps * decay_fraction)))
+
+
+def warmup_note(total_steps: int, warmup_steps: int, decay_fraction: float) -> str | None:
+  """A line saying the warmup was shortened to fit the run, or None."""
+  used = warmup_used(total_steps, warmup_steps, decay_fraction)
+  if used == warmup_steps:
+    return None
+  return (f'optimizer.warmup_steps={warmup_steps} does not fit before the decay of '
+          f'this {total_steps}-step run (decay_fraction={decay_fraction}): the '
+          f'learning rate warms up over {used} steps instead.')
 
 
 def _decay_mask(params):

@@ -11,7 +11,8 @@ from jax.experimental import multihost_utils
 class PreemptionWatcher:
   """`should_stop(step)` turns true once the job is asked to stop.
 
-  Single process: after SIGTERM (or SIGINT, when `catch_interrupt`). Several
+  Single process: after SIGTERM (or SIGINT, Ctrl-C, when `catch_interrupt`; a
+  second Ctrl-C raises KeyboardInterrupt as usual). Several
   processes: at JAX's preemption sync point, so every host stops after the same
   step (`jax.distributed.initialize` starts the preemption service).
   """
@@ -29,6 +30,8 @@ class PreemptionWatcher:
 
   def _handle(self, signum, frame):
     del frame
+    if signum == signal.SIGINT and self.signal_name is not None:
+      raise KeyboardInterrupt  # Asked twice: stop now, without the save.
     self.signal_name = signal.Signals(signum).name
 
   def should_stop(self, step: int) -> bool:

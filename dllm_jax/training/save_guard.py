@@ -8,26 +8,48 @@ the next `save` or `wait_until_finished`; `GuardedManager` turns it there into a
 `CheckpointSaveError` naming the step's path and the steps still restorable.
 Retention: `max_to_keep` newest steps, plus every step divisible by
 `keep_every` (Orbax's `keep_period`), which are never deleted.
+
+Before each save the manager checks, on every process, that the checkpoint
+folder takes a new entry (a probe folder: a read-only remount, an immutable
+folder or missing permission would otherwise fail inside Orbax's background
+threads, which then wait forever for each other) and that the disk has room
+for a checkpoint the size of the newest one; either failure is the same
+one-line error, before anything is written. Once a step is committed, the
+primary process writes its checksum manifest (`dllm_jax/checksums.py`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
+from dllm_jax import checksums
 from dllm_jax.errors import CheckpointSaveError
+
+# Room asked for beyond the newest checkpoint's size (files vary a little).
+SPACE_MARGIN = 1.05
 
 
 def _cause(e: BaseException) -> str:
-  """The innermost error's text, on one line (Orbax wraps it in several)."""
+  """The innermost error's text, on one line (Orbax wraps it in several); an OS
+  error inside TensorStore's long message (`[os_error_code='28']`) as its
+  strerror and file."""
   while e.__cause__ is not None or (e.__context__ is not None and
                                     not e.__suppress_context__):
     e = e.__cause__ or e.__context__
   if isinstance(e, OSError) and e.strerror:
     where = f': {e.filename}' if e.filename else ''
     return f'{e.strerror}{where}'
-  lines = str(e).strip().splitlines()
+  text = str(e)
+  code = re.search(r"os_error_code='(\d+)'", text)
+  if code:
+    files = re.findall(r'"(/[^"]+)"', text)
+    return os.strerror(int(code.group(1))) + (f': {files[-1]}' if files else '')
+  lines = text.strip().splitlines()
   return f'{type(e).__name__}: {lines[0][:300] if lines else ""}'
 
 
@@ -54,6 +76,50 @@ class GuardedManager(ocp.CheckpointManager):
         'Free space or fix permissions, then rerun to resume.')
     return self._failed
 
+  def _preflight(self, step: int) -> None:
+    """Raises CheckpointSaveError (on every process alike) if the checkpoint
+    folder cannot take a new entry or lacks room for one more checkpoint."""
+    directory = os.fspath(self.directory)
+    error = None
+    # Object stores have no folders or statvfs; a folder not made yet (another
+    # process creates it) is left to Orbax.
+    if '://' not in directory and os.path.isdir(directory):
+      probe = os.path.join(directory, f'.dllm_write_probe-{step}-'
+                           f'{jax.process_index()}-{os.getpid()}')
+      try:
+        os.mkdir(probe)
+        os.rmdir(probe)
+        newest = max(self._committed_steps(), default=None)
+        if newest is not None and jax.process_index() == 0:
+          need = _size(os.path.join(directory, str(newest))) * SPACE_MARGIN
+          st = os.statvfs(directory)
+          free = st.f_bavail * st.f_frsize
+          if free < need:
+            raise OSError(28, f'{os.strerror(28)}: {free / 2**20:.1f} MiB free '
+                          f'in {directory}, the newest checkpoint (step {newest}) '
+                          f'took {need / SPACE_MARGIN / 2**20:.1f} MiB')
+      except OSError as e:
+        error = e
+    failed = error is not None
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      failed = bool(np.max(multihost_utils.process_allgather(np.int32(failed))))
+    if failed:
+      raise self._error(step, error or OSError(
+          'another process cannot write there (see its error)'))
+
+  def _write_manifest(self, step: int | None) -> None:
+    """The checksum manifest of a committed step (primary process)."""
+    if step is None or jax.process_index() != 0:
+      return
+    step_dir = os.path.join(os.fspath(self.directory), str(step))
+    if '://' in step_dir or not os.path.isdir(step_dir):
+      return
+    try:
+      checksums.write_manifest(step_dir)
+    except OSError as e:  # The step itself is complete: restorable unchecked.
+      raise self._error(step, e) from e
+
   def _committed_steps(self) -> list[int]:
     """Steps whose folders are complete on disk (not Orbax's in-memory list,
     which already holds the step being written)."""
@@ -68,6 +134,7 @@ class GuardedManager(ocp.CheckpointManager):
       raise self._failed
     # A pending async save's failure surfaces here: blame that step.
     self.wait_until_finished()
+    self._preflight(step)
     self._in_save = True  # Orbax's save calls wait_until_finished itself.
     try:
       saved = super().save(step, *args, **kwargs)
@@ -75,7 +142,10 @@ class GuardedManager(ocp.CheckpointManager):
       raise self._error(step, e) from e
     finally:
       self._in_save = False
-    self._pending = step if self._options.enable_async_checkpointing else None
+    if self._options.enable_async_checkpointing:
+      self._pending = step
+    else:
+      self._write_manifest(step)
     return saved
 
   def wait_until_finished(self) -> None:
@@ -88,8 +158,15 @@ class GuardedManager(ocp.CheckpointManager):
     except Exception as e:  # pylint: disable=broad-except
       step, self._pending = self._pending, None
       raise self._error(step, e) from e
-    self._pending = None
+    step, self._pending = self._pending, None
+    self._write_manifest(step)
     return None
+
+
+def _size(path: str) -> int:
+  """Bytes of the files under `path`."""
+  return sum(os.path.getsize(os.path.join(root, n))
+             for root, _, names in os.walk(path) for n in names)
 
 
 def manager_options(*, max_to_keep: int | None, keep_every: int | None,

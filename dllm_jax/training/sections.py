@@ -16,6 +16,7 @@ them through `RunConfig.fixed_keys()`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from typing import Any, Callable, ClassVar, Mapping
 
@@ -110,6 +111,9 @@ class Section:
     if not _type_ok(value, hint):
       raise ValueError(f'{key}={value!r} has the wrong type; allowed: '
                        f'{_type_name(hint)}.')
+    if isinstance(value, float) and not math.isfinite(value):
+      raise ValueError(f'{key}={value!r} is not a finite number; allowed: '
+                       f'{f.metadata.get("range") or "finite numbers"}.')
     meta = f.metadata
     if value is None or not meta:
       return
@@ -221,6 +225,8 @@ class DataSection(Section):
   response_field: str = knob('response', fixed=True)
   seq_len: int = knob(64, range=Range(1), fixed=True)
   num_workers: int = knob(0, range=Range(0), fixed=True)
+  # Bad records skipped in a row before the run stops (0: no limit).
+  skip_budget: int = knob(1000, range=Range(0))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,6 +262,8 @@ class TrainSection(Section):
   checkpoint_every: int = knob(500, range=Range(1))
   max_to_keep: int = knob(3, range=Range(1))
   keep_every: int | None = knob(None, range=Range(1))
+  # No checkpoint restorable (all corrupt): start from scratch instead of refusing.
+  fresh_start: bool = knob(False)
   nonfinite: str = knob('stop', choices=NONFINITE_POLICIES)
   record_batches: bool = knob(False)
   debug_nan_step: int = knob(-1, range=Range(-1))

@@ -23,7 +23,6 @@ from dllm_jax.data import datasets, tokenizer as tokenizer_lib
 from dllm_jax.errors import NonFiniteError
 from dllm_jax.model import abstract_params
 from dllm_jax.parallel import mesh as mesh_lib, multihost, sharding
-from dllm_jax.sampling import generate as gen
 from dllm_jax.sampling.text import sample_text
 from dllm_jax.training import checkpoint, optimizer as optimizer_lib, preemption
 from dllm_jax.training import progress, provenance, run_checks
@@ -92,7 +91,11 @@ def train(config: Config, workdir: str, *,
   global batch. `stop_after`: end (with a checkpoint) once this step is done, as
   if the job were interrupted there; the schedule still spans `train.steps`. On
   SIGTERM (JAX's preemption sync point on several hosts) the current step
-  finishes, a checkpoint is written and waited for, and the function returns.
+  finishes, a checkpoint is written and waited for, and the function returns;
+  SIGINT (Ctrl-C) is treated the same (a second one interrupts at once). A
+  signal during start-up (restore, compile) ends the run before its first step.
+  A run whose workdir lock another run took over stops before its next step or
+  save with WorkdirLockedError.
   """
   run = RunConfig.of(config)
   tokenizer = tokenizer_lib.make_tokenizer(run.data.tokenizer)
@@ -100,8 +103,15 @@ def train(config: Config, workdir: str, *,
   run_checks.check_run(run, model_cfg, tokenizer)
   mesh = mesh_lib.from_config(run.mesh)
   run_checks.check_mesh(run, model_cfg, dict(mesh.shape))
-  with workdir_lock.hold(workdir), jax.set_mesh(mesh):  # One writer per workdir.
-    return _train(run, workdir, stop_after, tokenizer, model_cfg, mesh)
+  # The signal handlers first: a SIGTERM while the lock is held must release it.
+  watcher = preemption.PreemptionWatcher(catch_interrupt=True)
+  try:
+    # One writer per workdir.
+    with workdir_lock.hold(workdir) as lock, jax.set_mesh(mesh):
+      return _train(run, workdir, stop_after, tokenizer, model_cfg, mesh, watcher,
+                    lock)
+  finally:
+    watcher.restore()
 
 
 def _start(run: RunConfig, workdir: str, model_cfg, tokenizer, optimizer, mesh,
@@ -119,7 +129,8 @@ def _start(run: RunConfig, workdir: str, model_cfg, tokenizer, optimizer, mesh,
   restored = checkpoint.restore_latest_good(
       mngr, workdir, abstract, data_iter,
       check_meta=lambda meta: (elastic.check_resume(meta, run.train.batch_size),
-                               provenance.check_resume(meta, record)))
+                               provenance.check_resume(meta, record)),
+      fresh_start=run.train.fresh_start)
   if restored is not None:
     state, saved = restored
     for change in provenance.check_resume(saved, record):
@@ -160,13 +171,18 @@ def _compile_step(run: RunConfig, model_cfg, optimizer, schedule, abstract, mesh
 
 
 def _train(run: RunConfig, workdir: str, stop_after: int | None, tokenizer,
-           model_cfg, mesh) -> ts.TrainState:
+           model_cfg, mesh, watcher: preemption.PreemptionWatcher,
+           lock: workdir_lock.WorkdirLock | None) -> ts.TrainState:
   t = run.train
   os.makedirs(workdir, exist_ok=True)
   progress.log_start(run.to_dict(), model_cfg, mesh)
   record = provenance.run_record(run.to_dict(), model_cfg, tokenizer)
   optimizer, schedule = optimizer_lib.make_optimizer(
       total_steps=t.steps, **dataclasses.asdict(run.optimizer))
+  note = optimizer_lib.warmup_note(t.steps, run.optimizer.warmup_steps,
+                                   run.optimizer.decay_fraction)
+  if note:
+    log(note)
   data_iter = datasets.make_train_iterator(run, tokenizer)
   init_key, step_key, sample_key = jax.random.split(jax.random.key(run.seed), 3)
   state, abstract, mngr, last_saved = _start(run, workdir, model_cfg, tokenizer,
@@ -175,12 +191,12 @@ def _train(run: RunConfig, workdir: str, stop_after: int | None, tokenizer,
   step_key = jax.device_put(step_key, sharding.replicated(mesh))
   train_step, batch_sh = _compile_step(run, model_cfg, optimizer, schedule,
                                        abstract, mesh, step_key)
-  watcher = preemption.PreemptionWatcher()
   start = int(state.step)
   end = t.steps if stop_after is None else min(stop_after, t.steps)
 
   def save():
     nonlocal last_saved
+    workdir_lock.check_held(lock)  # Never write into another run's workdir.
     _check_finite(state, last_saved)  # Never save a state past a bad step.
     last_saved = checkpoint.save_state(mngr, state, data_iter, record)
 
@@ -188,7 +204,13 @@ def _train(run: RunConfig, workdir: str, stop_after: int | None, tokenizer,
                          batch_size=t.batch_size, total_steps=t.steps,
                          start_step=start, record_batches=t.record_batches) as prog:
     try:
+      if jax.process_count() == 1 and watcher.signal_name is not None:
+        log(f'stopped by {watcher.signal_name} during start-up, before step '
+            f'{start + 1}: nothing new to save; rerun the same command to resume.')
+        return state
       for step in range(start, end):
+        if lock is not None and lock.lost and jax.process_count() == 1:
+          lock.check()  # Its heartbeat saw another run take the workdir over.
         batch = next(data_iter)
         state, metrics = train_step(state, multihost.global_batch(batch, batch_sh),
                                     step_key)
@@ -208,7 +230,6 @@ def _train(run: RunConfig, workdir: str, stop_after: int | None, tokenizer,
               'command to resume.')
           return state
     finally:
-      watcher.restore()
       # On every exit, errors included: finish saves (last: a failed save raises
       # CheckpointSaveError here).
       mngr.wait_until_finished()
@@ -221,17 +242,19 @@ def _train(run: RunConfig, workdir: str, stop_after: int | None, tokenizer,
 
 def _print_samples(run: RunConfig, params, model_cfg, tokenizer, key) -> None:
   s = run.sample
-  sampling = gen.SamplingConfig(steps=s.steps, gen_length=s.gen_length,
-                                block_length=s.block_length, temperature=s.temperature)
-  if run.train.objective == 'block_diffusion':
-    from dllm_jax.sampling import block  # pylint: disable=g-import-not-at-top
-    b = run.train.block.block_size
-    sampling = block.BlockSamplingConfig(gen_length=s.gen_length, block_length=b,
-                                         steps=b, temperature=s.temperature)
+  sampling = run_checks.sample_config(run)
   try:
-    texts = sample_text(params, model_cfg, tokenizer, s.prompt, sampling, key,
-                        s.num_samples, chat=run.objective.data == 'chat')
-  except ValueError as e:  # E.g. prompt + gen_length longer than the model.
+    if sampling is None:  # A next-token run: greedy decoding.
+      from dllm_jax.sampling import autoregressive  # pylint: disable=g-import-not-at-top
+      ids = run_checks.sample_prompt_ids(run, tokenizer)
+      out = autoregressive.greedy(params, np.tile(ids, (s.num_samples, 1)),
+                                  config=model_cfg, gen_length=s.gen_length)
+      texts = [tokenizer.decode(row[len(ids):]) for row in np.asarray(out)]
+      sampling = 'greedy'
+    else:
+      texts = sample_text(params, model_cfg, tokenizer, s.prompt, sampling, key,
+                          s.num_samples, chat=run.objective.data == 'chat')
+  except ValueError as e:  # Checked before training (run_checks.check_sample).
     log(f'no sample: {e}')
     texts = []
   for i, text in enumerate(texts):

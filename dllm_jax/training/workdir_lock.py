@@ -1,15 +1,24 @@
 """One writer per workdir: a lock file held for the life of a run.
 
 `WORKDIR/.dllm_lock` is created atomically (O_CREAT | O_EXCL) and holds JSON
-{host, pid, started} of its holder. A second run on the same workdir refuses in
+{host, pid, pid_ns, started} of its holder (`pid_ns`: the holder's PID namespace,
+so that two containers sharing a hostname and a volume do not read each
+other's pids as their own). A second run on the same workdir refuses in
 one line naming the holder. A lock left by a run that died without releasing it
 (kill -9, a lost node) is stale and taken over with a warning:
 
-  * same host: the holder's pid no longer exists (or is this process: restarted
-    containers often reuse pids);
-  * any host (another one sharing the filesystem, or a pid reused by an
-    unrelated process): the lock file's mtime, refreshed every `heartbeat_s` by
-    a daemon thread of the holder, is older than `stale_after_s`.
+  * same host and PID namespace: the holder's pid no longer exists (or is this
+    process, which does not hold it);
+  * any holder (another host sharing the filesystem, another container with the
+    same hostname, or a pid reused by an unrelated process): the lock file's
+    mtime, refreshed every `heartbeat_s` by a daemon thread of the holder, is
+    older than `stale_after_s`. A fresh heartbeat is trusted over a pid that
+    cannot be checked.
+
+A run whose lock was taken over (it was suspended past `stale_after_s`, a frozen
+VM) must stop writing: `check_held` is called before every save and raises
+WorkdirLockedError naming the new holder; the heartbeat thread also notices and
+sets `lost`, which the trainer reads after every step.
 
 In a multi-process run only process 0 takes (and writes) the lock; the outcome
 is broadcast so every process stops when it is refused. The lock is released
@@ -40,6 +49,14 @@ _HELD: set[str] = set()  # Lock paths this process holds.
 
 def lock_path(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), LOCK_NAME)
+
+
+def _pid_namespace() -> str | None:
+  """This process's PID namespace ('pid:[4026531836]'), None where /proc lacks it."""
+  try:
+    return os.readlink('/proc/self/ns/pid')
+  except OSError:
+    return None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -79,7 +96,10 @@ def stale_reason(path: str, holder: dict[str, Any], *,
   except FileNotFoundError:
     return 'it is gone'
   pid = holder.get('pid')
-  if holder.get('host') == socket.gethostname() and isinstance(pid, int):
+  # Pids mean something only in the holder's own PID namespace (a lock written
+  # without one, by an older version, is judged by its heartbeat alone).
+  if (holder.get('host') == socket.gethostname() and isinstance(pid, int) and
+      holder.get('pid_ns', 'unknown') == _pid_namespace()):
     if pid == os.getpid() and path not in _HELD:  # Restarted containers reuse pids.
       return f'pid {pid} is this process, which does not hold it'
     if not _pid_alive(pid):
@@ -97,10 +117,12 @@ class WorkdirLock:
     self.path = lock_path(workdir)
     self.heartbeat_s, self.stale_after_s = heartbeat_s, stale_after_s
     self.record = {'host': socket.gethostname(), 'pid': os.getpid(),
+                   'pid_ns': _pid_namespace(),
                    'started': datetime.datetime.now(datetime.timezone.utc)
                               .isoformat(timespec='seconds')}
     self._stop = threading.Event()
     self._thread: threading.Thread | None = None
+    self.lost = False  # Set by the heartbeat once another run holds the lock.
 
   def _create(self) -> bool:
     try:
@@ -152,10 +174,23 @@ class WorkdirLock:
   def _owned(self) -> bool:
     return _read(self.path) == self.record
 
+  def check(self) -> None:
+    """Raises WorkdirLockedError if another run took the lock over."""
+    if self._owned():
+      return
+    self.lost = True
+    holder = _read(self.path)
+    now = (f'it is now held by {_describe(holder)}' if holder else
+           'its lock file is gone')
+    raise WorkdirLockedError(
+        f'this run lost the workdir lock {self.path} ({now}; this run was '
+        f'probably suspended for over {self.stale_after_s:.0f} s); it stops '
+        'without writing. Make sure only one run uses the workdir, then rerun.')
+
   def _heartbeat(self) -> None:
     while not self._stop.wait(self.heartbeat_s):
       if not self._owned():
-        warnings.warn(f'lost the workdir lock {self.path} to another run.')
+        self.lost = True  # The trainer stops at its next step (`check`).
         return
       with contextlib.suppress(OSError):
         os.utime(self.path)
@@ -176,6 +211,27 @@ class WorkdirLock:
 
   def __exit__(self, *exc) -> None:
     self.release()
+
+
+def check_held(lock: WorkdirLock | None) -> None:
+  """Before a write: raises WorkdirLockedError on every process if process 0's
+  lock was taken over by another run (`lock`: what `hold` yielded)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  error = None
+  if lock is not None:
+    try:
+      lock.check()
+    except WorkdirLockedError as e:
+      error = e
+  if jax.process_count() > 1:
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    ok = int(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
+    if not ok and error is None:
+      raise WorkdirLockedError('process 0 lost the workdir lock to another run; '
+                               'this run stops without writing (see its error).')
+  if error is not None:
+    raise error
 
 
 @contextlib.contextmanager

@@ -59,6 +59,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.response_field = 'response'
   config.data.seq_len = 64
   config.data.num_workers = 0  # Grain worker processes (0: read in the trainer).
+  # Bad records (undecodable, a missing field, too long) are skipped and counted;
+  # this many in a row stop the run with one line naming the first (0: no limit).
+  config.data.skip_budget = 1000
 
   config.train = ml_collections.ConfigDict()
   config.train.objective = 'pretrain'  # pretrain | sft | next_token (AR twin)
@@ -80,6 +83,10 @@ def get_config() -> ml_collections.ConfigDict:
   # run with one line; the steps already written stay restorable.
   config.train.max_to_keep = 3
   config.train.keep_every = config_dict.placeholder(int)
+  # Every checkpoint found corrupt (a checksum mismatch, missing files; each is
+  # moved to WORKDIR/corrupt_checkpoints/): a run refuses to start unless this
+  # is True, which starts from scratch.
+  config.train.fresh_start = False
   # A non-finite loss or gradient norm: 'stop' (the last good checkpoint stays)
   # or 'skip' (drop that update, count it).
   config.train.nonfinite = 'stop'
