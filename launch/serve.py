@@ -11,7 +11,11 @@ Requests arriving together run as one batch of up to --max_batch rows (see
 arrive later join at the next block boundary, finished rows leave. More than
 --max_queue waiting answers 429; a request not answered within --timeout_s
 answers 504. SIGTERM (or Ctrl-C) stops accepting, answers every accepted
-request, then exits 0.
+request, then exits 0. The "serving ... on" line prints once the port
+accepts; /health answers 503 until the --warmup (and --warmup_tokens)
+programs are compiled, then 200. A request's max_tokens runs its length
+bucket (a power of two of whole blocks; the answer is cut), and a program
+still missing compiles on a compile thread while other requests are served.
 
 A checkpoint trained with train.objective=block_diffusion is served by the block
 sampler (sampling/block.py) with its trained block size: --steps then counts
