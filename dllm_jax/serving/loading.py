@@ -17,6 +17,10 @@ from dllm_jax.sampling import generate as gen
 from dllm_jax.serving import block_rows
 
 
+# The block size LLaDA2 checkpoints are trained with (block diffusion).
+LLADA2_BLOCK_SIZE = 32
+
+
 @dataclasses.dataclass
 class Loaded:
   """A loaded model: `defaults` are Engine keyword arguments the checkpoint
@@ -69,5 +73,10 @@ def from_hf_dir(path: str, *, dtype: str | None = None) -> Loaded:
     defaults['default_sampling'] = sampling
   size = (int(loaded.generation['block_length'])
           if loaded.generation.get('block_diffusion') else None)
+  if size is None and getattr(type(loaded.config), 'family', None) == 'llada2':
+    # A released LLaDA2 directory (no generation keys of this project's): the
+    # family is trained with block diffusion at block 32 (dFactory's
+    # train_llada2_bd), so its likelihood is the block NELBO at that size.
+    size = LLADA2_BLOCK_SIZE
   return Loaded(loaded.params, loaded.config, loaded.tokenizer, defaults,
                 trained_block_size=size)
