@@ -11,7 +11,11 @@ Requests arriving together run as one batch of up to --max_batch rows (see
 arrive later join at the next block boundary, finished rows leave. More than
 --max_queue waiting answers 429; a request not answered within --timeout_s
 answers 504. SIGTERM (or Ctrl-C) stops accepting, answers every accepted
-request, then exits 0.
+request, then exits 0. The "serving ... on" line prints once the port
+accepts; /health answers 503 until the --warmup (and --warmup_tokens)
+programs are compiled, then 200. A request's max_tokens runs its length
+bucket (a power of two of whole blocks; the answer is cut), and a program
+still missing compiles on a compile thread while other requests are served.
 
 A checkpoint trained with train.objective=block_diffusion is served by the block
 sampler (sampling/block.py) with its trained block size: --steps then counts
@@ -58,14 +62,19 @@ _MAX_STEPS = flags.DEFINE_integer('max_steps', 1024, 'Largest steps a request ma
                                   'for (each is a model call; more answers 400).')
 _WARMUP = flags.DEFINE_list(
     'warmup', ['32'], 'Prompt lengths to compile ahead at the default settings, '
-    'for every batch size (empty: compile on first use).')
+    'for every batch size (empty: compile on first use). /health answers 503 '
+    'until these are compiled.')
+_WARMUP_TOKENS = flags.DEFINE_list(
+    'warmup_tokens', [], 'max_tokens to compile ahead too (each rounded up to its '
+    'length bucket: a power of two of whole blocks); "all": every bucket up to '
+    '--max_tokens. Default: the default max_tokens alone.')
 
 
 def main(argv):
   cli.start(argv)
   import uvicorn  # pylint: disable=g-import-not-at-top
   from dllm_jax.serving import batcher as batcher_lib  # pylint: disable=g-import-not-at-top
-  from dllm_jax.serving import server, stepper  # pylint: disable=g-import-not-at-top
+  from dllm_jax.serving import server  # pylint: disable=g-import-not-at-top
   from dllm_jax.serving.engine import Engine  # pylint: disable=g-import-not-at-top
 
   with cli.one_line_errors():
@@ -90,20 +99,43 @@ def main(argv):
                                   max_wait_s=(None if _MAX_WAIT_MS.value is None
                                               else _MAX_WAIT_MS.value / 1e3))
     lengths = [int(n) for n in _WARMUP.value]
-    warmup = lambda: [stepper.warmup(engine, None, n, b) for n in lengths
-                      for b in engine.batch_sizes]
+    default = engine.default_sampling.gen_length
+    settings = [engine.sampling_for(g, asked=default) for g in sorted(
+        {engine.gen_bucket(default, None, 0, limits.max_tokens),
+         *warm_buckets(engine, limits.max_tokens)})]
+    warmup = lambda: engine.warmup([(s, n, b) for s in settings for n in lengths
+                                    for b in engine.batch_sizes], stepped=True)
     api = server.create_app(engine, batcher, limits, warmup=warmup if lengths else None)
-  print(f'serving {engine.name} on http://{_HOST.value}:{_PORT.value}', flush=True)
-  _server_class()(uvicorn.Config(api, host=_HOST.value, port=_PORT.value, log_level='warning',
-                         timeout_graceful_shutdown=_TIMEOUT_S.value)).run()
+  url = f'http://{_HOST.value}:{_PORT.value}'
+  _server_class(f'serving {engine.name} on {url} (ready when {url}/health answers 200)')(
+      uvicorn.Config(api, host=_HOST.value, port=_PORT.value, log_level='warning',
+                     timeout_graceful_shutdown=_TIMEOUT_S.value)).run()
 
 
-def _server_class():
+def warm_buckets(engine, max_tokens: int) -> list[int]:
+  """The generated lengths --warmup_tokens names, as their buckets."""
+  values = _WARMUP_TOKENS.value
+  block = engine.sampler().block_length(engine.default_sampling)
+  if values == ['all']:
+    values, g = [], block
+    while g <= max_tokens:
+      values.append(g)
+      g *= 2
+  return sorted({engine.gen_bucket(int(t), None, 0, max_tokens) for t in values})
+
+
+def _server_class(line: str):
   import uvicorn  # pylint: disable=g-import-not-at-top
 
   class Server(uvicorn.Server):
-    """uvicorn re-raises a caught SIGTERM after its graceful shutdown (the exit
-    status then says 'killed'); a requested stop that drained cleanly exits 0."""
+    """Prints `line` once the port accepts. uvicorn re-raises a caught SIGTERM
+    after its graceful shutdown (the exit status then says 'killed'); a
+    requested stop that drained cleanly exits 0."""
+
+    async def startup(self, sockets=None):
+      await super().startup(sockets=sockets)
+      if self.started:
+        print(line, flush=True)
 
     def handle_exit(self, sig, frame):
       super().handle_exit(sig, frame)

@@ -133,7 +133,17 @@ def test_block_steps_equal_one_call_with_caches_rules_and_repacking():
                 (1, Request('a longer prompt', sc, seed=3)), (3, Request('x', sc, seed=4))]
     for (_, r), got in zip(arrivals, support.step_rows(eng, arrivals)):
       assert_same(got, eng.generate([r])[0])
-  assert not stepper.steppable(dataclasses.replace(base, cache='prefix'))
+  assert stepper.steppable(dataclasses.replace(base, cache='prefix'))
+
+
+def test_prefix_cache_rows_step_with_a_program_per_block_index(engine):
+  """The prefix cache's window width depends on the block: its rows step
+  with one program per block index, joining at different blocks, and equal
+  the one-call sampler."""
+  sc = SamplingConfig(steps=2, gen_length=4, block_length=2, cache='prefix')
+  arrivals = [(0, Request('hello', sc, seed=1)), (1, Request('abc', sc, seed=2))]
+  for (_, r), got in zip(arrivals, support.step_rows(engine, arrivals)):
+    assert_same(got, engine.generate([r])[0])
 
 
 def test_engine_from_a_hugging_face_directory(tmp_path):

@@ -218,3 +218,17 @@ def test_export_carries_a_sentencepiece_model(tmp_path):
   assert loaded.tokenizer.special_ids == tok.special_ids == loaded.config.ids
   np.testing.assert_array_equal(loaded.tokenizer.encode('the cat', add_bos=True),
                                 tok.encode('the cat', add_bos=True))
+
+
+def test_a_released_llada2_directory_is_scored_with_the_block_nelbo(tmp_path):
+  """No generation keys of this project's (a released LLaDA2 directory): the
+  likelihood is the block NELBO at LLaDA2's training block size; a dense
+  LLaDA directory keeps the bidirectional ELBO."""
+  from dllm_jax.serving import loading  # pylint: disable=g-import-not-at-top
+  for family in ('llada2', 'llada'):
+    opts = dict(TINY[family])
+    cfg = models.get_preset(opts.pop('preset'), **opts)
+    export.write(support.jit_init_params(cfg), cfg, str(tmp_path / family))
+    loaded = loading.from_hf_dir(str(tmp_path / family))
+    want = loading.LLADA2_BLOCK_SIZE if family == 'llada2' else None
+    assert loaded.trained_block_size == want, family

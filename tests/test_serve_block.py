@@ -165,6 +165,24 @@ def test_server_answers_with_the_block_sampler(server, engine, at_once):
   assert ''.join(e['choices'][0]['text'] for e in events) == at_once[2].text
 
 
+def test_a_stop_sequence_or_max_tokens_ends_a_block_row_early(server, engine, at_once):
+  """'hello' runs 4 blocks to max_tokens 12; a stop sequence in its first
+  block, or max_tokens 9 (the 12-token bucket, cut), ends its row after the
+  block that reached it (fewer block calls), its answer the whole one cut."""
+  prompt, seed, _ = ROWS[3]
+  whole = at_once[3].text  # '\x0b' * 12 (the checkpoint's favourite).
+  blocks = lambda: server.get('/health').json()['row_blocks']
+  before = blocks()
+  r = post(server, prompt=prompt, seed=seed, stop=whole[:2]).json()
+  assert r['choices'][0]['text'] == '' and r['choices'][0]['finish_reason'] == 'stop'
+  assert blocks() - before < blocks_run(len(engine.encode(prompt)), 12)
+  before = blocks()
+  r = post(server, prompt=prompt, seed=seed, max_tokens=9).json()  # 12 tokens, cut.
+  assert r['choices'][0]['finish_reason'] == 'length'
+  assert engine.tokenizer.decode(at_once[3].tokens[:9]) == r['choices'][0]['text']
+  assert blocks() - before < blocks_run(len(engine.encode(prompt)), 12)
+
+
 def test_steps_beyond_the_block_length_answer_as_the_block_length(server):
   """More steps than a block has tokens: the same answer from the same compiled
   program as steps = block length (a huge count stalled the worker building
@@ -288,6 +306,11 @@ def test_a_failing_worker_answers_a_one_line_json_500_and_keeps_serving(engine, 
           'internal error: RuntimeError: device out of memory.')
       events = post(client, prompt=prompt, seed=seed, stream=True).text
       assert '"type": "server_error"' in events.strip().splitlines()[-1], events
+    assert post(client, prompt=prompt, seed=seed).status_code == 200
+    with monkeypatch.context() as m:  # A program that fails to compile (off the loop).
+      m.setattr(stepper, '_build_step', lambda *args: lambda: boom(None))
+      r = post(client, prompt=prompt, seed=seed, temperature=0.0, min_tokens=2)
+      assert r.status_code == 500 and 'out of memory' in r.text, r.text
     assert post(client, prompt=prompt, seed=seed).status_code == 200
     for method in ('fit', 'completion'):  # Repacking, or reading an answer out.
       with monkeypatch.context() as m:

@@ -40,10 +40,12 @@ def parse_spec(spec: str) -> tuple[str, str]:
 
 
 def record_format_of(spec: str, record_format: str = 'json') -> str:
-  """The format of the byte records of source `spec`: its kind's own (text:
-  text, jsonl: JSON), else `record_format`."""
+  """The format of the byte records of source `spec`: text for a text:
+  source (whatever `record_format` says), else `record_format` (JSON by
+  default; a jsonl: source read with record_format=text takes a line per
+  document)."""
   kind = spec.partition(':')[0] if isinstance(spec, str) else None
-  return {'text': 'text', 'jsonl': 'json'}.get(kind, record_format)
+  return 'text' if kind == 'text' else record_format
 
 
 def _array_record(spec: str, files: list[str]) -> Any:

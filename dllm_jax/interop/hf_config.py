@@ -25,7 +25,7 @@ from dllm_jax.interop import special_ids
 # Fields that do not change the function the weights compute (or that the
 # export sets itself): not compared on the way back.
 _FREE = ('dtype', 'param_dtype', 'attention_impl', 'remat', 'scan_layers', 'embed_grad',
-         'capacity_factor', 'aux_loss_coef', 'bias_update_rate', 'hf_layout', 'init_std')
+         'capacity_factor', 'aux_loss_coef', 'bias_update_rate', 'hf_layout', 'init_std', 'moe_impl')
 
 
 def _llada(cfg) -> dict[str, Any]:

@@ -14,14 +14,29 @@ row's slot is free for a queued request at once, and a row whose client left
 (`Job.cancel`) is dropped at the next one. Batches are re-packed to the compiled batch size their live rows
 need (`Engine.batch_sizes`), at most `max_batch` rows each.
 
+Batches in flight share the worker by compute time: each round steps the
+batch that has had the least (`RowBatch.service`, seconds of block calls; a
+new batch starts one longest block call ahead of the least served, or where
+the last batch of its settings ended if that is later), so a
+batch of short, cheap blocks keeps its pace beside one of long blocks instead
+of waiting for each of them (with equal costs this is round robin).
+
 When nothing is in flight the worker waits for the first request, then for as
 many as its last block call answered (their clients tend to come back together;
 one client never waits) while they keep coming: until none arrived for
 `window_s` or `max_wait_s` passed since the first. With rows in flight, after a
 round that answered some, it waits up to one `window_s` for as many to arrive,
-so that returning clients join the next block instead of idling through it. Requests whose settings
-cannot step block by block (the prefix cache) run whole through
-`Engine.generate` when taken.
+so that returning clients join the next block instead of idling through it.
+
+Compilation never holds the loop: a batch that needs a program not yet built
+(new settings, a prompt or length bucket, a batch size, a re-packing) has it
+built on a compile thread (`Programs.prepare`) while the loop keeps stepping
+the batches whose programs exist; its requests wait in the queue until it is
+ready (a batch that would shrink keeps its size meanwhile). Requests of a
+sampler that cannot step block by block (`SamplerProgram.steppable` False;
+the built-in ones all step, the prefix cache with a program per block index)
+run whole through `Engine.generate` on a thread of their own. A request's `max_tokens` ends its
+row at the block boundary that reached it (its answer is cut there).
 """
 
 from __future__ import annotations
@@ -36,7 +51,8 @@ from typing import Callable
 import numpy as np
 
 from dllm_jax.serving import stepper
-from dllm_jax.serving.engine import Engine, Request
+from dllm_jax.serving.engine import Engine
+from dllm_jax.serving.records import Request
 
 
 class QueueFull(Exception):
@@ -61,6 +77,11 @@ class Job:
   sampling: object = None  # The request's settings, resolved.
   abandoned: bool = False
 
+  @property
+  def limit(self) -> int | None:
+    """The answer tokens the request wants (None: all)."""
+    return self.request.max_tokens
+
   def cancel(self) -> None:
     if not self.future.done():
       self.abandoned = True
@@ -79,6 +100,12 @@ class Batcher:
     self._cv = threading.Condition()
     self._stopping = False
     self._live: dict[tuple, stepper.RowBatch] = {}
+    # Batch keys whose programs compile on `_compiler` (their requests wait).
+    self._compiling: set = set()
+    self._failed: dict = {}  # Batch keys whose programs failed to compile: why.
+    self._served: dict = {}  # Batch keys that ended lately: their service then.
+    self._compiler = concurrent.futures.ThreadPoolExecutor(1, 'compile')
+    self._whole = concurrent.futures.ThreadPoolExecutor(1, 'whole')
     # Requests answered together last, and by the latest round of block calls.
     self._answered, self._just_answered = 1, 0
     # Counters (/health): batches opened, requests that joined a running batch,
@@ -87,6 +114,7 @@ class Batcher:
     self.running = 0  # Rows in flight.
     self.batches = self.joined = self.cancelled = self.stopped = 0
     self.block_calls = self.row_blocks = 0
+    self.compiles = 0  # Programs built on the compile thread.
     self._thread = threading.Thread(target=self._loop, name='batcher', daemon=True)
 
   def start(self) -> None:
@@ -98,6 +126,13 @@ class Batcher:
       self._stopping = True
       self._cv.notify_all()
     self._thread.join()
+    self._whole.shutdown(wait=True)
+    self._compiler.shutdown(wait=True)
+
+  @property
+  def compiling(self) -> set:
+    """Batch keys whose programs compile now (their requests wait)."""
+    return set(self._compiling)
 
   @property
   def queued(self) -> int:
@@ -130,7 +165,7 @@ class Batcher:
     `window_s` of the last: idle, after waiting for the first, for at most
     `max_wait_s`; busy (rows in flight), for at most one window."""
     free = time.monotonic()
-    while not busy and not self._queue and not self._stopping:
+    while not busy and not self._ready() and not self._stopping:
       self._cv.wait()
     start = max(self._queue[0].enqueued, free) if self._queue and not busy else free
     cap = start + (self.window_s if busy else self.max_wait_s)
@@ -141,32 +176,82 @@ class Batcher:
         break
       self._cv.wait(left)
 
+  def _ready(self) -> bool:
+    """Whether a queued request could be taken (no program it needs compiling)."""
+    return any(j.key not in self._compiling for j in self._queue)
+
   def _take(self) -> tuple[dict[tuple, list[Job]], list[Job]]:
     """Queued jobs that fit now: {batch key: jobs} for free rows, and jobs to
-    run whole; the rest stay queued in order."""
+    run whole; the rest stay queued in order (among them those whose batch
+    waits for a program: `_room`)."""
     with self._cv:
       if not self._live:
         self._gather(min(self.max_batch, self._answered), busy=False)
       elif self._just_answered:  # Their clients may be about to come back.
         self._gather(self._just_answered, busy=True)
-      room = {k: self.max_batch - len(rb.live) for k, rb in self._live.items()}
+      want: dict = {}
+      for job in self._queue:
+        if (stepper.steppable(job.key[0]) and not job.abandoned and
+            job.key not in self._failed):
+          want[job.key] = want.get(job.key, 0) + 1
+      room = {k: self._room(k, n) for k, n in want.items()}
       joins, whole, keep = {}, [], collections.deque()
       for job in self._queue:
-        fits = (not stepper.steppable(job.key[0]) or
-                room.setdefault(job.key, self.max_batch) > 0)
+        steps = stepper.steppable(job.key[0])
         if job.abandoned or job.future.cancelled():
           self.cancelled += 1
-        elif not fits:
+        elif steps and room.get(job.key, 0) <= 0 and job.key not in self._failed:
           keep.append(job)
         elif not job.future.set_running_or_notify_cancel():  # Cancelled just now.
           self.cancelled += 1
-        elif not stepper.steppable(job.key[0]):
+        elif job.key in self._failed:
+          job.future.set_exception(self._failed[job.key])
+        elif not steps:
           whole.append(job)
         else:
           room[job.key] -= 1
           joins.setdefault(job.key, []).append(job)
       self._queue = keep
+      self._failed.clear()  # Requests that come later try again.
       return joins, whole
+
+  def _room(self, key: tuple, n: int) -> int:
+    """How many of n queued requests of batch `key` may join it now: up to
+    `max_batch` rows if the programs of the size they need are built, else
+    those that fit its present size (and the missing programs compile)."""
+    rb = self._live.get(key)
+    b, live = (rb.b, len(rb.live)) if rb is not None else (0, 0)
+    room = self.max_batch - live
+    new_b = self.engine.batch_bucket(live + min(n, room))
+    if new_b == b or self._compile(key, stepper.needs(self.engine, key[0], key[1], b, new_b)):
+      return room
+    return b - live
+
+  def _compile(self, key: tuple, needs) -> bool:
+    """Whether the programs `needs` [(key, build)] of batch `key` are built;
+    if not, builds them on the compile thread (the batch's requests beyond its
+    present size wait until the last is done) and returns False."""
+    missing = [(k, build) for k, build in needs if not self.engine.programs.has(k)]
+    if not missing:
+      return True
+    if key in self._compiling:
+      return False
+    self._compiling.add(key)
+    futures = [self.engine.programs.prepare(k, build, self._compiler) for k, build in missing]
+    left = [len(futures)]
+
+    def done(future):
+      with self._cv:
+        self.compiles += 1
+        if future.exception() is not None:  # Its waiting requests fail (`_take`).
+          self._failed[key] = future.exception()
+        left[0] -= 1
+        if not left[0]:
+          self._compiling.discard(key)
+          self._cv.notify_all()
+    for f in futures:
+      f.add_done_callback(done)
+    return False
 
   def _admit(self, joins: dict[tuple, list[Job]]) -> None:
     for key, jobs in joins.items():
@@ -175,6 +260,13 @@ class Batcher:
         if rb is None:
           rb = stepper.RowBatch(self.engine, key[0], key[1],
                                 self.engine.batch_bucket(len(jobs)))
+          # It starts one longest block call ahead of the least served batch
+          # (a short request runs through instead of waiting out each long
+          # block), but not before where the last batch of its key ended (the
+          # credit is had once, not by every request of a steady client).
+          ahead = min((b.service for b in self._live.values()), default=0.0) - max(
+              (b.last_call for b in self._live.values()), default=0.0)
+          rb.service = max(ahead, self._served.pop(key, ahead))
           self._live[key] = rb
           self.batches += 1
         else:
@@ -189,17 +281,20 @@ class Batcher:
     self.running = sum(len(rb.live) for rb in self._live.values())
 
   def _run_whole(self, jobs: list[Job]) -> None:
+    """Runs jobs whole (`Engine.generate`) on their own thread."""
     for c in range(0, len(jobs), self.max_batch):
-      chunk = jobs[c:c + self.max_batch]
-      try:
-        results = self.engine.generate([j.request for j in chunk])
-      except Exception as e:  # pylint: disable=broad-except
-        for j in chunk:  # Requests are checked before queueing: should not happen.
-          j.future.set_exception(e)
-      else:
-        for j, r in zip(chunk, results):
-          j.future.set_result(r)
-        self._answered = len(chunk)
+      self._whole.submit(self._generate, jobs[c:c + self.max_batch])
+
+  def _generate(self, chunk: list[Job]) -> None:
+    try:
+      results = self.engine.generate([j.request for j in chunk])
+    except Exception as e:  # pylint: disable=broad-except
+      for j in chunk:  # Requests are checked before queueing: should not happen.
+        j.future.set_exception(e)
+    else:
+      for j, r in zip(chunk, results):
+        j.future.set_result(r)
+      self._answered = len(chunk)
 
   def _step(self, key: tuple, rb: stepper.RowBatch) -> int:
     """One block of a batch: drops rows whose client left, answers finished
@@ -222,6 +317,8 @@ class Batcher:
       self.row_blocks += len(done)
       for i, tokens, finished in done:
         job = rb.jobs[i]
+        if job.limit is not None and len(tokens) >= job.limit:
+          tokens, finished = tokens[:job.limit], True
         if not finished and self._stops(job, tokens):
           finished = True
           self.stopped += 1
@@ -239,7 +336,20 @@ class Batcher:
             job.cancel()  # Nobody to send to (the server's loop is gone).
     if not rb.live:
       del self._live[key]
+      self._served[key] = rb.service
+      while len(self._served) > 64:  # The most recent keys' only.
+        del self._served[next(iter(self._served))]
     return answered
+
+  def _shrink(self, key: tuple, rb: stepper.RowBatch) -> None:
+    """Re-packs a batch whose rows left to the smaller compiled size they
+    need, once its programs are built (until then it keeps its size)."""
+    new_b = self.engine.batch_bucket(max(1, len(rb.live)))
+    if new_b != rb.b:
+      with self._cv:
+        ready = self._compile(key, stepper.needs(self.engine, key[0], key[1], rb.b, new_b))
+      if ready:
+        rb.fit(len(rb.live))
 
   @staticmethod
   def _stops(job: Job, tokens: np.ndarray) -> bool:
@@ -256,7 +366,13 @@ class Batcher:
       joins, whole = self._take()
       self._admit(joins)
       self._run_whole(whole)
-      answered = sum(self._step(key, rb) for key, rb in list(self._live.items()))
+      answered = 0
+      if self._live:  # The batch that has had the least compute time steps.
+        key, rb = min(self._live.items(), key=lambda kv: kv[1].service)
+        start = time.perf_counter()
+        answered = self._step(key, rb)
+        rb.last_call = time.perf_counter() - start
+        rb.service += rb.last_call
       self._just_answered = answered
       if answered:
         self._answered = answered

@@ -1,7 +1,8 @@
 """The block sampler's part of serving (checkpoints trained with objective
 block_diffusion): a run's default settings, the prompt buckets (`BlockLayout`),
 the one-line checks, and one row's block step (`row_fns`), which
-`stepper.RowBatch` runs for a batch of rows.
+`stepper.RowBatch` runs for a batch of rows; `BlockSampler` is its
+`sampler.SamplerProgram`.
 
 A row is `block.BlockWalk` on a one-row canvas: its prompt is shifted by whole
 blocks so that its answer starts in the bucket's block `first_block`, whatever
@@ -22,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dllm_jax.sampling import block
+from dllm_jax.serving import sampler
 
 
 class BlockLayout(NamedTuple):
@@ -122,3 +124,62 @@ def row_fns(config, sampling: block.BlockSamplingConfig, lay: BlockLayout):
     return raw(s), out.tokens[0], ready[0], s['done'][0]
 
   return init, row
+
+
+KNOBS = frozenset(f.name for f in dataclasses.fields(block.BlockSamplingConfig))
+
+
+class BlockSampler(sampler.RowSampler):
+  """`BlockSamplingConfig` requests (block-diffusion checkpoints): the prompt
+  bucket is a `BlockLayout`, `steps` count per block, and a row is done at
+  the end of the block where it produced EOS."""
+
+  name = 'the block sampler'
+  request_knobs = ('temperature', 'parallel', 'threshold', 'factor', 'threshold_rule',
+                   'min_tokens', 'editing_threshold', 'minimal_topk', 'eos_early_stop')
+  knobs_type = block.BlockKnobs
+
+  def sampling_for(self, engine, default, gen_length, block_length, steps, knobs,
+                   asked=None):
+    wrong = sorted(set(knobs) - KNOBS)
+    if wrong:
+      raise ValueError(sampler.not_a_setting(wrong[0], self, KNOBS))
+    return dataclasses.replace(default, gen_length=gen_length,
+                               block_length=block_length or default.block_length,
+                               steps=default.steps if steps is None else steps, **knobs)
+
+  def resolve(self, engine, sampling):
+    return canonical(sampling)
+
+  def check(self, engine, sampling, n):
+    check(engine.config, engine.meta, sampling, n, self.bucket(engine, sampling, n))
+
+  def bucket(self, engine, sampling, n):
+    return layout_for(n, sampling, engine.prompt_buckets, engine.config.max_len)
+
+  def width(self, bucket):
+    return bucket.width
+
+  def num_blocks(self, sampling, bucket):
+    return bucket.blocks
+
+  def stack(self, samplings):
+    return block.BlockKnobs.stack(samplings)
+
+  def row_fns(self, engine, program, bucket):
+    init, row = row_fns(engine.config, program, bucket)
+
+    def step(params, prompt, mask, seed, knobs, carry, k):
+      return row(params, prompt, mask, seed, knobs, carry, k < bucket.blocks)
+    return init, step
+
+  def finish(self, engine, program, bucket, carry, i, tokens, prompt_tokens):
+    """The block sampler records no commit steps (-1)."""
+    steps = np.full(len(tokens), -1, np.int32)
+    nfe, decisions = jax.device_get((carry['nfe'], carry['decisions']))
+    prefill = block.prefill_forwards(program, bucket.first_block)
+    return engine.completion(tokens, steps, int(nfe[i]), prompt_tokens,
+                             decisions=int(decisions[i, 0]), forwards=int(nfe[i]) + prefill)
+
+
+SAMPLER = sampler.register(block.BlockSamplingConfig, BlockSampler())

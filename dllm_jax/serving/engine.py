@@ -11,7 +11,9 @@ such as temperature and threshold, which travel one per row) and their
 prompt-length bucket (left-padded to the bucket with a prompt mask), and each
 group runs as batches whose size is rounded up to a power of two; every
 (program settings, prompt bucket, batch bucket) triple is compiled once and
-cached (at most `max_compiled`).
+cached (at most `max_compiled`). A request's `max_tokens` cuts its answer
+(`cut`); the server runs such a request at its length bucket (`gen_bucket`:
+a power of two of whole blocks), so its programs are few.
 
 Batch invariance: each row runs the sampler on its own, with its own PRNG key
 `jax.random.key(seed)` (`jax.vmap` over rows of a one-row sampler call), so a
@@ -29,19 +31,16 @@ bucket is a `BlockLayout`, and `generate` steps their rows block by block
 it produced EOS, its `tokens` end there (EOS included), and a request alone
 equals `block.generate` on its prompt with `jax.random.key(seed)`.
 
-The coupling to the sampler's internals lives in `_row_sampler`, `group_key`
-and `stepper._row_fn` / `block_rows.row_fns` (the server's block-by-block
-rows) alone.
+The engine never asks which sampler it holds: it calls the settings' registered
+`sampler.SamplerProgram` (`full_rows.FullSequenceSampler`,
+`block_rows.BlockSampler`, or one a user registers), whose methods are the
+only coupling to a sampler's internals.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import os
 from typing import Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from dllm_jax import models
@@ -49,66 +48,16 @@ from dllm_jax.data import sft
 from dllm_jax.models import ModelConfig
 from dllm_jax.sampling import block
 from dllm_jax.sampling import generate as gen
-from dllm_jax.sampling import loop, proposers
-from dllm_jax.serving import block_rows, programs
-from dllm_jax.serving.block_rows import BlockLayout
+from dllm_jax.serving import block_rows, full_rows, loading, programs, sampler
+from dllm_jax.serving.records import MAX_SEED, Completion, Request
 
 # The sampler's buckets, widened for chat turns (16) and long prompts (8192).
 PROMPT_BUCKETS = (16,) + gen.PROMPT_BUCKETS + (8192,)
-MAX_SEED = 2**32 - 1
 MAX_COMPILED = 256  # Compiled programs an engine keeps (least recently used go).
+# The built-in samplers' programs register on import (`sampler.register`).
+_BUILT_IN = (full_rows.SAMPLER, block_rows.SAMPLER)
 
-
-Sampling = gen.SamplingConfig | block.BlockSamplingConfig
-_FULL_KNOBS = frozenset(f.name for f in dataclasses.fields(gen.SamplingConfig))
-_BLOCK_KNOBS = frozenset(f.name for f in dataclasses.fields(block.BlockSamplingConfig))
-
-
-def not_a_setting(name: str, blocks: bool, known) -> str:
-  """The one-line refusal of a setting the model's sampler does not have."""
-  return (f'{name} is not a setting of the {"block" if blocks else "full-sequence"} '
-          f'sampler that serves this {"block-diffusion " if blocks else ""}model; '
-          f'its settings: {", ".join(sorted(known))}.')
-
-
-@dataclasses.dataclass(frozen=True)
-class Request:
-  """One generation request.
-
-  Attributes:
-    prompt: text (encoded after a BOS token, or as a user turn of the chat
-      format when `chat`), or token ids [P] used as given.
-    sampling: the sampler knobs (`gen_length` is the number of new tokens); a
-      `BlockSamplingConfig` for a block-diffusion model; None: the engine's
-      defaults.
-    seed: the row's PRNG seed in [0, 2**32): same seed, same answer.
-    chat: render a text prompt with the tokenizer's chat template.
-  """
-  prompt: str | Sequence[int] | np.ndarray
-  sampling: Sampling | None = None
-  seed: int = 0
-  chat: bool = False
-
-
-@dataclasses.dataclass
-class Completion:
-  """One request's answer: `tokens` [G] (and the step that committed each, [G];
-  -1 from the block sampler), decoded `text` (up to EOS / end-of-turn), the
-  model evaluations its row took (`nfe`; `decisions` those that decided its
-  tokens, the reference's count; `forwards` all, with the block sampler's cache
-  prefill and block writes), and `finish_reason` ('stop' when the model
-  ended the answer, else 'length'). G is gen_length, fewer where the block
-  sampler stopped at EOS (EOS included) or a stop sequence ended the row (more,
-  up to the last block's end, where LLaDA2.0's eos_early_stop ended it at an
-  EOS past gen_length, as the reference does)."""
-  tokens: np.ndarray
-  commit_step: np.ndarray
-  text: str
-  nfe: int
-  prompt_tokens: int
-  finish_reason: str
-  decisions: int = -1
-  forwards: int = -1
+Sampling = gen.SamplingConfig | block.BlockSamplingConfig  # Or a registered sampler's.
 
 
 def powers_of_two(limit: int) -> tuple[int, ...]:
@@ -149,49 +98,26 @@ class Engine:
     self.meta = None  # The checkpoint's meta (`from_workdir`): which sampler fits.
 
   @classmethod
-  def from_workdir(cls, workdir: str, *, step: int | None = None,
-                   dtype: str | None = None, **kwargs) -> Engine:
-    """The latest (or given) checkpoint of a training workdir (Orbax); the
-    run's sample settings become the default, and SFT runs default to chat. A
-    block-diffusion run gets the block sampler with the block size it was
-    trained with, one step per token (as `launch.sample`)."""
-    from dllm_jax.training import workdir as checkpoint  # pylint: disable=g-import-not-at-top
-    config, params, tokenizer = checkpoint.restore_for_inference(
-        workdir, step=step, dtype=dtype)
-    meta = checkpoint.read_meta(workdir, step)
-    s = meta['config']['sample']
-    if meta['config']['train'].get('objective') == 'block_diffusion':
-      defaults = block_rows.defaults(meta)
-    else:
-      defaults = gen.SamplingConfig(steps=s['steps'], gen_length=s['gen_length'],
-                                    block_length=s['block_length'],
-                                    temperature=s['temperature'])
-    kwargs.setdefault('default_sampling', defaults)
-    kwargs.setdefault('chat', meta['config']['train']['objective'] == 'sft')
-    kwargs.setdefault('name', os.path.basename(os.path.abspath(workdir)))
-    engine = cls(params, config, tokenizer, **kwargs)
-    engine.meta = meta
-    if meta['config']['train'].get('objective') == 'block_diffusion':
-      engine.trained_block_size = defaults.block_length
+  def from_loaded(cls, loaded: loading.Loaded, **kwargs) -> Engine:
+    """An engine running a loaded model (`loading.py`); `kwargs` override
+    the defaults the checkpoint implies."""
+    engine = cls(loaded.params, loaded.config, loaded.tokenizer,
+                 **{**loaded.defaults, **kwargs})
+    engine.meta, engine.trained_block_size = loaded.meta, loaded.trained_block_size
     return engine
 
   @classmethod
+  def from_workdir(cls, workdir: str, *, step: int | None = None,
+                   dtype: str | None = None, **kwargs) -> Engine:
+    """`loading.from_workdir`: a training workdir's checkpoint with the run's
+    sample settings as the default (a block-diffusion run: the block sampler)."""
+    return cls.from_loaded(loading.from_workdir(workdir, step=step, dtype=dtype), **kwargs)
+
+  @classmethod
   def from_hf_dir(cls, path: str, *, dtype: str | None = None, **kwargs) -> Engine:
-    """A local Hugging Face directory (config.json, safetensors, tokenizer
-    files) of any built-in family, a released checkpoint or an export
-    (`interop/hf_dir.py`); its generation_config.json's sample settings become
-    the default. Chat defaults on when the tokenizer has a template."""
-    from dllm_jax.interop import hf_dir  # pylint: disable=g-import-not-at-top
-    loaded = hf_dir.load(path, dtype=dtype)
-    sampling = hf_dir.default_sampling(loaded.generation)
-    if sampling is not None:
-      kwargs.setdefault('default_sampling', sampling)
-    kwargs.setdefault('chat', bool(getattr(loaded.tokenizer, 'chat_template', None)))
-    kwargs.setdefault('name', os.path.basename(os.path.abspath(path)))
-    engine = cls(loaded.params, loaded.config, loaded.tokenizer, **kwargs)
-    if loaded.generation.get('block_diffusion'):
-      engine.trained_block_size = int(loaded.generation['block_length'])
-    return engine
+    """`loading.from_hf_dir`: a local Hugging Face directory of any built-in
+    family (`interop/hf_dir.py`)."""
+    return cls.from_loaded(loading.from_hf_dir(path, dtype=dtype), **kwargs)
 
   # --- requests -> rows ---------------------------------------------------------
 
@@ -208,49 +134,47 @@ class Engine:
     """Prompt ids [P] of a conversation, up to where the assistant answers."""
     return sft.prompt_ids(self.tokenizer, messages)
 
+  def sampler(self, sampling: Sampling | None = None) -> sampler.SamplerProgram:
+    """The program that serves these settings (default: the engine's)."""
+    return sampler.of(self.default_sampling if sampling is None else sampling)
+
   def resolve(self, sampling: Sampling | None) -> Sampling:
-    """The knobs with the model's mask id filled in (block sampler: steps
-    capped at the block length, `block_rows.canonical`)."""
+    """The settings in their canonical form (`SamplerProgram.resolve`: the
+    model's mask id filled in; block sampler: steps capped at the block
+    length, `block_rows.canonical`)."""
     sampling = sampling or self.default_sampling
-    if isinstance(sampling, block.BlockSamplingConfig):
-      return block_rows.canonical(sampling)
-    if sampling.mask_id is None:
-      sampling = dataclasses.replace(sampling, mask_id=self.config.ids.mask)
-    return sampling
+    return self.sampler(sampling).resolve(self, sampling)
 
   def sampling_for(self, gen_length: int | None = None, block_length: int | None = None,
-                   steps: int | None = None, **knobs) -> Sampling:
-    """The default settings with some changed (knobs left None keep theirs).
-    Full-sequence sampler: unset `block_length` is the default's when it
-    divides `gen_length`, else `gen_length`; unset `steps` keeps the default's
-    tokens per step (at least one step per block). Block sampler: `steps` count
-    per block. A knob the model's sampler does not have is a ValueError."""
+                   steps: int | None = None, *, asked: int | None = None,
+                   **knobs) -> Sampling:
+    """The default settings with some changed (knobs left None keep theirs;
+    `SamplerProgram.sampling_for`). Full-sequence sampler: unset
+    `block_length` is the default's when it divides `gen_length`, else
+    `gen_length`; unset `steps` keeps the default's tokens per step (at least
+    one step per block). Block sampler: `steps` count per block. `asked`:
+    the tokens the request asked for when `gen_length` is its bucket
+    (`gen_bucket`). A knob the model's sampler does not have is a ValueError."""
     d = self.default_sampling
     g = d.gen_length if gen_length is None else gen_length
     knobs = {k: v for k, v in knobs.items() if v is not None}
-    blocks = isinstance(d, block.BlockSamplingConfig)
-    known = _BLOCK_KNOBS if blocks else _FULL_KNOBS
-    wrong = sorted(set(knobs) - known)
-    if wrong:
-      raise ValueError(not_a_setting(wrong[0], blocks, known))
-    if blocks:
-      return dataclasses.replace(d, gen_length=g, block_length=block_length or d.block_length,
-                                 steps=d.steps if steps is None else steps, **knobs)
-    bl = block_length or (d.block_length if g % d.block_length == 0 else g)
-    if steps is None and bl > 0 and g % bl == 0:
-      n = g // bl
-      steps = max(n, -(-g * d.steps // d.gen_length // n) * n)
-    return self.resolve(dataclasses.replace(d, gen_length=g, block_length=bl,
-                                            steps=g if steps is None else steps, **knobs))
+    return self.resolve(self.sampler(d).sampling_for(self, d, g, block_length, steps, knobs,
+                                                     asked=asked))
+
+  def gen_bucket(self, tokens: int, block_length: int | None, n: int,
+                 limit: int | None = None) -> int:
+    """The generated length a request for `tokens` tokens after an n-token
+    prompt runs with (`sampler.gen_bucket`: a power of two of whole blocks,
+    at most `limit` and what fits the model; the answer is cut to `tokens`)."""
+    bl = block_length or self.sampler().block_length(self.default_sampling)
+    room = self.config.max_len - n
+    room = room if limit is None else min(room, max(limit, tokens))
+    return sampler.gen_bucket(tokens, bl, room) if bl > 0 else tokens
 
   def check_settings(self, sampling: Sampling, n: int) -> None:
     """Raises ValueError (one line) if these settings cannot run an n-token
     prompt on this model."""
-    if isinstance(sampling, gen.SamplingConfig):
-      gen.check_checkpoint(self.meta)
-      sampling.validate(n, self.config.max_len)
-      return
-    block_rows.check(self.config, self.meta, sampling, n, self.bucket(n, sampling))
+    self.sampler(sampling).check(self, sampling, n)
 
   def check(self, ids: np.ndarray, sampling: Sampling, seed: int) -> None:
     """Raises ValueError (one line) if the request cannot run."""
@@ -270,11 +194,10 @@ class Engine:
     fits = [b for b in self.prompt_buckets if n <= b <= room]
     return fits[0] if fits else max(n, room)
 
-  def bucket(self, n: int, sampling: Sampling) -> int | BlockLayout:
-    """The prompt bucket of an n-token prompt for these settings."""
-    if isinstance(sampling, block.BlockSamplingConfig):
-      return block_rows.layout_for(n, sampling, self.prompt_buckets, self.config.max_len)
-    return self.prompt_bucket(n, sampling.gen_length)
+  def bucket(self, n: int, sampling: Sampling):
+    """The prompt bucket of an n-token prompt for these settings (an int, or
+    the block sampler's `BlockLayout`)."""
+    return self.sampler(sampling).bucket(self, sampling, n)
 
   def batch_bucket(self, n: int) -> int:
     """The compiled batch size an n-row batch (n <= max_batch) is padded to."""
@@ -293,43 +216,16 @@ class Engine:
     it is among the `max_compiled` most recently used (`programs`)."""
     return self.programs.get(key, build)
 
-  def _row_sampler(self, program: gen.SamplingConfig, prompt_len: int, batch: int):
-    """The compiled (params, prompts [B, P], masks [B, P], seeds [B], knobs
-    (`Knobs` [B])) -> (tokens [B, G], commit_step [B, G], nfe [B]); one per
-    (program settings, prompt bucket, batch bucket)."""
-    ids = self.config.ids
-    proposer = proposers.build(program, ids.eos, ids.eot, noised=program.temperature > 0)
-
-    def row(params, prompt, mask, seed, knobs):
-      # A one-row run with its own key and floats: nothing couples rows.
-      st = loop.run_all(gen.row_walk(params, prompt, mask, jax.random.key(seed), knobs,
-                                     config=self.config, sampling=program,
-                                     proposer=proposer), program)
-      return st.tokens[0, prompt_len:], st.commit_step[0, prompt_len:], st.nfe
-
-    def build():
-      fn = jax.jit(jax.vmap(row, in_axes=(None, 0, 0, 0, 0)))
-      shape = lambda dtype: jax.ShapeDtypeStruct((batch, prompt_len), dtype)
-      rows = jax.ShapeDtypeStruct((batch,), jnp.float32)
-      return fn.lower(self.params, shape(jnp.int32), shape(jnp.bool_),
-                      jax.ShapeDtypeStruct((batch,), jnp.uint32),
-                      gen.Knobs(rows, rows, rows, rows)).compile()
-    return self.compile_once((program, prompt_len, batch), build)
-
-  def warmup(self, buckets: Sequence[tuple[Sampling | None, int, int]]) -> int:
-    """Compiles (sampling, prompt length, batch size) buckets ahead; returns how
-    many were new. Lengths and sizes are rounded up to their buckets."""
-    from dllm_jax.serving import stepper  # pylint: disable=g-import-not-at-top
+  def warmup(self, buckets: Sequence[tuple[Sampling | None, int, int]],
+             stepped: bool = False) -> int:
+    """Compiles (sampling, prompt length, batch size) buckets ahead, for
+    `generate` (or, `stepped`, for the server's batcher); returns how many
+    were new. Lengths and sizes are rounded up to their buckets."""
     before = self.programs.compiles
     for sampling, n, b in buckets:
       sampling = self.resolve(sampling)
       self.check_settings(sampling, n)
-      if isinstance(sampling, block.BlockSamplingConfig):
-        stepper.warmup(self, sampling, n, b)
-        continue
-      self._row_sampler(sampling.program_part(),
-                        self.prompt_bucket(n, sampling.gen_length),
-                        self.batch_bucket(min(b, self.max_batch)))
+      self.sampler(sampling).warmup(self, sampling, n, b, stepped=stepped)
     return self.programs.compiles - before
 
   @property
@@ -345,7 +241,7 @@ class Engine:
       ValueError: a request cannot run (its index and why), e.g. full-sequence
         settings for a block-diffusion checkpoint (`gen.check_checkpoint`).
     """
-    rows = []
+    rows, limits = [], []
     for i, r in enumerate(requests):
       r = r if isinstance(r, Request) else Request(r, self.default_sampling,
                                                    chat=self.chat)
@@ -355,6 +251,7 @@ class Engine:
       except ValueError as e:
         raise ValueError(f'request {i}: {e}') from None
       rows.append((ids, sampling, r.seed))
+      limits.append(r.max_tokens)
     groups: dict = {}
     for i, (ids, sampling, _) in enumerate(rows):
       groups.setdefault(self.group_key(sampling, len(ids)), []).append(i)
@@ -362,40 +259,19 @@ class Engine:
     for (program, p), members in groups.items():
       for c in range(0, len(members), self.max_batch):
         chunk = members[c:c + self.max_batch]
-        run = (self._run if isinstance(program, gen.SamplingConfig) else
-               self._run_blocks)
-        results = run(program, p, *zip(*[rows[i] for i in chunk]))
+        prompts, samplings, seeds = zip(*[rows[i] for i in chunk])
+        results = self.sampler(program).run(self, program, p, prompts, seeds, samplings)
         for i, res in zip(chunk, results):
-          out[i] = res
+          out[i] = self.cut(res, limits[i])
     return out
 
-  def _run(self, program: gen.SamplingConfig, p: int, prompts: Sequence[np.ndarray],
-           samplings: Sequence[gen.SamplingConfig],
-           seeds: Sequence[int]) -> list[Completion]:
-    """One batch: rows padded to `p` tokens and to a power-of-two row count,
-    each with its own settings' floats (one `program_part`)."""
-    n = len(prompts)
-    b = self.batch_bucket(n)
-    spare = lambda rows: list(rows) + [rows[-1]] * (b - n)  # Spare rows: discarded.
-    padded = spare(prompts)
-    tokens, mask = gen.pad_prompts(padded, self.config.ids.pad)
-    extra = p - tokens.shape[1]
-    tokens = np.pad(tokens, ((0, 0), (extra, 0)), constant_values=self.config.ids.pad)
-    mask = np.pad(mask, ((0, 0), (extra, 0)))
-    seeds = np.asarray(spare(seeds), np.uint32)
-    fn = self._row_sampler(program, p, b)
-    out, steps, nfe = jax.device_get(fn(self.params, tokens, mask, seeds,
-                                        gen.Knobs.stack(spare(samplings))))
-    return [self.completion(out[i], steps[i], int(nfe[i]), len(prompts[i]))
-            for i in range(n)]
-
-  def _run_blocks(self, program: block.BlockSamplingConfig, p: BlockLayout,
-                  prompts: Sequence[np.ndarray],
-                  samplings: Sequence[block.BlockSamplingConfig],
-                  seeds: Sequence[int]) -> list[Completion]:
-    """One batch of the block sampler, stepped block by block (`stepper.run`)."""
-    from dllm_jax.serving import stepper  # pylint: disable=g-import-not-at-top
-    return stepper.run(self, program, p, prompts, seeds, samplings)
+  def cut(self, done: Completion, max_tokens: int | None) -> Completion:
+    """The completion cut to its request's `max_tokens` (the rest of its
+    length bucket dropped; finish_reason 'stop' only if the cut answer ends)."""
+    if max_tokens is None or len(done.tokens) <= max_tokens:
+      return done
+    return self.completion(done.tokens[:max_tokens], done.commit_step[:max_tokens],
+                           done.nfe, done.prompt_tokens, done.decisions, done.forwards)
 
   def completion(self, tokens: np.ndarray, commit_step: np.ndarray, nfe: int,
                  prompt_tokens: int, decisions: int | None = None,

@@ -5,12 +5,14 @@ size) it meets (and the server one per re-packing); a bound keeps requests
 with ever new settings from growing memory without limit. A dropped program
 compiles again when asked for: keep `limit` above what a warm server steps
 through (each live batch's program is asked for at every block), or it
-recompiles while serving.
+recompiles while serving. `prepare` builds a program on an executor (the
+batcher's compile thread), so that serving never waits for a compile.
 """
 
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import logging
 import threading
 from typing import Callable, Hashable
@@ -30,10 +32,41 @@ class Programs:
     self.compiles = 0  # Programs built (one dropped and built again counts twice).
     self.dropped = 0  # Programs dropped past `limit`.
     self._kept: collections.OrderedDict = collections.OrderedDict()
-    self._lock = threading.Lock()
+    self._building: dict = {}  # Keys being built by `prepare`: their futures.
+    self._lock = threading.RLock()
 
   def __len__(self) -> int:
     return len(self._kept)
+
+  def has(self, key: Hashable) -> bool:
+    """Whether the program under `key` is built (and kept)."""
+    with self._lock:
+      return key in self._kept
+
+  def prepare(self, key: Hashable, build: Callable[[], object],
+              executor: concurrent.futures.Executor) -> concurrent.futures.Future:
+    """Builds the program under `key` on `executor` (once: a build in flight
+    is shared); the future's result is the program. A failed build is logged
+    and retried by the next `prepare` (or `get`)."""
+    with self._lock:
+      if key in self._kept:
+        done = concurrent.futures.Future()
+        done.set_result(self._kept[key])
+        return done
+      if key in self._building:
+        return self._building[key]
+
+      def run():
+        try:
+          return self.get(key, build)
+        except Exception:  # pylint: disable=broad-except
+          log.exception('compiling a program failed')
+          raise
+        finally:
+          with self._lock:
+            self._building.pop(key, None)
+      future = self._building[key] = executor.submit(run)
+      return future
 
   def get(self, key: Hashable, build: Callable[[], object]):
     with self._lock:
