@@ -30,6 +30,7 @@ cli.check_flag(_SHARD_GB, lambda v: v > 0, '> 0')
 def main(argv):
   cli.start(argv)
   import os  # pylint: disable=g-import-not-at-top
+  import shutil  # pylint: disable=g-import-not-at-top
   from dllm_jax.interop import export  # pylint: disable=g-import-not-at-top
   from dllm_jax.training import workdir as checkpoint  # pylint: disable=g-import-not-at-top
 
@@ -39,8 +40,14 @@ def main(argv):
       raise ValueError(f'--out={out} exists and is not empty.')
     cfg, params, tok = checkpoint.restore_for_inference(_WORKDIR.value, step=_STEP.value)
     meta = checkpoint.read_meta(_WORKDIR.value, _STEP.value)
-    export.write(params, cfg, out, tokenizer=tok, sample=export.sample_settings(meta),
-                 dtype=_DTYPE.value, max_shard_bytes=int(_SHARD_GB.value * 2**30))
+    created = not os.path.exists(out)
+    try:
+      export.write(params, cfg, out, tokenizer=tok, sample=export.sample_settings(meta),
+                   dtype=_DTYPE.value, max_shard_bytes=int(_SHARD_GB.value * 2**30))
+    except OSError as e:  # EPERM, ENOSPC, a file named like --out: one line.
+      if created:  # No half-written directory left behind to refuse a rerun.
+        shutil.rmtree(out, ignore_errors=True)
+      raise ValueError(f'cannot write the export to {out}: {e.strerror or e}.') from None
     print(f'wrote {out} ({type(cfg).family}, {len(os.listdir(out))} files)')
 
 

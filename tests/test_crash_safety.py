@@ -76,6 +76,7 @@ def test_ctrl_c_saves_and_stops_in_one_line_like_sigterm(tmp_path):
   proc.send_signal(signal.SIGINT)
   out = ''.join(lines) + proc.communicate(timeout=120)[0]
   assert proc.returncode == 0 and 'Traceback' not in out, out
+  assert 'Ctrl-C: saving after this step' in out, out  # Said at once.
   match = re.search(r'stopped by SIGINT after step (\d+): checkpoint saved', out)
   assert match, out
   assert checkpoint.read_meta(str(tmp_path))['step'] == int(match.group(1))

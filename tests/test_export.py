@@ -139,6 +139,12 @@ def test_launch_export_then_serve_hf_dir(random_workdir, tmp_path):
                       f'--out={out}'], cwd=support.REPO, env=env, capture_output=True,
                      text=True, timeout=300)
   assert r.returncode == 0 and 'wrote' in r.stdout, r.stderr[-2000:]
+  (tmp_path / 'a_file').write_text('')  # --out names a file: one line, no traceback.
+  bad = subprocess.run([sys.executable, '-m', 'launch.export', f'--workdir={random_workdir}',
+                        f'--out={tmp_path / "a_file"}/hf'], cwd=support.REPO, env=env,
+                       capture_output=True, text=True, timeout=300)
+  assert bad.returncode == 1 and 'Traceback' not in bad.stderr, bad.stderr[-2000:]
+  assert bad.stderr.strip().splitlines()[-1].startswith('error: cannot write the export')
   with open(os.path.join(out, 'generation_config.json')) as f:
     assert json.load(f)['gen_length'] == 8
   proc, url = support.start_server([f'--hf_dir={out}', '--max_batch=1', '--warmup=',

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 
 import jax
 from jax.experimental import multihost_utils
@@ -33,6 +34,9 @@ class PreemptionWatcher:
     if signum == signal.SIGINT and self.signal_name is not None:
       raise KeyboardInterrupt  # Asked twice: stop now, without the save.
     self.signal_name = signal.Signals(signum).name
+    if signum == signal.SIGINT:  # Say it: the step (or a compile) may take a while.
+      print('Ctrl-C: saving after this step, then stopping (Ctrl-C again stops at '
+            'once, without saving).', file=sys.stderr, flush=True)
 
   def should_stop(self, step: int) -> bool:
     """Cheap enough to call after every step (no host sync on one process)."""
