@@ -8,9 +8,10 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def start(args, timeout_s: float = 180.0):
+def start(args, timeout_s: float = 180.0, env: dict | None = None):
   """Starts `python -m launch.serve` with `args` on a free port and waits for
-  /health; returns (process, base URL). The caller ends the process."""
+  /health; returns (process, base URL). The caller ends the process. `env`:
+  variables set for the server on top of this process's."""
   import tempfile  # pylint: disable=g-import-not-at-top
   import time  # pylint: disable=g-import-not-at-top
   import httpx  # pylint: disable=g-import-not-at-top
@@ -19,7 +20,7 @@ def start(args, timeout_s: float = 180.0):
     port = s.getsockname()[1]
   log = tempfile.TemporaryFile(mode='w+')  # A pipe nobody reads could fill up.
   proc = subprocess.Popen([sys.executable, '-m', 'launch.serve', f'--port={port}', *args],
-                          cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True)
+                          cwd=REPO, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT, text=True)
   proc.log = log
   def output():
     log.seek(0)

@@ -221,11 +221,11 @@ def step_rows(engine, arrivals):
   return [out[k] for k in range(len(arrivals))]
 
 
-def start_server(args, timeout_s=180.0):
+def start_server(args, timeout_s=180.0, env=None):
   """Starts `python -m launch.serve` with `args` on a free port and waits for
   /health; returns (process, base URL). The caller ends the process."""
   from launch import serve_process  # pylint: disable=g-import-not-at-top
-  return serve_process.start(args, timeout_s=timeout_s)
+  return serve_process.start(args, timeout_s=timeout_s, env=env)
 
 
 

@@ -391,12 +391,27 @@ def test_prefix_and_dual_cache_requests_step(server):
     assert ''.join(e['choices'][0]['text'] for e in events) == plain
 
 
-def test_leaving_client_full_queue_and_sigterm(server):
+@pytest.fixture
+def slow_compile_server(random_workdir):
+  """The module's server, but each program compiled off the loop takes 5 s
+  more (a large model's compile): what the test below checks happens while one
+  compiles, on any machine speed."""
+  proc, url = support.start_server([
+      f'--workdir={random_workdir}', '--max_batch=8', '--batch_sizes=8',
+      '--max_queue=64', '--prompt_buckets=32', '--warmup=32', '--max_tokens=16',
+      '--batch_window_ms=20'], env={'DLLM_SERVE_COMPILE_DELAY_S': '5'})
+  yield proc, url
+  if proc.poll() is None:
+    proc.kill()
+    proc.wait()
+
+
+def test_leaving_client_full_queue_and_sigterm(slow_compile_server):
   """While the programs of new settings compile (off the worker's loop: their
   requests wait queued): a streaming client that gives up frees its place; a
   flood finds the queue full (429, never a hang); SIGTERM then answers every
   accepted request and exits 0."""
-  proc, url = server
+  proc, url = slow_compile_server
   pool = concurrent.futures.ThreadPoolExecutor(80)
   post = lambda body: httpx.post(url + '/v1/completions', json=body, timeout=120)
   slow = pool.submit(post, {'prompt': 'slow', **SLOW})

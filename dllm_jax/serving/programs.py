@@ -14,11 +14,18 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import logging
+import os
 import threading
+import time
 from typing import Callable, Hashable
 
 log = logging.getLogger('dllm_jax.serving')
 
+
+# Seconds every off-loop compile waits before it builds: stands in for a large
+# model's compile time on a tiny one (the tests that check what the server does
+# while a program compiles set it; 0 in use).
+COMPILE_DELAY_S = float(os.environ.get('DLLM_SERVE_COMPILE_DELAY_S', '0') or 0)
 
 class Programs:
   """`get(key, build)`: the program under `key`, built by `build()` unless it
@@ -58,6 +65,8 @@ class Programs:
 
       def run():
         try:
+          if COMPILE_DELAY_S:  # A large model's compile time, simulated.
+            time.sleep(COMPILE_DELAY_S)
           return self.get(key, build)
         except Exception:  # pylint: disable=broad-except
           log.exception('compiling a program failed')

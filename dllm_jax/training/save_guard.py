@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import re
-import threading
 
 import jax
 import numpy as np
@@ -65,8 +64,6 @@ class GuardedManager(ocp.CheckpointManager):
   _pending: int | None = None
   _in_save = False
   _failed: CheckpointSaveError | None = None
-  _hashing: threading.Thread | None = None
-  _hash_error: tuple[int, BaseException] | None = None
 
   def _error(self, step: int | None, e: BaseException) -> CheckpointSaveError:
     where = (f'step {step} to {os.path.join(os.fspath(self.directory), str(step))}'
@@ -112,39 +109,15 @@ class GuardedManager(ocp.CheckpointManager):
           'another process cannot write there (see its error)'))
 
   def _write_manifest(self, step: int | None) -> None:
-    """Starts the checksum manifest of a committed step (primary process) on a
-    background thread, so hashing a large checkpoint never holds the training
-    loop; `wait_until_finished` joins it, and its error surfaces there or at
-    the next save."""
-    self._join_manifest(wait=False)
+    """The checksum manifest of a committed step (primary process)."""
     if step is None or jax.process_index() != 0:
       return
     step_dir = os.path.join(os.fspath(self.directory), str(step))
     if '://' in step_dir or not os.path.isdir(step_dir):
       return
-
-    def write():
-      try:
-        checksums.write_manifest(step_dir)
-      except FileNotFoundError:
-        if os.path.isdir(step_dir):  # Else retention removed the step meanwhile.
-          self._hash_error = (step, FileNotFoundError(f'a file of {step_dir} vanished'))
-      except OSError as e:  # The step itself is complete: restorable unchecked.
-        self._hash_error = (step, e)
-
-    previous = self._hashing
-    if previous is not None:
-      previous.join()  # One manifest at a time, in step order.
-    self._hashing = threading.Thread(target=write, name=f'dllm-checksums-{step}',
-                                     daemon=True)
-    self._hashing.start()
-
-  def _join_manifest(self, wait: bool = True) -> None:
-    """Raises the error of a finished (with `wait`: of the last) manifest."""
-    if wait and self._hashing is not None:
-      self._hashing.join()
-    if self._hash_error is not None:
-      (step, e), self._hash_error = self._hash_error, None
+    try:
+      checksums.write_manifest(step_dir)
+    except OSError as e:  # The step itself is complete: restorable unchecked.
       raise self._error(step, e) from e
 
   def _committed_steps(self) -> list[int]:
@@ -159,9 +132,8 @@ class GuardedManager(ocp.CheckpointManager):
   def save(self, step: int, *args, **kwargs) -> bool:
     if self._failed is not None:
       raise self._failed
-    # A pending async save's failure surfaces here: blame that step. Its
-    # manifest is hashed in the background meanwhile.
-    self._settle()
+    # A pending async save's failure surfaces here: blame that step.
+    self.wait_until_finished()
     self._preflight(step)
     self._in_save = True  # Orbax's save calls wait_until_finished itself.
     try:
@@ -177,16 +149,8 @@ class GuardedManager(ocp.CheckpointManager):
     return saved
 
   def wait_until_finished(self) -> None:
-    """Waits for the pending save and the checksum manifests."""
     if self._in_save:
       return super().wait_until_finished()
-    self._settle()
-    if self._failed is None:
-      self._join_manifest()
-    return None
-
-  def _settle(self) -> None:
-    """Waits for the pending save (not its manifest, which starts)."""
     if self._failed is not None:
       return None  # Already raised; nothing of ours is pending.
     try:
