@@ -6,9 +6,9 @@ from setuptools import find_packages, setup
 
 # The lm-evaluation-harness model, as `name = module:class` (the class's own
 # `@register_model` name and location; tests/test_harness.py checks both).
-LM_EVAL_MODEL = 'dllm_jax = dllm_jax.serving.harness:DllmJaxLM'
+LM_EVAL_MODEL = 'dllm_jax = dllm_jax.evaluation.harness:DllmJaxLM'
 
-with open('dllm_jax/__init__.py') as f:
+with open('dllm_jax/version.py') as f:
   VERSION = re.search(r"__version__ = '([^']+)'", f.read()).group(1)
 
 setup(

@@ -11,13 +11,10 @@ The public API:
   forward(params, tokens, config=config, attention=AttentionSpec(...))
 """
 
-__version__ = '0.1.0'
-
-# pylint: disable=g-import-not-at-top,g-bad-import-order
 from dllm_jax import models
-from dllm_jax.attention import AttentionSpec
-from dllm_jax.data.tokenizer import ByteTokenizer
-from dllm_jax.model import abstract_params, forward, init_params
-from dllm_jax.presets import ModelConfig, PRESETS, get_preset
+from dllm_jax.models import (PRESETS, AttentionSpec, ModelConfig, abstract_params,
+                             forward, get_preset, init_params)
 from dllm_jax.sampling.generate import SamplingConfig, generate, infill, pad_prompts, sample
-from dllm_jax.workdir import restore_for_inference
+from dllm_jax.tokenizers import ByteTokenizer
+from dllm_jax.training.workdir import restore_for_inference
+from dllm_jax.version import __version__

@@ -14,8 +14,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
-from dllm_jax import presets  # pylint: disable=g-import-not-at-top,wrong-import-position
-from dllm_jax.data.tokenizer import ByteTokenizer  # pylint: disable=g-import-not-at-top,wrong-import-position
+from dllm_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
+from dllm_jax.tokenizers import ByteTokenizer  # pylint: disable=g-import-not-at-top,wrong-import-position
 from dllm_jax.training import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from dllm_jax.training import train_step as ts  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -74,14 +74,14 @@ def pack_ids(docs: list, length: int, seed: int = 0,
   return {'tokens': tokens, 'segment_ids': seg, 'positions': pos}
 
 
-def model_config(causal: bool, tokenizer=TOKENIZER, **shape) -> presets.ModelConfig:
+def model_config(causal: bool, tokenizer=TOKENIZER, **shape) -> models.ModelConfig:
   """The `tiny` preset; with another tokenizer, its ids and vocabulary (rounded
   up to a multiple of 128), as the trainer does."""
-  return presets.get_preset('tiny', causal=causal,
-                            **{**presets.tokenizer_overrides('tiny', tokenizer), **shape})
+  return models.get_preset('tiny', causal=causal,
+                           **{**models.tokenizer_overrides('tiny', tokenizer), **shape})
 
 
-def train(rows: dict[str, np.ndarray], cfg: presets.ModelConfig, *, steps: int,
+def train(rows: dict[str, np.ndarray], cfg: models.ModelConfig, *, steps: int,
           batch_size: int = 64, lr: float = 3e-3, seed: int = 0, log=print,
           objective: str | None = None, block_options=None):
   """Trains on random batches of `rows`; the objective follows `cfg.causal`

@@ -57,11 +57,11 @@ def _median_time(run):
 def bench_sampler():
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from dllm_jax import model, presets  # pylint: disable=g-import-not-at-top
+  from dllm_jax import models  # pylint: disable=g-import-not-at-top
   from dllm_jax.sampling import block  # pylint: disable=g-import-not-at-top
-  cfg = presets.get_preset(_PRESET.value, dtype=_DTYPE.value, param_dtype=_DTYPE.value)
+  cfg = models.get_preset(_PRESET.value, dtype=_DTYPE.value, param_dtype=_DTYPE.value)
   cfg = dataclasses.replace(cfg, ids=dataclasses.replace(cfg.ids, eos=cfg.ids.pad))
-  params = jax.jit(model.init_params, static_argnums=0)(cfg, jax.random.key(0))
+  params = jax.jit(models.init_params, static_argnums=0)(cfg, jax.random.key(0))
   dev = jax.devices()[0]
   g, bl, k = _GEN_LENGTH.value, _BLOCK_LENGTH.value, _TOKENS_PER_STEP.value
   base = block.BlockSamplingConfig(gen_length=g, block_length=bl, steps=bl // k,
@@ -107,7 +107,8 @@ def bench_attention():
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from dllm_jax import block_diffusion as bd, block_sparse  # pylint: disable=g-import-not-at-top
+  from dllm_jax.kernels import block_sparse  # pylint: disable=g-import-not-at-top
+  from dllm_jax.objectives import block as bd  # pylint: disable=g-import-not-at-top
   bl = _BLOCK_LENGTH.value
   tile = _TILE.value or bl
   b, h, d = int(_BATCH.value[0]), 4, 32
@@ -135,7 +136,9 @@ def bench_attention():
 
 
 def bench_train():
-  from dllm_jax import block_diffusion as bd, block_sparse, presets  # pylint: disable=g-import-not-at-top
+  from dllm_jax import models  # pylint: disable=g-import-not-at-top
+  from dllm_jax.kernels import block_sparse  # pylint: disable=g-import-not-at-top
+  from dllm_jax.objectives import block as bd  # pylint: disable=g-import-not-at-top
   from launch import step_timing  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   bl, b = _BLOCK_LENGTH.value, int(_BATCH.value[0])
@@ -143,8 +146,8 @@ def bench_train():
                    f'{t.memory.temp_size_in_bytes / 2**30:.2f}')
   rows = []
   for l in map(int, _SEQ_LEN.value):
-    cfg = presets.get_preset(_PRESET.value, dtype=_DTYPE.value, param_dtype=_DTYPE.value,
-                             max_len=max(l, 64))
+    cfg = models.get_preset(_PRESET.value, dtype=_DTYPE.value, param_dtype=_DTYPE.value,
+                            max_len=max(l, 64))
     runs = []
     for skip in (False, True):
       opts = bd.BlockDiffusionOptions(block_size=bl, skip_tiles=skip)

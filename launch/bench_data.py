@@ -30,9 +30,10 @@ _STEPS = flags.DEFINE_integer('steps', 5, 'Timed train steps.')
 
 
 def _time_pipeline(packing: str, workers: int) -> float:
-  from dllm_jax.data import pipeline, tokenizer  # pylint: disable=g-import-not-at-top
+  from dllm_jax import tokenizers  # pylint: disable=g-import-not-at-top
+  from dllm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   ds = pipeline.pretrain_dataset(
-      _SOURCE.value, tokenizer.make_tokenizer(_TOKENIZER.value),
+      _SOURCE.value, tokenizers.make_tokenizer(_TOKENIZER.value),
       seq_len=_SEQ_LEN.value, batch_size=_BATCH.value, seed=0,
       data_dir=_DATA_DIR.value, packing=packing, num_workers=workers)
   it = iter(ds)
@@ -45,10 +46,10 @@ def _time_pipeline(packing: str, workers: int) -> float:
 
 
 def _time_train_step() -> float:
-  from dllm_jax import presets  # pylint: disable=g-import-not-at-top
+  from dllm_jax import models  # pylint: disable=g-import-not-at-top
   from launch import step_timing  # pylint: disable=g-import-not-at-top
-  cfg = presets.get_preset(_PRESET.value, max_len=max(
-      _SEQ_LEN.value, presets.PRESETS[_PRESET.value]['max_len']))
+  cfg = models.get_preset(_PRESET.value, max_len=max(
+      _SEQ_LEN.value, models.PRESETS[_PRESET.value]['max_len']))
   t = step_timing.time_train_step(cfg, _BATCH.value, _SEQ_LEN.value,
                                   steps=_STEPS.value, log=lambda msg: None)
   return _BATCH.value * _SEQ_LEN.value / t.seconds

@@ -57,22 +57,63 @@ _BANDWIDTH = flags.DEFINE_float('bandwidth', 3.0e12, 'Memory bandwidth for the f
                                 '(bytes/s; H100 SXM ~3.0e12 measured).')
 
 
-def main(argv):
-  cli.start(argv)
+def _timed(fn, *args) -> float:
+  """Median milliseconds of --repeats calls (after one that compiles)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(_REPEATS.value):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t0)
+  return 1e3 * float(np.median(times))
+
+
+def _candidate_rows(r: int, shapes, run_kernel: bool, seed) -> list[list]:
+  """Table rows of the candidate pass over r rows: the XLA twins, then the
+  kernel shapes, at temperatures 0 and 1 (the first row of each is the reference)."""
   import functools  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from dllm_jax.sampling import fused  # pylint: disable=g-import-not-at-top
+  from dllm_jax.kernels import fused  # pylint: disable=g-import-not-at-top
+  table = []
+  logits = (jax.random.normal(jax.random.key(1), (r, _VOCAB.value)) * 3).astype(
+      jnp.bfloat16)
+  floor = 1e3 * r * _VOCAB.value * 2 / _BANDWIDTH.value
+  for temperature in (0.0, 1.0):
+    kw = dict(temperature=temperature, mask_id=_VOCAB.value - 128)
+    impls = [('XLA twin' + (f', {n} splits' if n > 1 else ''),
+              functools.partial(fused.candidates_jnp, splits=n, **kw))
+             for n in map(int, _TWIN_SPLITS.value)]
+    if run_kernel:
+      impls += [(f'kernel {shape.name()}',
+                 functools.partial(fused.candidates_pallas, kernel=shape,
+                                   interpret=_INTERPRET.value, **kw))
+                for shape in shapes]
+    want, t_twin = None, None
+    for name, fn in impls:
+      fn = jax.jit(fn)
+      try:
+        ms = _timed(fn, logits, seed)
+      except Exception as e:  # pylint: disable=broad-except
+        print(f'  {name} failed: {" ".join(str(e).split())[:200]}', flush=True)
+        table.append([r, temperature, floor, name, None, None, 'failed'])
+        continue
+      got = np.asarray(fn(logits, seed)[0])
+      if want is None:  # The first implementation is the reference.
+        want, t_twin = got, ms
+      table.append([r, temperature, floor, name, ms, t_twin / ms,
+                    f'{np.mean(got == want):.4f}'])
+      print(f'  rows {r}, temperature {temperature}, {name}: {ms:.3f} ms', flush=True)
+  return table
 
-  def timed(fn, *args):
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(_REPEATS.value):
-      t0 = time.perf_counter()
-      jax.block_until_ready(fn(*args))
-      times.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(times))
+
+def main(argv):
+  cli.start(argv)
+  import jax  # pylint: disable=g-import-not-at-top
+  from dllm_jax.kernels import fused  # pylint: disable=g-import-not-at-top
 
   dev = jax.devices()[0]
   shapes = [fused.KernelConfig.parse(k) for k in _KERNELS.value]
@@ -80,36 +121,9 @@ def main(argv):
   seed = fused.seed_from_key(jax.random.key(0))
   table = []
   for r in map(int, _ROWS.value):
-    logits = (jax.random.normal(jax.random.key(1), (r, _VOCAB.value)) * 3).astype(
-        jnp.bfloat16)
-    floor = 1e3 * r * _VOCAB.value * 2 / _BANDWIDTH.value
-    for temperature in (0.0, 1.0):
-      kw = dict(temperature=temperature, mask_id=_VOCAB.value - 128)
-      impls = [('XLA twin' + (f', {n} splits' if n > 1 else ''),
-                functools.partial(fused.candidates_jnp, splits=n, **kw))
-               for n in map(int, _TWIN_SPLITS.value)]
-      if run_kernel:
-        impls += [(f'kernel {shape.name()}',
-                   functools.partial(fused.candidates_pallas, kernel=shape,
-                                     interpret=_INTERPRET.value, **kw))
-                  for shape in shapes]
-      want, t_twin = None, None
-      for name, fn in impls:
-        fn = jax.jit(fn)
-        try:
-          ms = timed(fn, logits, seed)
-        except Exception as e:  # pylint: disable=broad-except
-          print(f'  {name} failed: {" ".join(str(e).split())[:200]}', flush=True)
-          table.append([r, temperature, floor, name, None, None, 'failed'])
-          continue
-        got = np.asarray(fn(logits, seed)[0])
-        if want is None:  # The first implementation is the reference.
-          want, t_twin = got, ms
-        table.append([r, temperature, floor, name, ms, t_twin / ms,
-                      f'{np.mean(got == want):.4f}'])
-        print(f'  rows {r}, temperature {temperature}, {name}: {ms:.3f} ms', flush=True)
+    table += _candidate_rows(r, shapes, run_kernel, seed)
   if _HEAD_DIM.value:
-    table += _head_rows(timed, seed, run_kernel, shapes[0] if shapes else None)
+    table += _head_rows(_timed, seed, run_kernel, shapes[0] if shapes else None)
   print(f'\nvocab {_VOCAB.value}, bf16 logits, on {dev.device_kind}; kernel shape '
         'rows:tile:splits:lanes:warps:stages (splits 0: automatic), fused head kernel '
         'rows:tile:k_tile:splits:warps:stages; "x first": speed-up over the first '
@@ -133,7 +147,8 @@ def _head_rows(timed, seed, run_kernel, shape):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from dllm_jax.sampling import fused, fused_head  # pylint: disable=g-import-not-at-top
+  from dllm_jax.kernels import fused  # pylint: disable=g-import-not-at-top
+  from dllm_jax.kernels import fused_head  # pylint: disable=g-import-not-at-top
   d, v = _HEAD_DIM.value, _VOCAB.value
   w = (jax.random.normal(jax.random.key(2), (d, v)) * d ** -0.5).astype(jnp.bfloat16)
   head = lambda h: jnp.dot(h, w, preferred_element_type=jnp.float32).astype(jnp.bfloat16)

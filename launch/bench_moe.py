@@ -41,11 +41,12 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from dllm_jax import flops, model, models
+from dllm_jax import models
 from dllm_jax.models import grouped_matmul as gm
 from dllm_jax.models import moe
 from dllm_jax.sampling import block
 from dllm_jax.sampling import generate as gen
+from dllm_jax.training import flops
 from launch import step_timing
 
 _PRESET = flags.DEFINE_string('preset', 'llada2_33m', 'An MoE preset or llada2_33m.')
@@ -248,7 +249,7 @@ def main(argv):
   if {'block', 'sample'} & set(_PARTS.value):
     # EOS never ends a row: every row generates gen_length tokens.
     cfg = dataclasses.replace(cfg, ids=dataclasses.replace(cfg.ids, eos=cfg.ids.pad))
-    params = jax.jit(lambda k: model.init_params(cfg, k))(jax.random.key(0))
+    params = jax.jit(lambda k: models.init_params(cfg, k))(jax.random.key(0))
     if 'block' in _PARTS.value:
       bench_block(cfg, params)
     if 'sample' in _PARTS.value:

@@ -47,30 +47,24 @@ _PROFILE_DIR = flags.DEFINE_string(
     'DIR --steps=<the variant\'s steps>`).')
 
 
-def main(argv):
-  cli.start(argv)
-  import dataclasses  # pylint: disable=g-import-not-at-top
+def _model():
+  """(config, params, tokenizer or None, name): a checkpoint or random weights."""
   import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from dllm_jax import model, presets  # pylint: disable=g-import-not-at-top
-  from dllm_jax.sampling import autoregressive as ar  # pylint: disable=g-import-not-at-top
-  from dllm_jax.sampling import generate as gen  # pylint: disable=g-import-not-at-top
+  from dllm_jax import models  # pylint: disable=g-import-not-at-top
   from dllm_jax.training import checkpoint  # pylint: disable=g-import-not-at-top
-  from launch import step_timing  # pylint: disable=g-import-not-at-top
-
-  tokenizer = None
   if _WORKDIR.value:
     cfg, params, tokenizer = checkpoint.restore_for_inference(_WORKDIR.value)
-    name = _WORKDIR.value
-  else:
-    cfg = presets.get_preset(_PRESET.value, dtype=_DTYPE.value,
-                             param_dtype=_DTYPE.value)
-    params = jax.jit(model.init_params, static_argnums=0)(cfg, jax.random.key(0))
-    name = f'{_PRESET.value} (random weights)'
-  ar_cfg = dataclasses.replace(cfg, causal=True)
-  dev = jax.devices()[0]
-  print(f'device: {dev.device_kind} ({dev.platform}); {name}; '
-        f'{cfg.num_params() / 1e9:.3f}B params', flush=True)
+    return cfg, params, tokenizer, _WORKDIR.value
+  cfg = models.get_preset(_PRESET.value, dtype=_DTYPE.value,
+                          param_dtype=_DTYPE.value)
+  params = jax.jit(models.init_params, static_argnums=0)(cfg, jax.random.key(0))
+  return cfg, params, None, f'{_PRESET.value} (random weights)'
+
+
+def _variants() -> dict:
+  """{variant: (label, SamplingConfig or None for the AR twin)} of the flags."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from dllm_jax.sampling import generate as gen  # pylint: disable=g-import-not-at-top
   g, bl = _GEN_LENGTH.value, _BLOCK_LENGTH.value
   base = gen.SamplingConfig(steps=g, gen_length=g, block_length=bl, noise=_NOISE.value)
   k = int(_TOKENS_PER_STEP.value[0])
@@ -89,54 +83,90 @@ def main(argv):
   unknown = set(_VARIANTS.value) - set(variants)
   if unknown:
     raise app.UsageError(f'unknown variants {sorted(unknown)}; known: {list(variants)}')
+  return variants
 
-  timed = lambda run: step_timing.median_time(run, _REPEATS.value)
 
-  rows = []
-  for b in map(int, _BATCH.value):
-    if _PROMPT.value is not None:
-      if tokenizer is None:
-        from dllm_jax.data.tokenizer import ByteTokenizer  # pylint: disable=g-import-not-at-top
-        tokenizer = ByteTokenizer()
-      prompt = np.tile(tokenizer.encode(_PROMPT.value, add_bos=True), (b, 1))
+def _prompt(b: int, tokenizer):
+  """(prompt [b, P], tokenizer): --prompt's ids (byte tokenizer unless the
+  checkpoint has one), or random ids."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  if _PROMPT.value is None:
+    return np.random.default_rng(0).integers(0, 200, (b, _PROMPT_LEN.value)), tokenizer
+  if tokenizer is None:
+    from dllm_jax.tokenizers import ByteTokenizer  # pylint: disable=g-import-not-at-top
+    tokenizer = ByteTokenizer()
+  return np.tile(tokenizer.encode(_PROMPT.value, add_bos=True), (b, 1)), tokenizer
+
+
+def _run(sc, params, prompt, cfg):
+  """The timed call of one variant: the AR twin's greedy decode, or the sampler."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from dllm_jax.sampling import autoregressive as ar  # pylint: disable=g-import-not-at-top
+  from dllm_jax.sampling import generate as gen  # pylint: disable=g-import-not-at-top
+  if sc is None:
+    ar_cfg = dataclasses.replace(cfg, causal=True)
+    return lambda: ar.greedy(params, prompt, config=ar_cfg,
+                             gen_length=_GEN_LENGTH.value).block_until_ready()
+  return lambda: jax.block_until_ready(gen.sample(
+      params, prompt, jax.random.key(1), config=cfg, sampling=sc))
+
+
+def _bench_batch(b: int, variants: dict, params, prompt, cfg, dev) -> list[tuple]:
+  """A table row per variant at batch size b (after its timed runs, a profile)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from launch import step_timing  # pylint: disable=g-import-not-at-top
+  g, rows, reference = _GEN_LENGTH.value, [], None
+  for v in _VARIANTS.value:
+    label, sc = variants[v]
+    run = _run(sc, params, prompt, cfg)
+    out, t, compile_s = step_timing.median_time(run, _REPEATS.value)
+    if sc is None:
+      steps, agree = g, '-'
     else:
-      prompt = np.random.default_rng(0).integers(0, 200, (b, _PROMPT_LEN.value))
-    reference = None
-    for v in _VARIANTS.value:
-      label, sc = variants[v]
-      if sc is None:
-        run = lambda: ar.greedy(params, prompt, config=ar_cfg,
-                                gen_length=g).block_until_ready()
-        tokens, t, compile_s = timed(run)
-        steps, agree = g, '-'
-      else:
-        run = lambda sc=sc: jax.block_until_ready(gen.sample(
-            params, prompt, jax.random.key(1), config=cfg, sampling=sc))
-        state, t, compile_s = timed(run)
-        tokens, steps = np.asarray(state.tokens), int(state.nfe)
-        if reference is None and v == 'uncached_1':
-          reference = tokens
-        agree = ('-' if reference is None else
-                 f'{np.mean(tokens[:, -g:] == reference[:, -g:]):.3f}')
-      if _PROFILE_DIR.value:  # After the timed runs: compiled, warm.
-        with jax.profiler.trace(f'{_PROFILE_DIR.value}/{v}_b{b}',
-                                create_perfetto_trace=True):
-          run()
-      stats = dev.memory_stats() or {}
-      peak = stats.get('peak_bytes_in_use')
-      rows.append((b, label, steps, b * g / t, 1e3 * t / steps, g / steps, agree,
-                   compile_s, '-' if peak is None else f'{peak / 2**30:.1f}'))
-      print(f'  batch {b}, {label}: {rows[-1][3]:,.1f} tokens/s', flush=True)
+      tokens, steps = np.asarray(out.tokens), int(out.nfe)
+      if reference is None and v == 'uncached_1':
+        reference = tokens
+      agree = ('-' if reference is None else
+               f'{np.mean(tokens[:, -g:] == reference[:, -g:]):.3f}')
+    if _PROFILE_DIR.value:  # After the timed runs: compiled, warm.
+      with jax.profiler.trace(f'{_PROFILE_DIR.value}/{v}_b{b}',
+                              create_perfetto_trace=True):
+        run()
+    peak = (dev.memory_stats() or {}).get('peak_bytes_in_use')
+    rows.append((b, label, steps, b * g / t, 1e3 * t / steps, g / steps, agree,
+                 compile_s, '-' if peak is None else f'{peak / 2**30:.1f}'))
+    print(f'  batch {b}, {label}: {rows[-1][3]:,.1f} tokens/s', flush=True)
+  return rows
+
+
+def _print_table(rows: list[tuple], name: str, cfg, dev) -> None:
   prompt_desc = (repr(_PROMPT.value) if _PROMPT.value is not None else
                  f'{_PROMPT_LEN.value} random ids')
-  print(f'\n{name}, {cfg.dtype}, prompt {prompt_desc}, gen_length {g}, block '
-        f'{bl}, noise {_NOISE.value}, on {dev.device_kind}\n')
+  print(f'\n{name}, {cfg.dtype}, prompt {prompt_desc}, gen_length {_GEN_LENGTH.value}, '
+        f'block {_BLOCK_LENGTH.value}, noise {_NOISE.value}, on {dev.device_kind}\n')
   print('| batch | variant | steps | tokens/s | ms/step | tokens/step | agree | '
         'compile s | peak GiB |')
   print('|---|---|---|---|---|---|---|---|---|')
   for r in rows:
     print(f'| {r[0]} | {r[1]} | {r[2]} | {r[3]:,.1f} | {r[4]:.2f} | {r[5]:.2f} | '
           f'{r[6]} | {r[7]:.1f} | {r[8]} |')
+
+
+def main(argv):
+  cli.start(argv)
+  import jax  # pylint: disable=g-import-not-at-top
+  cfg, params, tokenizer, name = _model()
+  dev = jax.devices()[0]
+  print(f'device: {dev.device_kind} ({dev.platform}); {name}; '
+        f'{cfg.num_params() / 1e9:.3f}B params', flush=True)
+  variants = _variants()
+  rows = []
+  for b in map(int, _BATCH.value):
+    prompt, tokenizer = _prompt(b, tokenizer)
+    rows += _bench_batch(b, variants, params, prompt, cfg, dev)
+  _print_table(rows, name, cfg, dev)
 
 
 if __name__ == '__main__':

@@ -13,7 +13,7 @@ documents of random lengths per row, as packed data does: attention then takes i
 masked path, or with `--attention_impl=cudnn_packed` cuDNN's packed layout (no
 mask); without segments the pretraining batch is mask-free (the 1% random-length
 cut is a key length). FLOPs are analytic
-(dllm_jax/flops.py); rematerialised work is not counted.
+(dllm_jax/training/flops.py); rematerialised work is not counted.
 """
 
 from absl import app, flags
@@ -81,7 +81,8 @@ def main(argv):
   cli.start(argv)
   runs = _rows()
   import jax  # pylint: disable=g-import-not-at-top
-  from dllm_jax import flops, presets  # pylint: disable=g-import-not-at-top
+  from dllm_jax import models  # pylint: disable=g-import-not-at-top
+  from dllm_jax.training import flops  # pylint: disable=g-import-not-at-top
   from launch import step_timing  # pylint: disable=g-import-not-at-top
 
   dev = jax.devices()[0]
@@ -89,10 +90,10 @@ def main(argv):
   seq = _SEQ_LEN.value
   rows = []
   for row, (batch_size, accum, segments, remat, embed_grad, impl) in enumerate(runs):
-    cfg = presets.get_preset(
+    cfg = models.get_preset(
         _PRESET.value, dtype=_DTYPE.value, param_dtype=_PARAM_DTYPE.value,
         remat=remat, embed_grad=embed_grad, attention_impl=impl,
-        max_len=max(seq, presets.PRESETS[_PRESET.value]['max_len']))
+        max_len=max(seq, models.PRESETS[_PRESET.value]['max_len']))
     name = (f'{batch_size} x {seq}' + (f', accum {accum}' if accum > 1 else '')
             + (f', {segments} document{"s" * (segments > 1)}' if segments else '')
             + (f', {impl}' if impl else '')

@@ -1,6 +1,6 @@
 r"""Likelihood evaluation of a checkpoint (LLaDA's Monte Carlo ELBO; for a checkpoint
 trained with the block objective, the block NELBO it was trained on:
-dllm_jax/block_likelihood.py); prints tables.
+dllm_jax/evaluation/block_likelihood.py); prints tables.
 
   # Per-token negative ELBO on held-out rows of the built-in corpus:
   python -m launch.eval --workdir=/tmp/dllm --mode=heldout --num_rows=16
@@ -88,16 +88,89 @@ def _generate_mode(engine) -> None:
         f'{correct / len(rows):.3f} |')
 
 
-def main(argv):
-  cli.start(argv)
+def _heldout_mode(engine, data_cfg: dict, opts: dict, key) -> None:
+  """Per-token negative ELBO (or block NELBO) of held-out rows of the run's data:
+  its data config (keys an older checkpoint lacks keep their defaults), read as
+  pretraining rows, one at a time, in this process."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from dllm_jax import likelihood  # pylint: disable=g-import-not-at-top
-  from dllm_jax import workdir as checkpoint  # pylint: disable=g-import-not-at-top
-  from dllm_jax.data.datasets import make_dataset  # pylint: disable=g-import-not-at-top
-  from dllm_jax.serving import Engine  # pylint: disable=g-import-not-at-top
+  from dllm_jax.evaluation import likelihood  # pylint: disable=g-import-not-at-top
+  from dllm_jax.training.inputs import make_dataset  # pylint: disable=g-import-not-at-top
   from launch.configs import default  # pylint: disable=g-import-not-at-top
+  t0 = time.time()
+  config = default.get_config()
+  config.data.update({k: v for k, v in data_cfg.items() if k in config.data})
+  config.data.num_workers = 0
+  config.seed, config.train.objective = _SEED.value, 'pretrain'
+  it = iter(make_dataset(config, engine.tokenizer, split='validation', num_epochs=1,
+                         batch_size=1))
+  total, count = 0.0, 0
+  for i in range(_NUM_ROWS.value):
+    row = {k: v[0] for k, v in next(it).items()}
+    seg = row.get('segment_ids', np.ones_like(row['tokens']))  # 'stream': one.
+    pos = row.get('positions', np.arange(len(row['tokens'])))
+    n = int(np.sum(seg > 0))
+    nelbo = likelihood.negative_elbo(
+        engine.params, jnp.asarray(row['tokens']), jnp.asarray(0), jnp.asarray(n),
+        jax.random.fold_in(key, i), segment_ids=jnp.asarray(seg),
+        positions=jnp.asarray(pos), **opts)
+    total, count = total + float(nelbo), count + n
+  per_token = total / count
+  print(f'\n{_NUM_ROWS.value} held-out rows of {data_cfg["seq_len"]} tokens ('
+        f'{data_cfg["source"]} validation split), mc_num {_MC_NUM.value}, '
+        f'{time.time() - t0:.1f} s\n')
+  bound = f'block NELBO (block {engine.trained_block_size})' if (
+      engine.trained_block_size) else '-ELBO'
+  print(f'| tokens | {bound} nats/token | bits/token | perplexity bound |')
+  print('|---|---|---|---|')
+  print(f'| {count} | {per_token:.4f} | {per_token / math.log(2):.4f} | '
+        f'{math.exp(per_token):.3f} |')
+
+
+def _pairs_mode(engine, opts: dict, key) -> None:
+  """The log-likelihood of each row's answer given its prompt."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from dllm_jax.evaluation import likelihood  # pylint: disable=g-import-not-at-top
+  tok = engine.tokenizer
+  rows = _read_jsonl(_DATA.value, ('prompt', 'answer'))
+  print('| # | answer tokens | log-likelihood (nats) | per token |')
+  print('|---|---|---|---|')
+  lls = []
+  for i, r in enumerate(rows):
+    answer = tok.encode(r['answer'])
+    ll = likelihood.log_likelihood(engine.params, tok.encode(r['prompt'], add_bos=True),
+                                   answer, jax.random.fold_in(key, i), **opts)
+    lls.append(ll)
+    print(f'| {i} | {len(answer)} | {ll:.3f} | {ll / len(answer):.3f} |')
+  print(f'\nmean log-likelihood {np.mean(lls):.3f} nats over {len(rows)} pairs')
+
+
+def _choice_mode(engine, opts: dict, key) -> None:
+  """Multiple choice: the choice of highest likelihood against the label."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from dllm_jax.evaluation import likelihood  # pylint: disable=g-import-not-at-top
+  tok = engine.tokenizer
+  rows = _read_jsonl(_DATA.value, ('prompt', 'choices', 'label'))
+  correct = 0
+  for i, r in enumerate(rows):
+    prompt = tok.encode(r['prompt'], add_bos=True)
+    scores = [likelihood.log_likelihood(engine.params, prompt, tok.encode(c),
+                                        jax.random.fold_in(key, i), **opts)
+              for c in r['choices']]
+    correct += int(np.argmax(scores)) == int(r['label'])
+  print(f'\n| examples | accuracy |\n|---|---|\n| {len(rows)} | '
+        f'{correct / len(rows):.3f} |')
+
+
+def main(argv):
+  cli.start(argv)
+  import jax  # pylint: disable=g-import-not-at-top
+  from dllm_jax.evaluation import likelihood  # pylint: disable=g-import-not-at-top
+  from dllm_jax.serving import Engine  # pylint: disable=g-import-not-at-top
+  from dllm_jax.training import workdir as checkpoint  # pylint: disable=g-import-not-at-top
 
   with cli.one_line_errors():
     if _MODE.value != 'heldout' and not _DATA.value:
@@ -105,76 +178,20 @@ def main(argv):
     if _MODE.value != 'heldout' and not os.path.isfile(_DATA.value):
       raise FileNotFoundError(f'--data={_DATA.value}: no such file.')
     engine = Engine.from_workdir(_WORKDIR.value)
-    cfg, params, tok = engine.config, engine.params, engine.tokenizer
     data_cfg = checkpoint.read_meta(_WORKDIR.value)['config']['data']
-    seq_len = data_cfg['seq_len']
     # A block-diffusion checkpoint: the block NELBO it was trained on.
-    opts = dict(config=cfg, mc_num=_MC_NUM.value, batch_size=_BATCH_SIZE.value,
+    opts = dict(config=engine.config, mc_num=_MC_NUM.value, batch_size=_BATCH_SIZE.value,
                 cfg_scale=_CFG_SCALE.value, block_size=engine.trained_block_size)
     likelihood.check_block_options(engine.trained_block_size, _CFG_SCALE.value)
     key = jax.random.key(_SEED.value)
-    t0 = time.time()
-
     if _MODE.value == 'heldout':
-      # The training run's data config (keys an older checkpoint lacks keep their
-      # defaults), read as pretraining rows, one at a time, in this process.
-      config = default.get_config()
-      config.data.update({k: v for k, v in data_cfg.items() if k in config.data})
-      config.data.num_workers = 0
-      config.seed, config.train.objective = _SEED.value, 'pretrain'
-      it = iter(make_dataset(config, tok, split='validation', num_epochs=1,
-                             batch_size=1))
-      total, count = 0.0, 0
-      for i in range(_NUM_ROWS.value):
-        row = {k: v[0] for k, v in next(it).items()}
-        seg = row.get('segment_ids', np.ones_like(row['tokens']))  # 'stream': one.
-        pos = row.get('positions', np.arange(len(row['tokens'])))
-        n = int(np.sum(seg > 0))
-        nelbo = likelihood.negative_elbo(
-            params, jnp.asarray(row['tokens']), jnp.asarray(0), jnp.asarray(n),
-            jax.random.fold_in(key, i), segment_ids=jnp.asarray(seg),
-            positions=jnp.asarray(pos), **opts)
-        total, count = total + float(nelbo), count + n
-      per_token = total / count
-      print(f'\n{_NUM_ROWS.value} held-out rows of {seq_len} tokens ('
-            f'{data_cfg["source"]} validation split), mc_num {_MC_NUM.value}, '
-            f'{time.time() - t0:.1f} s\n')
-      bound = f'block NELBO (block {engine.trained_block_size})' if (
-          engine.trained_block_size) else '-ELBO'
-      print(f'| tokens | {bound} nats/token | bits/token | perplexity bound |')
-      print('|---|---|---|---|')
-      print(f'| {count} | {per_token:.4f} | {per_token / math.log(2):.4f} | '
-            f'{math.exp(per_token):.3f} |')
-      return
-
-    if _MODE.value == 'pairs':
-      rows = _read_jsonl(_DATA.value, ('prompt', 'answer'))
-      print('| # | answer tokens | log-likelihood (nats) | per token |')
-      print('|---|---|---|---|')
-      lls = []
-      for i, r in enumerate(rows):
-        answer = tok.encode(r['answer'])
-        ll = likelihood.log_likelihood(params, tok.encode(r['prompt'], add_bos=True),
-                                       answer, jax.random.fold_in(key, i), **opts)
-        lls.append(ll)
-        print(f'| {i} | {len(answer)} | {ll:.3f} | {ll / len(answer):.3f} |')
-      print(f'\nmean log-likelihood {np.mean(lls):.3f} nats over {len(rows)} pairs')
-      return
-
-    if _MODE.value == 'generate':
+      _heldout_mode(engine, data_cfg, opts, key)
+    elif _MODE.value == 'pairs':
+      _pairs_mode(engine, opts, key)
+    elif _MODE.value == 'generate':
       _generate_mode(engine)
-      return
-
-    rows = _read_jsonl(_DATA.value, ('prompt', 'choices', 'label'))
-    correct = 0
-    for i, r in enumerate(rows):
-      prompt = tok.encode(r['prompt'], add_bos=True)
-      scores = [likelihood.log_likelihood(params, prompt, tok.encode(c),
-                                          jax.random.fold_in(key, i), **opts)
-                for c in r['choices']]
-      correct += int(np.argmax(scores)) == int(r['label'])
-    print(f'\n| examples | accuracy |\n|---|---|\n| {len(rows)} | '
-          f'{correct / len(rows):.3f} |')
+    else:
+      _choice_mode(engine, opts, key)
 
 
 if __name__ == '__main__':

@@ -31,8 +31,8 @@ def main(argv):
   cli.start(argv)
   import os  # pylint: disable=g-import-not-at-top
   import shutil  # pylint: disable=g-import-not-at-top
-  from dllm_jax import workdir as checkpoint  # pylint: disable=g-import-not-at-top
   from dllm_jax.interop import export  # pylint: disable=g-import-not-at-top
+  from dllm_jax.training import workdir as checkpoint  # pylint: disable=g-import-not-at-top
 
   with cli.one_line_errors():
     out = _OUT.value

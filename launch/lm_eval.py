@@ -15,7 +15,7 @@ release that reads that group runs the plain `lm_eval --model dllm_jax ...`.
 
 
 def main() -> None:
-  import dllm_jax.serving.harness  # pylint: disable=g-import-not-at-top,unused-import
+  import dllm_jax.evaluation.harness  # pylint: disable=g-import-not-at-top,unused-import
   from lm_eval.__main__ import cli_evaluate  # pylint: disable=g-import-not-at-top
   cli_evaluate()
 

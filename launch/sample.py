@@ -122,9 +122,9 @@ def _sample_block(meta, prompt: str, num: int,
   """Completions from the block sampler, sample i drawn from seed + i, and
   their forward counts (decided its tokens, all its run took)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from dllm_jax import workdir as checkpoint  # pylint: disable=g-import-not-at-top
   from dllm_jax.sampling import block, text  # pylint: disable=g-import-not-at-top
   from dllm_jax.training import run_checks  # pylint: disable=g-import-not-at-top
+  from dllm_jax.training import workdir as checkpoint  # pylint: disable=g-import-not-at-top
   sampling = _block_sampling(meta)
   sampling.validate()
   run_checks.check_steps(sampling)  # Steps per block: at most its positions.
@@ -176,7 +176,7 @@ def _sample_next_token(meta, prompt: str, num: int, chat: bool):
   one forward per token; the diffusion samplers' knobs do not apply and are
   refused."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from dllm_jax import workdir as checkpoint  # pylint: disable=g-import-not-at-top
+  from dllm_jax.training import workdir as checkpoint  # pylint: disable=g-import-not-at-top
   from dllm_jax.data import sft  # pylint: disable=g-import-not-at-top
   from dllm_jax.sampling import autoregressive  # pylint: disable=g-import-not-at-top
   given = [f'--{f.name}' for f in (_SAMPLER, _STEPS, _BLOCK_LENGTH, _TEMPERATURE,
@@ -199,7 +199,7 @@ def _sample_next_token(meta, prompt: str, num: int, chat: bool):
 
 def main(argv):
   cli.start(argv)
-  from dllm_jax import workdir as checkpoint  # pylint: disable=g-import-not-at-top
+  from dllm_jax.training import workdir as checkpoint  # pylint: disable=g-import-not-at-top
   with cli.one_line_errors():
     meta = checkpoint.read_meta(_WORKDIR.value)
     sample_cfg = meta['config']['sample']

@@ -17,7 +17,7 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 
-from dllm_jax.presets import ModelConfig
+from dllm_jax.models import ModelConfig
 from dllm_jax.training import optimizer as opt_lib, train_step as ts
 
 

@@ -26,7 +26,8 @@ _MAX_DOCS = flags.DEFINE_integer('max_documents', 2000, 'Documents to train on.'
 
 def main(argv):
   cli.start(argv)
-  from dllm_jax.data import sources, sp_tokenizer  # pylint: disable=g-import-not-at-top
+  from dllm_jax.data import sources  # pylint: disable=g-import-not-at-top
+  from dllm_jax.tokenizers import sp as sp_tokenizer  # pylint: disable=g-import-not-at-top
   with cli.one_line_errors():
     source = sources.open_source(_SOURCE.value, data_dir=_DATA_DIR.value)
     record_format = sources.record_format_of(_SOURCE.value)

@@ -43,14 +43,14 @@ def pytest_unconfigure(config):
 @pytest.fixture(scope='session')
 def tiny_config():
   """The `tiny` preset (byte vocabulary, 2 layers, d_model 128)."""
-  from dllm_jax import presets  # pylint: disable=g-import-not-at-top
+  from dllm_jax import models as presets  # pylint: disable=g-import-not-at-top
   return presets.get_preset('tiny')
 
 
 @pytest.fixture(scope='session')
 def tiny_params(tiny_config):
   """Random parameters of `tiny_config` (seed 0); do not mutate."""
-  from dllm_jax import model  # pylint: disable=g-import-not-at-top
+  from dllm_jax import models as model  # pylint: disable=g-import-not-at-top
   return jax.jit(model.init_params, static_argnums=0)(tiny_config, jax.random.key(0))
 
 

@@ -19,7 +19,7 @@ def main():
                              num_processes=2, process_id=pid)
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   from dllm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  from dllm_jax.data.tokenizer import ByteTokenizer  # pylint: disable=g-import-not-at-top
+  from dllm_jax.tokenizers import ByteTokenizer  # pylint: disable=g-import-not-at-top
   from dllm_jax.parallel import multihost  # pylint: disable=g-import-not-at-top
   tok = ByteTokenizer()
 

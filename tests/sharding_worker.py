@@ -26,7 +26,7 @@ def main():
   every = sys.argv[1:] == ['all']
   jax.config.update('jax_platforms', 'cpu')
   jax.config.update('jax_num_cpu_devices', 8)
-  from dllm_jax import presets  # pylint: disable=g-import-not-at-top
+  from dllm_jax import models as presets  # pylint: disable=g-import-not-at-top
   from dllm_jax.models import llada  # pylint: disable=g-import-not-at-top
   from dllm_jax.parallel import mesh as mesh_lib, multihost, sharding  # pylint: disable=g-import-not-at-top
   from dllm_jax.sampling import generate as gen  # pylint: disable=g-import-not-at-top

@@ -167,8 +167,9 @@ def write_random_checkpoint(workdir, config=None, seed=0, edit=None) -> None:
   `edit(params, model_config)`, if given, changes the parameters first."""
   import jax  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  from dllm_jax import model, models  # pylint: disable=g-import-not-at-top
-  from dllm_jax.data.tokenizer import ByteTokenizer  # pylint: disable=g-import-not-at-top
+  from dllm_jax import models  # pylint: disable=g-import-not-at-top
+  from dllm_jax import models as model  # pylint: disable=g-import-not-at-top
+  from dllm_jax.tokenizers import ByteTokenizer  # pylint: disable=g-import-not-at-top
   from dllm_jax.training import checkpoint, trainer  # pylint: disable=g-import-not-at-top
   config = config or small_config()
   tok = ByteTokenizer()
@@ -232,7 +233,7 @@ def jit_init_params(config, seed: int = 0):
   """`model.init_params(config, key(seed))` under jit: eagerly every op
   dispatches and compiles on its own (seconds per call on a loaded CPU)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from dllm_jax import model  # pylint: disable=g-import-not-at-top
+  from dllm_jax import models as model  # pylint: disable=g-import-not-at-top
   return jax.jit(model.init_params, static_argnums=0)(config, jax.random.key(seed))
 
 
@@ -241,7 +242,7 @@ def jit_forward(params, tokens, segment_ids=None, positions=None, *, config,
   """`model.forward` under jit: logits [B, L, V] of tokens int [B, L] (one
   compile per shape and `config`; eagerly each op compiles on its own)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from dllm_jax import model  # pylint: disable=g-import-not-at-top
+  from dllm_jax import models as model  # pylint: disable=g-import-not-at-top
   return jax.jit(model.forward, static_argnames='config')(
       params, tokens, segment_ids, positions, config=config, kv_lengths=kv_lengths)
 

@@ -11,7 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dllm_jax import attention, block_diffusion as bd, diffusion, model, presets
+from dllm_jax.models import attention
+from dllm_jax.objectives import block as bd
+from dllm_jax.objectives import masked as diffusion
+from dllm_jax import models as model
+from dllm_jax import models as presets
 from dllm_jax.sampling import block
 from tests import block_reference as ref
 
@@ -122,7 +126,7 @@ def test_tile_skipping_attention_equals_dense(packed):
   """`attend` given a spec with a tile layout (the union of a growing schedule's
   block sizes 2 and 4, the mask at size 2; grouped-query heads) equals the
   dense masked attention, values and gradients."""
-  from dllm_jax import block_sparse  # pylint: disable=g-import-not-at-top
+  from dllm_jax.kernels import block_sparse  # pylint: disable=g-import-not-at-top
   l, b = 16, 4
   pos = np.arange(l)[None] if not packed else np.array([list(range(6)) + list(range(10))])
   seg = None if not packed else jnp.asarray([[1] * 6 + [2] * 10])
@@ -195,7 +199,7 @@ def test_block_run_shares_the_ar_twins_shapes_and_checks_its_block_size():
   """train.init_from of a bidirectional run or of the AR twin loads parameters of
   the same shapes (the slow test below runs it); a block size that does not
   divide the row length is a one-line error."""
-  from dllm_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  from dllm_jax import tokenizers as tokenizer_lib  # pylint: disable=g-import-not-at-top
   from dllm_jax.training import run_checks, sections, trainer  # pylint: disable=g-import-not-at-top
   from tests import support  # pylint: disable=g-import-not-at-top
   tok = tokenizer_lib.make_tokenizer('byte')

@@ -85,7 +85,7 @@ def test_lm_eval_model_loads_a_block_run(random_block_workdir):
   sampler, its likelihoods the block NELBO (which has no guidance: cfg_scale
   is refused, tests/test_block_likelihood.py)."""
   from dllm_jax.sampling import block  # pylint: disable=g-import-not-at-top
-  from dllm_jax.serving import harness  # pylint: disable=g-import-not-at-top
+  from dllm_jax.evaluation import harness  # pylint: disable=g-import-not-at-top
   lm = harness.DllmJaxLM(workdir=random_block_workdir, temperature=0.5)
   assert isinstance(lm.sampling, block.BlockSamplingConfig)
   assert lm.sampling.temperature == 0.5 and lm.opts['block_size'] == 8
@@ -106,7 +106,7 @@ def test_sample_launcher_decodes_a_next_token_checkpoint_greedily(
     sample_main, capsys, next_token_workdir):
   """The diffusion samplers printed garbage for a causal model (exit 0)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from dllm_jax import workdir as checkpoint  # pylint: disable=g-import-not-at-top
+  from dllm_jax.training import workdir as checkpoint  # pylint: disable=g-import-not-at-top
   from dllm_jax.sampling import autoregressive  # pylint: disable=g-import-not-at-top
   run = f'--workdir={next_token_workdir}'
   message, out = sample_main(capsys, run, '--prompt=ab', '--num_samples=1',

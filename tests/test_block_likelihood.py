@@ -1,4 +1,4 @@
-"""The block NELBO of block-diffusion checkpoints (dllm_jax/block_likelihood.py)
+"""The block NELBO of block-diffusion checkpoints (dllm_jax/evaluation/block_likelihood.py)
 against a NumPy reference that conditions each block on the clean blocks before
 it through its own forward (as the block sampler's cache does), and its use by
 launch.eval and the lm-eval model."""
@@ -10,8 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dllm_jax import block_likelihood, likelihood, model, presets
-from dllm_jax.attention import AttentionSpec
+from dllm_jax.evaluation import block_likelihood
+from dllm_jax.evaluation import likelihood
+from dllm_jax import models as model
+from dllm_jax import models as presets
+from dllm_jax.models.attention import AttentionSpec
 from tests import support
 
 CFG = presets.get_preset('tiny', d_model=32, n_layers=1, n_heads=2, d_ff=48, max_len=64)
@@ -88,7 +91,7 @@ def test_eval_and_lm_eval_model_use_the_block_estimate(random_block_workdir, tmp
   import json
   import subprocess
   import sys
-  from dllm_jax.serving.harness import DllmJaxLM
+  from dllm_jax.evaluation.harness import DllmJaxLM
   lm = DllmJaxLM(workdir=random_block_workdir, mc_num=4, mc_batch_size=2)
   assert lm.opts['block_size'] == 8 == lm.engine.trained_block_size
   with pytest.raises(ValueError, match='no classifier-free guidance'):

@@ -12,7 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dllm_jax import attention, model, presets
+from dllm_jax.models import attention
+from dllm_jax import models as model
+from dllm_jax import models as presets
 from dllm_jax.sampling import block, remasking
 from tests import block_reference as ref
 

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import strategies as st
 
 from dllm_jax import models
-from dllm_jax.data.tokenizer import ByteTokenizer
+from dllm_jax.tokenizers import ByteTokenizer
 from dllm_jax.training import provenance, sections
 from dllm_jax.training.sections import RunConfig
 from launch.configs import default

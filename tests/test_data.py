@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from dllm_jax import presets
+from dllm_jax import models as presets
 from dllm_jax.data import convert, pipeline, sft, sources, stdlib_corpus, stdlib_tfds
-from dllm_jax.data import synthetic_sft, tokenizer as tokenizer_lib
-from dllm_jax.data.tokenizer import ByteTokenizer, from_dict
+from dllm_jax.data import synthetic_sft
+from dllm_jax import tokenizers as tokenizer_lib
+from dllm_jax.tokenizers import ByteTokenizer, from_dict
 
 TOK = ByteTokenizer()
 
@@ -199,7 +200,7 @@ def test_text_jsonl_and_array_record_sources_agree(tmp_path):
 
 
 def test_sentencepiece_tokenizer_trains_round_trips_and_checks_vocab(tmp_path):
-  from dllm_jax.data import sp_tokenizer
+  from dllm_jax.tokenizers import sp as sp_tokenizer
   texts = [open(p).read() for p in stdlib_corpus.stdlib_files('validation')[:10]]
   path = sp_tokenizer.train(texts, str(tmp_path / 'sp'), vocab_size=600)
   tok = tokenizer_lib.make_tokenizer(f'sentencepiece:{path}')
@@ -221,7 +222,7 @@ def test_sentencepiece_tokenizer_trains_round_trips_and_checks_vocab(tmp_path):
 
 def test_tokenizer_without_a_mask_token_is_a_clear_error(tmp_path):
   import sentencepiece as spm
-  from dllm_jax.data import sp_tokenizer
+  from dllm_jax.tokenizers import sp as sp_tokenizer
   texts = ['hello world\n', 'some more text here\n'] * 50
   spm.SentencePieceTrainer.train(sentence_iterator=iter(texts),
                                  model_prefix=str(tmp_path / 'plain'), vocab_size=40,
@@ -345,7 +346,8 @@ def test_a_text_source_is_read_as_text_without_record_format(tmp_path):
 
 
 def test_unreadable_data_and_tokenizer_files_are_one_line_errors_naming_them(tmp_path):
-  from dllm_jax.data import hf_tokenizer, sp_tokenizer
+  from dllm_jax.tokenizers import hf as hf_tokenizer
+  from dllm_jax.tokenizers import sp as sp_tokenizer
   (tmp_path / 'empty.array_record').write_bytes(b'')
   with pytest.raises(ValueError, match=rf'{tmp_path}/empty.array_record is not a '
                      'readable ArrayRecord file'):

@@ -16,7 +16,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from dllm_jax.data import pipeline, shards as data_shards
-from dllm_jax.data.tokenizer import ByteTokenizer
+from dllm_jax.tokenizers import ByteTokenizer
 from dllm_jax.training import checkpoint, elastic, workdir_lock
 from tests.support import SMALL_CLI, run_worker, start_processes, wait_processes
 

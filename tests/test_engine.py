@@ -9,8 +9,10 @@ import jax
 import numpy as np
 import pytest
 
-from dllm_jax import ByteTokenizer, SamplingConfig, generate, model, presets
-from dllm_jax.data.tokenizer import SpecialIds
+from dllm_jax import ByteTokenizer, SamplingConfig, generate
+from dllm_jax import models as model
+from dllm_jax import models as presets
+from dllm_jax.tokenizers import SpecialIds
 from dllm_jax.serving import Engine, Request
 from dllm_jax.serving import engine as engine_lib
 from dllm_jax.serving import stepper
@@ -147,7 +149,7 @@ def test_prefix_cache_rows_step_with_a_program_per_block_index(engine):
 def test_engine_from_a_hugging_face_directory(tmp_path):
   """config.json + safetensors + tokenizer.json in the LLaDA layout."""
   from tokenizers import Tokenizer, models, pre_tokenizers
-  from dllm_jax.data.hf_tokenizer import LLADA_SPECIAL_TOKENS
+  from dllm_jax.tokenizers.hf import LLADA_SPECIAL_TOKENS
   from dllm_jax.interop import llada_hf
   words = ['hello', 'world', '<unk>'] + sorted(set(LLADA_SPECIAL_TOKENS.values()))
   tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)},

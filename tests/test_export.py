@@ -16,8 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dllm_jax import model, models
-from dllm_jax.data import tokenizer as tokenizer_lib
+from dllm_jax import models
+from dllm_jax import models as model
+from dllm_jax import tokenizers as tokenizer_lib
 from dllm_jax.interop import export, hf_config, hf_dir, llada_hf, moe_hf, special_ids
 from tests import support
 
@@ -172,7 +173,7 @@ def _word_tokenizer(path, specials):
 
 @pytest.mark.parametrize('family', ['llada', 'llada2'])
 def test_export_carries_the_tokenizer_files_and_special_tokens(family, tmp_path):
-  from dllm_jax.data.hf_tokenizer import HFTokenizer  # pylint: disable=g-import-not-at-top
+  from dllm_jax.tokenizers.hf import HFTokenizer  # pylint: disable=g-import-not-at-top
   specials = ['<s>', '</s>', '<m>', '<eot>']
   _word_tokenizer(str(tmp_path / 'tok'), specials)
   tok = HFTokenizer(str(tmp_path / 'tok'), {'bos': '<s>', 'eos': '</s>', 'pad': '</s>',
@@ -198,7 +199,7 @@ def test_export_carries_the_tokenizer_files_and_special_tokens(family, tmp_path)
 
 def test_block_diffusion_export_keeps_its_sampler_and_likelihood(random_block_workdir,
                                                                  tmp_path):
-  from dllm_jax import workdir as checkpoint  # pylint: disable=g-import-not-at-top
+  from dllm_jax.training import workdir as checkpoint  # pylint: disable=g-import-not-at-top
   from dllm_jax.sampling.block import BlockSamplingConfig  # pylint: disable=g-import-not-at-top
   from dllm_jax.serving import Engine  # pylint: disable=g-import-not-at-top
   cfg, params, tok = checkpoint.restore_for_inference(random_block_workdir)
@@ -211,7 +212,7 @@ def test_block_diffusion_export_keeps_its_sampler_and_likelihood(random_block_wo
 
 
 def test_export_carries_a_sentencepiece_model(tmp_path):
-  from dllm_jax.data import sp_tokenizer  # pylint: disable=g-import-not-at-top
+  from dllm_jax.tokenizers import sp as sp_tokenizer  # pylint: disable=g-import-not-at-top
   texts = ['hello world, the cat sat on the mat.\n', 'def f(x):\n  return x + 1\n'] * 20
   tok = tokenizer_lib.make_tokenizer('sentencepiece:' + sp_tokenizer.train(
       texts, str(tmp_path / 'sp'), vocab_size=300, hard_vocab_limit=False))

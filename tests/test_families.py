@@ -13,8 +13,9 @@ import pytest
 from flax import nnx
 
 import dllm_jax
-from dllm_jax import attention, models
-from dllm_jax.data import tokenizer as tokenizer_lib
+from dllm_jax import models
+from dllm_jax.models import attention
+from dllm_jax import tokenizers as tokenizer_lib
 from dllm_jax.training import trainer
 from tests.support import small_config
 

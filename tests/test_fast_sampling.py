@@ -8,8 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dllm_jax import model, presets
-from dllm_jax.data.tokenizer import ByteTokenizer
+from dllm_jax import models as model
+from dllm_jax import models as presets
+from dllm_jax.tokenizers import ByteTokenizer
 from dllm_jax.sampling import generate as gen
 from tests import support
 

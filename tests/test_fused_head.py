@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dllm_jax.sampling import fused
-from dllm_jax.sampling import fused_head as fh
+from dllm_jax.kernels import fused
+from dllm_jax.kernels import fused_head as fh
 
 SEED = fused.seed_from_key(jax.random.key(7))
 

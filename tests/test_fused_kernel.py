@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dllm_jax.sampling import fused, remasking
+from dllm_jax.sampling import remasking
+from dllm_jax.kernels import fused
 
 SEED = fused.seed_from_key(jax.random.key(7))
 

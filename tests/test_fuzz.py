@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 import numpy as np
 import pytest
 
-from dllm_jax.data import pipeline, sources, tokenizer as tokenizer_lib
+from dllm_jax.data import pipeline, sources
+from dllm_jax import tokenizers as tokenizer_lib
 
 
 
@@ -31,7 +32,7 @@ ANY_TEXT = st.text(st.characters(codec=None, exclude_categories=()), max_size=80
 
 @pytest.fixture(scope='module')
 def sp_tok(tmp_path_factory):
-  from dllm_jax.data import sp_tokenizer
+  from dllm_jax.tokenizers import sp as sp_tokenizer
   texts = ['hello world, the cat sat on the mat.\n', 'def f(x):\n  return x + 1\n'] * 20
   path = sp_tokenizer.train(texts, str(tmp_path_factory.mktemp('sp') / 'sp'),
                             vocab_size=300, hard_vocab_limit=False)
@@ -41,7 +42,7 @@ def sp_tok(tmp_path_factory):
 @pytest.fixture(scope='module')
 def hf_tok(tmp_path_factory):
   """A byte-level BPE tokenizer.json (any text round-trips) with LLaDA's specials."""
-  from dllm_jax.data import hf_tokenizer
+  from dllm_jax.tokenizers import hf as hf_tokenizer
   from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
   tok = Tokenizer(models.BPE())
   tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

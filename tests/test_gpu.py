@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dllm_jax import model, presets
+from dllm_jax import models as model
+from dllm_jax import models as presets
 from dllm_jax.sampling import generate as gen
 
 pytestmark = [
@@ -70,7 +71,7 @@ def test_bf16_sampler_runs_and_fills_every_mask():
 
 @pytest.mark.parametrize('temperature', [0.0, 1.0])
 def test_compiled_kernel_equals_twin_at_llada_vocabulary(temperature):
-  from dllm_jax.sampling import fused
+  from dllm_jax.kernels import fused
   logits = (jax.random.normal(jax.random.key(0), (4 * 384 + 5, 126_464)) * 3).astype(
       jnp.bfloat16)
   seed = fused.seed_from_key(jax.random.key(1))
@@ -87,7 +88,8 @@ def test_compiled_kernel_equals_twin_at_llada_vocabulary(temperature):
 def test_compiled_head_kernel_equals_head_then_twin_at_llada_shape(temperature):
   """The fused head + candidate kernel (Triton) against the head matmul followed
   by the twin: hidden [101, 4096] x head [4096, 126,464], bf16 (ragged rows)."""
-  from dllm_jax.sampling import fused, fused_head
+  from dllm_jax.kernels import fused
+  from dllm_jax.kernels import fused_head
   assert fused_head.use_kernel()  # The probe compiles and agrees.
   hidden = jax.random.normal(jax.random.key(0), (101, 4096)).astype(jnp.bfloat16)
   head = (jax.random.normal(jax.random.key(2), (4096, 126_464)) * 3 / 64).astype(
@@ -106,7 +108,7 @@ def test_compiled_head_kernel_equals_head_then_twin_at_llada_shape(temperature):
 
 
 def test_dual_cache_threshold_sampler_runs_bf16_with_the_kernel():
-  from dllm_jax.sampling import fused
+  from dllm_jax.kernels import fused
   assert fused.use_kernel()  # The probe compiles here (first called untraced).
   cfg = _cfg()
   params = model.init_params(cfg, jax.random.key(0))
@@ -124,7 +126,7 @@ def test_cudnn_packed_attention_matches_xla_forward_and_gradient(layout):
   """cuDNN's packed layout (one flash attention per document, no mask) against
   XLA's masked attention; 'too_many' / 'split_id' take attend_packed's masked
   fallback."""
-  from dllm_jax import attention
+  from dllm_jax.models import attention
   b, t, h, d = 2, 256, 4, 64
   q, k, v = (jax.random.normal(jax.random.key(i), (b, t, h, d), jnp.bfloat16)
              for i in range(3))

@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dllm_jax import model, presets
+from dllm_jax import models as model
+from dllm_jax import models as presets
 from dllm_jax.models import grouped_matmul as gm
 from dllm_jax.sampling import block
 

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from dllm_jax import likelihood
+from dllm_jax.evaluation import likelihood
 from dllm_jax.serving import Request
 from tests.support import REPO
 
@@ -65,7 +65,7 @@ def tasks(random_workdir, tmp_path_factory):
   answers are chosen from the model's own scores so that half are right."""
   os.environ.setdefault('HF_DATASETS_OFFLINE', '1')
   os.environ.setdefault('HF_HUB_OFFLINE', '1')
-  from dllm_jax.serving import harness
+  from dllm_jax.evaluation import harness
   lm = harness.DllmJaxLM(workdir=random_workdir, **MODEL_ARGS)
   e, key = lm.engine, jax.random.key(MODEL_ARGS['seed'])
   path = tmp_path_factory.mktemp('tasks')
@@ -140,7 +140,7 @@ def test_entry_point_names_the_registered_model():
   """setup.py's `lm_eval.models` entry point names the class that registers
   itself as `dllm_jax` (lm-eval reconciles the two only when they agree)."""
   from lm_eval.api.registry import get_model
-  from dllm_jax.serving import harness
+  from dllm_jax.evaluation import harness
   ep = _lm_eval_entry_point()
   assert ep.name == 'dllm_jax'
   assert ep.load() is harness.DllmJaxLM is get_model('dllm_jax')

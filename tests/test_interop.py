@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dllm_jax import presets
+from dllm_jax import models as presets
 from dllm_jax.interop import llada_hf
 from tests import support
 
@@ -169,8 +169,8 @@ def _write_llada_like_tokenizer(path):
 
 
 def test_hf_tokenizer_json_has_llada_special_ids_and_chat_template(tmp_path):
-  from dllm_jax.data import tokenizer as tokenizer_lib
-  from dllm_jax.data.hf_tokenizer import HFTokenizer
+  from dllm_jax import tokenizers as tokenizer_lib
+  from dllm_jax.tokenizers.hf import HFTokenizer
   _write_llada_like_tokenizer(tmp_path)
   tok = HFTokenizer(str(tmp_path))
   llada = presets.get_preset('llada_8b')
@@ -187,7 +187,7 @@ def test_hf_tokenizer_json_has_llada_special_ids_and_chat_template(tmp_path):
 
 def test_hf_tokenizer_without_mask_token_is_a_clear_error(tmp_path):
   from tokenizers import Tokenizer, models
-  from dllm_jax.data.hf_tokenizer import HFTokenizer
+  from dllm_jax.tokenizers.hf import HFTokenizer
   Tokenizer(models.WordLevel({'a': 0, '<unk>': 1}, unk_token='<unk>')).save(
       str(tmp_path / 'tokenizer.json'))
   with pytest.raises(ValueError, match="no mask token '<\\|mdm_mask\\|>'"):
@@ -196,7 +196,7 @@ def test_hf_tokenizer_without_mask_token_is_a_clear_error(tmp_path):
 
 def test_chat_template_cannot_reach_python(tmp_path):
   """The template is rendered in Jinja's sandbox: no attribute escapes."""
-  from dllm_jax.data.hf_tokenizer import HFTokenizer
+  from dllm_jax.tokenizers.hf import HFTokenizer
   _write_llada_like_tokenizer(tmp_path)
   tok = HFTokenizer(str(tmp_path))
   tok.chat_template = "{{ ''.__class__.__mro__[1].__subclasses__() }}"
@@ -208,7 +208,8 @@ MESH_SCRIPT = r'''
 import sys
 import jax, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from dllm_jax import model, presets
+from dllm_jax import models as model
+from dllm_jax import models as presets
 from dllm_jax.interop import llada_hf
 cfg = presets.get_preset('tiny', d_model=32, n_layers=2, n_heads=4, d_ff=48, max_len=64)
 mesh = Mesh(np.array(jax.devices()).reshape(2, 4), ('data', 'model'))

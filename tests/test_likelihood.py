@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dllm_jax import likelihood, presets
+from dllm_jax.evaluation import likelihood
+from dllm_jax import models as presets
 from tests import support
 
 

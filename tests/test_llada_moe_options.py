@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dllm_jax import model, models
+from dllm_jax import models
+from dllm_jax import models as model
 from dllm_jax.interop import hf, moe_hf
 from dllm_jax.models import moe
 

@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dllm_jax import diffusion, objectives
-from dllm_jax.data.tokenizer import BYTE_IDS
+from dllm_jax import objectives
+from dllm_jax.objectives import masked as diffusion
+from dllm_jax.tokenizers import BYTE_IDS
 
 MASK = 99
 RNG = np.random.default_rng(0)

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dllm_jax import model, presets
+from dllm_jax import models as model
+from dllm_jax import models as presets
 from tests import support
 
 

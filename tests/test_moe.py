@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 import dllm_jax
-from dllm_jax import model, models
+from dllm_jax import models
+from dllm_jax import models as model
 from dllm_jax.interop import hf, moe_hf
 from dllm_jax.models import moe, moe_transformer
 from dllm_jax.training import optimizer as opt_lib, train_step as ts, trainer

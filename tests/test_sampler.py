@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dllm_jax import presets
+from dllm_jax import models as presets
 from dllm_jax.sampling import generate as gen
 from dllm_jax.sampling import remasking
 from dllm_jax.sampling.schedule import transfer_schedule

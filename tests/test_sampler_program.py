@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dllm_jax import ByteTokenizer, presets
+from dllm_jax import ByteTokenizer
+from dllm_jax import models as presets
 from dllm_jax.serving import Engine, sampler
 from dllm_jax.serving.batcher import Batcher
 

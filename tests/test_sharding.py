@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dllm_jax import model, presets
+from dllm_jax import models as model
+from dllm_jax import models as presets
 from dllm_jax.models import llada
 from dllm_jax.parallel import mesh as mesh_lib, sharding
 from dllm_jax.training import trainer

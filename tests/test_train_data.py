@@ -6,7 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from dllm_jax.data import sp_tokenizer, stdlib_corpus, synthetic_sft
+from dllm_jax.data import stdlib_corpus, synthetic_sft
+from dllm_jax.tokenizers import sp as sp_tokenizer
 from dllm_jax.training import checkpoint, trainer
 from tests.support import read_batch_log as _batch_log, small_config
 

@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dllm_jax import presets
+from dllm_jax import models as presets
 from dllm_jax.data import pipeline
-from dllm_jax.data.tokenizer import ByteTokenizer
+from dllm_jax.tokenizers import ByteTokenizer
 from dllm_jax.training import checkpoint, optimizer as optimizer_lib, trainer
 from dllm_jax.training import train_step as ts
 from tests.support import REPO, small_config

@@ -1,1 +1,1 @@
-"""Data: tokenizers and Grain pipelines."""
+"""Data: sources, the Grain pipeline and its packing, SFT examples, host shards."""

@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 import jax
 import numpy as np
 
-from dllm_jax import model as model_lib, models
+from dllm_jax import models
 from dllm_jax.models.base import HFTensor
 
 INDEX_FILE = 'model.safetensors.index.json'
@@ -57,7 +57,7 @@ def _set(tree: dict, path: tuple, value) -> None:
 
 def load_params(path: str, cfg, *,
                 sharding_for: Callable[[tuple, tuple], jax.sharding.Sharding] | None = None,
-                dtype: str | None = None) -> model_lib.Params:
+                dtype: str | None = None) -> models.Params:
   """Reads a Hugging Face safetensors directory into dllm_jax parameters.
 
   Args:
@@ -73,7 +73,7 @@ def load_params(path: str, cfg, *,
   """
   from safetensors import safe_open  # pylint: disable=g-import-not-at-top
   files = _weight_files(path)
-  expected = {p: s.shape for p, s in _flatten(model_lib.abstract_params(cfg))}
+  expected = {p: s.shape for p, s in _flatten(models.abstract_params(cfg))}
   target = np.dtype(jax.numpy.dtype(dtype or cfg.param_dtype))
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   params: dict = {}
@@ -123,7 +123,7 @@ def _flatten(tree: dict, prefix: tuple = ()) -> Iterator[tuple[tuple, object]]:
       yield prefix + (k,), v
 
 
-def save_params(params: model_lib.Params, cfg, path: str, *,
+def save_params(params: models.Params, cfg, path: str, *,
                 max_shard_bytes: int = 5 * 2**30, dtype: str | None = None) -> None:
   """Writes dllm_jax parameters in the family's Hugging Face layout: safetensors
   shards of at most `max_shard_bytes` plus `model.safetensors.index.json`.

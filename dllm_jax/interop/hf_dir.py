@@ -20,7 +20,7 @@ import json
 import os
 from typing import Any, NamedTuple
 
-from dllm_jax.data import tokenizer as tokenizer_lib
+from dllm_jax import tokenizers as tokenizer_lib
 
 ROLES_IN_CONFIG = {r: f'{r}_token' for r in tokenizer_lib.SPECIAL_ROLES}
 
@@ -59,13 +59,13 @@ def tokenizer(path: str, hf_config: dict):
     if is_moe(hf_config):
       from dllm_jax.interop import moe_hf  # pylint: disable=g-import-not-at-top
       return moe_hf.tokenizer(path)
-    from dllm_jax.data.hf_tokenizer import HFTokenizer  # pylint: disable=g-import-not-at-top
+    from dllm_jax.tokenizers.hf import HFTokenizer  # pylint: disable=g-import-not-at-top
     named = named_special_tokens(path)
     # Only a config that names the mask token (this project's exports) replaces
     # LLaDA's token texts: a released one may call its end of turn `eos_token`.
     return HFTokenizer(path, named if 'mask' in named else None)
   if os.path.isfile(os.path.join(path, 'tokenizer.model')):
-    from dllm_jax.data.sp_tokenizer import SentencePieceTokenizer  # pylint: disable=g-import-not-at-top
+    from dllm_jax.tokenizers.sp import SentencePieceTokenizer  # pylint: disable=g-import-not-at-top
     return SentencePieceTokenizer(os.path.join(path, 'tokenizer.model'),
                                   named_special_tokens(path))
   return None

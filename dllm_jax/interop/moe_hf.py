@@ -153,7 +153,7 @@ def special_tokens(path: str) -> dict[str, str]:
 def tokenizer(path: str):
   """The checkpoint's Hugging Face tokenizer with its special ids (`hf:DIR`
   with the LLaDA2 special token names)."""
-  from dllm_jax.data.hf_tokenizer import HFTokenizer  # pylint: disable=g-import-not-at-top
+  from dllm_jax.tokenizers.hf import HFTokenizer  # pylint: disable=g-import-not-at-top
   return HFTokenizer(path, special_tokens=special_tokens(path))
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dllm_jax.data.tokenizer import SPECIAL_ROLES, SpecialIds
+from dllm_jax.ids import SPECIAL_ROLES, SpecialIds
 
 KEYS = {role: f'{role}_token_id' for role in SPECIAL_ROLES}
 

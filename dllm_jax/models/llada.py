@@ -5,7 +5,7 @@ attention as the caller's `AttentionSpec` says (bidirectional for the mask
 predictor; `causal=True` in the config makes causal the default: the
 autoregressive twin), no biases, untied input embedding and output head.
 Parameter names follow the LLaDA Hugging Face layout (`wte`, `blocks.N.{q_proj,
-...}`, `ln_f`, `ff_out`). `FAMILY` is what the registry (`models/__init__.py`)
+...}`, `ln_f`, `ff_out`). `FAMILY` is what the registry (`models/registry.py`)
 hands to the rest of the library.
 """
 
@@ -18,8 +18,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dllm_jax import attention as attention_lib
+from dllm_jax.models import attention as attention_lib
 from dllm_jax.models.base import Family, Params
+from dllm_jax.models.layers import default_positions, rms_norm, rope, swiglu
 from dllm_jax.parallel.sharding import constrain
 
 # The config and presets live in llada_config.py; re-exported as the family's.
@@ -28,7 +29,7 @@ from dllm_jax.models.llada_config import (  # pylint: disable=g-bad-import-order
 
 __all__ = ['BYTE_VOCAB', 'DTYPES', 'EMBED_GRADS', 'PRESETS', 'REMAT_POLICIES',
            'ModelConfig', 'FAMILY', 'Transformer', 'init_params', 'forward',
-           'prefill', 'window', 'param_axes', 'check_mesh', 'hf_name_map', 'rope']
+           'prefill', 'window', 'param_axes', 'check_mesh', 'hf_name_map']
 
 
 def _linear(cfg: ModelConfig, d_in: int, d_out: int, rngs: nnx.Rngs) -> nnx.Linear:
@@ -47,21 +48,7 @@ class RMSNorm(nnx.Module):
     self.weight = nnx.Param(jnp.ones((cfg.d_model,), jnp.dtype(cfg.param_dtype)))
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    x32 = x.astype(jnp.float32)
-    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-    return (x32 * self.weight[...].astype(jnp.float32)).astype(self.dtype)
-
-
-def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-  """Rotary embedding (rotate-half convention). x: [B, L, H, D], positions: [B, L]."""
-  d = x.shape[-1]
-  inv_freq = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
-  angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, L, D/2]
-  angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
-  x32 = x.astype(jnp.float32)
-  x1, x2 = jnp.split(x32, 2, axis=-1)
-  rotated = jnp.concatenate([-x2, x1], axis=-1)
-  return (x32 * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
+    return rms_norm(x, self.weight[...], self.eps, self.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -138,7 +125,7 @@ class Block(nnx.Module):
                              implementation=attention_impl(cfg))
     x = constrain(x + self.attn_out(o.reshape(b, l, cfg.d_model)), _ACT)
     h = self.ff_norm(x)
-    g = constrain(jax.nn.silu(self.ff_proj(h)) * self.up_proj(h), _MLP)
+    g = constrain(swiglu(self.ff_proj(h), self.up_proj(h)), _MLP)
     return constrain(x + self.ff_out(g), _ACT)
 
   def with_kv(self, x: jax.Array, spec: attention_lib.AttentionSpec,
@@ -159,12 +146,6 @@ class Block(nnx.Module):
     v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype),
                                                   start, axis=1)
     return self._finish(x, q, k_cache, v_cache, spec, start), k_cache, v_cache
-
-
-def _default_positions(positions, b, l):
-  if positions is None:
-    return jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
-  return positions
 
 
 class Transformer(nnx.Module):
@@ -191,7 +172,7 @@ class Transformer(nnx.Module):
              positions: jax.Array | None = None) -> jax.Array:
     """Final normalised hidden states [B, L, D] (before the output head)."""
     b, l = tokens.shape
-    positions = _default_positions(positions, b, l)
+    positions = default_positions(positions, b, l)
     x = self.embed(tokens)
     cfg = self.cfg
     if not cfg.scan_layers and cfg.remat == 'none':
@@ -225,7 +206,7 @@ class Transformer(nnx.Module):
     """Final hidden states [B, T, D] and every layer's keys and values, stacked
     [n_layers, B, T, H, Dh] (a KV cache of the whole canvas; unrolled layers)."""
     b, l = tokens.shape
-    positions = _default_positions(positions, b, l)
+    positions = default_positions(positions, b, l)
     x = self.embed(tokens)
     ks, vs = [], []
     for block in self.blocks:
@@ -242,7 +223,7 @@ class Transformer(nnx.Module):
     (h, ks, vs)."""
     b, w = tokens.shape
     t = ks.shape[2]
-    positions = jax.lax.dynamic_slice_in_dim(_default_positions(positions, b, t),
+    positions = jax.lax.dynamic_slice_in_dim(default_positions(positions, b, t),
                                              start, w, axis=1)
     x = self.embed(tokens)
     new_k, new_v = [], []

@@ -6,8 +6,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
-from dllm_jax import attention as attention_lib
-from dllm_jax.data import tokenizer as tokenizer_lib
+from dllm_jax import ids as ids_lib
+from dllm_jax.models import attention as attention_lib
 
 DTYPES = ('float32', 'bfloat16')
 REMAT_POLICIES = ('none', 'full', 'dots')
@@ -15,7 +15,7 @@ EMBED_GRADS = ('scatter', 'onehot')
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig(tokenizer_lib.WithSpecialIds):
+class ModelConfig(ids_lib.WithSpecialIds):
   """Shape and numerics of the mask predictor (hashable: used as a static jit arg)."""
 
   family: ClassVar[str] = 'llada'
@@ -43,7 +43,7 @@ class ModelConfig(tokenizer_lib.WithSpecialIds):
   # 'onehot' (a one-hot [N, V] x [N, D] product: no scatter, 2 N V D FLOPs).
   embed_grad: str = 'scatter'
   # Special token ids of the tokenizer this shape is meant for.
-  ids: tokenizer_lib.SpecialIds = tokenizer_lib.BYTE_IDS
+  ids: ids_lib.SpecialIds = ids_lib.BYTE_IDS
 
   def __post_init__(self):
     if self.d_model % self.n_heads:
@@ -90,7 +90,7 @@ class ModelConfig(tokenizer_lib.WithSpecialIds):
 
 BYTE_VOCAB = 264  # 261 byte-tokenizer ids, padded to a multiple of 8.
 
-_LLADA = dict(vocab_size=126_464, ids=tokenizer_lib.SpecialIds(
+_LLADA = dict(vocab_size=126_464, ids=ids_lib.SpecialIds(
     mask=126_336, bos=126_080, eos=126_081, eot=126_348,
     pad=126_081))  # LLaDA pads SFT answers with EOS.
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar, Iterator
 
-from dllm_jax.data import tokenizer as tokenizer_lib
+from dllm_jax import ids as ids_lib
 from dllm_jax.models import moe_hf_names as names
 from dllm_jax.models import moe_transformer as mt
 from dllm_jax.models.llada_config import BYTE_VOCAB
@@ -30,7 +30,7 @@ class LLaDAMoEConfig(mt.MoEConfig):
 # The LLaDA2 / Ling vocabulary's documented ids (mask 156895, EOS = pad 156892,
 # BOS 156891); end of turn is taken as EOS here: a tokenizer loaded from the
 # checkpoint's own files (interop/moe_hf.py: tokenizer) supplies the real ids.
-RELEASED_IDS = tokenizer_lib.SpecialIds(mask=156_895, bos=156_891, eos=156_892,
+RELEASED_IDS = ids_lib.SpecialIds(mask=156_895, bos=156_891, eos=156_892,
                                         eot=156_892, pad=156_892)
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from dllm_jax import attention as attention_lib
-from dllm_jax.data import tokenizer as tokenizer_lib
+from dllm_jax import ids as ids_lib
+from dllm_jax.models import attention as attention_lib
 from dllm_jax.models import grouped_matmul, moe as moe_lib
 from dllm_jax.models.llada_config import DTYPES, REMAT_POLICIES
 
@@ -14,7 +14,7 @@ HF_LAYOUTS = ('experts', 'fused', 'w13')
 
 
 @dataclasses.dataclass(frozen=True)
-class MoEConfig(tokenizer_lib.WithSpecialIds):
+class MoEConfig(ids_lib.WithSpecialIds):
   """Shape and numerics of an MoE mask predictor (a family subclasses it)."""
 
   vocab_size: int
@@ -57,7 +57,7 @@ class MoEConfig(tokenizer_lib.WithSpecialIds):
   aux_loss_coef: float = 0.0  # Switch-style load-balance loss (0: off).
   bias_update_rate: float = 0.0  # Aux-loss-free balance: bias += rate * sign(..).
   hf_layout: str = 'experts'  # experts | fused | w13 (interop/moe_hf.py).
-  ids: tokenizer_lib.SpecialIds = tokenizer_lib.BYTE_IDS
+  ids: ids_lib.SpecialIds = ids_lib.BYTE_IDS
 
   def __post_init__(self):
     # JSON (checkpoints) gives a list: a tuple keeps the config hashable.

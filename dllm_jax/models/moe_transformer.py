@@ -28,10 +28,10 @@ from typing import Any, Callable, Iterator, Mapping
 import jax
 import jax.numpy as jnp
 
-from dllm_jax import attention as attention_lib
+from dllm_jax.models import attention as attention_lib
 from dllm_jax.models import moe as moe_lib
 from dllm_jax.models.base import Family
-from dllm_jax.models.llada import rope
+from dllm_jax.models.layers import default_positions, rms_norm, rope, swiglu
 from dllm_jax.models.moe_config import HF_LAYOUTS, MoEConfig, bf16_bytes
 from dllm_jax.parallel.sharding import constrain
 
@@ -49,7 +49,7 @@ def init_params(cfg: MoEConfig, key: jax.Array) -> dict:
   kernel = lambda *shape: {'kernel': normal(*shape)}
   d, dh, hq, hkv = cfg.d_model, cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
 
-  def swiglu(width):
+  def mlp_params(width):
     return {'gate': kernel(d, width), 'up': kernel(d, width), 'down': kernel(width, d)}
 
   layers = {}
@@ -61,7 +61,7 @@ def init_params(cfg: MoEConfig, key: jax.Array) -> dict:
       attn.update(q=kernel(d, hq * dh), k=kernel(d, hkv * dh), v=kernel(d, hkv * dh))
     layer = {'attn_norm': ones(d), 'attn': attn, 'ffn_norm': ones(d)}
     if not cfg.is_moe(i):
-      layer['mlp'] = swiglu(cfg.d_ff)
+      layer['mlp'] = mlp_params(cfg.d_ff)
     else:
       e, f = cfg.n_experts, cfg.moe_d_ff
       moe = {'router': {'kernel': (cfg.init_std * jax.random.normal(
@@ -70,17 +70,11 @@ def init_params(cfg: MoEConfig, key: jax.Array) -> dict:
       if cfg.expert_bias:
         moe['expert_bias'] = jnp.zeros((e,), jnp.float32)
       if cfg.shared_d_ff:
-        moe['shared'] = swiglu(cfg.shared_d_ff)
+        moe['shared'] = mlp_params(cfg.shared_d_ff)
       layer['moe'] = moe
     layers[i] = layer
   return {'embed': {'embedding': normal(cfg.vocab_size, d)}, 'layers': layers,
           'final_norm': ones(d), 'head': kernel(d, cfg.vocab_size)}
-
-
-def _rms(x: jax.Array, weight: jax.Array, eps: float, dtype) -> jax.Array:
-  x32 = x.astype(jnp.float32)
-  x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, -1, keepdims=True) + eps)
-  return (x32 * weight.astype(jnp.float32)).astype(dtype)
 
 
 def _mm(x: jax.Array, p: dict) -> jax.Array:
@@ -88,7 +82,7 @@ def _mm(x: jax.Array, p: dict) -> jax.Array:
 
 
 def _swiglu(p: dict, x: jax.Array) -> jax.Array:
-  return _mm(jax.nn.silu(_mm(x, p['gate'])) * _mm(x, p['up']), p['down'])
+  return _mm(swiglu(_mm(x, p['gate']), _mm(x, p['up'])), p['down'])
 
 
 def _rope(cfg: MoEConfig, x: jax.Array, positions: jax.Array) -> jax.Array:
@@ -107,7 +101,7 @@ def _qkv(cfg: MoEConfig, p: dict, h: jax.Array, positions: jax.Array):
   else:
     q, k, v = _mm(h, p['q']), _mm(h, p['k']), _mm(h, p['v'])
   heads = lambda t, n: constrain(t.reshape(b, l, n, dh), _HEADS)
-  norm = lambda t, w: _rms(t, w['weight'], cfg.norm_eps, h.dtype)
+  norm = lambda t, w: rms_norm(t, w['weight'], cfg.norm_eps, h.dtype)
   q = _rope(cfg, norm(heads(q, hq), p['q_norm']), positions)
   k = _rope(cfg, norm(heads(k, hkv), p['k_norm']), positions)
   return q, k, heads(v, hkv)
@@ -143,24 +137,18 @@ def layer(cfg: MoEConfig, p: dict, x: jax.Array, spec, positions: jax.Array,
   its queries attend over the whole cache."""
   b, l, _ = x.shape
   impl = attention_lib.choose_implementation(cfg.attention_impl, cfg.dtype, cfg.head_dim)
-  h = _rms(x, p['attn_norm']['weight'], cfg.norm_eps, x.dtype)
+  h = rms_norm(x, p['attn_norm']['weight'], cfg.norm_eps, x.dtype)
   q, k, v = _qkv(cfg, p['attn'], h, positions)
   if kv is not None:
     k = jax.lax.dynamic_update_slice_in_dim(kv[0], k.astype(kv[0].dtype), start, 1)
     v = jax.lax.dynamic_update_slice_in_dim(kv[1], v.astype(kv[1].dtype), start, 1)
   o = attention_lib.attend(q, k, v, spec, q_start=start, implementation=impl)
   x = constrain(x + _mm(o.reshape(b, l, -1), p['attn']['o']), _ACT)
-  h = _rms(x, p['ffn_norm']['weight'], cfg.norm_eps, x.dtype)
+  h = rms_norm(x, p['ffn_norm']['weight'], cfg.norm_eps, x.dtype)
   if 'mlp' in p:
     return constrain(x + _swiglu(p['mlp'], h), _ACT), k, v, None
   y, stats = _moe(cfg, p['moe'], h)
   return constrain(x + y, _ACT), k, v, stats
-
-
-def _positions(positions, b: int, l: int) -> jax.Array:
-  if positions is None:
-    return jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
-  return positions
 
 
 def _embed(cfg: MoEConfig, params: dict, tokens: jax.Array) -> jax.Array:
@@ -169,7 +157,7 @@ def _embed(cfg: MoEConfig, params: dict, tokens: jax.Array) -> jax.Array:
 
 
 def _head(cfg: MoEConfig, params: dict, x: jax.Array, output_window=None):
-  h = _rms(x, params['final_norm']['weight'], cfg.norm_eps, x.dtype)
+  h = rms_norm(x, params['final_norm']['weight'], cfg.norm_eps, x.dtype)
   if output_window is not None:
     h = jax.lax.dynamic_slice_in_dim(h, output_window[0], output_window[1], axis=1)
   return constrain(_mm(h, params['head']), _LOGITS)
@@ -183,7 +171,7 @@ def _stack_stats(stats: list[dict]) -> dict[str, Any]:
 
 def _run(cfg: MoEConfig, params: dict, tokens, spec, positions, with_kv: bool):
   b, l = tokens.shape
-  positions = _positions(positions, b, l)
+  positions = default_positions(positions, b, l)
   x = _embed(cfg, params, tokens)
   ks, vs, stats = [], [], []
   for i in range(cfg.n_layers):
@@ -256,7 +244,7 @@ def window(params: dict, tokens: jax.Array, start, cache, spec, positions=None, 
   V], updated cache)."""
   b, w = tokens.shape
   ks, vs = cache
-  positions = jax.lax.dynamic_slice_in_dim(_positions(positions, b, ks.shape[2]),
+  positions = jax.lax.dynamic_slice_in_dim(default_positions(positions, b, ks.shape[2]),
                                            start, w, axis=1)
   x = _embed(config, params, tokens)
   new_k, new_v = [], []

@@ -36,8 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dllm_jax import model as model_lib
-from dllm_jax.attention import AttentionSpec
+from dllm_jax import models
+from dllm_jax.models.attention import AttentionSpec
 from dllm_jax.sampling import remasking
 from dllm_jax.sampling.block_config import (CONFIDENCES, PARALLEL, THRESHOLD_RULES,
                                            BlockKnobs, BlockSamplingConfig)
@@ -158,11 +158,11 @@ def _step_logits(params, x, k, cache, pending, spec, pos, *, config, sc, b):
   """Logits [B, b, V] of block k (and the updated cache)."""
   start = k * b
   if not sc.cache:
-    return model_lib.forward(params, x, positions=pos, config=config,
-                             attention=spec, output_window=(start, b)), cache
+    return models.forward(params, x, positions=pos, config=config,
+                          attention=spec, output_window=(start, b)), cache
 
   def one(cache):
-    return model_lib.forward_window(
+    return models.forward_window(
         params, jax.lax.dynamic_slice_in_dim(x, start, b, axis=1), start, cache,
         positions=pos, config=config, output_length=b, attention=spec)
 
@@ -170,7 +170,7 @@ def _step_logits(params, x, k, cache, pending, spec, pos, *, config, sc, b):
     return one(cache)
 
   def two(cache):  # The finished block's final keys/values, then this block.
-    logits, cache = model_lib.forward_window(
+    logits, cache = models.forward_window(
         params, jax.lax.dynamic_slice_in_dim(x, start - b, 2 * b, axis=1), start - b,
         cache, positions=pos, config=config, output_length=2 * b, attention=spec)
     return logits[:, b:], cache
@@ -179,7 +179,7 @@ def _step_logits(params, x, k, cache, pending, spec, pos, *, config, sc, b):
 
 def _write_block(params, x, k, cache, spec, pos, *, config, b):
   """Writes block k's keys/values from its final tokens (one forward)."""
-  _, cache = model_lib.forward_window(
+  _, cache = models.forward_window(
       params, jax.lax.dynamic_slice_in_dim(x, k * b, b, axis=1), k * b, cache,
       positions=pos, config=config, output_length=1, attention=spec)
   return cache
@@ -255,14 +255,14 @@ class BlockWalk:
     params, x, b = self.params, self.x, self.sc.block_length
     cache = None
     if self.sc.cache:  # A zero cache of the whole canvas, then the prompt's blocks.
-      shapes = jax.eval_shape(lambda: model_lib.forward_with_cache(
+      shapes = jax.eval_shape(lambda: models.forward_with_cache(
           params, x, positions=self.pos, config=self.config, attention=self.spec,
           output_window=(0, 1))[1])
       cache = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
       if self.k0:
-        _, cache = model_lib.forward_window(params, x[:, :self.k0 * b], 0, cache,
-                                            positions=self.pos, config=self.config,
-                                            output_length=1, attention=self.spec)
+        _, cache = models.forward_window(params, x[:, :self.k0 * b], 0, cache,
+                                         positions=self.pos, config=self.config,
+                                         output_length=1, attention=self.spec)
     bsz = x.shape[0]
     return dict(x=x, cache=cache, k=jnp.int32(self.k0), step=jnp.int32(0),
                 post=jnp.zeros(bsz, jnp.int32), settled=jnp.zeros(bsz, bool),

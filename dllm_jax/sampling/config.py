@@ -49,7 +49,7 @@ class SamplingConfig:
   cache_refresh: int = 0
   # Randomness and the hot path: 'jax' (jax.random, replayable by the NumPy
   # reference) or 'counter' (hashed per step/row/column; the fused Pallas kernel
-  # on GPU, its jnp twin elsewhere; see sampling/fused.py).
+  # on GPU, its jnp twin elsewhere; see kernels/fused.py).
   noise: str = 'jax'
 
   def validate(self, prompt_length: int = 0, max_len: int | None = None) -> None:

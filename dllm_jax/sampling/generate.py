@@ -7,7 +7,7 @@
 The sampler is composed of: config.py (`SamplingConfig`, its traced `Knobs`),
 loop.py (`denoise`: blocks and steps), logits_source.py (model calls, block KV
 caches, CFG), proposers.py (candidates and confidences: jax / counter noise),
-rules.py (which positions a step commits), schedule.py, remasking.py, fused.py.
+rules.py (which positions a step commits), schedule.py, remasking.py, kernels/fused.py.
 
 Compilation: shape settings (lengths, steps, cache, rule, noise, remasking,
 EOS options, CFG on/off) and the prompt length are static; temperature,
@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dllm_jax import model as model_lib
-from dllm_jax.presets import ModelConfig
+from dllm_jax import models
+from dllm_jax.models import ModelConfig
 from dllm_jax.sampling import logits_source, loop
 from dllm_jax.sampling.config import CACHES, Knobs, SamplingConfig
 from dllm_jax.sampling.logits_source import CachedModel, LogitsFn
@@ -138,7 +138,7 @@ def _run(params, canvas, canvas_mask, key, config, sampling, start) -> SamplerSt
                        config=config, sampling=sampling.static_part(), start=start)
 
 
-def sample(params: model_lib.Params, prompt: jax.Array | np.ndarray, key: jax.Array, *,
+def sample(params: models.Params, prompt: jax.Array | np.ndarray, key: jax.Array, *,
            config: ModelConfig, sampling: SamplingConfig,
            prompt_mask: jax.Array | np.ndarray | None = None) -> SamplerState:
   """Like `generate`, returning the `SamplerState` (tokens, commit steps, nfe)."""
@@ -163,7 +163,7 @@ def sample(params: model_lib.Params, prompt: jax.Array | np.ndarray, key: jax.Ar
   return _run(params, canvas, canvas_mask, key, config, sampling, p)
 
 
-def row_walk(params: model_lib.Params, prompt: jax.Array, mask: jax.Array,
+def row_walk(params: models.Params, prompt: jax.Array, mask: jax.Array,
              key: jax.Array, knobs: Knobs, *, config: ModelConfig,
              sampling: SamplingConfig, proposer=None) -> loop.BlockWalk:
   """The `loop.BlockWalk` of one prompt [P] (left-padded, `mask` [P] True on
@@ -180,7 +180,7 @@ def row_walk(params: model_lib.Params, prompt: jax.Array, mask: jax.Array,
                      cached=cached)
 
 
-def generate(params: model_lib.Params, prompt: jax.Array | np.ndarray, key: jax.Array,
+def generate(params: models.Params, prompt: jax.Array | np.ndarray, key: jax.Array,
              *, config: ModelConfig, sampling: SamplingConfig,
              prompt_mask: jax.Array | np.ndarray | None = None) -> jax.Array:
   """Samples `sampling.gen_length` tokens after each prompt.
@@ -200,7 +200,7 @@ def generate(params: model_lib.Params, prompt: jax.Array | np.ndarray, key: jax.
                 prompt_mask=prompt_mask).tokens
 
 
-def infill_sample(params: model_lib.Params, canvas: jax.Array | np.ndarray,
+def infill_sample(params: models.Params, canvas: jax.Array | np.ndarray,
                   key: jax.Array, *, config: ModelConfig, sampling: SamplingConfig,
                   canvas_mask: jax.Array | np.ndarray | None = None) -> SamplerState:
   """Like `infill`, returning the `SamplerState` (tokens, commit steps, nfe)."""
@@ -212,7 +212,7 @@ def infill_sample(params: model_lib.Params, canvas: jax.Array | np.ndarray,
   return _run(params, canvas, canvas_mask, key, config, sampling, 0)
 
 
-def infill(params: model_lib.Params, canvas: jax.Array | np.ndarray, key: jax.Array, *,
+def infill(params: models.Params, canvas: jax.Array | np.ndarray, key: jax.Array, *,
            config: ModelConfig, sampling: SamplingConfig,
            canvas_mask: jax.Array | np.ndarray | None = None) -> jax.Array:
   """Fills every mask token of `canvas` [B, T]; all other tokens stay fixed.

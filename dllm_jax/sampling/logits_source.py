@@ -20,8 +20,9 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from dllm_jax import attention, model as model_lib
-from dllm_jax.presets import ModelConfig
+from dllm_jax import models
+from dllm_jax.models import ModelConfig
+from dllm_jax.models import attention
 
 # (tokens [B, T], segment_ids [B, T] | None, positions [B, T] | None,
 #  output_window=(start, length)) -> logits [B, length, V] of positions
@@ -41,7 +42,7 @@ class CachedModel:
   window: Callable[..., tuple[jax.Array, object]]
 
 
-def model_calls(params: model_lib.Params,
+def model_calls(params: models.Params,
                 config: ModelConfig) -> tuple[LogitsFn, CachedModel]:
   """The model's mask predictor as the sampler calls it: (`LogitsFn`,
   `CachedModel`). The only place that knows the model's signatures. The
@@ -50,20 +51,20 @@ def model_calls(params: model_lib.Params,
   spec = lambda seg: attention.bidirectional(segment_ids=seg)
 
   def logits_fn(tokens, segment_ids, positions, output_window):
-    return model_lib.forward(params, tokens, positions=positions, config=config,
-                             output_window=output_window,
-                             attention=spec(segment_ids))
+    return models.forward(params, tokens, positions=positions, config=config,
+                          output_window=output_window,
+                          attention=spec(segment_ids))
 
   def full(tokens, segment_ids, positions, output_window):
-    return model_lib.forward_with_cache(params, tokens, positions=positions,
-                                        config=config, output_window=output_window,
-                                        attention=spec(segment_ids))
+    return models.forward_with_cache(params, tokens, positions=positions,
+                                     config=config, output_window=output_window,
+                                     attention=spec(segment_ids))
 
   def window(tokens, start, cache, segment_ids, positions, output_length):
-    return model_lib.forward_window(params, tokens, start, cache,
-                                    positions=positions, config=config,
-                                    output_length=output_length,
-                                    attention=spec(segment_ids))
+    return models.forward_window(params, tokens, start, cache,
+                                 positions=positions, config=config,
+                                 output_length=output_length,
+                                 attention=spec(segment_ids))
   return logits_fn, CachedModel(full=full, window=window)
 
 

@@ -61,7 +61,7 @@ class JaxNoise(_Proposer):
 @dataclasses.dataclass(frozen=True)
 class CounterNoise(_Proposer):
   """Counter-hashed noise; the fused Pallas kernel on GPU where it measured
-  faster (temperature 0), its jnp twin elsewhere (sampling/fused.py)."""
+  faster (temperature 0), its jnp twin elsewhere (kernels/fused.py)."""
 
   kernel_interpret: bool = False  # Run the kernel in interpret mode (tests).
 

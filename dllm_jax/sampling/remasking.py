@@ -125,7 +125,7 @@ def select_top_k(confidence: jax.Array, eligible: jax.Array,
 def _counter_candidates(logits, key, *, temperature, noised, remasking, mask_id,
                         eos_id, eot_id, logits_eos_inf, confidence_eos_eot_inf,
                         interpret):
-  from dllm_jax.sampling import fused  # pylint: disable=g-import-not-at-top
+  from dllm_jax.kernels import fused  # pylint: disable=g-import-not-at-top
   seed = fused.seed_from_key(key)
   eos = eos_id if logits_eos_inf else None
   if noised and not isinstance(temperature, (int, float)):
@@ -151,7 +151,7 @@ def _counter_noised(logits, seed, temperature, mask_id, eos_id):
   temperature, which the twin and the kernel take as a Python float: the same
   operations, so the same candidates and confidences bit for bit.
   logits [..., V] -> (candidates [...], confidence [...])."""
-  from dllm_jax.sampling import fused  # pylint: disable=g-import-not-at-top
+  from dllm_jax.kernels import fused  # pylint: disable=g-import-not-at-top
   shape, v = logits.shape[:-1], logits.shape[-1]
   flat = logits.reshape(-1, v)
   cols = jnp.arange(v, dtype=jnp.uint32)[None, :]

@@ -43,15 +43,16 @@ from typing import Sequence
 
 import numpy as np
 
-from dllm_jax import model as model_lib
+from dllm_jax import models
 from dllm_jax.data import sft
-from dllm_jax.presets import ModelConfig
+from dllm_jax.models import ModelConfig
 from dllm_jax.sampling import block
 from dllm_jax.sampling import generate as gen
 from dllm_jax.serving import block_rows, full_rows, loading, programs, sampler
 from dllm_jax.serving.records import MAX_SEED, Completion, Request
 
-PROMPT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+# The sampler's buckets, widened for chat turns (16) and long prompts (8192).
+PROMPT_BUCKETS = (16,) + gen.PROMPT_BUCKETS + (8192,)
 MAX_COMPILED = 256  # Compiled programs an engine keeps (least recently used go).
 # The built-in samplers' programs register on import (`sampler.register`).
 _BUILT_IN = (full_rows.SAMPLER, block_rows.SAMPLER)
@@ -74,7 +75,7 @@ class Engine:
   # masked diffusion); its likelihood is the block NELBO (likelihood.py).
   trained_block_size: int | None = None
 
-  def __init__(self, params: model_lib.Params, config: ModelConfig, tokenizer, *,
+  def __init__(self, params: models.Params, config: ModelConfig, tokenizer, *,
                default_sampling: Sampling | None = None, chat: bool = False,
                max_batch: int = 64, batch_sizes: Sequence[int] | None = None,
                prompt_buckets: Sequence[int] = PROMPT_BUCKETS, name: str = 'dllm_jax',

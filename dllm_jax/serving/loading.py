@@ -41,7 +41,7 @@ def from_workdir(workdir: str, *, step: int | None = None,
   run's sample settings become the default, and SFT runs default to chat. A
   block-diffusion run gets the block sampler with the block size it was
   trained with, one step per token (as `launch.sample`)."""
-  from dllm_jax import workdir as checkpoint  # pylint: disable=g-import-not-at-top
+  from dllm_jax.training import workdir as checkpoint  # pylint: disable=g-import-not-at-top
   config, params, tokenizer = checkpoint.restore_for_inference(
       workdir, step=step, dtype=dtype)
   meta = checkpoint.read_meta(workdir, step)

@@ -1,1 +1,1 @@
-"""Training: optimizer, train step, checkpoints."""
+"""Training: the run config, the loop and its step, inputs, checkpoints and workdirs."""

@@ -3,7 +3,7 @@
 `save_state` and `restore_state` are each other's inverse: a `TrainState`
 (step, params, optimizer state, non-finite guard), the data iterator's position
 and the JSON meta go in, and the same come out. The workdir layout and
-restoring parameters for inference live in `dllm_jax/workdir.py` (re-exported
+restoring parameters for inference live in `dllm_jax/training/workdir.py` (re-exported
 here), below both training and inference.
 """
 
@@ -20,11 +20,11 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from dllm_jax import checksums
+from dllm_jax.training import checksums
 from dllm_jax.data import shards
 from dllm_jax.errors import CheckpointError
 from dllm_jax.training import elastic, save_guard, train_step as ts
-from dllm_jax.workdir import (Restored, checkpoint_dir, describe, on_device,
+from dllm_jax.training.workdir import (Restored, checkpoint_dir, describe, on_device,
                               quarantine_dir, read_meta, restore_for_inference,
                               restore_meta)
 

@@ -16,7 +16,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from dllm_jax import flops, models
+from dllm_jax import models
+from dllm_jax.training import flops
 
 
 def log(msg: str) -> None:

@@ -14,10 +14,10 @@ from typing import Any
 
 import jax
 
-import dllm_jax
 from dllm_jax import models
-from dllm_jax.data import tokenizer as tokenizer_lib
+from dllm_jax import tokenizers as tokenizer_lib
 from dllm_jax.training.sections import RunConfig
+from dllm_jax.version import __version__
 
 
 def run_record(config: dict, model_cfg, tokenizer) -> dict[str, Any]:
@@ -25,7 +25,7 @@ def run_record(config: dict, model_cfg, tokenizer) -> dict[str, Any]:
   devices = jax.devices()
   return {'config': config, 'model_config': models.config_to_dict(model_cfg),
           'tokenizer': tokenizer.to_dict(),
-          'dllm_jax_version': dllm_jax.__version__, 'jax_version': jax.__version__,
+          'dllm_jax_version': __version__, 'jax_version': jax.__version__,
           'mesh': {'process_count': jax.process_count(),
                    'device_count': jax.device_count(),
                    'device_kind': devices[0].device_kind,

@@ -15,7 +15,7 @@ folder or missing permission would otherwise fail inside Orbax's background
 threads, which then wait forever for each other) and that the disk has room
 for a checkpoint the size of the newest one; either failure is the same
 one-line error, before anything is written. Once a step is committed, the
-primary process writes its checksum manifest (`dllm_jax/checksums.py`).
+primary process writes its checksum manifest (`dllm_jax/training/checksums.py`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from dllm_jax import checksums
+from dllm_jax.training import checksums
 from dllm_jax.errors import CheckpointSaveError
 
 # Room asked for beyond the newest checkpoint's size (files vary a little).

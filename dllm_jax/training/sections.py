@@ -1,7 +1,8 @@
 """A training run's config as typed, self-checking sections.
 
-`launch/configs/*.py` build an ml_collections ConfigDict (and `--config.a.b=v`
-flags override it); `RunConfig.of(config)` turns it into frozen dataclasses,
+The defaults below are the only ones: `launch/configs/*.py` start from the
+ml_collections ConfigDict that `config_dict.py` writes out of them (and
+`--config.a.b=v` flags override it); `RunConfig.of(config)` turns it into frozen dataclasses,
 one per section (model, data, train, optimizer, mesh, sample) plus the seed.
 Every numeric or choice field declares what it allows in its `knob(...)`
 below, the one place those rules live; building a section checks them and a bad
@@ -21,10 +22,12 @@ import typing
 from typing import Any, Callable, ClassVar, Mapping
 
 
-from dllm_jax import block_diffusion, models, objectives, presets
-from dllm_jax.attention import IMPLEMENTATIONS
-from dllm_jax.data import pipeline, sources, tokenizer as tokenizer_lib
+from dllm_jax import models, objectives
+from dllm_jax import tokenizers as tokenizer_lib
+from dllm_jax.data import pipeline, sources
+from dllm_jax.models.attention import IMPLEMENTATIONS
 from dllm_jax.models.llada import DTYPES, EMBED_GRADS, REMAT_POLICIES
+from dllm_jax.objectives import block as block_diffusion
 from dllm_jax.training.train_step import NONFINITE_POLICIES
 
 
@@ -160,9 +163,9 @@ class ModelSection(Section):
   (None keeps the preset's value)."""
 
   NAME: ClassVar[str] = 'model'
-  family: str = knob('llada', choices=models.names, fixed=True)
+  family: str = knob('llada', choices=models.names, fixed=True)  # dllm_jax/models/.
   preset: str = knob('tiny', choices=models.preset_names, fixed=True)
-  dtype: str = knob('float32', choices=DTYPES)
+  dtype: str = knob('float32', choices=DTYPES)  # Compute dtype.
   param_dtype: str = knob('float32', choices=DTYPES, fixed=True)
   attention_impl: str | None = knob(None, choices=IMPLEMENTATIONS)
   d_model: int | None = knob(None, range=Range(1), fixed=True)
@@ -170,8 +173,9 @@ class ModelSection(Section):
   n_heads: int | None = knob(None, range=Range(1), fixed=True)
   d_ff: int | None = knob(None, range=Range(1), fixed=True)
   max_len: int | None = knob(None, range=Range(1), fixed=True)
-  remat: str = knob('none', choices=REMAT_POLICIES)
-  scan_layers: bool = knob(False)
+  remat: str = knob('none', choices=REMAT_POLICIES)  # dots: keep matmul outputs.
+  scan_layers: bool = knob(False)  # lax.scan over layers: compile time flat in depth.
+  # Input-embedding gradient: scatter (scatter-add) | onehot (a matmul, no scatter).
   embed_grad: str = knob('scatter', choices=EMBED_GRADS)
 
   def __post_init__(self):
@@ -204,7 +208,7 @@ class ModelSection(Section):
       raise ValueError(f'model.{bad[0]} is not a field of the {family.name!r} family '
                        f'(preset {self.preset!r}).')
     overrides = {k: v for k, v in overrides.items() if k in fields}
-    overrides.update(presets.tokenizer_overrides(self.preset, tokenizer))
+    overrides.update(models.tokenizer_overrides(self.preset, tokenizer))
     return models.get_preset(self.preset, **overrides)
 
 
@@ -215,23 +219,38 @@ _COMPUTE_KEYS = ('attention_impl', 'remat', 'scan_layers', 'embed_grad')
 @dataclasses.dataclass(frozen=True)
 class DataSection(Section):
   NAME: ClassVar[str] = 'data'
+  # stdlib (the built-in corpus, via TFDS) | tfds:NAME | array_record:GLOB |
+  # text:GLOB | jsonl:GLOB; '{split}' in a glob becomes train / validation.
   source: str = knob('stdlib', check=sources.parse_spec, fixed=True)
+  # TFDS data dir (the built-in corpus is prepared here on first use);
+  # None: $TFDS_DATA_DIR or ~/tensorflow_datasets.
   data_dir: str | None = knob(None)
   tokenizer: str = knob('byte', check=_check_tokenizer, fixed=True)
+  # concat: documents span rows; first_fit: whole documents per row (padded),
+  # longer ones split (both: no attention across documents); stream: rows as
+  # concat, no document boundaries (attention crosses them, with no mask: the
+  # fastest attention, e.g. 51.6% vs 45.0% MFU for llada_1b on an H100).
   packing: str = knob('concat', choices=pipeline.PACKINGS, fixed=True)
-  record_format: str = knob('json', choices=sources.RECORD_FORMATS, fixed=True)
-  text_field: str = knob('text', fixed=True)
-  prompt_field: str = knob('prompt', fixed=True)
+  record_format: str = knob('json', choices=sources.RECORD_FORMATS, fixed=True)  # Byte records.
+  text_field: str = knob('text', fixed=True)  # Pretraining records.
+  prompt_field: str = knob('prompt', fixed=True)  # SFT records (or a 'messages' list).
   response_field: str = knob('response', fixed=True)
   seq_len: int = knob(64, range=Range(1), fixed=True)
-  num_workers: int = knob(0, range=Range(0), fixed=True)
+  num_workers: int = knob(0, range=Range(0), fixed=True)  # Grain workers (0: in the trainer).
   # Bad records skipped in a row before the run stops (0: no limit).
   skip_budget: int = knob(1000, range=Range(0))
 
 
 @dataclasses.dataclass(frozen=True)
 class BlockSection(Section):
-  """`train.block`: objective block_diffusion's knobs (dllm_jax/block_diffusion.py)."""
+  """`train.block`: objective block_diffusion's knobs (dllm_jax/objectives/block.py).
+
+  Noise 'row' is one t per row in [t_min, t_max] (LLaDA2), 'block' one t per
+  block in [eps, 1] (BD3-LM); grow_every > 0 grows the block size from
+  grow_from, doubling every so many steps; skip_tiles: attention computes only
+  the (query, key) tiles the mask allows (dllm_jax/kernels/block_sparse.py; the
+  same loss and gradients as the dense mask).
+  """
 
   NAME: ClassVar[str] = 'train.block'
   block_size: int = knob(32, range=Range(1))  # Must divide data.seq_len.
@@ -255,16 +274,24 @@ class TrainSection(Section):
   steps: int = knob(2500, range=Range(1))
   batch_size: int = knob(64, range=Range(1), fixed=True)
   grad_accum_steps: int = knob(1, range=Range(1))
+  # Start from the parameters of another run's latest checkpoint (its workdir),
+  # with a fresh optimizer: e.g. SFT of a pretrained model.
   init_from: str | None = knob(None)
   random_length_prob: float = knob(0.01, range=Range(0, 1))
-  stratified_t: bool = knob(True)
+  stratified_t: bool = knob(True)  # Stratified mask ratios (lower variance).
   log_every: int = knob(250, range=Range(1))
   checkpoint_every: int = knob(500, range=Range(1))
+  # Checkpoint retention: the max_to_keep newest steps, plus every step
+  # divisible by keep_every (None: none), which are never deleted.
   max_to_keep: int = knob(3, range=Range(1))
   keep_every: int | None = knob(None, range=Range(1))
   # No checkpoint restorable (all corrupt): start from scratch instead of refusing.
   fresh_start: bool = knob(False)
+  # A non-finite loss or gradient norm: 'stop' (the last good checkpoint stays)
+  # or 'skip' (drop that update, count it).
   nonfinite: str = knob('stop', choices=NONFINITE_POLICIES)
+  # Testing aids: append 'step batch-hash' lines to WORKDIR/batches.txt; make the
+  # loss NaN at one step (-1: never).
   record_batches: bool = knob(False)
   debug_nan_step: int = knob(-1, range=Range(-1))
   block: BlockSection = dataclasses.field(default_factory=BlockSection)
@@ -293,7 +320,7 @@ class MeshSection(Section):
   data: int = knob(-1, range=Range(1, also=(-1,)))
   fsdp: int = knob(1, range=Range(1, also=(-1,)))
   tensor: int = knob(1, range=Range(1, also=(-1,)))
-  dcn_data: int = knob(1, range=Range(1))
+  dcn_data: int = knob(1, range=Range(1))  # > 1: data split over slices / nodes.
   expert: int = knob(1, range=Range(1))  # Expert parallelism (mixtures of experts).
 
 
@@ -306,7 +333,7 @@ class SampleSection(Section):
   steps: int = knob(64, range=Range(1))
   gen_length: int = knob(64, range=Range(1))
   block_length: int = knob(8, range=Range(1))
-  temperature: float = knob(1.0, range=Range(0))
+  temperature: float = knob(1.0, range=Range(0))  # Greedy collapses a tiny model.
   num_samples: int = knob(3, range=Range(0))
 
 

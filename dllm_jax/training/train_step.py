@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dllm_jax import diffusion, models, objectives
-from dllm_jax import model as model_lib
-from dllm_jax.presets import ModelConfig
+from dllm_jax import models, objectives
+from dllm_jax.models import ModelConfig
+from dllm_jax.objectives import masked
 
 
 NONFINITE_POLICIES = ('stop', 'skip')
@@ -29,7 +29,7 @@ def fresh_guard(skipped: int = 0) -> dict[str, jax.Array]:
 @flax.struct.dataclass
 class TrainState:
   step: jax.Array  # [] int32.
-  params: model_lib.Params
+  params: models.Params
   opt_state: optax.OptState
   guard: dict[str, jax.Array]  # See `fresh_guard`.
 
@@ -37,12 +37,12 @@ class TrainState:
 def init_train_state(model_cfg: ModelConfig, optimizer: optax.GradientTransformation,
                      key: jax.Array) -> TrainState:
   """Fresh state (jit it so parameters are created on device)."""
-  params = model_lib.init_params(model_cfg, key)
+  params = models.init_params(model_cfg, key)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     opt_state=optimizer.init(params), guard=fresh_guard())
 
 
-def _split_microbatches(lb: diffusion.LossBatch, n: int) -> diffusion.LossBatch:
+def _split_microbatches(lb: masked.LossBatch, n: int) -> masked.LossBatch:
   def split(x):
     if x.ndim == 0:  # The shared denominator.
       return jnp.broadcast_to(x, (n,))
@@ -58,13 +58,13 @@ def _split_microbatches(lb: diffusion.LossBatch, n: int) -> diffusion.LossBatch:
 # loss (split evenly over microbatches), aux['metrics'] are logged, and the
 # whole aux (averaged over microbatches) goes to `after_step(new_params,
 # old_params, aux)` after the optimizer update. Other families: no change.
-def _logits_and_aux(model_cfg, params, lb: diffusion.LossBatch):
+def _logits_and_aux(model_cfg, params, lb: masked.LossBatch):
   """(logits, aux): a family with router statistics (`Family.forward_aux`,
   mixtures of experts) returns them and an auxiliary loss; others none."""
   family = models.of(model_cfg)
   if family.forward_aux is None:
-    return model_lib.forward(params, lb.inputs, positions=lb.positions,
-                             config=model_cfg, attention=lb.attention), {}
+    return models.forward(params, lb.inputs, positions=lb.positions,
+                          config=model_cfg, attention=lb.attention), {}
   return family.forward_aux(params, lb.inputs, lb.attention, lb.positions,
                             config=model_cfg)
 
@@ -77,10 +77,87 @@ def _after_step(model_cfg, new_params, old_params, aux):
   return family.after_step(new_params, old_params, aux, config=model_cfg)
 
 
+def _check_policy(nonfinite: str) -> None:
+  if nonfinite not in NONFINITE_POLICIES:
+    raise ValueError(f'unknown non-finite policy {nonfinite!r}; known: '
+                     f'{NONFINITE_POLICIES}.')
+
+
+def _grad_fn(model_cfg, grad_accum_steps: int, debug_nan_step: int):
+  """`(params, loss batch, step) -> ((loss, aux), grads)`: the objective's loss,
+  the family's auxiliary loss split over microbatches, NaN at `debug_nan_step`."""
+
+  def loss_fn(params, lb: masked.LossBatch, step):
+    logits, aux = _logits_and_aux(model_cfg, params, lb)
+    loss = masked.loss_from_logits(logits, lb)
+    if 'loss' in aux:
+      loss = loss + aux['loss'] / grad_accum_steps
+    if debug_nan_step >= 0:
+      loss = loss + jnp.where(step == debug_nan_step, jnp.nan, 0.0)
+    return loss, aux
+
+  return jax.value_and_grad(loss_fn, has_aux=True)
+
+
+def _loss_and_grads(grad_fn, params, lb: masked.LossBatch, step, grad_accum_steps: int):
+  """((loss, aux), grads) of the whole batch; with `grad_accum_steps` > 1 the
+  gradients of its microbatches summed (aux averaged over them)."""
+  if grad_accum_steps == 1:
+    return grad_fn(params, lb, step)
+
+  def micro(carry, mb):
+    (loss, aux), grads = grad_fn(params, mb, step)
+    return jax.tree.map(jnp.add, carry, (loss, grads)), aux
+  zeros = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, params))
+  (loss, grads), aux = jax.lax.scan(micro, zeros,
+                                    _split_microbatches(lb, grad_accum_steps))
+  return (loss, jax.tree.map(lambda a: jnp.mean(a, 0), aux)), grads
+
+
+def _guarded(state: TrainState, loss, grad_norm, params, opt_state, nonfinite: str):
+  """(params, opt_state, guard) after the non-finite guard: the new ones where
+  the step is finite and no earlier step stopped the run, else the old ones."""
+  g = state.guard
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  apply = finite & (g['first_bad_step'] < 0)
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(apply, n, o), new, old)
+  first_bad = (~finite) & (g['first_bad_step'] < 0) & (nonfinite == 'stop')
+  guard = {
+      'first_bad_step': jnp.where(first_bad, state.step, g['first_bad_step']),
+      'bad_loss': jnp.where(first_bad, loss, g['bad_loss']),
+      'bad_grad_norm': jnp.where(first_bad, grad_norm, g['bad_grad_norm']),
+      'skipped': g['skipped'] + ((~finite) & (nonfinite == 'skip')).astype(jnp.int32),
+  }
+  return keep(params, state.params), keep(opt_state, state.opt_state), guard
+
+
+def _metrics(loss, grad_norm, learning_rate, lb: masked.LossBatch, guard,
+             aux) -> dict[str, Any]:
+  """What a step logs (the family's own metrics, e.g. router statistics, too)."""
+  return {
+      'loss': loss,
+      'grad_norm': grad_norm,
+      'learning_rate': learning_rate,
+      'masked_tokens': jnp.sum(lb.weights > 0),
+      'skipped_updates': guard['skipped'],
+      **aux.get('metrics', {}),
+  }
+
+
+def _jit(train_step, state_shardings, batch_sharding):
+  """The step jitted, state donated; with shardings, metrics and key replicated."""
+  if state_shardings is None:
+    return jax.jit(train_step, donate_argnums=0)
+  replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.P())
+  return jax.jit(train_step, donate_argnums=0,
+                 in_shardings=(state_shardings, batch_sharding, replicated),
+                 out_shardings=(state_shardings, replicated))
+
+
 def make_train_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformation,
                     schedule: optax.Schedule, *, objective: str = 'pretrain',
                     grad_accum_steps: int = 1,
-                    random_length_prob: float = diffusion.RANDOM_LENGTH_PROB,
+                    random_length_prob: float = masked.RANDOM_LENGTH_PROB,
                     stratified_t: bool = False, nonfinite: str = 'stop',
                     debug_nan_step: int = -1, state_shardings=None,
                     batch_sharding=None, block_options=None):
@@ -108,70 +185,27 @@ def make_train_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformat
     objective's schema fields (`tokens` [B, L] and optionally `segment_ids`,
     `positions`, `prompt_lengths`).
   """
-
-  if nonfinite not in NONFINITE_POLICIES:
-    raise ValueError(f'unknown non-finite policy {nonfinite!r}; known: '
-                     f'{NONFINITE_POLICIES}.')
+  _check_policy(nonfinite)
   make_loss_batch = objectives.get(objective).loss_batch
   settings = objectives.Settings(ids=model_cfg.ids,
                                  random_length_prob=random_length_prob,
                                  stratified_t=stratified_t, block=block_options)
-
-  def loss_fn(params, lb: diffusion.LossBatch, step):
-    logits, aux = _logits_and_aux(model_cfg, params, lb)
-    loss = diffusion.loss_from_logits(logits, lb)
-    if 'loss' in aux:
-      loss = loss + aux['loss'] / grad_accum_steps
-    if debug_nan_step >= 0:
-      loss = loss + jnp.where(step == debug_nan_step, jnp.nan, 0.0)
-    return loss, aux
-
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  grad_fn = _grad_fn(model_cfg, grad_accum_steps, debug_nan_step)
 
   def train_step(state: TrainState, batch: Mapping[str, jax.Array],
                  key: jax.Array) -> tuple[TrainState, dict[str, Any]]:
     lb = make_loss_batch(batch, jax.random.fold_in(key, state.step), settings,
                          state.step)
-    if grad_accum_steps == 1:
-      (loss, aux), grads = grad_fn(state.params, lb, state.step)
-    else:
-      def micro(carry, mb):
-        (loss, aux), grads = grad_fn(state.params, mb, state.step)
-        return jax.tree.map(jnp.add, carry, (loss, grads)), aux
-      zeros = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, state.params))
-      (loss, grads), aux = jax.lax.scan(micro, zeros,
-                                        _split_microbatches(lb, grad_accum_steps))
-      aux = jax.tree.map(lambda a: jnp.mean(a, 0), aux)
+    (loss, aux), grads = _loss_and_grads(grad_fn, state.params, lb, state.step,
+                                         grad_accum_steps)
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = _after_step(model_cfg, optax.apply_updates(state.params, updates),
                          state.params, aux)
+    params, opt_state, guard = _guarded(state, loss, grad_norm, params, opt_state,
+                                        nonfinite)
+    metrics = _metrics(loss, grad_norm, schedule(state.step), lb, guard, aux)
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state,
+                      guard=guard), metrics
 
-    g = state.guard
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    apply = finite & (g['first_bad_step'] < 0)
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(apply, n, o), new, old)
-    first_bad = (~finite) & (g['first_bad_step'] < 0) & (nonfinite == 'stop')
-    guard = {
-        'first_bad_step': jnp.where(first_bad, state.step, g['first_bad_step']),
-        'bad_loss': jnp.where(first_bad, loss, g['bad_loss']),
-        'bad_grad_norm': jnp.where(first_bad, grad_norm, g['bad_grad_norm']),
-        'skipped': g['skipped'] + ((~finite) & (nonfinite == 'skip')).astype(jnp.int32),
-    }
-    metrics = {
-        'loss': loss,
-        'grad_norm': grad_norm,
-        'learning_rate': schedule(state.step),
-        'masked_tokens': jnp.sum(lb.weights > 0),
-        'skipped_updates': guard['skipped'],
-        **aux.get('metrics', {}),
-    }
-    return TrainState(step=state.step + 1, params=keep(params, state.params),
-                      opt_state=keep(opt_state, state.opt_state), guard=guard), metrics
-
-  if state_shardings is None:
-    return jax.jit(train_step, donate_argnums=0)
-  replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.P())
-  return jax.jit(train_step, donate_argnums=0,
-                 in_shardings=(state_shardings, batch_sharding, replicated),
-                 out_shardings=(state_shardings, replicated))
+  return _jit(train_step, state_shardings, batch_sharding)

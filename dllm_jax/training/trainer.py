@@ -2,10 +2,10 @@
 
 Run it again with the same workdir and it resumes from the latest checkpoint,
 with the data iterator where it stopped and the same masking noise per step.
-Who does what: `sections.py` reads and checks the config, `objectives.py` turns
+Who does what: `sections.py` reads and checks the config, `objectives/` turns
 data batches into losses, `train_step.py` is the jitted step, `checkpoint.py`
 saves and restores the whole train state, `progress.py` prints and logs, and
-`data/datasets.py` builds the dataset.
+`inputs.py` builds the dataset.
 """
 
 from __future__ import annotations
@@ -19,15 +19,16 @@ import ml_collections
 import numpy as np
 
 from dllm_jax import models
-from dllm_jax.data import datasets, tokenizer as tokenizer_lib
+from dllm_jax import tokenizers as tokenizer_lib
 from dllm_jax.errors import NonFiniteError
-from dllm_jax.model import abstract_params
+from dllm_jax.models import abstract_params
 from dllm_jax.parallel import mesh as mesh_lib, multihost, sharding
 from dllm_jax.sampling.text import sample_text
 from dllm_jax.training import checkpoint, optimizer as optimizer_lib, preemption
+from dllm_jax.training import elastic, workdir_lock
+from dllm_jax.training import inputs
 from dllm_jax.training import progress, provenance, run_checks
 from dllm_jax.training import train_step as ts
-from dllm_jax.training import elastic, workdir_lock
 from dllm_jax.training.progress import log
 from dllm_jax.training.sections import RunConfig
 
@@ -170,6 +171,50 @@ def _compile_step(run: RunConfig, model_cfg, optimizer, schedule, abstract, mesh
   return compiled, batch_sh
 
 
+class _Saver:
+  """Saves the train state: never into a workdir another run took over, never a
+  state past a bad step. `last` is the step last saved (None: none yet)."""
+
+  def __init__(self, mngr, data_iter, record, lock, last: int | None):
+    self.mngr, self.data_iter, self.record, self.lock = mngr, data_iter, record, lock
+    self.last = last
+
+  def __call__(self, state: ts.TrainState) -> None:
+    workdir_lock.check_held(self.lock)
+    _check_finite(state, self.last)
+    self.last = checkpoint.save_state(self.mngr, state, self.data_iter, self.record)
+
+
+def _steps(state: ts.TrainState, steps: range, run: RunConfig, train_step, data_iter,
+           batch_sh, step_key, prog, saver: _Saver,
+           watcher: preemption.PreemptionWatcher,
+           workdir: str) -> tuple[ts.TrainState, bool]:
+  """Runs `steps`, logging and saving on schedule: (state, stopped by a signal)."""
+  t, end = run.train, steps.stop
+  for step in steps:
+    if saver.lock is not None and saver.lock.lost and jax.process_count() == 1:
+      saver.lock.check()  # Its heartbeat saw another run take the workdir over.
+    batch = next(data_iter)
+    state, metrics = train_step(state, multihost.global_batch(batch, batch_sh),
+                                step_key)
+    done = step + 1
+    prog.batch(done, batch)
+    if done % t.log_every == 0 or done == end:
+      _check_finite(state, saver.last)
+      prog.report(done, jax.device_get(metrics))  # Host syncs: here, saves.
+    if done % t.checkpoint_every == 0 or done == end:
+      saver(state)
+    if watcher.should_stop(done):
+      if saver.last != done:
+        saver(state)
+      saver.mngr.wait_until_finished()  # Before the message: the save is complete.
+      log(f'stopped by {watcher.signal_name} after step {done}: checkpoint '
+          f'saved in {checkpoint.checkpoint_dir(workdir)}; rerun the same '
+          'command to resume.')
+      return state, True
+  return state, False
+
+
 def _train(run: RunConfig, workdir: str, stop_after: int | None, tokenizer,
            model_cfg, mesh, watcher: preemption.PreemptionWatcher,
            lock: workdir_lock.WorkdirLock | None) -> ts.TrainState:
@@ -183,7 +228,7 @@ def _train(run: RunConfig, workdir: str, stop_after: int | None, tokenizer,
                                    run.optimizer.decay_fraction)
   if note:
     log(note)
-  data_iter = datasets.make_train_iterator(run, tokenizer)
+  data_iter = inputs.make_train_iterator(run, tokenizer)
   init_key, step_key, sample_key = jax.random.split(jax.random.key(run.seed), 3)
   state, abstract, mngr, last_saved = _start(run, workdir, model_cfg, tokenizer,
                                              optimizer, mesh, data_iter, record,
@@ -193,13 +238,7 @@ def _train(run: RunConfig, workdir: str, stop_after: int | None, tokenizer,
                                        abstract, mesh, step_key)
   start = int(state.step)
   end = t.steps if stop_after is None else min(stop_after, t.steps)
-
-  def save():
-    nonlocal last_saved
-    workdir_lock.check_held(lock)  # Never write into another run's workdir.
-    _check_finite(state, last_saved)  # Never save a state past a bad step.
-    last_saved = checkpoint.save_state(mngr, state, data_iter, record)
-
+  saver = _Saver(mngr, data_iter, record, lock, last_saved)
   with progress.Progress(workdir, model_cfg=model_cfg, seq_len=run.data.seq_len,
                          batch_size=t.batch_size, total_steps=t.steps,
                          start_step=start, record_batches=t.record_batches) as prog:
@@ -208,27 +247,10 @@ def _train(run: RunConfig, workdir: str, stop_after: int | None, tokenizer,
         log(f'stopped by {watcher.signal_name} during start-up, before step '
             f'{start + 1}: nothing new to save; rerun the same command to resume.')
         return state
-      for step in range(start, end):
-        if lock is not None and lock.lost and jax.process_count() == 1:
-          lock.check()  # Its heartbeat saw another run take the workdir over.
-        batch = next(data_iter)
-        state, metrics = train_step(state, multihost.global_batch(batch, batch_sh),
-                                    step_key)
-        done = step + 1
-        prog.batch(done, batch)
-        if done % t.log_every == 0 or done == end:
-          _check_finite(state, last_saved)
-          prog.report(done, jax.device_get(metrics))  # Host syncs: here, saves.
-        if done % t.checkpoint_every == 0 or done == end:
-          save()
-        if watcher.should_stop(done):
-          if last_saved != done:
-            save()
-          mngr.wait_until_finished()  # Before the message: the save is complete.
-          log(f'stopped by {watcher.signal_name} after step {done}: checkpoint '
-              f'saved in {checkpoint.checkpoint_dir(workdir)}; rerun the same '
-              'command to resume.')
-          return state
+      state, stopped = _steps(state, range(start, end), run, train_step, data_iter,
+                              batch_sh, step_key, prog, saver, watcher, workdir)
+      if stopped:
+        return state
     finally:
       # On every exit, errors included: finish saves (last: a failed save raises
       # CheckpointSaveError here).

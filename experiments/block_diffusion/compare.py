@@ -34,8 +34,9 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from dllm_jax import block_diffusion as bd  # pylint: disable=g-import-not-at-top,wrong-import-position
-from dllm_jax import diffusion, model  # pylint: disable=g-import-not-at-top,wrong-import-position
+from dllm_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
+from dllm_jax.objectives import block as bd  # pylint: disable=g-import-not-at-top,wrong-import-position
+from dllm_jax.objectives import masked as diffusion  # pylint: disable=g-import-not-at-top,wrong-import-position
 from dllm_jax.sampling import autoregressive, block  # pylint: disable=g-import-not-at-top,wrong-import-position
 from dllm_jax.sampling import generate as gen  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -110,8 +111,8 @@ def nll_bound(kind, params, cfg, rows, opts, draws=8):
       elbo = bd.BlockDiffusionOptions(block_size=opts.block_size, noise='block',
                                       weight='inv_t')
       lb = bd.make_loss_batch(batch, key, mask_id=cfg.ids.mask, options=elbo)
-    logits = model.forward(params, lb.inputs, positions=lb.positions, config=cfg,
-                           attention=lb.attention)
+    logits = models.forward(params, lb.inputs, positions=lb.positions, config=cfg,
+                            attention=lb.attention)
     return diffusion.loss_from_logits(logits, lb)
   f = jax.jit(one)
   return float(np.mean([f(jax.random.key(100 + i)) for i in range(draws)]))

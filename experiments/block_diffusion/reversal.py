@@ -31,9 +31,10 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from dllm_jax import block_diffusion as bd, model  # pylint: disable=g-import-not-at-top,wrong-import-position
-from dllm_jax.attention import AttentionSpec  # pylint: disable=g-import-not-at-top,wrong-import-position
-from dllm_jax.data import sp_tokenizer  # pylint: disable=g-import-not-at-top,wrong-import-position
+from dllm_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
+from dllm_jax.models.attention import AttentionSpec  # pylint: disable=g-import-not-at-top,wrong-import-position
+from dllm_jax.objectives import block as bd  # pylint: disable=g-import-not-at-top,wrong-import-position
+from dllm_jax.tokenizers import sp as sp_tokenizer  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -48,7 +49,7 @@ def block_fill(params, canvas, seg, *, cfg, block_size, steps):
   blk = jnp.arange(canvas.shape[1]) // block_size
 
   def step(x, _):
-    logits = model.forward(params, x, config=cfg, attention=spec).astype(jnp.float32)
+    logits = models.forward(params, x, config=cfg, attention=spec).astype(jnp.float32)
     logits = logits.at[..., cfg.ids.mask].set(-jnp.inf)
     cand = jnp.argmax(logits, -1)
     masked = x == cfg.ids.mask

@@ -26,7 +26,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import compare  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from dllm_jax import block_diffusion as bd  # pylint: disable=g-import-not-at-top,wrong-import-position
+from dllm_jax.objectives import block as bd  # pylint: disable=g-import-not-at-top,wrong-import-position
 from dllm_jax.sampling import block  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -179,7 +179,7 @@ def main():
   global TOK
   if args.tokenizer != 'byte':
     import tempfile  # pylint: disable=g-import-not-at-top
-    from dllm_jax.data import sp_tokenizer  # pylint: disable=g-import-not-at-top
+    from dllm_jax.tokenizers import sp as sp_tokenizer  # pylint: disable=g-import-not-at-top
     path = sp_tokenizer.train(
         texts, os.path.join(tempfile.mkdtemp(), args.tokenizer),
         vocab_size=4096 if args.tokenizer == 'char' else args.vocab_size,

@@ -46,6 +46,37 @@ GEN = 8
 RULES = ('low_confidence', 'random', 'threshold', 'factor')
 
 
+def _canvas(cfg, cats: list[str], samples: int):
+  """(canvas [N, T], its mask): `samples` rows per category, 'CATEGORY: ' then
+  GEN masks then '.', EOS; padded to the longest."""
+  canvases = []
+  for c in cats:
+    ids = [TOK.bos_id] + TOK.encode(f'{c}: ').tolist() + [cfg.mask_id] * GEN + \
+        TOK.encode('.').tolist() + [TOK.eos_id]
+    canvases += [ids] * samples
+  t = max(len(c) for c in canvases)
+  canvas = np.full((len(canvases), t), cfg.pad_id, np.int32)
+  mask = np.zeros_like(canvas, bool)
+  for i, c in enumerate(canvases):
+    canvas[i, :len(c)], mask[i, :len(c)] = c, True
+  return canvas, mask
+
+
+def _settings(rules: list[str], settings_per_rule: int | None) -> list[tuple]:
+  """(rule, label, sampler keywords) of every setting run, in table order."""
+  settings = [(r, f'{s}', dict(steps=s, remasking=r)) for r in ('low_confidence',
+                                                                   'random')
+              for s in (GEN, GEN // 2, GEN // 4, GEN // 8)]
+  settings += [('threshold', f'tau {tau}', dict(steps=GEN, parallel='threshold',
+                                               threshold=tau))
+               for tau in (0.9, 0.7, 0.5, 0.3)]
+  settings += [('factor', f'f {f}', dict(steps=GEN, parallel='factor', factor=f))
+               for f in (1.0, 2.0)]
+  return [s for rule, group in itertools.groupby(settings, key=lambda s: s[0])
+          if rule in rules
+          for s in list(group)[:settings_per_rule]]  # None keeps all.
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--train_steps', type=int, default=4000)
@@ -71,28 +102,9 @@ def main():
   params = common.train(common.padded_rows(texts, 32), cfg, steps=args.train_steps,
                         batch_size=32, seed=args.seed)
   cats = list(WORDS)
-  canvases, real = [], []
-  for c in cats:
-    ids = [TOK.bos_id] + TOK.encode(f'{c}: ').tolist() + [cfg.mask_id] * GEN + \
-        TOK.encode('.').tolist() + [TOK.eos_id]
-    canvases += [ids] * args.samples
-  t = max(len(c) for c in canvases)
-  canvas = np.full((len(canvases), t), cfg.pad_id, np.int32)
-  mask = np.zeros_like(canvas, bool)
-  for i, c in enumerate(canvases):
-    canvas[i, :len(c)], mask[i, :len(c)] = c, True
-
-  settings = [(r, f'{s}', dict(steps=s, remasking=r)) for r in ('low_confidence',
-                                                                   'random')
-              for s in (GEN, GEN // 2, GEN // 4, GEN // 8)]
-  settings += [('threshold', f'tau {tau}', dict(steps=GEN, parallel='threshold',
-                                               threshold=tau))
-               for tau in (0.9, 0.7, 0.5, 0.3)]
-  settings += [('factor', f'f {f}', dict(steps=GEN, parallel='factor', factor=f))
-               for f in (1.0, 2.0)]
-  settings = [s for rule, group in itertools.groupby(settings, key=lambda s: s[0])
-              if rule in rules
-              for s in list(group)[:args.settings_per_rule]]  # None keeps all.
+  canvas, mask = _canvas(cfg, cats, args.samples)
+  t = canvas.shape[1]
+  settings = _settings(rules, args.settings_per_rule)
   results = []
   for rule, label, kw in settings:
     sc = gen.SamplingConfig(gen_length=t, block_length=t, temperature=1.0, **kw)

@@ -14,7 +14,6 @@ def get_config():
   config.data.source = 'jsonl:/tmp/sft_data/{split}.jsonl'
   config.data.seq_len = 48  # Prompt + answer + EOS padding, one example per row.
   config.train.steps = 1500
-  config.train.batch_size = 64
   config.train.log_every = 100
   config.optimizer.warmup_steps = 50
   config.sample.prompt = 'reverse hello'

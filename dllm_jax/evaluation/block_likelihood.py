@@ -1,11 +1,11 @@
 """Likelihood of a block-diffusion checkpoint: the block NELBO it was trained on.
 
-A model trained with the block objective (block_diffusion.py) predicts block k
+A model trained with the block objective (objectives/block.py) predicts block k
 from a noisy copy of block k and the CLEAN blocks before it (BD3-LM's
 factorisation, block-causal; LLaDA2's training), so its bound on
 -log p(answer | prompt) is the sum over blocks of each block's masked-diffusion
 NELBO given the clean earlier blocks, not the bidirectional ELBO of
-likelihood.py. One forward of [x_t, x_0] under block_diffusion.block_mask
+likelihood.py. One forward of [x_t, x_0] under objectives.block.block_mask
 computes every block's term at once (the noisy copy of block k sees its own
 block and clean blocks < k, exactly what the block sampler's cache sees).
 
@@ -27,9 +27,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dllm_jax import model as model_lib
-from dllm_jax.attention import AttentionSpec
-from dllm_jax.block_diffusion import block_mask
+from dllm_jax import models
+from dllm_jax.models.attention import AttentionSpec
+from dllm_jax.objectives.block import block_mask
 
 
 def block_ids(positions: jax.Array, segment_ids: jax.Array, block_size: int) -> jax.Array:
@@ -65,7 +65,7 @@ def draw_masks(key: jax.Array, groups: jax.Array, maskable: jax.Array,
 
 @functools.partial(jax.jit, static_argnames=('config', 'block_size', 'mc_num',
                                              'batch_size'))
-def negative_block_elbo(params: model_lib.Params, tokens: jax.Array,
+def negative_block_elbo(params: models.Params, tokens: jax.Array,
                         answer_start: jax.Array, answer_len: jax.Array, key: jax.Array,
                         *, config, block_size: int, mc_num: int = 128,
                         batch_size: int = 16, segment_ids: jax.Array | None = None,
@@ -90,9 +90,9 @@ def negative_block_elbo(params: model_lib.Params, tokens: jax.Array,
   def one_batch(total, key):
     masked, weight = draw_masks(key, groups, maskable, batch_size)
     noisy = jnp.where(masked, config.ids.mask, seq)
-    logits = model_lib.forward(params, jnp.concatenate([noisy, seq], axis=1),
-                               positions=both_pos, config=config, attention=spec,
-                               output_window=(0, t)).astype(jnp.float32)
+    logits = models.forward(params, jnp.concatenate([noisy, seq], axis=1),
+                            positions=both_pos, config=config, attention=spec,
+                            output_window=(0, t)).astype(jnp.float32)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, seq)
     return total + jnp.sum(ce * weight) / batch_size, None
 

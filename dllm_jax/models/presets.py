@@ -2,7 +2,7 @@
 
 A preset fixes a family's shape and the special token ids that go with its
 tokenizer. The `llada` family's: `tiny` and `small` use the byte-level
-tokenizer (`data/tokenizer.py`); `llada_1b` and `llada_8b` the LLaDA vocabulary
+tokenizer (`tokenizers/base.py`); `llada_1b` and `llada_8b` the LLaDA vocabulary
 and ids. `ModelConfig` is the `llada` family's config (kept here for the code
 that predates families).
 """
@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from dllm_jax import models
-from dllm_jax.data import tokenizer as tokenizer_lib
+from dllm_jax import ids as ids_lib
+from dllm_jax.models import registry
 from dllm_jax.models.llada import BYTE_VOCAB, DTYPES, EMBED_GRADS, REMAT_POLICIES
 from dllm_jax.models.llada import ModelConfig
 
 __all__ = ['BYTE_VOCAB', 'DTYPES', 'EMBED_GRADS', 'REMAT_POLICIES', 'ModelConfig',
-           'PRESETS', 'get_preset', 'tokenizer_overrides']
+           'PRESETS', 'tokenizer_overrides']
 
 
 class _LazyPresets:
@@ -25,27 +25,23 @@ class _LazyPresets:
   families registered later are included)."""
 
   def __getitem__(self, name: str):
-    return models.preset_family(name).presets[name]
+    return registry.preset_family(name).presets[name]
 
   def __contains__(self, name: object) -> bool:
-    return name in models.preset_names()
+    return name in registry.preset_names()
 
   def __iter__(self):
-    return iter(models.preset_names())
+    return iter(registry.preset_names())
 
   def keys(self):
-    return models.preset_names()
+    return registry.preset_names()
 
   def __len__(self) -> int:
-    return len(models.preset_names())
+    return len(registry.preset_names())
 
 
 PRESETS = _LazyPresets()
 
-
-def get_preset(name: str, **overrides: Any):
-  """The config of a named preset (any family), with fields overridden."""
-  return models.get_preset(name, **overrides)
 
 
 def tokenizer_overrides(preset: str, tokenizer) -> dict[str, Any]:
@@ -57,4 +53,4 @@ def tokenizer_overrides(preset: str, tokenizer) -> dict[str, Any]:
       PRESETS[preset].get('vocab_size') != BYTE_VOCAB):
     return {}
   return {'vocab_size': -(-tokenizer.vocab_size // 128) * 128,
-          'ids': tokenizer_lib.SpecialIds.of(tokenizer)}
+          'ids': ids_lib.SpecialIds.of(tokenizer)}

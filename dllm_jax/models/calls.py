@@ -1,6 +1,6 @@
 """The model calls every other module uses, for a config of any family.
 
-Each call finds the config's family (`models.of(config)`) and runs it. Attention
+Each call finds the config's family (`registry.of(config)`) and runs it. Attention
 is an `attention.AttentionSpec` (`attention=`); the older keyword form
 (`segment_ids`, `kv_lengths`) builds one. Without either, attention is
 bidirectional, or causal for a causal config (the autoregressive twin).
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import jax
 
-from dllm_jax import models
-from dllm_jax.attention import AttentionSpec
+from dllm_jax.models import registry
+from dllm_jax.models.attention import AttentionSpec
 from dllm_jax.models.base import Params
 
 __all__ = ['Params', 'init_params', 'abstract_params', 'forward',
@@ -39,7 +39,7 @@ def _spec(config, attention, segment_ids, kv_lengths) -> AttentionSpec:
 
 def init_params(config, key: jax.Array) -> Params:
   """Random parameters as a nested dict of arrays (jit it to init in place)."""
-  return models.of(config).init_params(config, key)
+  return registry.of(config).init_params(config, key)
 
 
 def abstract_params(config) -> Params:
@@ -72,8 +72,8 @@ def forward(params: Params, tokens: jax.Array, segment_ids: jax.Array | None = N
     logits [B, L, V] (or [B, length, V]) in the compute dtype.
   """
   spec = _spec(config, attention, segment_ids, kv_lengths)
-  return models.of(config).forward(params, tokens, spec, positions, config=config,
-                                   output_window=output_window)
+  return registry.of(config).forward(params, tokens, spec, positions, config=config,
+                                     output_window=output_window)
 
 
 def forward_with_cache(params: Params, tokens: jax.Array,
@@ -86,8 +86,8 @@ def forward_with_cache(params: Params, tokens: jax.Array,
   Returns (logits [B, length, V] of `output_window`, the family's cache; for
   `llada`, (keys, values) each [n_layers, B, T, H, Dh])."""
   spec = _spec(config, attention, segment_ids, None)
-  return models.of(config).prefill(params, tokens, spec, positions, config=config,
-                                   output_window=output_window)
+  return registry.of(config).prefill(params, tokens, spec, positions, config=config,
+                                     output_window=output_window)
 
 
 def forward_window(params: Params, tokens: jax.Array, start: jax.Array | int,
@@ -110,12 +110,12 @@ def forward_window(params: Params, tokens: jax.Array, start: jax.Array | int,
     (logits [B, output_length, V], updated cache).
   """
   spec = _spec(config, attention, segment_ids, None)
-  return models.of(config).window(params, tokens, start, cache, spec, positions,
-                                  config=config, output_length=output_length)
+  return registry.of(config).window(params, tokens, start, cache, spec, positions,
+                                    config=config, output_length=output_length)
 
 
 def attention_impl(config) -> str:
   """The attention kernel a config runs with (`attention.choose_implementation`)."""
-  from dllm_jax import attention  # pylint: disable=g-import-not-at-top
+  from dllm_jax.models import attention  # pylint: disable=g-import-not-at-top
   return attention.choose_implementation(config.attention_impl, config.dtype,
                                          config.head_dim)

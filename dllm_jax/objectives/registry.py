@@ -1,5 +1,5 @@
 """Training objectives, by name: what each one's data batch holds, the attention
-its model call runs under, and how a batch becomes a `diffusion.LossBatch`.
+its model call runs under, and how a batch becomes a `masked.LossBatch`.
 
   obj = objectives.get('pretrain')
   obj.schema(batch_size, seq_len, packing)    # {field: shape} of a data batch
@@ -8,7 +8,7 @@ its model call runs under, and how a batch becomes a `diffusion.LossBatch`.
 Adding an objective is one function and one entry (`block_diffusion` below is
 one):
 
-  def _mine(batch, key, s: Settings, step=None) -> diffusion.LossBatch: ...
+  def _mine(batch, key, s: Settings, step=None) -> masked.LossBatch: ...
   register(Objective('mine', _mine, schema=text_schema, data='text'))
 
 The trainer then accepts `--config.train.objective=mine`: the config
@@ -26,9 +26,10 @@ from typing import Any, Callable, Mapping
 import jax
 import jax.numpy as jnp
 
-from dllm_jax import diffusion
-from dllm_jax.attention import AttentionSpec, causal
-from dllm_jax.data.tokenizer import SpecialIds
+from dllm_jax.ids import SpecialIds
+from dllm_jax.models.attention import AttentionSpec, causal
+from dllm_jax.objectives import block as block_diffusion
+from dllm_jax.objectives import masked
 
 DATA_KINDS = ('text', 'chat')  # Packed documents (pretraining) | chat examples.
 
@@ -38,9 +39,9 @@ class Settings:
   """The train config's knobs an objective reads (static under jit)."""
 
   ids: SpecialIds  # The tokenizer's special ids (the model config's `ids`).
-  random_length_prob: float = diffusion.RANDOM_LENGTH_PROB
+  random_length_prob: float = masked.RANDOM_LENGTH_PROB
   stratified_t: bool = False
-  eps: float = diffusion.EPS
+  eps: float = masked.EPS
   block: Any = None  # block_diffusion.BlockDiffusionOptions (objective block_diffusion).
 
 
@@ -76,7 +77,7 @@ class Objective:
 
   name: str
   loss_batch: Callable[[Mapping[str, jax.Array], jax.Array, Settings, jax.Array],
-                       diffusion.LossBatch]
+                       masked.LossBatch]
   schema: Callable[[int, int, str], dict[str, tuple]] = text_schema
   data: str = 'text'
   attention: Callable[[Mapping[str, jax.Array]], AttentionSpec] = (
@@ -113,25 +114,25 @@ def names() -> tuple[str, ...]:
   return tuple(_OBJECTIVES)
 
 
-def _pretrain(batch, key, s: Settings, step=None) -> diffusion.LossBatch:
+def _pretrain(batch, key, s: Settings, step=None) -> masked.LossBatch:
   del step
-  noise = diffusion.sample_noise(key, batch['tokens'].shape, s.random_length_prob,
+  noise = masked.sample_noise(key, batch['tokens'].shape, s.random_length_prob,
                                  s.stratified_t)
-  return diffusion.pretrain_batch(batch, noise, mask_id=s.ids.mask, eps=s.eps,
+  return masked.pretrain_batch(batch, noise, mask_id=s.ids.mask, eps=s.eps,
                                   attention=PRETRAIN.attention(batch))
 
 
-def _sft(batch, key, s: Settings, step=None) -> diffusion.LossBatch:
+def _sft(batch, key, s: Settings, step=None) -> masked.LossBatch:
   del step
   # No random truncation: it would cut answers, not documents.
-  noise = diffusion.sample_noise(key, batch['tokens'].shape, 0.0, s.stratified_t)
-  return diffusion.sft_batch(batch, noise, mask_id=s.ids.mask, eps=s.eps,
+  noise = masked.sample_noise(key, batch['tokens'].shape, 0.0, s.stratified_t)
+  return masked.sft_batch(batch, noise, mask_id=s.ids.mask, eps=s.eps,
                              attention=SFT.attention(batch))
 
 
-def _next_token(batch, key, s: Settings, step=None) -> diffusion.LossBatch:
+def _next_token(batch, key, s: Settings, step=None) -> masked.LossBatch:
   del key, s, step  # Deterministic: no masking noise.
-  return diffusion.next_token_batch(batch, attention=NEXT_TOKEN.attention(batch))
+  return masked.next_token_batch(batch, attention=NEXT_TOKEN.attention(batch))
 
 
 PRETRAIN = register(Objective('pretrain', _pretrain))
@@ -141,13 +142,12 @@ NEXT_TOKEN = register(Objective(
     attention=lambda batch: causal(segment_ids=batch.get('segment_ids'))))
 
 
-def _block_diffusion(batch, key, s: Settings, step=None) -> diffusion.LossBatch:
-  from dllm_jax import block_diffusion  # pylint: disable=g-import-not-at-top
+def _block_diffusion(batch, key, s: Settings, step=None) -> masked.LossBatch:
   return block_diffusion.make_loss_batch(batch, key, 0 if step is None else step,
                                          mask_id=s.ids.mask, options=s.block)
 
 
-# Block diffusion (dllm_jax/block_diffusion.py): [x_t, x_0] side by side under
+# Block diffusion (objectives/block.py): [x_t, x_0] side by side under
 # the three-part mask its loss batch carries; block-causal outside training.
 BLOCK_DIFFUSION = register(Objective(
     'block_diffusion', _block_diffusion,

@@ -22,8 +22,9 @@ from typing import Any, NamedTuple
 import jax
 import orbax.checkpoint as ocp
 
-from dllm_jax import checksums, model as model_lib, models
-from dllm_jax.data import tokenizer as tokenizer_lib
+from dllm_jax import models
+from dllm_jax import tokenizers as tokenizer_lib
+from dllm_jax.training import checksums
 from dllm_jax.errors import CheckpointError
 from dllm_jax.parallel import sharding as sharding_lib
 
@@ -92,7 +93,7 @@ def read_meta(workdir: str, step: int | None = None) -> dict[str, Any]:
 
 class Restored(NamedTuple):
   config: object  # The model config (its family's config class).
-  params: model_lib.Params
+  params: models.Params
   tokenizer: tokenizer_lib.ByteTokenizer
 
 
@@ -115,7 +116,7 @@ def restore_for_inference(workdir: str, *, step: int | None = None,
     return model_cfg if dtype is None else dataclasses.replace(model_cfg, dtype=dtype)
 
   def items(meta):
-    abstract = model_lib.abstract_params(model_config(meta))
+    abstract = models.abstract_params(model_config(meta))
     abstract = (on_device(abstract, device) if shardings is None else
                 sharding_lib.with_shardings(abstract, shardings))
     return {'params': ocp.args.StandardRestore(abstract)}

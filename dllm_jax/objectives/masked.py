@@ -13,7 +13,7 @@ objectives differ only in which positions are selected and how they are weighted
 The `*_batch` functions build a `LossBatch` (model inputs, attention rule,
 targets, weights) from a data batch and the noise; `loss_from_logits` finishes
 the job once the model has run on `LossBatch.inputs` under
-`LossBatch.attention`. `objectives.py` names them for the trainer.
+`LossBatch.attention`. `registry.py` names them for the trainer.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dllm_jax.attention import AttentionSpec, causal
+from dllm_jax.models.attention import AttentionSpec, causal
 
 EPS = 1e-3
 RANDOM_LENGTH_PROB = 0.01

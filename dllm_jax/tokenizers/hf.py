@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from dllm_jax.data import tokenizer as tokenizer_lib
+from dllm_jax.ids import SpecialIds
 
 # LLaDA's special tokens (ids 126336, 126080, 126081, 126348 in its vocabulary).
 LLADA_SPECIAL_TOKENS = {
@@ -86,8 +86,8 @@ class HFTokenizer:
         bos_token=self.special_tokens['bos'], eos_token=self.special_tokens['eos'])
 
   @property
-  def special_ids(self) -> tokenizer_lib.SpecialIds:
-    return tokenizer_lib.SpecialIds.of(self)
+  def special_ids(self) -> SpecialIds:
+    return SpecialIds.of(self)
 
   def to_dict(self) -> dict:
     return {'name': self.name, 'path': self.path, 'special_tokens': self.special_tokens,

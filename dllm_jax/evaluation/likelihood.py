@@ -25,9 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dllm_jax import block_likelihood
-from dllm_jax import model as model_lib
-from dllm_jax.presets import ModelConfig
+from dllm_jax import models
+from dllm_jax.evaluation import block_likelihood
+from dllm_jax.models import ModelConfig
+from dllm_jax.sampling.generate import bucket_length
 
 
 def mask_counts(key: jax.Array, answer_len: jax.Array, batch_size: int) -> jax.Array:
@@ -57,7 +58,7 @@ def check_block_options(block_size: int | None, cfg_scale: float) -> None:
 
 @functools.partial(jax.jit, static_argnames=('config', 'mc_num', 'batch_size',
                                              'cfg_scale', 'block_size'))
-def negative_elbo(params: model_lib.Params, tokens: jax.Array, answer_start: jax.Array,
+def negative_elbo(params: models.Params, tokens: jax.Array, answer_start: jax.Array,
                   answer_len: jax.Array, key: jax.Array, *, config: ModelConfig,
                   mc_num: int = 128, batch_size: int = 16, cfg_scale: float = 0.0,
                   segment_ids: jax.Array | None = None,
@@ -102,12 +103,12 @@ def negative_elbo(params: model_lib.Params, tokens: jax.Array, answer_start: jax
     counts = mask_counts(kc, answer_len, batch_size)
     masked = answer_masks(km, counts, answer_start, answer_len, t)
     noisy = jnp.where(masked, config.ids.mask, seq)
-    logits = model_lib.forward(params, noisy, seg, positions,
-                               config=config).astype(jnp.float32)
+    logits = models.forward(params, noisy, seg, positions,
+                            config=config).astype(jnp.float32)
     if cfg_scale != 0:
       un = jnp.where(prompt, config.ids.mask, noisy)
-      un_logits = model_lib.forward(params, un, seg, positions,
-                                    config=config).astype(jnp.float32)
+      un_logits = models.forward(params, un, seg, positions,
+                                 config=config).astype(jnp.float32)
       logits = un_logits + (cfg_scale + 1.0) * (logits - un_logits)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, seq)
     weight = answer_len / counts.astype(jnp.float32)
@@ -118,11 +119,7 @@ def negative_elbo(params: model_lib.Params, tokens: jax.Array, answer_start: jax
   return total / (mc_num // batch_size)
 
 
-def bucket_length(n: int, multiple: int = 32) -> int:
-  return -(-n // multiple) * multiple
-
-
-def log_likelihood(params: model_lib.Params, prompt: Sequence[int], answer: Sequence[int],
+def log_likelihood(params: models.Params, prompt: Sequence[int], answer: Sequence[int],
                    key: jax.Array, *, config: ModelConfig, mc_num: int = 128,
                    batch_size: int = 16, cfg_scale: float = 0.0,
                    block_size: int | None = None) -> float:
@@ -136,7 +133,8 @@ def log_likelihood(params: model_lib.Params, prompt: Sequence[int], answer: Sequ
   if n > config.max_len:
     raise ValueError(f'prompt + answer = {n} tokens exceeds the model max_len '
                      f'{config.max_len}.')
-  tokens = np.full(min(bucket_length(n), config.max_len), config.ids.pad, np.int32)
+  # Padded to a multiple of 32 tokens (one bucket: one compilation per 32 lengths).
+  tokens = np.full(bucket_length(n, (32,), config.max_len), config.ids.pad, np.int32)
   tokens[:n] = np.concatenate([np.asarray(prompt, np.int32),
                                np.asarray(answer, np.int32)])
   if np.any(tokens[:n] == config.ids.mask):

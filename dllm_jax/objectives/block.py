@@ -21,7 +21,7 @@ document's position 0, as the block sampler (`sampling/block.py`) aligns them.
   lb = make_loss_batch(batch, key, step, mask_id=cfg.ids.mask, options=opts)
   logits = model.forward(params, lb.inputs, positions=lb.positions,
                          config=cfg, attention=lb.attention)
-  loss = diffusion.loss_from_logits(logits, lb)
+  loss = masked.loss_from_logits(logits, lb)
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ from typing import Mapping
 import jax
 import jax.numpy as jnp
 
-from dllm_jax import block_sparse, diffusion
-from dllm_jax.attention import AttentionSpec
+from dllm_jax.kernels import block_sparse
+from dllm_jax.models.attention import AttentionSpec
+from dllm_jax.objectives import masked
 
 NOISES = ('row', 'block')
 WEIGHTS = ('none', 'inv_t')
@@ -144,7 +145,7 @@ def noise_levels(key: jax.Array, positions: jax.Array, block_size: jax.Array | i
 
 def make_loss_batch(batch: Mapping[str, jax.Array], key: jax.Array,
                     step: jax.Array | int = 0, *, mask_id: int,
-                    options: BlockDiffusionOptions) -> diffusion.LossBatch:
+                    options: BlockDiffusionOptions) -> masked.LossBatch:
   """A block-diffusion `LossBatch` (inputs [B, 2L]) from a data batch.
 
   `batch` has `tokens` [B, L] and optionally `segment_ids` (0 = padding, never
@@ -187,12 +188,12 @@ def make_loss_batch(batch: Mapping[str, jax.Array], key: jax.Array,
 
 
 def as_loss_batch(*, inputs, positions, targets, weights, denom,
-                  attention: AttentionSpec) -> diffusion.LossBatch:
+                  attention: AttentionSpec) -> masked.LossBatch:
   """The adapter to `diffusion.LossBatch`: its `attention` field carries the spec
   (no segment ids: the documents are inside the explicit mask)."""
-  if 'attention' not in {f.name for f in dataclasses.fields(diffusion.LossBatch)}:
-    raise ValueError('diffusion.LossBatch has no attention field; block diffusion '
+  if 'attention' not in {f.name for f in dataclasses.fields(masked.LossBatch)}:
+    raise ValueError('masked.LossBatch has no attention field; block diffusion '
                      'needs it to carry its mask.')
-  return diffusion.LossBatch(inputs=inputs, positions=positions, targets=targets,
+  return masked.LossBatch(inputs=inputs, positions=positions, targets=targets,
                              weights=weights, denom=denom, attention=attention)
 

@@ -34,7 +34,7 @@ import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from dllm_jax.sampling import fused
+from dllm_jax.kernels import fused
 
 # The per-tile update, partials and their combination are `fused`'s own (one
 # definition for both kernels).

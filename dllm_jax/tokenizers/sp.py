@@ -13,14 +13,14 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from dllm_jax.data import tokenizer as tokenizer_lib
+from dllm_jax.ids import SpecialIds
 
 DEFAULT_SPECIAL_TOKENS = {'mask': '<mask>', 'bos': '<s>', 'eos': '</s>',
                           'eot': '<eot>', 'pad': '<pad>'}
 
 
 class SentencePieceTokenizer:
-  """A `.model` file behind the tokenizer interface of `data/tokenizer.py`."""
+  """A `.model` file behind the tokenizer interface of `tokenizers/base.py`."""
 
   name = 'sentencepiece'
 
@@ -68,8 +68,8 @@ class SentencePieceTokenizer:
     return self._sp.decode(out)
 
   @property
-  def special_ids(self) -> tokenizer_lib.SpecialIds:
-    return tokenizer_lib.SpecialIds.of(self)
+  def special_ids(self) -> SpecialIds:
+    return SpecialIds.of(self)
 
   def to_dict(self) -> dict:
     return {'name': self.name, 'path': self.path, 'special_tokens': self.special_tokens,

@@ -148,7 +148,7 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, spec: AttentionSpec, *,
   if implementation == 'xla' and spec.tiles is not None and q_start is None:
     # Skip the tiles the mask rules out (measured on XLA's attention on CPU;
     # cuDNN's masked flash kernel keeps its own path, unmeasured against this).
-    from dllm_jax import block_sparse  # pylint: disable=g-import-not-at-top
+    from dllm_jax.kernels import block_sparse  # pylint: disable=g-import-not-at-top
     return block_sparse.attend_layout(q, k, v, build_mask(spec, q.shape[1], k.shape[1]),
                                       spec.tiles)
   if implementation == 'cudnn_packed':

@@ -4,15 +4,15 @@
   lm_eval.simple_evaluate(model='dllm_jax', model_args={'workdir': DIR}, ...)
 
 Importing this module registers the class (`python -m launch.lm_eval`, its
-console script `dllm-lm-eval`, or an `import dllm_jax.serving.harness` before
+console script `dllm-lm-eval`, or an `import dllm_jax.evaluation.harness` before
 `simple_evaluate`). An installed dllm_jax also declares it in lm-eval's plugin
 entry-point group `lm_eval.models` (setup.py), which lm-eval releases that read
 plugins resolve lazily, without an import of ours.
 
-`loglikelihood` is LLaDA's Monte Carlo ELBO (`dllm_jax.likelihood`, `mc_num`
+`loglikelihood` is LLaDA's Monte Carlo ELBO (`dllm_jax.evaluation.likelihood`, `mc_num`
 samples in batches of `mc_batch_size`, guidance `cfg_scale`), or for a
 checkpoint trained with the block objective the block NELBO it was trained on
-(`dllm_jax.block_likelihood`; no guidance: cfg_scale > 0 is refused); the context is
+(`dllm_jax.evaluation.block_likelihood`; no guidance: cfg_scale > 0 is refused); the context is
 encoded after a BOS token and the continuation on its own, as `launch.eval`
 does, and the ELBO's key is `fold_in(key(seed), doc_id)`, so the numbers equal
 `launch.eval --mode=choice` on the same data. `is_greedy` is always False (a
@@ -33,7 +33,7 @@ from lm_eval import utils as lm_utils
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
-from dllm_jax import likelihood
+from dllm_jax.evaluation import likelihood
 from dllm_jax.sampling.block import BlockSamplingConfig
 from dllm_jax.serving.engine import Engine, Request
 from dllm_jax.serving.server import apply_stop
