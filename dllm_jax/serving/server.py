@@ -162,13 +162,11 @@ async def _results(jobs: list[Job], request: fastapi.Request,
   raise BadRequest(504, f'no answer within {limits.timeout_s:g} s; retry later.')
 
 
-def create_app(engine: Engine, batcher: Batcher, limits: Limits,
-               warmup=None) -> fastapi.FastAPI:
-  """The FastAPI app; its lifespan starts the batcher and `warmup()` (if
-  given) on a thread: `/health` says ready (200) once that returned (503
-  before); at shutdown it lets the batcher finish every accepted request."""
+def _lifespan(batcher: Batcher, warmup, ready: threading.Event):
+  """Starts the batcher and `warmup()` (if given) on a thread, which sets
+  `ready` once it returned; at shutdown lets the batcher finish every
+  accepted request."""
   import contextlib  # pylint: disable=g-import-not-at-top
-  ready = threading.Event()
 
   def warm():
     try:
@@ -186,8 +184,12 @@ def create_app(engine: Engine, batcher: Batcher, limits: Limits,
       threading.Thread(target=warm, name='warmup', daemon=True).start()
     yield
     await asyncio.to_thread(batcher.stop)
+  return lifespan
 
-  app = fastapi.FastAPI(title='dllm_jax', lifespan=lifespan)
+
+def _add_error_handlers(app: fastapi.FastAPI) -> None:
+  """Every refusal in the OpenAI error shape, FastAPI's own 404 / 405 / body
+  errors included."""
 
   @app.exception_handler(HTTPException)
   async def http_error(request: fastapi.Request, exc: HTTPException):
@@ -213,16 +215,31 @@ def create_app(engine: Engine, batcher: Batcher, limits: Limits,
   async def full(_, exc: QueueFull):
     return api.error_response(429, str(exc), 'rate_limit_exceeded')
 
+
+def _health_counts(engine: Engine, batcher: Batcher) -> dict:
+  """/health's counters."""
+  return {'model': engine.name, 'queued': batcher.queued,
+          'running': batcher.running, 'batches': batcher.batches,
+          'joined': batcher.joined, 'cancelled': batcher.cancelled,
+          'stopped': batcher.stopped, 'block_calls': batcher.block_calls,
+          'row_blocks': batcher.row_blocks, 'compiled': engine.num_compiled,
+          'compiles': engine.programs.compiles,
+          'compiling': len(batcher.compiling),
+          'dropped_programs': engine.programs.dropped}
+
+
+def create_app(engine: Engine, batcher: Batcher, limits: Limits,
+               warmup=None) -> fastapi.FastAPI:
+  """The FastAPI app; its lifespan starts the batcher and `warmup()` (if
+  given) on a thread: `/health` says ready (200) once that returned (503
+  before); at shutdown it lets the batcher finish every accepted request."""
+  ready = threading.Event()
+  app = fastapi.FastAPI(title='dllm_jax', lifespan=_lifespan(batcher, warmup, ready))
+  _add_error_handlers(app)
+
   @app.get('/health')
   async def health():
-    counts = {'model': engine.name, 'queued': batcher.queued,
-              'running': batcher.running, 'batches': batcher.batches,
-              'joined': batcher.joined, 'cancelled': batcher.cancelled,
-              'stopped': batcher.stopped, 'block_calls': batcher.block_calls,
-              'row_blocks': batcher.row_blocks, 'compiled': engine.num_compiled,
-              'compiles': engine.programs.compiles,
-              'compiling': len(batcher.compiling),
-              'dropped_programs': engine.programs.dropped}
+    counts = _health_counts(engine, batcher)
     if not ready.is_set():
       return responses.JSONResponse({'status': 'warming_up', **counts}, status_code=503)
     return {'status': 'ok', **counts}

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dllm_jax.serving import sampler as sampler_lib
+from dllm_jax.serving import protocol as sampler_lib
 from dllm_jax.serving.records import Completion
 
 
