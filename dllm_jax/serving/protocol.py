@@ -14,7 +14,7 @@ from dllm_jax.serving.records import Completion
 
 @runtime_checkable
 class SamplerProgram(Protocol):
-  """What serving calls on a sampler (see the module docstring)."""
+  """What serving calls on a sampler (serving/sampler.py's docstring says what each part is)."""
 
   name: str  # In messages: 'the full-sequence sampler'.
   request_knobs: tuple[str, ...]  # Settings a request may set (besides the lengths).
