@@ -334,20 +334,27 @@ def _probe(interpret: bool = False) -> None:
       raise ValueError('kernel and twin disagree on the probe')
 
 
-@functools.lru_cache(maxsize=None)
-def use_kernel() -> bool:
-  """Whether the compiled kernel runs here: on a GPU, once per process, a small
-  probe must compile and agree with the twin; otherwise the twin is used (with a
-  warning naming the failure), so sampling never depends on the kernel."""
+def gpu_probe_passes(probe, unavailable: str) -> bool:
+  """Whether a compiled kernel may run here: on a GPU, `probe()` must compile
+  and agree with its twin; its failure is a warning (`unavailable`: what is
+  used instead) and False, so a job never depends on the kernel."""
   if jax.default_backend() != 'gpu':
     return False
   try:
-    _probe()
+    probe()
     return True
   except Exception as e:  # pylint: disable=broad-except
-    warnings.warn(f'fused Pallas kernel unavailable on this GPU, using the jnp twin: '
-                  f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}')
+    warnings.warn(f'{unavailable}: {type(e).__name__}: '
+                  f'{str(e).splitlines()[0] if str(e) else ""}')
     return False
+
+
+@functools.lru_cache(maxsize=None)
+def use_kernel() -> bool:
+  """Whether the compiled kernel runs here (once per process): on a GPU whose
+  small probe compiles and agrees with the twin; otherwise the twin is used."""
+  return gpu_probe_passes(_probe, 'fused Pallas kernel unavailable on this GPU, '
+                          'using the jnp twin')
 
 
 def candidates(logits: jax.Array, seed: jax.Array, *, temperature: float,

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -195,15 +194,8 @@ def use_kernel() -> bool:
   """Whether the compiled kernel runs here: on a GPU, once per process, a small
   probe must compile and agree with the twin; otherwise False (with a warning
   naming the failure on a GPU)."""
-  if jax.default_backend() != 'gpu':
-    return False
-  try:
-    _probe()
-    return True
-  except Exception as e:  # pylint: disable=broad-except
-    warnings.warn(f'fused head kernel unavailable on this GPU, using the head matmul: '
-                  f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}')
-    return False
+  return fused.gpu_probe_passes(_probe, 'fused head kernel unavailable on this GPU, '
+                                'using the head matmul')
 
 
 # The fused head + candidate kernel (hidden states and output head in, the
